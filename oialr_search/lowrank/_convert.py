@@ -1,0 +1,110 @@
+"""In-place conversion of any nn.Module to OIALR's low-rank form."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ._factor import LowRankWeight
+from ._layers import LowRankConv, LowRankLinear, LowRankMultiheadAttention
+from ._optim_state import replace_parameter
+
+
+@dataclass(frozen=True)
+class EligibleWeight:
+    """One weight that OIALR may factorize, in module order (input side first)."""
+
+    module_name: str
+    weight_name: str  # e.g. "weight", "in_proj_weight", "out_proj.weight"
+
+    @property
+    def name(self) -> str:
+        return f"{self.module_name}.{self.weight_name}" if self.module_name else self.weight_name
+
+
+def _is_eligible(module: nn.Module, skip_grouped: bool = True) -> bool:
+    if isinstance(module, nn.MultiheadAttention):
+        return True
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        return module.groups == 1 or not skip_grouped
+    return type(module) in (nn.Linear, nn.modules.linear.NonDynamicallyQuantizableLinear)
+
+
+def eligible_weights(model: nn.Module) -> list[EligibleWeight]:
+    """The weights OIALR can factorize: Linear, ungrouped Conv1d/2d and attention projections."""
+    found: list[EligibleWeight] = []
+    inside_mha: list[str] = []
+    for name, module in model.named_modules():
+        if any(name.startswith(prefix + ".") for prefix in inside_mha):
+            continue  # out_proj of an attention layer belongs to the attention layer
+        if not _is_eligible(module):
+            continue
+        if isinstance(module, nn.MultiheadAttention):
+            inside_mha.append(name)
+            ins = ["in_proj_weight"] if module._qkv_same_embed_dim else ["q_proj_weight", "k_proj_weight",
+                                                                          "v_proj_weight"]
+            found += [EligibleWeight(name, w) for w in ins] + [EligibleWeight(name, "out_proj.weight")]
+        else:
+            found.append(EligibleWeight(name, "weight"))
+    return found
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
+@torch.no_grad()
+def convert_to_low_rank(model: nn.Module, *, keep_first_layer: bool = False, keep_last_layer: bool = False,
+                        optimizer: torch.optim.Optimizer | None = None) -> list[tuple[str, LowRankWeight]]:
+    """Replace every eligible weight W of ``model`` by U Σ Vᵀ, in place.
+
+    The model computes the same function afterwards (to float precision). Σ takes W's place in
+    ``optimizer`` (same group, so the same lr and weight decay) with its state transported, see
+    ``_optim_state``. Biases stay the same Parameter objects. Returns the factors in module order
+    (input side first) with their dotted names.
+    """
+    if any(isinstance(m, (LowRankLinear, LowRankConv, LowRankMultiheadAttention)) for m in model.modules()):
+        raise RuntimeError("model is already converted to low rank")
+    weights = eligible_weights(model)
+    if any(not w.module_name for w in weights):
+        raise ValueError("the model itself is a single layer; wrap it in an nn.Sequential to convert it")
+    kept = set()
+    if weights and keep_first_layer:
+        kept.add(weights[0].name)
+    if weights and keep_last_layer:
+        kept.add(weights[-1].name)
+
+    done_modules: set[str] = set()
+    for ew in weights:
+        if ew.module_name in done_modules:
+            continue
+        module = model.get_submodule(ew.module_name) if ew.module_name else model
+        if isinstance(module, nn.MultiheadAttention):
+            done_modules.add(ew.module_name)
+            in_names = [w.name for w in weights if w.module_name == ew.module_name and w.weight_name != "out_proj.weight"]
+            convert_in = not any(n in kept for n in in_names)
+            convert_out = f"{ew.module_name}.out_proj.weight" not in kept
+            if not (convert_in or convert_out):
+                continue
+            new: nn.Module = LowRankMultiheadAttention(module, convert_in=convert_in, convert_out=convert_out)
+            old_params = {"in_proj": module.in_proj_weight, "q_proj": module.q_proj_weight,
+                          "k_proj": module.k_proj_weight, "v_proj": module.v_proj_weight,
+                          "out_proj.factor": module.out_proj.weight}
+        elif ew.name in kept:
+            continue
+        else:
+            new = LowRankLinear(module) if isinstance(module, nn.Linear) else LowRankConv(module)
+            old_params = {"": module.weight}
+        for local, factor in new.factors():
+            old = old_params[local.removeprefix("in_factors.")]
+            replace_parameter(optimizer, old, factor.sigma, factor.U, factor.Vh.T)
+        _set_submodule(model, ew.module_name, new)
+    return low_rank_factors(model)
+
+
+def low_rank_factors(model: nn.Module) -> list[tuple[str, LowRankWeight]]:
+    """The factors of an already converted model, in module order."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, LowRankWeight)]

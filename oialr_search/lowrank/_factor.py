@@ -1,0 +1,145 @@
+"""The factorized weight W = U Σ Vᵀ at the heart of OIALR.
+
+U (m×r) and Vᵀ (r×n) are frozen buffers with orthonormal columns/rows; Σ (r×r) is a full square
+trainable matrix. Layers (``_layers.py``) own one or more factors and decide how to apply them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# Force a forward path for every factor: None (cost model), "dense" or "factorized". Used by the
+# benchmark and the tests to compare both paths; users never need it.
+FORWARD_MODES = (None, "dense", "factorized")
+
+
+@dataclass(frozen=True)
+class Rotation:
+    """The result of one basis update of a factor (see :meth:`LowRankWeight.rotate_`).
+
+    ``left`` (r×k) and ``right`` (r×k) map the old Σ onto the new one: Σ' = leftᵀ Σ right.
+    """
+
+    old_rank: int
+    new_rank: int
+    stability: float
+    left: Tensor
+    right: Tensor
+
+
+class LowRankWeight(nn.Module):
+    """A weight matrix W (m×n) kept as U Σ Vᵀ; only Σ trains.
+
+    Built from the dense weight by a compact SVD, so at construction U Σ Vᵀ equals W to float
+    precision and Σ = diag(s).
+    """
+
+    forward_mode: str | None = None
+
+    def __init__(self, weight: Tensor) -> None:
+        super().__init__()
+        if weight.dim() != 2:
+            raise ValueError(f"LowRankWeight needs a 2-D weight, got shape {tuple(weight.shape)}")
+        self.out_features, self.in_features = weight.shape
+        with torch.no_grad():
+            w = weight.detach()
+            u, s, vh = torch.linalg.svd(w, full_matrices=False)
+        self.register_buffer("U", u.contiguous())
+        self.register_buffer("Vh", vh.contiguous())
+        self.sigma = nn.Parameter(torch.diag(s).contiguous())
+
+    # -- shape and cost --------------------------------------------------------------------------
+    @property
+    def rank(self) -> int:
+        return self.sigma.shape[0]
+
+    @property
+    def full_rank(self) -> int:
+        return min(self.out_features, self.in_features)
+
+    def use_factorized(self, tokens: int) -> bool:
+        """Whether x → Vᵀ → Σ → U is cheaper than materializing W for ``tokens`` input rows.
+
+        Per forward, the dense path costs tokens·m·n + m·n·r (building W), the factorized path
+        tokens·r·(m+n); the r² merge of Σ into one side is common to both. The backward pass has
+        the same proportions.
+        """
+        if self.forward_mode is not None:
+            return self.forward_mode == "factorized"
+        m, n, r = self.out_features, self.in_features, self.rank
+        return tokens * r * (m + n) < m * n * (tokens + r)
+
+    # -- products --------------------------------------------------------------------------------
+    def split(self) -> tuple[Tensor, Tensor]:
+        """(left m×r, right r×n) with left @ right = W; Σ is merged into the cheaper side."""
+        if self.out_features <= self.in_features:
+            return self.U @ self.sigma, self.Vh
+        return self.U, self.sigma @ self.Vh
+
+    def materialize(self) -> Tensor:
+        left, right = self.split()
+        return left @ right
+
+    def linear(self, x: Tensor, bias: Tensor | None) -> Tensor:
+        """``F.linear(x, W, bias)`` by the cheaper of the two paths."""
+        tokens = x.numel() // self.in_features if x.numel() else 0
+        if self.use_factorized(tokens):
+            left, right = self.split()
+            return F.linear(F.linear(x, right), left, bias)
+        return F.linear(x, self.materialize(), bias)
+
+    # -- OIALR basis update ------------------------------------------------------------------------
+    @torch.no_grad()
+    def rotate_(self, beta: float, min_rank: int = 1) -> Rotation:
+        """Re-diagonalize Σ, rotate the bases into its singular vectors and drop small values.
+
+        Σ = P diag(σ) Qᵀ; U ← U P; Vᵀ ← Qᵀ Vᵀ; Σ ← diag(σ): the layer's function is unchanged. Then
+        every σᵢ < beta·max(σ) is dropped (never fewer than ``min_rank``, never more than before).
+
+        Stability (paper eq. 4) compares the orthogonal factor U Vᵀ with the one left by the
+        previous update. After every rotation U Vᵀ *is* the polar factor of W, and the bases have
+        not moved since, so tr(Q_prevᵀ Q) = tr(P_k Q_kᵀ): no copy of the old bases is kept. It is
+        normalized by the previous rank, so 1 means the kept directions did not move.
+        """
+        old_rank = self.rank
+        p, s, qh = torch.linalg.svd(self.sigma.detach(), full_matrices=False)
+        keep = int((s >= beta * s[0]).sum().item()) if s.numel() else 0
+        keep = max(keep, min(min_rank, old_rank))
+        p_k, qh_k = p[:, :keep], qh[:keep, :]
+        stability = float(torch.trace(p_k @ qh_k).item()) / old_rank if old_rank else 1.0
+        self.U = (self.U @ p_k).contiguous()
+        self.Vh = (qh_k @ self.Vh).contiguous()
+        self.sigma.data = torch.diag(s[:keep]).contiguous()
+        self.sigma.grad = None
+        return Rotation(old_rank, keep, stability, p_k, qh_k.T)
+
+    @torch.no_grad()
+    def resize_(self, rank: int) -> None:
+        """Give U, Vᵀ and Σ the shapes of rank ``rank`` (zeros), e.g. before loading a checkpoint."""
+        like = self.sigma
+        self.U = like.new_zeros(self.out_features, rank)
+        self.Vh = like.new_zeros(rank, self.in_features)
+        self.sigma.data = like.new_zeros(rank, rank)
+        self.sigma.grad = None
+
+    def parameter_counts(self) -> tuple[int, int, int]:
+        """(trainable Σ entries, frozen U+V entries, entries of the dense weight)."""
+        r, m, n = self.rank, self.out_features, self.in_features
+        return r * r, r * (m + n), m * n
+
+    def extra_repr(self) -> str:
+        return f"{self.out_features}x{self.in_features}, rank={self.rank}"
+
+
+def ceil_layers(fraction: float, layers: int, completed_updates: int) -> int:
+    """Layers in the next update: ⌈p·L·(k+1)⌉, at least one, at most L.
+
+    The small tolerance keeps binary rounding (0.1·10·1 = 1.0000000000000002) from adding a layer.
+    """
+    wanted = math.ceil(fraction * layers * (completed_updates + 1) - 1e-9)
+    return max(1, min(layers, wanted))

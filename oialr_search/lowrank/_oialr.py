@@ -1,0 +1,159 @@
+"""The OIALR schedule: switch to U Σ Vᵀ after a delay, then rotate and truncate every f steps."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from ._config import OIALRConfig
+from ._convert import convert_to_low_rank, low_rank_factors
+from ._factor import LowRankWeight, ceil_layers
+from ._optim_state import rotate_state
+
+
+@dataclass
+class ParameterCounts:
+    """Parameter counts relative to the original dense model (DESIGN.md §5, note on counting)."""
+
+    trainable: int
+    total: int
+    original: int
+
+    @property
+    def trainable_fraction(self) -> float:
+        return self.trainable / self.original
+
+    @property
+    def compression(self) -> float:
+        return self.total / self.original
+
+
+def count_parameters(model: nn.Module, original: int | None = None) -> ParameterCounts:
+    """Trainable = parameters with requires_grad (Σ's r² included); total adds the frozen U, Vᵀ."""
+    params = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    bases = sum(f.U.numel() + f.Vh.numel() for _, f in low_rank_factors(model))
+    return ParameterCounts(trainable, params + bases, original if original is not None else params)
+
+
+@dataclass
+class UpdateRecord:
+    """What one OIALR event did: the switch (``update`` = -1) or basis update ``update`` = k."""
+
+    step: int
+    update: int
+    ranks: dict[str, int]
+    updated: list[str]
+    stability: dict[str, float]
+    trainable: int
+    total: int
+    original: int
+    seconds: float
+    trainable_fraction: float = field(init=False)
+    compression: float = field(init=False)
+    mean_stability: float | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.trainable_fraction = self.trainable / self.original
+        self.compression = self.total / self.original
+        self.mean_stability = (sum(self.stability.values()) / len(self.stability)) if self.stability else None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class OIALR:
+    """Drives OIALR on a model and its optimizer; call :meth:`before_step` before every step.
+
+    Steps are counted from 0 and only training steps count (evaluation never advances them).
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, config: OIALRConfig, *,
+                 total_steps: int) -> None:
+        config.validate()
+        self.model, self.optimizer, self.config = model, optimizer, config
+        self.total_steps = total_steps
+        self.delay = config.delay_steps(total_steps)
+        self.original_parameters = sum(p.numel() for p in model.parameters())
+        self.factors: list[tuple[str, LowRankWeight]] = []
+        self.converted = False
+        self.updates_done = 0
+        self.records: list[UpdateRecord] = []
+
+    # -- schedule ------------------------------------------------------------------------------
+    def before_step(self, step: int) -> UpdateRecord | None:
+        """Run whatever OIALR event falls on ``step`` (switch or basis update) and return its record."""
+        if not self.config.enabled:
+            return None
+        if not self.converted:
+            return self.switch(step) if step >= self.delay else None
+        since = step - self.delay
+        if since > 0 and since % self.config.update_frequency == 0:
+            return self.update(step)
+        return None
+
+    def switch(self, step: int) -> UpdateRecord:
+        start = time.perf_counter()
+        self.factors = convert_to_low_rank(self.model, keep_first_layer=self.config.keep_first_layer,
+                                           keep_last_layer=self.config.keep_last_layer, optimizer=self.optimizer)
+        self.converted = True
+        return self._record(step, -1, [], {}, time.perf_counter() - start)
+
+    @torch.no_grad()
+    def update(self, step: int) -> UpdateRecord:
+        start = time.perf_counter()
+        count = ceil_layers(self.config.layer_fraction, len(self.factors), self.updates_done)
+        chosen = self.factors[len(self.factors) - count:]
+        stability: dict[str, float] = {}
+        for name, factor in chosen:
+            old_shape = factor.sigma.shape
+            rot = factor.rotate_(self.config.beta, self.config.min_rank)
+            rotate_state(self.optimizer, factor.sigma, old_shape, rot.left, rot.right)
+            stability[name] = rot.stability
+        record = self._record(step, self.updates_done, [n for n, _ in chosen], stability,
+                              time.perf_counter() - start)
+        self.updates_done += 1
+        return record
+
+    def _record(self, step: int, update: int, updated: list[str], stability: dict[str, float],
+                seconds: float) -> UpdateRecord:
+        counts = self.counts()
+        rec = UpdateRecord(step=step, update=update, ranks={n: f.rank for n, f in self.factors}, updated=updated,
+                           stability=stability, trainable=counts.trainable, total=counts.total,
+                           original=counts.original, seconds=seconds)
+        self.records.append(rec)
+        return rec
+
+    # -- state ---------------------------------------------------------------------------------
+    def counts(self) -> ParameterCounts:
+        return count_parameters(self.model, self.original_parameters)
+
+    @property
+    def ranks(self) -> dict[str, int]:
+        return {n: f.rank for n, f in self.factors}
+
+    def state_dict(self) -> dict:
+        return {"converted": self.converted, "updates_done": self.updates_done, "ranks": self.ranks,
+                "records": [r.to_dict() for r in self.records]}
+
+    def prepare_load(self, state: dict) -> None:
+        """Give the model the structure in ``state`` (call before loading model/optimizer state)."""
+        if state["converted"] and not self.converted:
+            self.factors = convert_to_low_rank(self.model, keep_first_layer=self.config.keep_first_layer,
+                                               keep_last_layer=self.config.keep_last_layer,
+                                               optimizer=self.optimizer)
+            self.converted = True
+            if set(state["ranks"]) != {n for n, _ in self.factors}:
+                raise ValueError("checkpoint layers do not match the model")
+            for name, factor in self.factors:
+                factor.resize_(state["ranks"][name])
+
+    def load_state_dict(self, state: dict) -> None:
+        self.updates_done = state["updates_done"]
+        self.records = []
+        for r in state["records"]:
+            r = {k: v for k, v in r.items() if k not in ("trainable_fraction", "compression", "mean_stability")}
+            self.records.append(UpdateRecord(**r))

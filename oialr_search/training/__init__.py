@@ -1,0 +1,49 @@
+"""Training: run config, data, models, lr schedules and the trainer loop."""
+
+from ._checkpoint import load_checkpoint, save_checkpoint
+from ._config import DataConfig, ModelConfig, OptimConfig, RunConfig, ScheduleConfig, TrainConfig
+from ._config_io import (
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    dump_config,
+    load_config,
+    read_yaml,
+    save_config,
+)
+from ._data import DATASETS, BatchIterator, DataBundle, load_data
+from ._lr import lr_at, steps_from, trainable_coupling
+from ._models import create_model, model_names, register_model
+from ._trainer import EpochRecord, Trainer, TrainingDiverged, TrainResult, train
+
+__all__ = [
+    "DATASETS",
+    "BatchIterator",
+    "DataBundle",
+    "DataConfig",
+    "EpochRecord",
+    "ModelConfig",
+    "OptimConfig",
+    "RunConfig",
+    "ScheduleConfig",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "TrainingDiverged",
+    "apply_overrides",
+    "config_from_dict",
+    "config_to_dict",
+    "create_model",
+    "dump_config",
+    "load_checkpoint",
+    "load_config",
+    "lr_at",
+    "model_names",
+    "read_yaml",
+    "register_model",
+    "save_checkpoint",
+    "save_config",
+    "steps_from",
+    "train",
+    "trainable_coupling",
+]

@@ -1,0 +1,146 @@
+"""The run config: everything one training run needs, one dataclass per concern.
+
+A trial of a search is the base config with the searched values applied, and an exported config is
+exactly what ``oialr-search train`` runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..exceptions import ConfigError
+from ..lowrank import OIALRConfig
+
+
+@dataclass
+class ModelConfig:
+    """``name`` is a model of our registry (``mini_vit``, ``mlp``) or any timm model name; ``kwargs``
+    go to its constructor. Classes, input channels and image size come from the data."""
+
+    name: str = "mini_vit"
+    kwargs: dict = field(default_factory=dict)
+
+    def validate(self, prefix: str = "model") -> None:
+        if not self.name:
+            raise ConfigError(f"{prefix}.name: must not be empty")
+
+
+@dataclass
+class DataConfig:
+    """``name``: mnist | digits (embedded, no download) | cifar10 | imagefolder (read from ``path``)."""
+
+    name: str = "mnist"
+    path: str | None = None
+    val_fraction: float = 0.1
+    img_size: int | None = None
+    augment: bool = False
+    num_workers: int = 0
+
+    def validate(self, prefix: str = "data") -> None:
+        from ._data import DATASETS
+
+        if self.name not in DATASETS:
+            raise ConfigError(f"{prefix}.name: unknown data set {self.name!r}; choose one of {', '.join(DATASETS)}")
+        if DATASETS[self.name].needs_path and not self.path:
+            raise ConfigError(f"{prefix}.path: data set {self.name!r} is read from disk; set data.path")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"{prefix}.val_fraction: must be in (0, 1), got {self.val_fraction}")
+        if self.img_size is not None and self.img_size < 1:
+            raise ConfigError(f"{prefix}.img_size: must be a positive number of pixels, got {self.img_size}")
+        if self.num_workers < 0:
+            raise ConfigError(f"{prefix}.num_workers: must be >= 0, got {self.num_workers}")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW. ``lr`` is the peak learning rate of the schedule."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+
+    def validate(self, prefix: str = "optim") -> None:
+        if not self.lr > 0:
+            raise ConfigError(f"{prefix}.lr: must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"{prefix}.weight_decay: must be >= 0, got {self.weight_decay}")
+        for key in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ConfigError(f"{prefix}.{key}: must be in [0, 1), got {getattr(self, key)}")
+        if not self.eps > 0:
+            raise ConfigError(f"{prefix}.eps: must be > 0, got {self.eps}")
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate schedule (DESIGN.md §1.6).
+
+    Linear warmup from ``warmup_lr`` to ``optim.lr`` over ``warmup`` (steps, or a fraction of training),
+    then a k-decay cosine from ``optim.lr`` to ``min_lr`` (which may exceed lr: a rising schedule).
+    After the OIALR switch the lr is multiplied by trainable_fraction^(-``trainable_lr_alpha``).
+    """
+
+    warmup: float | int = 0.05
+    warmup_lr: float = 1e-6
+    min_lr: float = 1e-5
+    k_decay: float = 1.0
+    trainable_lr_alpha: float = 0.0
+
+    def validate(self, prefix: str = "schedule") -> None:
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, (int, float)):
+            raise ConfigError(f"{prefix}.warmup: must be steps (int) or a fraction (float), got {self.warmup!r}")
+        if isinstance(self.warmup, float) and not 0.0 <= self.warmup < 1.0:
+            raise ConfigError(f"{prefix}.warmup: a fraction must be in [0, 1), got {self.warmup}")
+        if isinstance(self.warmup, int) and self.warmup < 0:
+            raise ConfigError(f"{prefix}.warmup: must be >= 0, got {self.warmup}")
+        for key in ("warmup_lr", "min_lr", "trainable_lr_alpha"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{prefix}.{key}: must be >= 0, got {getattr(self, key)}")
+        if not self.k_decay > 0:
+            raise ConfigError(f"{prefix}.k_decay: must be > 0, got {self.k_decay}")
+
+
+@dataclass
+class TrainConfig:
+    """Loop settings. ``device``: auto | cpu | cuda | cuda:N. ``threads`` = 0 leaves torch's default."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    eval_batch_size: int = 500
+    seed: int = 0
+    label_smoothing: float = 0.1
+    grad_clip: float | None = 1.0
+    device: str = "auto"
+    threads: int = 0
+
+    def validate(self, prefix: str = "train") -> None:
+        for key in ("epochs", "batch_size", "eval_batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{prefix}.{key}: must be >= 1, got {getattr(self, key)}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"{prefix}.label_smoothing: must be in [0, 1), got {self.label_smoothing}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ConfigError(f"{prefix}.grad_clip: must be > 0 or null (off), got {self.grad_clip}")
+        if self.threads < 0:
+            raise ConfigError(f"{prefix}.threads: must be >= 0, got {self.threads}")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ConfigError(f"{prefix}.device: must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+
+@dataclass
+class RunConfig:
+    """One training run. ``oialr.enabled: false`` gives the full-rank baseline."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    oialr: OIALRConfig = field(default_factory=OIALRConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> RunConfig:
+        for name in ("model", "data", "optim", "schedule", "oialr", "train"):
+            getattr(self, name).validate(name)
+        return self

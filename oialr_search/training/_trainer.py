@@ -1,0 +1,248 @@
+"""One training loop for the full-rank baseline and OIALR."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..exceptions import CheckpointError, ConfigError
+from ..lowrank import OIALR
+from ._checkpoint import load_checkpoint, save_checkpoint
+from ._config import RunConfig
+from ._config_io import config_to_dict
+from ._data import BatchIterator, DataBundle, load_data, random_shift_flip
+from ._lr import lr_at, trainable_coupling
+from ._models import create_model
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    step: int
+    train_loss: float
+    val_loss: float
+    top1: float
+    top5: float
+    lr: float
+    trainable_fraction: float
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    """Final metrics of a run (``to_dict`` is what ``train --out`` writes)."""
+
+    val_loss: float
+    top1: float
+    top5: float
+    train_seconds: float
+    steps: int
+    trainable_fraction: float
+    compression: float
+    trainable_parameters: int
+    original_parameters: int
+    final_ranks: dict[str, int]
+    epochs: list[EpochRecord] = field(default_factory=list)
+    oialr_updates: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device: {name} requested but no CUDA device is available")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Decay matrices only; biases, norms and tokens (≤ 1-D) get none, as in timm."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class Trainer:
+    """Trains ``config`` (OIALR when ``config.oialr.enabled``, else full rank).
+
+    ``checkpoint``: a file written atomically after every epoch; with ``resume=True`` training
+    continues from it and ends exactly where an uninterrupted run would (same seed, CPU).
+    ``log`` receives one progress line per epoch (``None`` for silence).
+    """
+
+    def __init__(self, config: RunConfig, *, checkpoint: str | Path | None = None, resume: bool = False,
+                 log: Callable[[str], None] | None = print, data: DataBundle | None = None) -> None:
+        config.validate()
+        self.config, self.log = config, log
+        self.checkpoint_path = Path(checkpoint) if checkpoint else None
+        if resume and self.checkpoint_path is None:
+            raise ConfigError("--resume needs --checkpoint PATH")
+        tc = config.train
+        if tc.threads:
+            torch.set_num_threads(tc.threads)
+        self.device = resolve_device(tc.device)
+        seed_everything(tc.seed)
+        self.data = data or load_data(config.data.name, path=config.data.path, val_fraction=config.data.val_fraction,
+                                      img_size=config.data.img_size, augment=config.data.augment)
+        self.model = create_model(config.model.name, num_classes=self.data.num_classes, in_chans=self.data.in_chans,
+                                  img_size=self.data.img_size, **config.model.kwargs).to(self.device)
+        oc = config.optim
+        self.optimizer = torch.optim.AdamW(_param_groups(self.model, oc.weight_decay), lr=oc.lr,
+                                           betas=(oc.beta1, oc.beta2), eps=oc.eps)
+        augment = None
+        if config.data.augment and config.data.name in ("mnist", "digits", "cifar10"):
+            augment = random_shift_flip(pad=max(1, self.data.img_size // 8), flip=self.data.in_chans == 3)
+        self.train_batches = BatchIterator(self.data.train, tc.batch_size, shuffle=True, seed=tc.seed,
+                                           num_workers=config.data.num_workers, augment=augment)
+        self.val_batches = BatchIterator(self.data.val, tc.eval_batch_size, shuffle=False,
+                                         num_workers=config.data.num_workers)
+        self.steps_per_epoch = len(self.train_batches)
+        self.total_steps = tc.epochs * self.steps_per_epoch
+        self.oialr = OIALR(self.model, self.optimizer, config.oialr, total_steps=self.total_steps)
+        self.step = 0
+        self.epoch = 0
+        self.train_seconds = 0.0
+        self.history: list[EpochRecord] = []
+        self._lr_mult = 1.0
+        if resume:
+            self._resume()
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def _save(self) -> None:
+        assert self.checkpoint_path is not None
+        save_checkpoint(self.checkpoint_path, {
+            "config": config_to_dict(self.config), "epoch": self.epoch, "step": self.step,
+            "train_seconds": self.train_seconds, "history": [vars(h) for h in self.history],
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "oialr": self.oialr.state_dict(), "lr_mult": self._lr_mult, "rng": torch.get_rng_state(),
+        })
+
+    def _resume(self) -> None:
+        assert self.checkpoint_path is not None
+        if not self.checkpoint_path.exists():
+            return  # nothing yet: start from scratch, so "--resume" is safe to always pass
+        state = load_checkpoint(self.checkpoint_path)
+        if state["config"] != config_to_dict(self.config):
+            raise CheckpointError(f"{self.checkpoint_path}: written by a different config; use another checkpoint "
+                                  "path or the same config")
+        self.oialr.prepare_load(state["oialr"])  # gives the model the checkpoint's structure and ranks
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.oialr.load_state_dict(state["oialr"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.train_seconds, self._lr_mult = state["train_seconds"], state["lr_mult"]
+        self.history = [EpochRecord(**h) for h in state["history"]]
+        torch.set_rng_state(state["rng"])
+        if self.log:
+            self.log(f"resumed from {self.checkpoint_path} at epoch {self.epoch}, step {self.step}")
+
+    # -- loop ------------------------------------------------------------------------------------
+    def _set_lr(self) -> float:
+        sc, oc = self.config.schedule, self.config.optim
+        lr = lr_at(self.step, self.total_steps, oc.lr, sc) * self._lr_mult
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        record = self.oialr.before_step(self.step)
+        if record is not None:
+            self._lr_mult = trainable_coupling(record.trainable_fraction, self.config.schedule.trainable_lr_alpha)
+        self._set_lr()
+        self.model.train()
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        loss = F.cross_entropy(self.model(x), y, label_smoothing=self.config.train.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.train.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        return loss.item()
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[float, float, float]:
+        """(mean cross-entropy, top-1 %, top-5 %) on the validation split; does not advance the step."""
+        self.model.eval()
+        total, loss_sum, top1, top5 = 0, 0.0, 0, 0
+        k = min(5, self.data.num_classes)
+        for x, y in self.val_batches.epoch(0):
+            x, y = x.to(self.device), y.to(self.device)
+            logits = self.model(x)
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+            best = logits.topk(k, dim=1).indices
+            top1 += (best[:, 0] == y).sum().item()
+            top5 += (best == y[:, None]).any(dim=1).sum().item()
+            total += len(y)
+        return loss_sum / total, 100.0 * top1 / total, 100.0 * top5 / total
+
+    def fit(self) -> TrainResult:
+        tc = self.config.train
+        while self.epoch < tc.epochs:
+            start = time.perf_counter()
+            losses = []
+            for x, y in self.train_batches.epoch(self.epoch):
+                loss = self.train_step(x, y)
+                if not math.isfinite(loss):
+                    raise TrainingDiverged(f"training loss became {loss} at step {self.step} (epoch {self.epoch + 1});"
+                                           " lower optim.lr or set train.grad_clip")
+                losses.append(loss)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.train_seconds += time.perf_counter() - start
+            val_loss, top1, top5 = self.evaluate()
+            self.epoch += 1
+            counts = self.oialr.counts()
+            rec = EpochRecord(self.epoch, self.step, float(np.mean(losses)), val_loss, top1, top5,
+                              self.optimizer.param_groups[0]["lr"], counts.trainable_fraction,
+                              time.perf_counter() - start)
+            self.history.append(rec)
+            if self.log:
+                self.log(f"epoch {rec.epoch}/{tc.epochs}  step {rec.step}  train_loss {rec.train_loss:.4f}  "
+                         f"val_loss {val_loss:.4f}  top1 {top1:.2f}%  top5 {top5:.2f}%  "
+                         f"trainable {100 * counts.trainable_fraction:.1f}%  lr {rec.lr:.2e}  {rec.seconds:.1f}s")
+            if self.checkpoint_path is not None:
+                self._save()
+        return self.result()
+
+    def result(self) -> TrainResult:
+        last = self.history[-1] if self.history else None
+        val_loss, top1, top5 = (last.val_loss, last.top1, last.top5) if last else self.evaluate()
+        counts = self.oialr.counts()
+        return TrainResult(val_loss=val_loss, top1=top1, top5=top5, train_seconds=self.train_seconds,
+                           steps=self.step, trainable_fraction=counts.trainable_fraction,
+                           compression=counts.compression, trainable_parameters=counts.trainable,
+                           original_parameters=counts.original, final_ranks=self.oialr.ranks,
+                           epochs=list(self.history), oialr_updates=[r.to_dict() for r in self.oialr.records])
+
+
+def train(config: RunConfig, **kwargs: Any) -> TrainResult:
+    """Train ``config`` and return its metrics; see :class:`Trainer` for the keyword arguments."""
+    return Trainer(config, **kwargs).fit()
