@@ -121,10 +121,13 @@ class LowRankMultiheadAttention(nn.Module):
                 self._dense_in[name] = w
         self.out_proj = LowRankLinear(mha.out_proj) if convert_out else _OutProjection(mha.out_proj)
 
+    # torch's TransformerEncoderLayer eval fast path calls this on its self_attn
+    merge_masks = nn.MultiheadAttention.merge_masks
+
     def _in_weight(self, name: str) -> Tensor | None:
         if name in self.in_factors:
             return self.in_factors[name].materialize()
-        return self._dense_in[name] if name in self._dense_in else None
+        return self._dense_in.get(name)
 
     @property
     def in_proj_weight(self) -> Tensor | None:

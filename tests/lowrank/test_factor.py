@@ -1,0 +1,87 @@
+"""Rotation, truncation, stability and the cost model of a single factor."""
+
+import math
+
+import torch
+
+from oialr_search.lowrank import LowRankWeight, ceil_layers
+
+
+def _trained_factor(m=12, n=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    f = LowRankWeight(torch.randn(m, n, generator=g))
+    with torch.no_grad():  # a Σ that is no longer diagonal, as after training
+        f.sigma.add_(0.3 * torch.randn(f.rank, f.rank, generator=g))
+    return f
+
+
+def test_rotation_without_truncation_leaves_function_unchanged():
+    f = _trained_factor()
+    x = torch.randn(5, 8)
+    before = f.linear(x, None).detach()
+    w_before = f.materialize().detach()
+    rot = f.rotate_(beta=0.0)
+    assert rot.new_rank == rot.old_rank == 8
+    torch.testing.assert_close(f.materialize(), w_before, atol=1e-5, rtol=0)
+    torch.testing.assert_close(f.linear(x, None), before, atol=1e-5, rtol=0)
+    sigma = f.sigma.detach()
+    torch.testing.assert_close(sigma, torch.diag(torch.diagonal(sigma)))  # Σ is diagonal again
+    torch.testing.assert_close(f.U.T @ f.U, torch.eye(8), atol=1e-5, rtol=0)  # bases still orthonormal
+    torch.testing.assert_close(f.Vh @ f.Vh.T, torch.eye(8), atol=1e-5, rtol=0)
+
+
+def test_truncation_keeps_exactly_the_values_above_beta():
+    f = _trained_factor()
+    s = torch.linalg.svdvals(f.sigma.detach())
+    beta = float((s[2] + s[3]) / 2 / s[0])  # between the 3rd and 4th singular value
+    f.rotate_(beta=beta)
+    assert f.rank == int((s >= beta * s[0]).sum()) == 3
+    torch.testing.assert_close(torch.diagonal(f.sigma.detach()), s[:3], atol=1e-5, rtol=0)
+    # the kept part is the best rank-3 approximation of the previous W
+    assert f.U.shape == (12, 3) and f.Vh.shape == (3, 8)
+
+
+def test_truncation_respects_min_rank_and_never_grows():
+    f = _trained_factor()
+    f.rotate_(beta=0.99, min_rank=2)
+    assert f.rank == 2
+    f.rotate_(beta=0.0, min_rank=5)
+    assert f.rank == 2
+
+
+def test_stability_matches_the_definition():
+    """tr(Q_prevᵀ Q)/r_prev with Q = U Vᵀ, computed from explicit bases."""
+    f = _trained_factor(16, 10)
+    f.rotate_(beta=0.0)  # now U Vᵀ is the polar factor
+    q_prev = (f.U @ f.Vh).clone()
+    r_prev = f.rank
+    with torch.no_grad():
+        f.sigma.add_(0.2 * torch.randn(f.rank, f.rank))
+    rot = f.rotate_(beta=0.2)
+    q_now = f.U @ f.Vh
+    expected = torch.trace(q_prev.T @ q_now).item() / r_prev
+    assert math.isclose(rot.stability, expected, abs_tol=1e-5)
+    # and U Vᵀ is the orthogonal (polar) factor of the rank-truncated W
+    u, _, vh = torch.linalg.svd(f.materialize(), full_matrices=False)
+    torch.testing.assert_close(q_now, u[:, : f.rank] @ vh[: f.rank], atol=1e-4, rtol=0)
+
+
+def test_stability_is_one_for_an_unchanged_basis():
+    f = LowRankWeight(torch.randn(9, 6))
+    assert math.isclose(f.rotate_(beta=0.0).stability, 1.0, abs_tol=1e-6)
+
+
+def test_cost_model_prefers_dense_near_full_rank_and_factorized_at_low_rank():
+    f = LowRankWeight(torch.randn(256, 256))
+    assert not f.use_factorized(tokens=2048)
+    f.resize_(16)
+    assert f.use_factorized(tokens=2048)
+
+
+def test_ceil_layers():
+    assert ceil_layers(0.1, 10, 0) == 1  # 0.1·10·1 is 1.0000000000000002 in binary
+    assert ceil_layers(0.1, 10, 1) == 2
+    assert ceil_layers(0.2, 26, 0) == 6  # ⌈5.2⌉
+    assert ceil_layers(0.01, 10, 0) == 1  # p·L < 1 selects one layer, not all
+    assert ceil_layers(0.5, 10, 5) == 10
+    assert ceil_layers(1.0, 7, 0) == 7

@@ -1,0 +1,71 @@
+"""The train command as a user runs it."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TINY = """\
+model: {name: mlp, kwargs: {hidden: 32, depth: 1}}
+data: {name: digits, val_fraction: 0.2}
+oialr: {delay: 0.3, update_frequency: 5, beta: 0.2, keep_last_layer: false}
+train: {epochs: 2, batch_size: 128}
+"""
+
+
+def run_cli(*args, cwd):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "oialr_search", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+def test_train_writes_metrics_and_resolved_config(tmp_path):
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    proc = run_cli("train", "tiny.yaml", "--set", "oialr.beta=0.3", "--out", "out/metrics.json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "epoch 1/2" in proc.stdout and "epoch 2/2" in proc.stdout
+    metrics = json.loads((tmp_path / "out/metrics.json").read_text())
+    for key in ("val_loss", "top1", "top5", "train_seconds", "trainable_fraction", "compression", "final_ranks"):
+        assert key in metrics
+    assert metrics["config"]["oialr"]["beta"] == 0.3
+    resolved = (tmp_path / "out/metrics.config.yaml").read_text()
+    assert "beta: 0.3" in resolved
+    # the resolved config trains as it is
+    again = run_cli("train", "out/metrics.config.yaml", "--quiet", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout.strip().splitlines()[-1])["val_loss"] == pytest.approx(metrics["val_loss"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["missing.yaml"], "missing.yaml: no such config file"),
+        (["nosuchbundle"], "no such config file or bundled config"),
+        (["tiny.yaml", "--set", "oialr.bta=1"], "oialr.bta: unknown key (did you mean 'beta'?)"),
+        (["tiny.yaml", "--set", "optim.lr=-1"], "optim.lr: must be > 0"),
+        (["tiny.yaml", "--set", "model.name=no_such_net_xyz"], "model.name: unknown model"),
+        (["tiny.yaml", "--set", "data.name=cifar10", "--set", "data.path=nowhere"], "nowhere is not a folder"),
+        (["tiny.yaml", "--resume"], "--resume needs --checkpoint"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    proc = run_cli("train", *args, "--out", "m.json", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_bundled_default_config_is_valid():
+    from oialr_search.cli import bundled_configs, resolve_config_path
+    from oialr_search.training import load_config
+
+    assert "mnist_vit" in bundled_configs()
+    cfg = load_config(resolve_config_path("mnist_vit"))
+    assert cfg.model.name == "mini_vit" and cfg.data.name == "mnist" and cfg.oialr.enabled
+    assert Path(resolve_config_path("mnist_vit")).is_file()

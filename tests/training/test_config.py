@@ -1,0 +1,79 @@
+"""Run configs: defaults, YAML round trip, overrides and errors that name the key."""
+
+import pytest
+
+from oialr_search.exceptions import ConfigError
+from oialr_search.training import (
+    RunConfig,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    dump_config,
+    load_config,
+)
+
+
+def test_defaults_validate_and_round_trip(tmp_path):
+    cfg = RunConfig().validate()
+    path = tmp_path / "c.yaml"
+    path.write_text(dump_config(cfg))
+    assert load_config(path) == cfg
+
+
+def test_int_delay_stays_steps_and_float_delay_is_a_fraction():
+    assert config_from_dict({"oialr": {"delay": 500}}).oialr.delay == 500
+    assert isinstance(config_from_dict({"oialr": {"delay": 500}}).oialr.delay, int)
+    assert config_from_dict({"oialr": {"delay": 0.25}}).oialr.delay == 0.25
+    assert config_from_dict({"optim": {"lr": 1}}).optim.lr == 1.0
+
+
+def test_overrides():
+    data = apply_overrides({}, ["oialr.beta=0.3", "model.kwargs.embed_dim=48", "train.grad_clip=null"])
+    cfg = config_from_dict(data)
+    assert cfg.oialr.beta == 0.3 and cfg.model.kwargs == {"embed_dim": 48} and cfg.train.grad_clip is None
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"oialr": {"bta": 0.1}}, r"^oialr\.bta: unknown key \(did you mean 'beta'\?\)"),
+        ({"oialr": {"beta": 1.5}}, r"^oialr\.beta: must be in \[0, 1\)"),
+        ({"oialr": {"beta": "high"}}, r"^oialr\.beta: expected a number"),
+        ({"oialr": {"delay": 1.5}}, r"^oialr\.delay: a fraction must be in \[0, 1\)"),
+        ({"oialr": {"delay": -3}}, r"^oialr\.delay: must be >= 0"),
+        ({"oialr": {"update_frequency": 0}}, r"^oialr\.update_frequency"),
+        ({"oialr": {"layer_fraction": 0}}, r"^oialr\.layer_fraction"),
+        ({"oialr": {"enabled": "yes please"}}, r"^oialr\.enabled: expected true or false"),
+        ({"optim": {"lr": -1}}, r"^optim\.lr: must be > 0"),
+        ({"train": {"epochs": 0}}, r"^train\.epochs: must be >= 1"),
+        ({"train": {"device": "tpu"}}, r"^train\.device"),
+        ({"data": {"name": "imagenet22k"}}, r"^data\.name: unknown data set"),
+        ({"data": {"name": "cifar10"}}, r"^data\.path: .*set data\.path"),
+        ({"schedule": {"k_decay": 0}}, r"^schedule\.k_decay"),
+        ({"schedule": 3}, r"^schedule: expected a mapping"),
+        ({"wat": {}}, r"^wat: unknown key"),
+    ],
+)
+def test_bad_values_name_the_key(data, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(data)
+
+
+def test_file_errors_name_the_file(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("oialr: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: not valid YAML \(line"):
+        load_config(bad)
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("oialr:\n  beta: 2\n")
+    with pytest.raises(ConfigError, match=r"wrong\.yaml: oialr\.beta"):
+        load_config(wrong)
+    with pytest.raises(ConfigError, match="expected key=value"):
+        apply_overrides({}, ["oialr.beta"])
+
+
+def test_to_dict_is_plain_data():
+    d = config_to_dict(RunConfig())
+    assert d["oialr"]["beta"] == 0.1 and isinstance(d["model"]["kwargs"], dict)
