@@ -13,7 +13,6 @@ training time, and final accuracy and trainable fraction of both.
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import statistics
 import sys
@@ -21,12 +20,11 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from oialr_search.lowrank import convert_to_low_rank, count_parameters  # noqa: E402
-from oialr_search.training import config_from_dict, create_model, train  # noqa: E402
+from oialr_search.lowrank._optim_state import rotate_state  # noqa: E402
+from oialr_search.training import Trainer, config_from_dict, train  # noqa: E402
 
 
 def flop_ratio(factors, tokens: int) -> float:
@@ -39,58 +37,58 @@ def flop_ratio(factors, tokens: int) -> float:
     return chosen / dense
 
 
-def make_step(model, batch, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, 1, 28, 28, generator=g)
-    y = torch.randint(0, 10, (batch,), generator=g)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-
-    return step, opt
+def make_trainer(width: int, batch: int, enabled: bool) -> Trainer:
+    cfg = config_from_dict({
+        "model": {"name": "mini_vit", "kwargs": {"embed_dim": width, "depth": 6, "num_heads": 6}},
+        "data": {"name": "mnist"},
+        "train": {"epochs": 1, "batch_size": batch, "seed": 0},
+        # switch at step 0, then no scheduled update: ranks are forced below
+        "oialr": {"enabled": enabled, "delay": 0, "update_frequency": 10**9},
+    })
+    return Trainer(cfg, log=None)
 
 
 def part1(width: int, batch: int, rounds: int, steps: int, fractions: list[float]) -> None:
-    torch.manual_seed(0)
-    base = create_model("mini_vit", num_classes=10, in_chans=1, img_size=28, embed_dim=width, depth=6, num_heads=6)
-    original = sum(p.numel() for p in base.parameters())
-    variants = {"full-rank": (base, None)}
-    tokens = batch * ((28 // 7) ** 2 + 1)
+    """Times the trainer's own step (lr, forward, backward, clipping, AdamW) at forced ranks."""
+    variants: dict[str, Trainer] = {"full-rank": make_trainer(width, batch, False)}
     for frac in fractions:
-        model = copy.deepcopy(base)
-        factors = convert_to_low_rank(model, keep_last_layer=True)
-        for _, f in factors:
-            f.rotate_(beta=1.0, min_rank=max(1, math.ceil(frac * f.full_rank)))
-        variants[f"rank {frac:.0%}"] = (model, factors)
-    steppers = {name: make_step(m, batch)[0] for name, (m, _) in variants.items()}
-    for step in steppers.values():  # warm-up
-        step()
-        step()
-    times = {name: [] for name in variants}
+        t = make_trainer(width, batch, True)
+        t.oialr.before_step(0)  # the switch
+        for _, f in t.oialr.factors:
+            old = f.sigma.shape
+            rot = f.rotate_(beta=1.0, min_rank=max(1, math.ceil(frac * f.full_rank)))
+            rotate_state(t.optimizer, f.sigma, old, rot.left, rot.right)
+        variants[f"rank {frac:.0%}"] = t
+    x, y = next(variants["full-rank"].train_batches.epoch(0))
+    tokens = x.shape[0] * ((28 // 7) ** 2 + 1)
+    for t in variants.values():  # warm-up, and past step 0
+        t.train_step(x, y)
+        t.train_step(x, y)
+    times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(rounds):
-        for name, step in steppers.items():
+        for name, t in variants.items():
             start = time.perf_counter()
             for _ in range(steps):
-                step()
+                t.train_step(x, y)
             times[name].append((time.perf_counter() - start) / steps)
     full = statistics.median(times["full-rank"])
-    print(f"\n== Part 1: step time at forced ranks (mini-ViT width {width}, depth 6, batch {batch}, "
+    print(f"\n== Part 1: trainer step time at forced ranks (mini-ViT width {width}, depth 6, batch {batch}, "
           f"{tokens} tokens; median of {rounds} rounds x {steps} steps, interleaved)")
     print(f"{'variant':>12} {'step s':>8} {'ratio':>7} {'trainable':>10} {'FLOP ratio':>11}")
     print(f"{'full-rank':>12} {full:8.4f} {1.0:7.3f} {100.0:9.1f}% {1.0:11.3f}")
     worst = 0.0
-    for name, (model, factors) in variants.items():
-        if factors is None:
+    for name, t in variants.items():
+        if name == "full-rank":
             continue
-        t = statistics.median(times[name])
-        frac = count_parameters(model, original).trainable_fraction
-        ratio = t / full
+        step_time = statistics.median(times[name])
+        ratio = step_time / full
         worst = max(worst, ratio)
-        print(f"{name:>12} {t:8.4f} {ratio:7.3f} {100 * frac:9.1f}% {flop_ratio(factors, tokens):11.3f}")
+        print(f"{name:>12} {step_time:8.4f} {ratio:7.3f} {100 * t.oialr.counts().trainable_fraction:9.1f}% "
+              f"{flop_ratio(t.oialr.factors, tokens):11.3f}")
     print(f"worst low-rank/full-rank step ratio: {worst:.3f}")
+    r = max(f.full_rank for _, f in variants[f"rank {fractions[0]:.0%}"].oialr.factors)
+    print(f"(at full rank the dense path must build W and project dW each step: ~2r/(3N) = "
+          f"{2 * r / (3 * tokens):.1%} of the linear layers' FLOPs for r={r}, N={tokens} tokens)")
 
 
 def part2(width: int, batch: int, epochs: int) -> None:
@@ -99,7 +97,7 @@ def part2(width: int, batch: int, epochs: int) -> None:
         "data": {"name": "mnist"},
         "optim": {"lr": 0.001},
         "train": {"epochs": epochs, "batch_size": batch, "seed": 0},
-        "oialr": {"delay": 0.25, "update_frequency": 10, "beta": 0.3, "layer_fraction": 0.5},
+        "oialr": {"delay": 0.2, "update_frequency": 30, "beta": 0.5, "layer_fraction": 0.5},
     }
     results = {}
     for name, enabled in (("full-rank", False), ("OIALR", True)):
@@ -110,7 +108,7 @@ def part2(width: int, batch: int, epochs: int) -> None:
     full, ours = results["full-rank"], results["OIALR"]
     svd = sum(u["seconds"] for u in ours.oialr_updates)
     print(f"\n== Part 2: training at equal steps ({full.steps} steps, width {width}, batch {batch}, "
-          f"OIALR delay 0.25, f=10, beta 0.3, p=0.5)")
+          f"OIALR delay 0.2, f=30, beta 0.5, p=0.5)")
     print(f"{'':>10} {'train s':>8} {'top1':>7} {'trainable':>10} {'compression':>12}")
     for name, r in results.items():
         print(f"{name:>10} {r.train_seconds:8.1f} {r.top1:6.2f}% {100 * r.trainable_fraction:9.1f}% "
@@ -126,7 +124,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=3, help="steps per variant per round")
-    ap.add_argument("--epochs", type=int, default=3, help="epochs of part 2 (0 skips it)")
+    ap.add_argument("--epochs", type=int, default=6, help="epochs of part 2 (0 skips it)")
     ap.add_argument("--fractions", default="1.0,0.9,0.75,0.6,0.5,0.35,0.25,0.15,0.1,0.05")
     args = ap.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")

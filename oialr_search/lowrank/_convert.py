@@ -84,7 +84,8 @@ def convert_to_low_rank(model: nn.Module, *, keep_first_layer: bool = False, kee
         module = model.get_submodule(ew.module_name) if ew.module_name else model
         if isinstance(module, nn.MultiheadAttention):
             done_modules.add(ew.module_name)
-            in_names = [w.name for w in weights if w.module_name == ew.module_name and w.weight_name != "out_proj.weight"]
+            in_names = [w.name for w in weights
+                        if w.module_name == ew.module_name and w.weight_name != "out_proj.weight"]
             convert_in = not any(n in kept for n in in_names)
             convert_out = f"{ew.module_name}.out_proj.weight" not in kept
             if not (convert_in or convert_out):

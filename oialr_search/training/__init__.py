@@ -37,6 +37,7 @@ __all__ = [
     "dump_config",
     "load_checkpoint",
     "load_config",
+    "load_data",
     "lr_at",
     "model_names",
     "read_yaml",

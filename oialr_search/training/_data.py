@@ -75,7 +75,8 @@ def _unpickle(path: Path) -> dict:
         with path.open("rb") as fh:
             return pickle.load(fh, encoding="bytes")
     except FileNotFoundError:
-        raise DataError(f"{path}: missing; expected the CIFAR-10 python batches (data_batch_1..5, test_batch)") from None
+        raise DataError(f"{path}: missing; expected the CIFAR-10 python batches "
+                        "(data_batch_1..5, test_batch)") from None
     except (pickle.UnpicklingError, EOFError, OSError) as exc:
         raise DataError(f"{path}: not a CIFAR-10 python batch ({exc})") from None
 
@@ -123,7 +124,8 @@ def load_imagefolder(val_fraction: float, path: str | None = None, img_size: int
     root = Path(path or "")
     for split in ("train", "val"):
         if not (root / split).is_dir():
-            raise DataError(f"data.path: {root / split} missing; expected {root}/train/<class>/… and {root}/val/<class>/…")
+            raise DataError(f"data.path: {root / split} missing; expected {root}/train/<class>/… "
+                            f"and {root}/val/<class>/…")
     size = img_size or 224
     norm = transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     train_tf = [transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip()] if augment else [

@@ -203,9 +203,11 @@ class Trainer:
             total += len(y)
         return loss_sum / total, 100.0 * top1 / total, 100.0 * top5 / total
 
-    def fit(self) -> TrainResult:
+    def fit(self, *, stop_after: int | None = None) -> TrainResult:
+        """Train to ``train.epochs`` (or stop once ``stop_after`` epochs are done; resumable)."""
         tc = self.config.train
-        while self.epoch < tc.epochs:
+        last = tc.epochs if stop_after is None else min(stop_after, tc.epochs)
+        while self.epoch < last:
             start = time.perf_counter()
             losses = []
             for x, y in self.train_batches.epoch(self.epoch):

@@ -8,7 +8,6 @@ from torch import nn
 
 from oialr_search.lowrank import convert_to_low_rank
 
-
 STEPS = 400
 BETAS = (0.9, 0.99)  # bias corrections have settled after STEPS, as late in training
 

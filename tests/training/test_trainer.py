@@ -52,16 +52,9 @@ def test_checkpoint_resume_equals_uninterrupted(tmp_path):
     cfg = tiny(train={"epochs": 4}, data={"augment": True}, model={"kwargs": {"hidden": 48, "depth": 2}})
     full = train(cfg, log=None)
     ckpt = tmp_path / "run.ckpt"
-    # interrupted after 2 epochs (past the switch and some updates): emulate by training a copy
-    # whose epochs budget is the same but which we stop early
-    t = Trainer(cfg, checkpoint=ckpt, log=None)
-    t.config.train.epochs = 2
-    t.fit()
-    t.config.train.epochs = 4  # the checkpoint stores the config; restore it before resuming
+    Trainer(cfg, checkpoint=ckpt, log=None).fit(stop_after=2)  # interrupted after epoch 2
     state = torch.load(ckpt, weights_only=False)
-    state["config"]["train"]["epochs"] = 4
-    torch.save(state, ckpt)
-    assert state["oialr"]["converted"] and state["oialr"]["updates_done"] >= 1
+    assert state["oialr"]["converted"] and state["oialr"]["updates_done"] >= 1  # past the switch
     resumed = Trainer(cfg, checkpoint=ckpt, resume=True, log=None)
     assert resumed.epoch == 2 and resumed.step == 2 * 23
     res = resumed.fit()
