@@ -62,8 +62,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message
 
 
 def test_bundled_default_config_is_valid():
-    from oialr_search.cli import bundled_configs, resolve_config_path
-    from oialr_search.training import load_config
+    from oialr_search.training import bundled_configs, load_config, resolve_config_path
 
     assert "mnist_vit" in bundled_configs()
     cfg = load_config(resolve_config_path("mnist_vit"))

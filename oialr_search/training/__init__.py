@@ -1,5 +1,6 @@
 """Training: run config, data, models, lr schedules and the trainer loop."""
 
+from ._bundled import CONFIG_DIR, bundled_configs, resolve_config_path
 from ._checkpoint import load_checkpoint, save_checkpoint
 from ._config import DataConfig, ModelConfig, OptimConfig, RunConfig, ScheduleConfig, TrainConfig
 from ._config_io import (
@@ -17,6 +18,9 @@ from ._models import create_model, model_names, register_model
 from ._trainer import EpochRecord, Trainer, TrainingDiverged, TrainResult, train
 
 __all__ = [
+    "CONFIG_DIR",
+    "bundled_configs",
+    "resolve_config_path",
     "DATASETS",
     "BatchIterator",
     "DataBundle",

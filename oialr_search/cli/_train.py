@@ -1,46 +1,19 @@
-"""The ``oialr-search`` command line.
-
-Exit codes: 0 success, 2 bad input (one line that says what to fix), 1 internal failure.
-"""
+"""``oialr-search train``."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-from .exceptions import OIALRSearchError
-
-CONFIG_DIR = Path(__file__).parent / "configs"
-
-
-def bundled_configs() -> list[str]:
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-
-
-def resolve_config_path(name: str) -> Path:
-    """A path, or the name of a config shipped with the package (e.g. ``mnist_vit``)."""
-    path = Path(name)
-    if path.exists() or path.suffix in (".yaml", ".yml") or os.sep in name:
-        return path
-    bundled = CONFIG_DIR / f"{name}.yaml"
-    if bundled.exists():
-        return bundled
-    raise OIALRSearchError(f"{name}: no such config file or bundled config (bundled: {', '.join(bundled_configs())})")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+from ..exceptions import OIALRSearchError
+from ..training import bundled_configs
+from ._common import write_atomic
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .training import TrainingDiverged, dump_config, load_config
-    from .training._trainer import Trainer
+    from ..training import Trainer, TrainingDiverged, config_to_dict, dump_config, load_config, resolve_config_path
 
     config = load_config(resolve_config_path(args.config), args.set)
     out = Path(args.out) if args.out else None
@@ -63,16 +36,12 @@ def cmd_train(args: argparse.Namespace) -> int:
                                        "compression")}
     print(json.dumps(summary))
     if out is not None:
-        from .training import config_to_dict
-
-        _write_atomic(out, json.dumps({**metrics, "config": config_to_dict(config)}, indent=2))
-        _write_atomic(out.with_name(f"{out.stem}.config.yaml"), dump_config(config))
+        write_atomic(out, json.dumps({**metrics, "config": config_to_dict(config)}, indent=2))
+        write_atomic(out.with_name(f"{out.stem}.config.yaml"), dump_config(config))
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="oialr-search", description="OIALR training and hyperparameter search.")
-    sub = parser.add_subparsers(dest="command", required=True)
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train one run config (OIALR or full-rank baseline)")
     p.add_argument("config", help=f"YAML run config, or a bundled one: {', '.join(bundled_configs())}")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -82,21 +51,3 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
     p.set_defaults(func=cmd_train)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except OIALRSearchError as exc:
-        print(f"oialr-search {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"oialr-search {args.command}: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

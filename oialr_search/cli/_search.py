@@ -1,0 +1,54 @@
+"""``oialr-search run`` and ``resume``."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..exceptions import OIALRSearchError
+from ..storage import default_storage
+from ._common import add_storage
+
+
+def _check(args: argparse.Namespace) -> None:
+    if args.budget is not None and args.budget < 1:
+        raise OIALRSearchError(f"--budget: must be at least 1 trial, got {args.budget}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ..search import SearchRequest, load_space, run_search
+
+    _check(args)
+    space = load_space(args.space)
+    return run_search(SearchRequest(study=args.study, storage=args.storage or default_storage(), space=space,
+                                    backend=args.backend, budget=args.budget, seed=args.seed))
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from ..search import SearchRequest, run_search
+    from ..storage import Store
+
+    _check(args)
+    storage = args.storage or default_storage()
+    Store(storage, create=False).get_study(args.study)  # a clear error for an unknown study
+    return run_search(SearchRequest(study=args.study, storage=storage, space=None, backend=args.backend,
+                                    budget=args.budget, seed=args.seed))
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run a search (under mpiexec: every rank trains one config at a time)")
+    p.add_argument("space", help="search-space YAML (see search_spaces/)")
+    p.add_argument("--study", required=True, help="study name; running again with it continues the study")
+    add_storage(p)
+    p.add_argument("--backend", choices=("auto", "propulate", "optuna"), default="auto",
+                   help="auto: Propulate with 2+ MPI ranks, else Optuna")
+    p.add_argument("--budget", type=int, default=None, help="finished trials to reach (default 20)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("resume", help="continue a stored study (same as run with its stored space)")
+    p.add_argument("--study", required=True)
+    add_storage(p)
+    p.add_argument("--backend", choices=("auto", "propulate", "optuna"), default="auto")
+    p.add_argument("--budget", type=int, default=None, help="new total budget (default: the stored one)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_resume)

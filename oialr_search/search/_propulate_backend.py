@@ -1,0 +1,126 @@
+"""Propulate backend: asynchronous evolutionary search with islands over MPI.
+
+Guards for Propulate 1.2.2 (DESIGN.md §4): the objective is minimized (maximized metrics are
+negated); float limits are always float tuples, log scales are searched in log10 space and
+categoricals as int indices (see ``Dimension``); the loss function never raises and maps NaN and
+failures to +inf; islands have at least two workers (MPICH hangs a single-worker island at its
+checkpoint); ``summarize()`` is never called. Propulate's own checkpoints (one non-atomic pickle per
+island, not recoverable when truncated, crashing when the rank count changes) are never trusted on
+start: before every run rank 0 rebuilds each island's population from the database, which holds
+every completed trial, so resuming after a crash or with another rank count just works.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+import pickle
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ..storage import COMPLETE, FAILED, Store, Study
+from ._space import SearchSpace
+
+RunTrial = Callable[[dict, int | None], float]  # (params, island) -> loss
+
+
+def island_sizes(workers: int) -> list[int]:
+    """As many islands as keeps every island at two or more workers (Propulate's split)."""
+    islands = max(1, workers // 2)
+    base, extra = divmod(workers, islands)
+    return [base + (1 if i < extra else 0) for i in range(islands)]
+
+
+def island_of(rank: int, sizes: list[int]) -> tuple[int, int]:
+    """(island index, rank within the island) of a world rank."""
+    start = 0
+    for idx, size in enumerate(sizes):
+        if rank < start + size:
+            return idx, rank - start
+        start += size
+    raise ValueError(f"rank {rank} outside {sum(sizes)} workers")
+
+
+def limits_of(space: SearchSpace) -> dict[str, tuple]:
+    return {f"p{i}": d.propulate_limits() for i, d in enumerate(space.dimensions)}
+
+
+def decode(space: SearchSpace, individual) -> dict:  # noqa: ANN001
+    return {d.key: d.decode(individual[f"p{i}"]) for i, d in enumerate(space.dimensions)}
+
+
+def rebuild_checkpoints(store: Store, study: Study, space: SearchSpace, folder: Path, workers: int) -> int:
+    """Write each island's population from the stored COMPLETE trials; returns how many.
+
+    Every worker of an island gets at least one individual (Propulate takes the next generation
+    from its own individuals), all at generation -1, so each continues from generation 0 with the
+    remaining budget.
+    """
+    from propulate.population import Individual
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in list(folder.glob("island_*_ckpt.pickle")) + list(folder.glob("island_*_ckpt.bkp")):
+        old.unlink()
+    trials = [t for t in store.trials(study, states=(COMPLETE,)) if t.value is not None and math.isfinite(t.value)]
+    if not trials:
+        return 0
+    limits = limits_of(space)
+    sizes = island_sizes(workers)
+    for idx, size in enumerate(sizes):
+        population = []
+        for k in range(max(len(trials), size)):
+            t = trials[k % len(trials)]
+            try:
+                position = {f"p{i}": d.encode(t.params[d.key]) for i, d in enumerate(space.dimensions)}
+            except (KeyError, ValueError):
+                continue  # a trial from an older version of the space
+            position = {key: type(limits[key][0])(v) for key, v in position.items()}
+            ind = Individual(position, limits, generation=-1, rank=k % size)
+            ind.loss = t.value if study.minimize else -t.value
+            ind.active, ind.island, ind.current = True, idx, k % size
+            ind.migration_steps, ind.migration_history = 0, str(idx)
+            ind.evaltime, ind.evalperiod = time.time(), float(t.duration or 0.0)
+            population.append(ind)
+        if len({ind.rank for ind in population}) < size:
+            return 0  # not enough usable trials for every worker: start fresh
+        tmp = folder / f".island_{idx}_ckpt.tmp"
+        tmp.write_bytes(pickle.dumps(population))
+        tmp.replace(folder / f"island_{idx}_ckpt.pickle")
+    return len(trials)
+
+
+def run_propulate(*, comm, space: SearchSpace, store: Store, study: Study, folder: Path, generations: int,  # noqa: ANN001
+                  seed: int, evaluate: RunTrial) -> None:
+    """Run this rank's share (``generations`` evaluations) of the search. Collective."""
+    from propulate import Islands
+    from propulate.utils import get_default_propagator
+
+    logging.getLogger("propulate").setLevel(logging.WARNING)
+    sizes = island_sizes(comm.Get_size())
+    island, _ = island_of(comm.Get_rank(), sizes)
+    rng = random.Random(seed * 7919 + comm.Get_rank())
+    np.random.seed((seed * 7919 + comm.Get_rank()) % 2**32)
+    limits = limits_of(space)
+    propagator = get_default_propagator(pop_size=max(4, 2 * comm.Get_size()), limits=limits, rng=rng)
+
+    def loss_fn(individual) -> float:  # noqa: ANN001
+        try:
+            return float(evaluate(decode(space, individual), island))
+        except BaseException as exc:  # noqa: BLE001 - an exception here would hang the other ranks
+            print(f"[rank {comm.Get_rank()}] trial bookkeeping failed: {type(exc).__name__}: {exc}", flush=True)
+            return math.inf
+
+    with contextlib.redirect_stdout(io.StringIO()):  # Propulate prints a banner
+        islands = Islands(loss_fn, propagator, rng, generations=generations, num_islands=len(sizes),
+                          island_sizes=np.array(sizes), migration_probability=0.9 if len(sizes) > 1 else 0.0,
+                          pollination=False, checkpoint_path=folder)
+    islands.propulate(logging_interval=10**9, debug=0)
+
+
+__all__ = ["FAILED", "island_of", "island_sizes", "rebuild_checkpoints", "run_propulate"]

@@ -1,0 +1,168 @@
+"""Running a search: storage set-up on rank 0, placement, the backend loop, progress output."""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+from ..exceptions import OIALRSearchError
+from ..storage import COMPLETE, FAILED, PRUNED, Store, Study
+from ._devices import place
+from ._objective import run_trial
+from ._space import SearchSpace
+
+BACKENDS = ("auto", "propulate", "optuna")
+
+
+@dataclass
+class SearchRequest:
+    study: str
+    storage: str
+    space: SearchSpace | None = None  # None: resume with the stored space
+    backend: str = "auto"
+    budget: int | None = None
+    seed: int = 0
+
+
+def _world():
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        return None
+    return MPI.COMM_WORLD
+
+
+def propulate_available() -> bool:
+    try:
+        import propulate  # noqa: F401
+    except Exception:  # noqa: BLE001 - any import failure means "not usable here"
+        return False
+    return True
+
+
+def checkpoint_folder(storage: str, study: str) -> Path:
+    """Propulate's per-study folder: next to a SQLite file, else in the working directory."""
+    url = make_url(storage)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        db = Path(url.database)
+        return db.with_name(f"{db.stem}.propulate") / study
+    return Path("oialr_search_checkpoints") / study
+
+
+def _prepare(req: SearchRequest, world_size: int) -> tuple[Study, str, int, int, SearchSpace]:
+    """Rank 0: open storage, create or load the study, mark interrupted trials, pick the backend."""
+    store = Store(req.storage)
+    if req.space is None:
+        study = store.get_study(req.study)
+        space = SearchSpace.from_dict(study.space)
+    else:
+        space = req.space
+        existing = {s.name: s for s, _ in store.studies()}.get(req.study)
+        if existing is not None and existing.space.get("raw") != space.to_dict()["raw"]:
+            raise OIALRSearchError(f"study {req.study!r} already exists with a different search space; "
+                                   f"continue it with 'oialr-search resume --study {req.study}' or pick a new name")
+        study = store.create_study(name=req.study, space=space.to_dict(), space_path=space.path, metric=space.metric,
+                                   direction=space.direction, backend=req.backend, seed=req.seed,
+                                   budget=req.budget or 20)
+    budget = req.budget or study.budget
+    if budget != study.budget:
+        store.update_study(req.study, budget=budget)
+    interrupted = store.mark_interrupted(study)
+    if interrupted:
+        print(f"resume: marked {interrupted} trial(s) of the previous job as INTERRUPTED", flush=True)
+    backend = req.backend if req.backend != "auto" else (study.backend if study.backend != "auto" else "propulate")
+    if backend == "propulate" and (world_size < 2 or not propulate_available()):
+        why = "one process (launch with mpiexec -n 2 or more)" if world_size < 2 else "propulate is not importable"
+        print(f"backend: Propulate cannot run here ({why}); using the Optuna fallback", flush=True)
+        backend = "optuna"
+    finished = store.count(study, (COMPLETE, FAILED, PRUNED))
+    return study, backend, budget, finished, space
+
+
+class _Progress:
+    def __init__(self, store: Store, study: Study, budget: int, rank: int) -> None:
+        self.store, self.study, self.budget, self.rank = store, study, budget, rank
+
+    def trial_done(self, trial_number: int, state: str, value: float | None, seconds: float) -> None:
+        if self.rank != 0:
+            return
+        done = self.store.count(self.study, (COMPLETE,))
+        failed = self.store.count(self.study, (FAILED,))
+        best = self.store.best_trial(self.study)
+        shown = f"{self.study.metric}={value:.4f}" if value is not None else state
+        best_txt = f"best {best.value:.4f} (#{best.number})" if best else "no best yet"
+        print(f"[trial {trial_number}] {shown} in {seconds:.1f}s | {done + failed}/{self.budget} finished, "
+              f"{failed} failed, {best_txt}", flush=True)
+
+
+def run_search(req: SearchRequest) -> int:
+    """Run (or resume) a search on every rank of MPI.COMM_WORLD. Returns the exit code."""
+    comm = _world()
+    rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
+    prepared, error = None, None
+    if rank == 0:
+        try:
+            prepared = _prepare(req, size)
+        except OIALRSearchError as exc:
+            error = str(exc)
+    if comm is not None and size > 1:
+        prepared, error = comm.bcast((prepared, error), root=0)
+    if error is not None:
+        if rank == 0:
+            print(f"oialr-search: error: {error}", file=sys.stderr)
+        return 2
+    study, backend, budget, finished, space = prepared
+    store = Store(req.storage, create=False)
+    placement = place(comm if size > 1 else None)
+    progress = _Progress(store, study, budget, rank)
+    if rank == 0:
+        print(f"study {study.name!r}: {backend} on {size} rank(s), {finished}/{budget} trials finished, "
+              f"objective {study.direction} {study.metric}; rank 0 on {placement.device} with {placement.threads} "
+              f"thread(s)", flush=True)
+
+    def evaluate(params: dict, island: int | None, limit: int | None = None):
+        trial = store.start_trial(study, params=params, rank=rank, island=island, device=placement.device,
+                                  config=space.config_for(params), limit=limit)
+        if trial is None:
+            return None
+        outcome = run_trial(space, params, device=placement.device, threads=placement.threads)
+        store.finish_trial(trial.id, state=outcome.state, value=outcome.value, metrics=outcome.metrics,
+                           epochs=outcome.epochs, rank_trajectory=outcome.trajectory, error=outcome.error)
+        progress.trial_done(trial.number, outcome.state, outcome.value, outcome.seconds)
+        return trial.id, outcome.state, outcome.value, outcome.loss(study.minimize)
+
+    remaining = max(0, budget - finished)
+    if backend == "propulate":
+        from ._propulate_backend import rebuild_checkpoints, run_propulate
+
+        folder = checkpoint_folder(req.storage, study.name)
+        if rank == 0:
+            seeded = rebuild_checkpoints(store, study, space, folder, size)
+            if seeded:
+                print(f"propulate: population rebuilt from {seeded} stored trial(s)", flush=True)
+        comm.Barrier()
+        generations = math.ceil(remaining / size)
+        if generations:
+            run_propulate(comm=comm, space=space, store=store, study=study, folder=folder, generations=generations,
+                          seed=req.seed + finished, evaluate=lambda p, isl: evaluate(p, isl)[3])
+    else:
+        from ._optuna_backend import run_optuna
+
+        def optuna_eval(params: dict):
+            result = evaluate(params, None, limit=budget)
+            return None if result is None else result[:3]
+
+        run_optuna(space=space, store=store, study=study, seed=req.seed + finished, rank=rank, evaluate=optuna_eval)
+    if comm is not None and size > 1:
+        comm.Barrier()
+    if rank == 0:
+        best = store.best_trial(study)
+        done = store.count(study, (COMPLETE,))
+        failed = store.count(study, (FAILED,))
+        best_txt = f"best {study.metric} {best.value:.4f} (trial {best.number})" if best else "no completed trial"
+        print(f"done: {done} complete, {failed} failed; {best_txt}", flush=True)
+    return 0

@@ -1,0 +1,215 @@
+"""Search spaces: which run-config keys to search, over what ranges, and the objective.
+
+A space file (YAML)::
+
+    base: mnist_vit                 # a bundled run config, or a path relative to this file
+    set: {train.epochs: 4}          # fixed overrides of the base
+    objective: {metric: val_loss, direction: minimize}
+    trial_timeout: 600              # seconds; a trial running longer is stopped and FAILED
+    params:
+      oialr.beta: {type: float, low: 0.02, high: 0.5, log: true}
+      oialr.update_frequency: {type: int, low: 10, high: 200}
+      model.kwargs.mlp_ratio: {type: categorical, choices: [2.0, 4.0]}
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..exceptions import ConfigError, OIALRSearchError
+from ..training import CONFIG_DIR, apply_overrides, config_from_dict, read_yaml
+
+METRICS = {"val_loss": "minimize", "top1": "maximize", "top5": "maximize", "trainable_fraction": "minimize"}
+
+
+class SpaceError(OIALRSearchError):
+    """A search space file is malformed; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searched key. ``kind`` is float, int or categorical."""
+
+    key: str
+    kind: str
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    choices: tuple = ()
+
+    # Propulate only knows plain ranges (float, int) and buggy categoricals, with no log scale:
+    # floats (and log-ints) are searched on [low, high] or [log10 low, log10 high] as floats,
+    # categoricals as an int index.
+    def propulate_limits(self) -> tuple[float, float] | tuple[int, int]:
+        if self.kind == "categorical":
+            return (0, len(self.choices) - 1)
+        if self.kind == "int" and not self.log:
+            return (int(self.low), int(self.high))
+        lo, hi = (math.log10(self.low), math.log10(self.high)) if self.log else (self.low, self.high)
+        return (float(lo), float(hi))
+
+    def decode(self, raw: float | int) -> Any:
+        """Map a backend value (propulate encoding) to the config value, clipped to the range."""
+        if self.kind == "categorical":
+            return self.choices[min(max(int(round(raw)), 0), len(self.choices) - 1)]
+        value = 10 ** float(raw) if self.log else raw
+        value = min(max(value, self.low), self.high)
+        return int(round(value)) if self.kind == "int" else float(value)
+
+    def encode(self, value: Any) -> float | int:
+        """Inverse of :meth:`decode` (to seed a population from stored trials)."""
+        if self.kind == "categorical":
+            return self.choices.index(value)
+        if self.log:
+            return math.log10(value)
+        return int(value) if self.kind == "int" else float(value)
+
+
+@dataclass
+class SearchSpace:
+    path: str
+    base: dict
+    dimensions: list[Dimension]
+    metric: str = "val_loss"
+    direction: str = "minimize"
+    trial_timeout: float | None = None
+    raw: dict = field(default_factory=dict)
+
+    @property
+    def minimize(self) -> bool:
+        return self.direction == "minimize"
+
+    def config_for(self, params: dict[str, Any]) -> dict:
+        """The run config (as a dict) of a trial: the base with ``params`` applied."""
+        return apply_overrides(self.base, [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip()}"
+                                           for k, v in params.items()])
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "raw": self.raw, "base": self.base}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SearchSpace:
+        return _parse(data["raw"], Path(data["path"]), base=data["base"])
+
+
+def _err(path: Path, key: str, message: str) -> SpaceError:
+    return SpaceError(f"{path}: {key}: {message}")
+
+
+def _number(path: Path, key: str, spec: dict, name: str) -> float | int:
+    value = spec.get(name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _err(path, f"params.{key}.{name}", f"expected a number, got {value!r}")
+    return value
+
+
+def _dimension(path: Path, key: str, spec: Any) -> Dimension:
+    if not isinstance(spec, dict):
+        raise _err(path, f"params.{key}", "expected a mapping like {type: float, low: 0.1, high: 0.5}")
+    kind = spec.get("type")
+    known = {"float": {"type", "low", "high", "log"}, "int": {"type", "low", "high", "log"},
+             "categorical": {"type", "choices"}}
+    if kind not in known:
+        raise _err(path, f"params.{key}.type", f"must be float, int or categorical, got {kind!r}")
+    extra = set(spec) - known[kind]
+    if extra:
+        raise _err(path, f"params.{key}", f"unknown field(s) {', '.join(sorted(extra))} for type {kind}")
+    if kind == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise _err(path, f"params.{key}.choices", "expected a non-empty list")
+        if len({yaml.safe_dump(c) for c in choices}) != len(choices):
+            raise _err(path, f"params.{key}.choices", "has duplicates")
+        return Dimension(key, kind, choices=tuple(choices))
+    low, high = _number(path, key, spec, "low"), _number(path, key, spec, "high")
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise _err(path, f"params.{key}.log", f"expected true or false, got {log!r}")
+    if kind == "int" and not (isinstance(low, int) and isinstance(high, int)):
+        raise _err(path, f"params.{key}", "an int dimension needs integer low and high")
+    if not low < high:
+        raise _err(path, f"params.{key}", f"low must be below high, got low={low}, high={high}")
+    if log and low <= 0:
+        raise _err(path, f"params.{key}.low", f"a log-scale dimension needs low > 0, got {low}")
+    return Dimension(key, kind, float(low) if kind == "float" else low, float(high) if kind == "float" else high,
+                     log)
+
+
+def _resolve_base(path: Path, base: Any) -> dict:
+    if base is None:
+        return {}
+    if isinstance(base, dict):
+        return base
+    if not isinstance(base, str):
+        raise _err(path, "base", f"expected a bundled config name or a path, got {base!r}")
+    candidate = (path.parent / base) if not Path(base).is_absolute() else Path(base)
+    if candidate.is_file():
+        return read_yaml(candidate)
+    bundled = CONFIG_DIR / f"{base}.yaml"
+    if bundled.is_file():
+        return read_yaml(bundled)
+    raise _err(path, "base", f"{base!r} is neither a file next to the space nor a bundled config")
+
+
+def _parse(raw: Any, path: Path, base: dict | None = None) -> SearchSpace:
+    if not isinstance(raw, dict):
+        raise SpaceError(f"{path}: expected a mapping with base, set, objective and params")
+    unknown = set(raw) - {"base", "set", "objective", "params", "trial_timeout", "description"}
+    if unknown:
+        raise _err(path, sorted(unknown)[0], "unknown key; expected base, set, objective, params, trial_timeout")
+    try:
+        base_cfg = copy.deepcopy(base) if base is not None else _resolve_base(path, raw.get("base"))
+        fixed = raw.get("set") or {}
+        if not isinstance(fixed, dict):
+            raise _err(path, "set", "expected a mapping of key: value")
+        base_cfg = apply_overrides(base_cfg, [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip()}"
+                                              for k, v in fixed.items()])
+        config_from_dict(base_cfg)
+    except ConfigError as exc:
+        raise SpaceError(f"{path}: base/set: {exc}") from None
+    objective = raw.get("objective") or {}
+    if not isinstance(objective, dict):
+        raise _err(path, "objective", "expected {metric: ..., direction: ...}")
+    metric = objective.get("metric", "val_loss")
+    if metric not in METRICS:
+        raise _err(path, "objective.metric", f"must be one of {', '.join(METRICS)}, got {metric!r}")
+    direction = objective.get("direction", METRICS[metric])
+    if direction not in ("minimize", "maximize"):
+        raise _err(path, "objective.direction", f"must be minimize or maximize, got {direction!r}")
+    timeout = raw.get("trial_timeout")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+        raise _err(path, "trial_timeout", f"expected a positive number of seconds, got {timeout!r}")
+    params = raw.get("params")
+    if not isinstance(params, dict) or not params:
+        raise _err(path, "params", "expected a non-empty mapping of config keys to dimensions")
+    dims = [_dimension(path, str(k), v) for k, v in params.items()]
+    space = SearchSpace(str(path), base_cfg, dims, metric, direction, timeout, raw)
+    # Every dimension must name a real config key with valid values: check both ends.
+    for d in dims:
+        for value in (d.choices if d.kind == "categorical" else (d.low, d.high)):
+            try:
+                config_from_dict(space.config_for({d.key: value}))
+            except ConfigError as exc:
+                raise _err(path, f"params.{d.key}", f"value {value!r} is not valid: {exc}") from None
+    return space
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    """Read and validate a search-space YAML file (errors name the file and the key)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SpaceError(f"{path}: no such search-space file") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise SpaceError(f"{path}: not valid YAML{f' (line {mark.line + 1})' if mark else ''}") from None
+    except OSError as exc:
+        raise SpaceError(f"{path}: cannot read: {exc.strerror}") from None
+    return _parse(raw, path)

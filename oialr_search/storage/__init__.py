@@ -1,0 +1,20 @@
+"""Storage of studies and trials (SQLAlchemy; SQLite by default)."""
+
+from ._schema import COMPLETE, FAILED, INTERRUPTED, PRUNED, RUNNING, STATES
+from ._store import DEFAULT_STORAGE, StorageError, Store, Study, StudyNotFound, Trial, default_storage
+
+__all__ = [
+    "COMPLETE",
+    "DEFAULT_STORAGE",
+    "FAILED",
+    "INTERRUPTED",
+    "PRUNED",
+    "RUNNING",
+    "STATES",
+    "StorageError",
+    "Store",
+    "Study",
+    "StudyNotFound",
+    "Trial",
+    "default_storage",
+]

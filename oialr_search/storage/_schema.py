@@ -1,0 +1,84 @@
+"""Database schema. Table names are prefixed ``oialr_`` so an Optuna RDB storage (tables
+``studies``, ``trials``, …) can live in the same database without collisions."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+SCHEMA_VERSION = 1
+
+# Trial states. INTERRUPTED: the job died while the trial was running (set on resume).
+RUNNING, COMPLETE, FAILED, PRUNED, INTERRUPTED = "RUNNING", "COMPLETE", "FAILED", "PRUNED", "INTERRUPTED"
+STATES = (RUNNING, COMPLETE, FAILED, PRUNED, INTERRUPTED)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class StudyRow(Base):
+    __tablename__ = "oialr_studies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True, index=True)
+    space: Mapped[dict] = mapped_column(JSON)  # the search space as loaded (file contents + base config)
+    space_path: Mapped[str] = mapped_column(Text, default="")
+    metric: Mapped[str] = mapped_column(String(64))
+    direction: Mapped[str] = mapped_column(String(16))
+    backend: Mapped[str] = mapped_column(String(32))
+    seed: Mapped[int] = mapped_column(Integer, default=0)
+    budget: Mapped[int] = mapped_column(Integer, default=0)
+    created: Mapped[datetime] = mapped_column(DateTime)
+    trials: Mapped[list[TrialRow]] = relationship(back_populates="study", cascade="all, delete-orphan")
+
+
+class TrialRow(Base):
+    __tablename__ = "oialr_trials"
+    __table_args__ = (UniqueConstraint("study_id", "number", name="uq_oialr_trial_number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("oialr_studies.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    rank: Mapped[int] = mapped_column(Integer, default=0)
+    island: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    device: Mapped[str] = mapped_column(String(32), default="cpu")
+    params: Mapped[dict] = mapped_column(JSON)
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)  # the objective metric
+    metrics: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # final metrics of the run
+    config: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # the resolved run config
+    rank_trajectory: Mapped[list | None] = mapped_column(JSON, nullable=True)  # OIALR switch/update records
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    started: Mapped[datetime] = mapped_column(DateTime)
+    finished: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    duration: Mapped[float | None] = mapped_column(Float, nullable=True)
+    study: Mapped[StudyRow] = relationship(back_populates="trials")
+    epochs: Mapped[list[EpochRow]] = relationship(back_populates="trial", cascade="all, delete-orphan",
+                                                  order_by="EpochRow.epoch")
+
+
+class EpochRow(Base):
+    __tablename__ = "oialr_trial_epochs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    trial_id: Mapped[int] = mapped_column(ForeignKey("oialr_trials.id", ondelete="CASCADE"), index=True)
+    epoch: Mapped[int] = mapped_column(Integer)
+    step: Mapped[int] = mapped_column(Integer)
+    train_loss: Mapped[float] = mapped_column(Float)
+    val_loss: Mapped[float] = mapped_column(Float)
+    top1: Mapped[float] = mapped_column(Float)
+    top5: Mapped[float] = mapped_column(Float)
+    lr: Mapped[float] = mapped_column(Float)
+    trainable_fraction: Mapped[float] = mapped_column(Float)
+    seconds: Mapped[float] = mapped_column(Float)
+    trial: Mapped[TrialRow] = relationship(back_populates="epochs")
+
+
+class MetaRow(Base):
+    __tablename__ = "oialr_meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
