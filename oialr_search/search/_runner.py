@@ -16,6 +16,7 @@ from ._objective import run_trial
 from ._space import SearchSpace
 
 BACKENDS = ("auto", "propulate", "optuna")
+DEFAULT_BUDGET = 20
 
 
 @dataclass
@@ -56,29 +57,33 @@ def checkpoint_folder(storage: str, study: str) -> Path:
 def _prepare(req: SearchRequest, world_size: int) -> tuple[Study, str, int, int, SearchSpace]:
     """Rank 0: open storage, create or load the study, mark interrupted trials, pick the backend."""
     store = Store(req.storage)
+    existing = {s.name: s for s, _ in store.studies()}.get(req.study)
     if req.space is None:
         study = store.get_study(req.study)
         space = SearchSpace.from_dict(study.space)
     else:
         space = req.space
-        existing = {s.name: s for s, _ in store.studies()}.get(req.study)
         if existing is not None and existing.space.get("raw") != space.to_dict()["raw"]:
             raise OIALRSearchError(f"study {req.study!r} already exists with a different search space; "
                                    f"continue it with 'oialr-search resume --study {req.study}' or pick a new name")
+    wanted = req.backend if req.backend != "auto" else (existing.backend if existing else "propulate")
+    backend = wanted
+    if backend == "propulate" and (world_size < 2 or not propulate_available()):
+        why = "one process (launch with mpiexec -n 2 or more)" if world_size < 2 else "propulate is not importable"
+        print(f"backend: Propulate cannot run here ({why}); using the Optuna fallback", flush=True)
+        backend = "optuna"
+    if existing is None:
         study = store.create_study(name=req.study, space=space.to_dict(), space_path=space.path, metric=space.metric,
-                                   direction=space.direction, backend=req.backend, seed=req.seed,
-                                   budget=req.budget or 20)
+                                   direction=space.direction, backend=wanted, seed=req.seed,
+                                   budget=req.budget or DEFAULT_BUDGET)
+    else:
+        study = existing
     budget = req.budget or study.budget
     if budget != study.budget:
         store.update_study(req.study, budget=budget)
     interrupted = store.mark_interrupted(study)
     if interrupted:
         print(f"resume: marked {interrupted} trial(s) of the previous job as INTERRUPTED", flush=True)
-    backend = req.backend if req.backend != "auto" else (study.backend if study.backend != "auto" else "propulate")
-    if backend == "propulate" and (world_size < 2 or not propulate_available()):
-        why = "one process (launch with mpiexec -n 2 or more)" if world_size < 2 else "propulate is not importable"
-        print(f"backend: Propulate cannot run here ({why}); using the Optuna fallback", flush=True)
-        backend = "optuna"
     finished = store.count(study, (COMPLETE, FAILED, PRUNED))
     return study, backend, budget, finished, space
 

@@ -42,7 +42,7 @@ class StudyNotFound(OIALRSearchError):
 
 
 def default_storage() -> str:
-    return os.environ.get("OIALR_SEARCH_STORAGE", DEFAULT_STORAGE)
+    return os.environ.get("OIALR_SEARCH_STORAGE") or DEFAULT_STORAGE
 
 
 def _now() -> datetime:

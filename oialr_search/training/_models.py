@@ -65,8 +65,26 @@ def mlp(*, num_classes: int, in_chans: int, img_size: int, hidden: int = 128, de
     return nn.Sequential(*layers)
 
 
+def _import_builder(name: str) -> ModelBuilder:
+    """``package.module:function`` -> the function (a user's own model builder)."""
+    import importlib
+
+    module_name, _, attr = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"model.name: cannot import {module_name!r} ({exc})") from None
+    builder = getattr(module, attr, None)
+    if not callable(builder):
+        raise ConfigError(f"model.name: {module_name!r} has no callable {attr!r}")
+    return builder
+
+
 def create_model(name: str, *, num_classes: int, in_chans: int, img_size: int, **kwargs: object) -> nn.Module:
-    """Build a registered model or ``timm.create_model(name, pretrained=False, ...)``."""
+    """Build a model: a registered name, ``module:function`` (called with num_classes, in_chans,
+    img_size and the kwargs), or any timm model (``timm.create_model(name, pretrained=False)``)."""
+    if ":" in name:
+        return _import_builder(name)(num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kwargs)
     if name in _REGISTRY:
         try:
             return _REGISTRY[name](num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kwargs)

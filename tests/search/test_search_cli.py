@@ -1,0 +1,241 @@
+"""The search service as users run it: through the CLI, under the venv's mpiexec, with timeouts.
+
+A hang fails the test (the whole process group is killed) instead of hanging CI.
+"""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+MPIEXEC = BIN / "mpiexec"
+
+SPACE = """\
+base:
+  model: {name: mlp, kwargs: {hidden: 24, depth: 1}}
+  data: {name: digits, val_fraction: 0.2}
+  oialr: {keep_last_layer: false, delay: 0.3}
+  train: {epochs: %(epochs)d, batch_size: 128}
+objective: {metric: val_loss}
+%(extra)s
+params:
+  oialr.beta: {type: float, low: 0.05, high: 0.5, log: true}
+  optim.lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}
+  oialr.update_frequency: {type: int, low: 2, high: 10}
+  model.kwargs.hidden: {type: categorical, choices: [16, 24]}
+%(more)s
+"""
+
+FAULTY = '''
+import time
+import torch
+from torch import nn
+
+
+class _Net(nn.Module):
+    def __init__(self, mode, num_classes, in_chans, img_size):
+        super().__init__()
+        self.mode = mode
+        self.fc = nn.Linear(in_chans * img_size * img_size, num_classes)
+
+    def forward(self, x):
+        if self.mode == "raise":
+            raise RuntimeError("injected failure")
+        if self.mode == "hang":
+            time.sleep(3600)
+        out = self.fc(x.flatten(1))
+        return out * float("nan") if self.mode == "nan" else out
+
+
+def nan_model(**kw):
+    return _Net("nan", kw["num_classes"], kw["in_chans"], kw["img_size"])
+
+
+def raising_model(**kw):
+    return _Net("raise", kw["num_classes"], kw["in_chans"], kw["img_size"])
+
+
+def hanging_model(**kw):
+    return _Net("hang", kw["num_classes"], kw["in_chans"], kw["img_size"])
+'''
+
+
+def write_space(folder: Path, *, epochs=2, extra="", more="", name="space.yaml") -> Path:
+    path = folder / name
+    path.write_text(SPACE % {"epochs": epochs, "extra": extra, "more": more})
+    return path
+
+
+def run(args, cwd, *, ranks=None, timeout=240, env=None):
+    """Run the CLI (under mpiexec when ``ranks``); kill the whole process group on timeout."""
+    cmd = [sys.executable, "-m", "oialr_search", *args]
+    if ranks:  # -m mpi4py: an uncaught exception aborts every rank instead of hanging them
+        cmd = [sys.executable, "-m", "mpi4py", *cmd[1:]]
+        if not MPIEXEC.exists():
+            pytest.fail(f"{MPIEXEC} missing: install the package with the [mpich] extra (launch/test.sh does)")
+        cmd = [str(MPIEXEC), "-n", str(ranks), *cmd]
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env={**os.environ, "OIALR_SEARCH_STORAGE": "", **(env or {})})
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"timed out after {timeout}s: {' '.join(args)}\n{out[-2000:]}\n{err[-2000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def trials(folder: Path, study: str) -> list[dict]:
+    con = sqlite3.connect(folder / "oialr_search.db")
+    con.row_factory = sqlite3.Row
+    rows = con.execute("SELECT t.* FROM oialr_trials t JOIN oialr_studies s ON s.id = t.study_id "
+                       "WHERE s.name = ? ORDER BY t.number", (study,)).fetchall()
+    con.close()
+    return [dict(r) for r in rows]
+
+
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_propulate_search_stores_every_trial(tmp_path, ranks):
+    write_space(tmp_path)
+    proc = run(["run", "space.yaml", "--study", "p", "--budget", "8"], tmp_path, ranks=ranks)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"propulate on {ranks} rank(s)" in proc.stdout
+    rows = trials(tmp_path, "p")
+    assert len(rows) >= 8 and all(r["state"] == "COMPLETE" for r in rows)
+    assert {r["rank"] for r in rows} == set(range(ranks))
+    if ranks == 4:
+        assert {r["island"] for r in rows} == {0, 1}
+    assert all(json.loads(r["rank_trajectory"]) for r in rows)
+    status = run(["status", "--study", "p"], tmp_path)
+    assert status.returncode == 0 and "complete" in status.stdout and "best: trial" in status.stdout
+
+
+def test_optuna_fallback_with_and_without_mpi(tmp_path):
+    write_space(tmp_path)
+    single = run(["run", "space.yaml", "--study", "single", "--budget", "5"], tmp_path)
+    assert single.returncode == 0, single.stderr[-3000:]
+    assert "using the Optuna fallback" in single.stdout
+    assert [r["state"] for r in trials(tmp_path, "single")] == ["COMPLETE"] * 5
+    both = run(["run", "space.yaml", "--study", "mpi", "--budget", "6", "--backend", "optuna"], tmp_path, ranks=2)
+    assert both.returncode == 0, both.stderr[-3000:]
+    rows = trials(tmp_path, "mpi")
+    assert len(rows) == 6 and {r["rank"] for r in rows} == {0, 1}
+    # resume the single-process study with a larger budget
+    more = run(["resume", "--study", "single", "--budget", "7"], tmp_path)
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert len(trials(tmp_path, "single")) == 7
+
+
+def test_faults_are_stored_failed_and_the_search_goes_on(tmp_path):
+    (tmp_path / "faulty_models.py").write_text(FAULTY)
+    write_space(tmp_path, extra="trial_timeout: 10", more=(
+        "  model.name: {type: categorical, choices: [mlp, 'faulty_models:nan_model', "
+        "'faulty_models:raising_model', 'faulty_models:hanging_model']}"))
+    proc = run(["run", "space.yaml", "--study", "f", "--budget", "12"], tmp_path, ranks=2, timeout=400,
+               env={"PYTHONPATH": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = trials(tmp_path, "f")
+    assert len(rows) >= 12 and all(r["state"] in ("COMPLETE", "FAILED") for r in rows)
+    by_model = {}
+    for r in rows:
+        by_model.setdefault(json.loads(r["params"])["model.name"], []).append(r)
+    for name, expected in (("faulty_models:nan_model", "nan"), ("faulty_models:raising_model", "injected failure"),
+                           ("faulty_models:hanging_model", "timeout")):
+        for r in by_model.get(name, []):
+            assert r["state"] == "FAILED" and expected in r["error"].lower(), r["error"]
+    assert any(r["state"] == "FAILED" for r in rows) and any(r["state"] == "COMPLETE" for r in rows)
+
+
+def test_killed_search_resumes_with_another_rank_count(tmp_path):
+    write_space(tmp_path, epochs=6)
+    cmd = [str(MPIEXEC), "-n", "2", sys.executable, "-m", "mpi4py", "-m", "oialr_search", "run", "space.yaml",
+           "--study", "k", "--budget", "200"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, env={**os.environ, "OIALR_SEARCH_STORAGE": ""})
+    deadline = time.time() + 180
+    done = []
+    while time.time() < deadline:
+        time.sleep(0.5)
+        if (tmp_path / "oialr_search.db").exists():
+            try:
+                done = [r for r in trials(tmp_path, "k") if r["state"] == "COMPLETE"]
+            except sqlite3.OperationalError:
+                continue
+            if len(done) >= 4:
+                break
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert len(done) >= 4, "the search did not get going"
+    before = {r["number"]: r for r in trials(tmp_path, "k") if r["state"] == "COMPLETE"}
+    # a damaged Propulate checkpoint must not matter: the population is rebuilt from the database
+    for ckpt in (tmp_path / "oialr_search.propulate" / "k").glob("island_*"):
+        ckpt.write_bytes(ckpt.read_bytes()[:10])
+    target = len(before) + 4
+    resumed = run(["resume", "--study", "k", "--budget", str(target)], tmp_path, ranks=4)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = {r["number"]: r for r in trials(tmp_path, "k")}
+    for number, row in before.items():  # no completed trial lost or changed
+        assert after[number]["state"] == "COMPLETE" and after[number]["value"] == row["value"]
+    assert sum(r["state"] == "COMPLETE" for r in after.values()) >= target
+    assert "RUNNING" not in {r["state"] for r in after.values()}
+    assert {r["rank"] for r in after.values()} >= {2, 3}  # the new ranks took part
+
+
+def test_export_then_train_reproduces_the_trial(tmp_path):
+    write_space(tmp_path)
+    assert run(["run", "space.yaml", "--study", "e", "--budget", "3"], tmp_path).returncode == 0
+    best = run(["best", "--study", "e", "--format", "json"], tmp_path)
+    assert best.returncode == 0, best.stderr
+    doc = json.loads(best.stdout)
+    exp = run(["export", "--study", "e", "-o", "tuned.yaml"], tmp_path)
+    assert exp.returncode == 0, exp.stderr
+    train = run(["train", "tuned.yaml", "--quiet", "--out", "m.json"], tmp_path)
+    assert train.returncode == 0, train.stderr
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["val_loss"] == pytest.approx(doc["val_loss"], rel=1e-4)
+    for fmt in ("table", "json", "csv"):
+        out = run(["trials", "--study", "e", "--format", fmt], tmp_path)
+        assert out.returncode == 0 and "oialr.beta" in out.stdout
+    listing = run(["studies"], tmp_path)
+    assert listing.returncode == 0 and "e" in listing.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "bad.yaml", "--study", "x"], "bad.yaml: params.oialr.beta: low must be below high"),
+        (["run", "missing.yaml", "--study", "x"], "missing.yaml: no such search-space file"),
+        (["run", "space.yaml", "--study", "x", "--budget", "0"], "--budget: must be at least 1"),
+        (["status", "--study", "nope"], "no such database file"),
+        (["resume", "--study", "nope"], "no such database file"),
+        (["export", "--study", "nope", "-o", "t.yaml"], "no such database file"),
+        (["run", "space.yaml", "--study", "x", "--storage", "sqlite:///no/such/dir/x.db"], "does not exist"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_changes_nothing(tmp_path, args, message):
+    write_space(tmp_path)
+    (tmp_path / "bad.yaml").write_text("params: {oialr.beta: {type: float, low: 0.5, high: 0.1}}\n")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    proc = run(args, tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_unknown_study_in_existing_storage(tmp_path):
+    write_space(tmp_path)
+    assert run(["run", "space.yaml", "--study", "real", "--budget", "1"], tmp_path).returncode == 0
+    for verb in (["status"], ["best"], ["trials"], ["resume"]):
+        proc = run([*verb, "--study", "ghost"], tmp_path)
+        assert proc.returncode == 2 and "no study named 'ghost'" in proc.stderr and "real" in proc.stderr
+    changed = write_space(tmp_path, epochs=3, name="space2.yaml")
+    proc = run(["run", str(changed), "--study", "real"], tmp_path)
+    assert proc.returncode == 2 and "different search space" in proc.stderr

@@ -1,0 +1,65 @@
+"""Search spaces: shipped spaces load; malformed ones fail naming the file and key."""
+
+from pathlib import Path
+
+import pytest
+
+from oialr_search.search import SpaceError, load_space
+from oialr_search.training import config_from_dict
+
+SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
+
+
+@pytest.mark.parametrize("name", ["mnist_quick", "cifar10_mini_vit", "imagenet_vit_b16"])
+def test_shipped_spaces_load(name):
+    space = load_space(SPACES / f"{name}.yaml")
+    keys = {d.key for d in space.dimensions}
+    assert {"oialr.delay", "oialr.update_frequency", "oialr.beta", "oialr.layer_fraction", "optim.lr",
+            "schedule.warmup", "schedule.min_lr", "schedule.k_decay", "schedule.trainable_lr_alpha",
+            "optim.weight_decay"} <= keys
+
+
+def test_encoding_round_trip_and_config():
+    space = load_space(SPACES / "mnist_quick.yaml")
+    for d in space.dimensions:
+        lo, hi = d.propulate_limits()
+        assert type(lo) is type(hi)
+        assert isinstance(lo, float) or d.kind in ("int", "categorical")
+        value = d.decode((lo + hi) / 2 if isinstance(lo, float) else lo)
+        assert d.decode(d.encode(value)) == pytest.approx(value)
+    cfg = config_from_dict(space.config_for({"oialr.beta": 0.3, "optim.lr": 1e-3}))
+    assert cfg.oialr.beta == 0.3 and cfg.model.kwargs["embed_dim"] == 48 and cfg.train.epochs == 4
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("params: {oialr.bta: {type: float, low: 0.1, high: 0.2}}", r"params\.oialr\.bta: value 0\.1 is not valid"),
+        ("params: {oialr.beta: {type: float, low: 0.3, high: 0.2}}", r"params\.oialr\.beta: low must be below high"),
+        ("params: {oialr.beta: {type: float, low: 0.0, high: 0.2, log: true}}", r"needs low > 0"),
+        ("params: {oialr.beta: {type: flaot, low: 0.1, high: 0.2}}", r"params\.oialr\.beta\.type: must be float"),
+        ("params: {oialr.min_rank: {type: int, low: 1.5, high: 3}}", r"needs integer low and high"),
+        ("params: {model.name: {type: categorical, choices: []}}", r"choices: expected a non-empty list"),
+        ("params: {oialr.beta: {type: float, low: 0.1, high: 0.2, step: 1}}", r"unknown field\(s\) step"),
+        ("params: {oialr.beta: {type: float, low: 0.1, high: 1.5}}", r"value 1\.5 is not valid: oialr\.beta"),
+        ("params: {}", r"params: expected a non-empty mapping"),
+        ("objective: {metric: f1}\nparams: {oialr.beta: {type: float, low: 0.1, high: 0.2}}", r"objective\.metric"),
+        ("base: nowhere_config\nparams: {oialr.beta: {type: float, low: 0.1, high: 0.2}}", r"base: 'nowhere_config'"),
+        ("set: {train.epochs: 0}\nparams: {oialr.beta: {type: float, low: 0.1, high: 0.2}}",
+         r"base/set: train\.epochs"),
+        ("trial_timeout: -1\nparams: {oialr.beta: {type: float, low: 0.1, high: 0.2}}", r"trial_timeout"),
+        ("paramz: {}", r"paramz: unknown key"),
+        ("params: [unclosed", r"not valid YAML"),
+    ],
+)
+def test_malformed_spaces_name_file_and_key(tmp_path, body, message):
+    path = tmp_path / "space.yaml"
+    path.write_text(body)
+    with pytest.raises(SpaceError, match=message) as err:
+        load_space(path)
+    assert str(err.value).startswith(str(path))
+
+
+def test_missing_file():
+    with pytest.raises(SpaceError, match="no such search-space file"):
+        load_space("/nonexistent/space.yaml")
