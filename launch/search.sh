@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Run a search on one node: one MPI rank per GPU (or per CPU-core share without GPUs).
+#   bash launch/search.sh SPACE.yaml STUDY [RANKS] [-- extra 'oialr-search run' options]
+# Uses the venv's mpiexec when there is one (pip's MPICH); set MPIEXEC to use your system MPI.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SPACE="${1:?usage: launch/search.sh SPACE.yaml STUDY [RANKS] [-- options]}"
+STUDY="${2:?usage: launch/search.sh SPACE.yaml STUDY [RANKS] [-- options]}"
+shift 2
+RANKS="${1:-}"
+if [ -n "$RANKS" ] && [ "$RANKS" != "--" ]; then shift; fi
+[ "${1:-}" = "--" ] && shift
+if [ -z "$RANKS" ] || [ "$RANKS" = "--" ]; then
+  GPUS=$(python3 -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
+  RANKS=$(( GPUS > 1 ? GPUS : 2 ))
+fi
+PY="${PYTHON:-$ROOT/.venv/bin/python}"
+MPIEXEC="${MPIEXEC:-$(dirname "$PY")/mpiexec}"
+[ -x "$MPIEXEC" ] || MPIEXEC=mpirun
+echo "== $MPIEXEC -n $RANKS: study $STUDY on $SPACE"
+# -m mpi4py: an uncaught exception on one rank aborts the job instead of hanging the others.
+exec "$MPIEXEC" -n "$RANKS" "$PY" -m mpi4py -m oialr_search run "$SPACE" --study "$STUDY" "$@"
