@@ -6,7 +6,7 @@ import argparse
 import csv
 import io
 import json
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
@@ -56,7 +56,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     counts = {s: sum(t.state == s for t in trials) for s in (COMPLETE, RUNNING, FAILED, INTERRUPTED)}
     best = store.best_trial(study)
     start = min((t.started for t in trials), default=None)
-    end = max((t.finished or datetime.utcnow() for t in trials), default=None)
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    end = max((t.finished or now for t in trials), default=None)
     elapsed = (end - start).total_seconds() if start and end else 0.0
     print(f"study {study.name}  ({study.backend}, {study.direction} {study.metric}, budget {study.budget})")
     print(f"trials: {counts[COMPLETE]} complete, {counts[RUNNING]} running, {counts[FAILED]} failed, "

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from ..exceptions import CheckpointError
 from ._config import OIALRConfig
 from ._convert import convert_to_low_rank, low_rank_factors
 from ._factor import LowRankWeight, ceil_layers
@@ -147,7 +148,7 @@ class OIALR:
                                                optimizer=self.optimizer)
             self.converted = True
             if set(state["ranks"]) != {n for n, _ in self.factors}:
-                raise ValueError("checkpoint layers do not match the model")
+                raise CheckpointError("checkpoint layers do not match the model built from the config")
             for name, factor in self.factors:
                 factor.resize_(state["ranks"][name])
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..storage import COMPLETE, FAILED, Store, Study
+from ..storage import COMPLETE, Store, Study
 from ._space import SearchSpace
 
 RunTrial = Callable[[dict, int | None], float]  # (params, island) -> loss
@@ -122,5 +122,3 @@ def run_propulate(*, comm, space: SearchSpace, store: Store, study: Study, folde
                           pollination=False, checkpoint_path=folder)
     islands.propulate(logging_interval=10**9, debug=0)
 
-
-__all__ = ["FAILED", "island_of", "island_sizes", "rebuild_checkpoints", "run_propulate"]

@@ -108,18 +108,20 @@ def run_search(req: SearchRequest) -> int:
     """Run (or resume) a search on every rank of MPI.COMM_WORLD. Returns the exit code."""
     comm = _world()
     rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
-    prepared, error = None, None
+    prepared, error, code = None, None, 0
     if rank == 0:
         try:
             prepared = _prepare(req, size)
         except OIALRSearchError as exc:
-            error = str(exc)
+            error, code = str(exc), 2
+        except Exception as exc:  # noqa: BLE001 - must reach the other ranks, or they wait forever
+            error, code = f"internal error while preparing the study: {type(exc).__name__}: {exc}", 1
     if comm is not None and size > 1:
-        prepared, error = comm.bcast((prepared, error), root=0)
+        prepared, error, code = comm.bcast((prepared, error, code), root=0)
     if error is not None:
         if rank == 0:
             print(f"oialr-search: error: {error}", file=sys.stderr)
-        return 2
+        return code
     study, backend, budget, finished, space = prepared
     store = Store(req.storage, create=False)
     placement = place(comm if size > 1 else None)

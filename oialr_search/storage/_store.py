@@ -137,6 +137,7 @@ class Store:
         try:
             self.engine = _sqlite_engine(self.url) if parsed.get_backend_name() == "sqlite" else \
                 create_engine(self.url, pool_pre_ping=True)
+            self._sessions = sessionmaker(self.engine, expire_on_commit=False)
             if create:
                 Base.metadata.create_all(self.engine)
                 with self.session() as s:
@@ -147,12 +148,10 @@ class Store:
         except (OperationalError, ImportError) as exc:
             raise StorageError(f"--storage {self.url}: cannot open ({exc.__class__.__name__}: "
                                f"{str(exc).splitlines()[0]})") from None
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextlib.contextmanager
     def session(self) -> Iterator[Session]:
-        maker = getattr(self, "_sessions", None) or sessionmaker(self.engine, expire_on_commit=False)
-        session = maker()
+        session = self._sessions()
         try:
             yield session
             session.commit()
