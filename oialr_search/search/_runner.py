@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 from dataclasses import dataclass
@@ -9,8 +10,9 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from ..exceptions import OIALRSearchError
+from ..exceptions import ConfigError, OIALRSearchError
 from ..storage import COMPLETE, FAILED, PRUNED, Store, Study
+from ..training import config_from_dict, config_to_dict
 from ._devices import place
 from ._objective import run_trial
 from ._space import SearchSpace
@@ -132,8 +134,16 @@ def run_search(req: SearchRequest) -> int:
               f"thread(s)", flush=True)
 
     def evaluate(params: dict, island: int | None, limit: int | None = None):
+        # The stored config carries the thread count: CPU float reductions depend on it, and an
+        # exported config must reproduce the trial exactly. The device stays "auto".
+        config = space.config_for(params)
+        config["train"] = {**config.get("train", {}), "threads": placement.threads}
+        # stored resolved (every key explicit); an invalid combination is left as is and
+        # run_trial stores the trial FAILED with the reason
+        with contextlib.suppress(ConfigError):
+            config = config_to_dict(config_from_dict(config))
         trial = store.start_trial(study, params=params, rank=rank, island=island, device=placement.device,
-                                  config=space.config_for(params), limit=limit)
+                                  config=config, limit=limit)
         if trial is None:
             return None
         outcome = run_trial(space, params, device=placement.device, threads=placement.threads)

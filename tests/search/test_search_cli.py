@@ -127,6 +127,12 @@ def test_optuna_fallback_with_and_without_mpi(tmp_path):
     assert both.returncode == 0, both.stderr[-3000:]
     rows = trials(tmp_path, "mpi")
     assert len(rows) == 6 and {r["rank"] for r in rows} == {0, 1}
+    # a trial trained under MPI (one thread per rank here) reproduces exactly from its export
+    assert run(["export", "--study", "mpi", "-o", "mpi.yaml"], tmp_path).returncode == 0
+    best = json.loads(run(["best", "--study", "mpi", "--format", "json"], tmp_path).stdout)
+    again = run(["train", "mpi.yaml", "--quiet", "--out", "mpi.json"], tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((tmp_path / "mpi.json").read_text())["val_loss"] == pytest.approx(best["val_loss"], rel=1e-6)
     # resume the single-process study with a larger budget
     more = run(["resume", "--study", "single", "--budget", "7"], tmp_path)
     assert more.returncode == 0, more.stderr[-3000:]
@@ -199,7 +205,8 @@ def test_export_then_train_reproduces_the_trial(tmp_path):
     train = run(["train", "tuned.yaml", "--quiet", "--out", "m.json"], tmp_path)
     assert train.returncode == 0, train.stderr
     metrics = json.loads((tmp_path / "m.json").read_text())
-    assert metrics["val_loss"] == pytest.approx(doc["val_loss"], rel=1e-4)
+    assert metrics["val_loss"] == pytest.approx(doc["val_loss"], rel=1e-6)
+    assert doc["config"]["train"]["threads"] >= 1 and doc["config"]["train"]["device"] == "auto"
     for fmt in ("table", "json", "csv"):
         out = run(["trials", "--study", "e", "--format", fmt], tmp_path)
         assert out.returncode == 0 and "oialr.beta" in out.stdout
