@@ -59,10 +59,10 @@ def checkpoint_folder(storage: str, study: str) -> Path:
 def _prepare(req: SearchRequest, world_size: int) -> tuple[Study, str, int, int, SearchSpace]:
     """Rank 0: open storage, create or load the study, mark interrupted trials, pick the backend."""
     store = Store(req.storage)
-    existing = {s.name: s for s, _ in store.studies()}.get(req.study)
+    existing = store.find_study(req.study)
     if req.space is None:
-        study = store.get_study(req.study)
-        space = SearchSpace.from_dict(study.space)
+        existing = existing or store.get_study(req.study)  # raises StudyNotFound with the known names
+        space = SearchSpace.from_dict(existing.space)
     else:
         space = req.space
         if existing is not None and existing.space.get("raw") != space.to_dict()["raw"]:

@@ -188,6 +188,11 @@ class Store:
             for key, value in fields.items():
                 setattr(row, key, value)
 
+    def find_study(self, name: str) -> Study | None:
+        with self.session() as s:
+            row = s.scalar(select(StudyRow).where(StudyRow.name == name))
+            return _study(row) if row is not None else None
+
     def get_study(self, name: str) -> Study:
         with self.session() as s:
             row = s.scalar(select(StudyRow).where(StudyRow.name == name))
