@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,8 +15,10 @@ from ..exceptions import ConfigError, OIALRSearchError
 from ..storage import COMPLETE, FAILED, PRUNED, Store, Study
 from ..training import config_from_dict, config_to_dict
 from ._devices import place
-from ._objective import run_trial
+from ._objective import TrialOutcome, run_trial
 from ._space import SearchSpace
+
+Objective = Callable[..., TrialOutcome]
 
 BACKENDS = ("auto", "propulate", "optuna")
 DEFAULT_BUDGET = 20
@@ -106,8 +109,12 @@ class _Progress:
               f"{failed} failed, {best_txt}", flush=True)
 
 
-def run_search(req: SearchRequest) -> int:
-    """Run (or resume) a search on every rank of MPI.COMM_WORLD. Returns the exit code."""
+def run_search(req: SearchRequest, *, objective: Objective = run_trial, quiet: bool = False) -> int:
+    """Run (or resume) a search on every rank of MPI.COMM_WORLD. Returns the exit code.
+
+    ``objective(space, params, device=, threads=) -> TrialOutcome`` trains one trial; the default
+    trains the run config. The benchmark injects fixed-cost objectives to measure the service.
+    """
     comm = _world()
     rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
     prepared, error, code = None, None, 0
@@ -127,8 +134,8 @@ def run_search(req: SearchRequest) -> int:
     study, backend, budget, finished, space = prepared
     store = Store(req.storage, create=False)
     placement = place(comm if size > 1 else None)
-    progress = _Progress(store, study, budget, rank)
-    if rank == 0:
+    progress = _Progress(store, study, budget, rank if not quiet else -1)
+    if rank == 0 and not quiet:
         print(f"study {study.name!r}: {backend} on {size} rank(s), {finished}/{budget} trials finished, "
               f"objective {study.direction} {study.metric}; rank 0 on {placement.device} with {placement.threads} "
               f"thread(s)", flush=True)
@@ -146,7 +153,7 @@ def run_search(req: SearchRequest) -> int:
                                   config=config, limit=limit)
         if trial is None:
             return None
-        outcome = run_trial(space, params, device=placement.device, threads=placement.threads)
+        outcome = objective(space, params, device=placement.device, threads=placement.threads)
         store.finish_trial(trial.id, state=outcome.state, value=outcome.value, metrics=outcome.metrics,
                            epochs=outcome.epochs, rank_trajectory=outcome.trajectory, error=outcome.error)
         progress.trial_done(trial.number, outcome.state, outcome.value, outcome.seconds)
@@ -176,7 +183,7 @@ def run_search(req: SearchRequest) -> int:
         run_optuna(space=space, store=store, study=study, seed=req.seed + finished, rank=rank, evaluate=optuna_eval)
     if comm is not None and size > 1:
         comm.Barrier()
-    if rank == 0:
+    if rank == 0 and not quiet:
         best = store.best_trial(study)
         done = store.count(study, (COMPLETE,))
         failed = store.count(study, (FAILED,))

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from ..exceptions import ConfigError, OIALRSearchError
-from ..training import CONFIG_DIR, apply_overrides, config_from_dict, read_yaml
+from ..training import CONFIG_DIR, apply_values, config_from_dict, read_yaml
 
 METRICS = {"val_loss": "minimize", "top1": "maximize", "top5": "maximize", "trainable_fraction": "minimize"}
 
@@ -87,8 +87,7 @@ class SearchSpace:
 
     def config_for(self, params: dict[str, Any]) -> dict:
         """The run config (as a dict) of a trial: the base with ``params`` applied."""
-        return apply_overrides(self.base, [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip()}"
-                                           for k, v in params.items()])
+        return apply_values(self.base, params)
 
     def to_dict(self) -> dict:
         return {"path": self.path, "raw": self.raw, "base": self.base}
@@ -168,8 +167,7 @@ def _parse(raw: Any, path: Path, base: dict | None = None) -> SearchSpace:
         fixed = raw.get("set") or {}
         if not isinstance(fixed, dict):
             raise _err(path, "set", "expected a mapping of key: value")
-        base_cfg = apply_overrides(base_cfg, [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip()}"
-                                              for k, v in fixed.items()])
+        base_cfg = apply_values(base_cfg, {str(k): v for k, v in fixed.items()})
         config_from_dict(base_cfg)
     except ConfigError as exc:
         raise SpaceError(f"{path}: base/set: {exc}") from None

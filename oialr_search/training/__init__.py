@@ -5,6 +5,7 @@ from ._checkpoint import load_checkpoint, save_checkpoint
 from ._config import DataConfig, ModelConfig, OptimConfig, RunConfig, ScheduleConfig, TrainConfig
 from ._config_io import (
     apply_overrides,
+    apply_values,
     config_from_dict,
     config_to_dict,
     dump_config,
@@ -35,6 +36,7 @@ __all__ = [
     "Trainer",
     "TrainingDiverged",
     "apply_overrides",
+    "apply_values",
     "config_from_dict",
     "config_to_dict",
     "create_model",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import functools
 import types
 import typing
 from pathlib import Path
@@ -53,11 +55,16 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     raise AssertionError(f"unsupported config type {hint} for {key}")
 
 
+@functools.cache
+def _schema(cls: type) -> tuple[dict[str, Any], dict[str, dataclasses.Field]]:
+    """Type hints and fields of a config dataclass (resolving hints is slow; every trial does it)."""
+    return typing.get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls)}
+
+
 def _build(cls: type, data: Any, prefix: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix or 'config'}: expected a mapping of keys, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints, fields = _schema(cls)
     kwargs = {}
     for key, value in data.items():
         dotted = f"{prefix}.{key}" if prefix else str(key)
@@ -81,27 +88,33 @@ def config_to_dict(config: RunConfig) -> dict:
     return dataclasses.asdict(config)
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply ``key.sub=value`` strings (values parsed as YAML) to a config mapping, returning a copy."""
-    import copy
-
+def apply_values(data: dict, values: dict[str, Any]) -> dict:
+    """Set dotted keys (``oialr.beta``) of a config mapping to values, returning a copy."""
     data = copy.deepcopy(data)
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected key=value, e.g. oialr.beta=0.2")
+    for key, value in values.items():
         parts = key.strip().split(".")
         node = data
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"{key}: {part!r} is not a section")
+        node[parts[-1]] = copy.deepcopy(value)
+    return data
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``key.sub=value`` strings (values parsed as YAML) to a config mapping, returning a copy."""
+    values: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. oialr.beta=0.2")
         try:
-            node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+            values[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{key}: cannot parse value {raw!r}: {exc.problem if hasattr(exc, 'problem') else exc}") \
                 from None
-    return data
+    return apply_values(data, values)
 
 
 def read_yaml(path: str | Path) -> dict:

@@ -1,0 +1,202 @@
+"""The search service's overhead, side by side with plain Propulate and Optuna (DESIGN.md §5).
+
+    python bench/search.py [--ranks 8] [--cost 0.5] [--per-rank 8] [--zero-per-rank 40]
+
+Launches each mode under the venv's mpiexec with the same ranks and an objective of fixed cost
+(sleep), then with a zero-cost objective, and prints:
+  - fixed cost: completed evaluations per second as a fraction of ideal (ranks / cost);
+  - zero cost: service time per trial (proposal + storage), rank-seconds / trials;
+and finally storage figures on a 10,000-trial study: recording one trial, best-trial query.
+Modes: ``service-propulate`` and ``service-optuna`` (our runner and store, real SQLite file),
+``plain-propulate`` (Propulate's Islands alone), ``optuna-sqlite`` (Optuna workers on one SQLite file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+SPACE = """\
+base:
+  model: {name: mlp}
+  data: {name: digits}
+params:
+  oialr.beta: {type: float, low: 0.05, high: 0.5, log: true}
+  optim.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
+  oialr.update_frequency: {type: int, low: 10, high: 200}
+  schedule.k_decay: {type: float, low: 0.5, high: 4.0}
+"""
+MODES = ("service-propulate", "service-optuna", "plain-propulate", "optuna-sqlite")
+
+
+def _fake_value(params: dict) -> float:
+    return sum(float(v) for v in params.values() if isinstance(v, (int, float)))
+
+
+def worker(mode: str, cost: float, per_rank: int, folder: Path) -> None:
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    url = f"sqlite:///{folder}/{mode}.db"
+    trials = per_rank * size
+    if mode.startswith("service"):
+        from oialr_search.search import SearchRequest, TrialOutcome, load_space, run_search
+        from oialr_search.storage import COMPLETE, Store
+
+        space = load_space(folder / "space.yaml")
+        import optuna  # noqa: F401  - one-off import costs stay out of the timed region, as for
+        import propulate  # noqa: F401  the plain modes
+
+        def objective(space, params, **_):  # noqa: ANN001, ANN202
+            if cost:
+                time.sleep(cost)
+            return TrialOutcome(COMPLETE, _fake_value(params), {"val_loss": _fake_value(params)}, [], [])
+
+        req = SearchRequest(study="bench", storage=url, space=space, backend=mode.split("-")[1], budget=trials)
+        comm.Barrier()
+        start = time.perf_counter()
+        run_search(req, objective=objective, quiet=True)
+        comm.Barrier()
+        wall = time.perf_counter() - start
+        if rank == 0:
+            store = Store(url, create=False)
+            done = store.count(store.get_study("bench"), (COMPLETE,))
+    elif mode == "plain-propulate":
+        import contextlib
+        import io
+        import logging
+        import random
+
+        from propulate import Islands
+        from propulate.utils import get_default_propagator
+
+        logging.getLogger("propulate").setLevel(logging.WARNING)
+        limits = {"a": (0.0, 1.0), "b": (0.0, 1.0), "c": (10, 200), "d": (0.5, 4.0)}
+        rng = random.Random(rank)
+
+        def loss(ind) -> float:  # noqa: ANN001
+            if cost:
+                time.sleep(cost)
+            return float(ind["a"] + ind["b"])
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            islands = Islands(loss, get_default_propagator(2 * size, limits, rng=rng), rng, generations=per_rank,
+                              num_islands=max(1, size // 2), migration_probability=0.9, pollination=False,
+                              checkpoint_path=folder / "plain")
+        comm.Barrier()
+        start = time.perf_counter()
+        islands.propulate(logging_interval=10**9, debug=0)
+        comm.Barrier()
+        wall = time.perf_counter() - start
+        done = per_rank * size
+    else:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        if rank == 0:
+            optuna.create_study(storage=url, study_name="bench")
+        comm.Barrier()
+        study = optuna.load_study(storage=url, study_name="bench")
+
+        def obj(trial) -> float:  # noqa: ANN001
+            x = trial.suggest_float("a", 0, 1) + trial.suggest_float("b", 0, 1)
+            if cost:
+                time.sleep(cost)
+            return x
+
+        comm.Barrier()
+        start = time.perf_counter()
+        study.optimize(obj, n_trials=per_rank)
+        comm.Barrier()
+        wall = time.perf_counter() - start
+        if rank == 0:
+            done = len(optuna.load_study(storage=url, study_name="bench").trials)
+    if rank == 0:
+        print("RESULT " + json.dumps({"mode": mode, "ranks": size, "trials": done, "wall": wall}), flush=True)
+
+
+def launch(mode: str, ranks: int, cost: float, per_rank: int, folder: Path) -> dict:
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+    cmd = [str(mpiexec), "-n", str(ranks), sys.executable, "-m", "mpi4py", __file__, "--worker", mode,
+           "--cost", str(cost), "--per-rank", str(per_rank), "--folder", str(folder)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    raise RuntimeError(f"{mode} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+
+
+def storage_figures(folder: Path, n: int = 10_000) -> None:
+    from oialr_search.storage import COMPLETE, Store
+
+    store = Store(f"sqlite:///{folder}/storage.db")
+    study = store.create_study(name="big", space={"raw": {}}, space_path="", metric="val_loss", direction="minimize",
+                               backend="optuna", seed=0, budget=n)
+    epochs = [{"epoch": e, "step": 10 * e, "train_loss": 1.0, "val_loss": 1.0, "top1": 50.0, "top5": 90.0, "lr": 1e-3,
+               "trainable_fraction": 0.3, "seconds": 1.0} for e in range(1, 11)]
+    start = time.perf_counter()
+    for i in range(n):
+        t = store.start_trial(study, params={"x": i}, rank=0, island=None, device="cpu", config={"a": 1})
+        store.finish_trial(t.id, state=COMPLETE, value=float((i * 7919) % n), metrics={"val_loss": 1.0},
+                           epochs=epochs, rank_trajectory=[{"step": 1}])
+    record_ms = (time.perf_counter() - start) / n * 1e3
+    reps = 20
+    start = time.perf_counter()
+    for _ in range(reps):
+        store.best_trial(study)
+    best_ms = (time.perf_counter() - start) / reps * 1e3
+    start = time.perf_counter()
+    for _ in range(reps):
+        store.count(study, (COMPLETE,))
+    count_ms = (time.perf_counter() - start) / reps * 1e3
+    print(f"\n== Storage ({n} trials, 10 epochs each, SQLite WAL)")
+    print(f"recording a trial (start + finish): {record_ms:.2f} ms")
+    print(f"best-trial query: {best_ms:.2f} ms; count query: {count_ms:.2f} ms")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--worker", choices=MODES)
+    ap.add_argument("--folder", type=Path)
+    ap.add_argument("--ranks", type=int, default=8)
+    ap.add_argument("--cost", type=float, default=0.5)
+    ap.add_argument("--per-rank", type=int, default=8)
+    ap.add_argument("--zero-per-rank", type=int, default=40)
+    ap.add_argument("--storage-trials", type=int, default=10_000)
+    args = ap.parse_args()
+    if args.worker:
+        worker(args.worker, args.cost, args.per_rank, args.folder)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for mode in MODES:
+            for kind in ("fixed", "zero"):
+                (folder / f"{kind}-{mode}").mkdir()
+                (folder / f"{kind}-{mode}" / "space.yaml").write_text(SPACE)
+        print(f"== Fixed-cost evaluations: {args.cost}s each, {args.ranks} ranks, {args.per_rank} per rank")
+        print(f"{'mode':>18} {'trials':>7} {'wall s':>8} {'efficiency':>11}")
+        for mode in MODES:
+            r = launch(mode, args.ranks, args.cost, args.per_rank, folder / f"fixed-{mode}")
+            eff = r["trials"] * args.cost / (args.ranks * r["wall"])
+            print(f"{mode:>18} {r['trials']:7d} {r['wall']:8.2f} {eff:10.1%}", flush=True)
+        print(f"\n== Zero-cost evaluations: {args.ranks} ranks, {args.zero_per_rank} per rank")
+        print(f"{'mode':>18} {'trials':>7} {'wall s':>8} {'ms/trial':>9}")
+        for mode in MODES:
+            r = launch(mode, args.ranks, 0.0, args.zero_per_rank, folder / f"zero-{mode}")
+            per = args.ranks * r["wall"] / max(1, r["trials"]) * 1e3
+            print(f"{mode:>18} {r['trials']:7d} {r['wall']:8.2f} {per:9.1f}", flush=True)
+        storage_figures(folder, args.storage_trials)
+
+
+if __name__ == "__main__":
+    main()
