@@ -81,7 +81,7 @@ def convert_to_low_rank(model: nn.Module, *, keep_first_layer: bool = False, kee
     for ew in weights:
         if ew.module_name in done_modules:
             continue
-        module = model.get_submodule(ew.module_name) if ew.module_name else model
+        module = model.get_submodule(ew.module_name)
         if isinstance(module, nn.MultiheadAttention):
             done_modules.add(ew.module_name)
             in_names = [w.name for w in weights

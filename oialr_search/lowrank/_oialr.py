@@ -96,11 +96,14 @@ class OIALR:
             return self.update(step)
         return None
 
-    def switch(self, step: int) -> UpdateRecord:
-        start = time.perf_counter()
+    def _convert(self) -> None:
         self.factors = convert_to_low_rank(self.model, keep_first_layer=self.config.keep_first_layer,
                                            keep_last_layer=self.config.keep_last_layer, optimizer=self.optimizer)
         self.converted = True
+
+    def switch(self, step: int) -> UpdateRecord:
+        start = time.perf_counter()
+        self._convert()
         return self._record(step, -1, [], {}, time.perf_counter() - start)
 
     @torch.no_grad()
@@ -122,7 +125,7 @@ class OIALR:
     def _record(self, step: int, update: int, updated: list[str], stability: dict[str, float],
                 seconds: float) -> UpdateRecord:
         counts = self.counts()
-        rec = UpdateRecord(step=step, update=update, ranks={n: f.rank for n, f in self.factors}, updated=updated,
+        rec = UpdateRecord(step=step, update=update, ranks=self.ranks, updated=updated,
                            stability=stability, trainable=counts.trainable, total=counts.total,
                            original=counts.original, seconds=seconds)
         self.records.append(rec)
@@ -143,10 +146,7 @@ class OIALR:
     def prepare_load(self, state: dict) -> None:
         """Give the model the structure in ``state`` (call before loading model/optimizer state)."""
         if state["converted"] and not self.converted:
-            self.factors = convert_to_low_rank(self.model, keep_first_layer=self.config.keep_first_layer,
-                                               keep_last_layer=self.config.keep_last_layer,
-                                               optimizer=self.optimizer)
-            self.converted = True
+            self._convert()
             if set(state["ranks"]) != {n for n, _ in self.factors}:
                 raise CheckpointError("checkpoint layers do not match the model built from the config")
             for name, factor in self.factors:

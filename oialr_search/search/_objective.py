@@ -76,9 +76,8 @@ def run_trial(space: SearchSpace, params: dict[str, Any], *, device: str = "auto
     start = time.perf_counter()
     try:
         with time_limit(space.trial_timeout):
-            data = space.config_for(params)
-            data.setdefault("train", {})
-            data["train"] = {**data["train"], "device": device, "threads": threads}
+            data = space.trial_config(params, threads=threads)
+            data["train"]["device"] = device
             config = config_from_dict(data)
             result = Trainer(config, log=None, data=_data_for(config)).fit()
         metrics = result.to_dict()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import sys
 from collections.abc import Callable
@@ -12,8 +11,7 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 from ..exceptions import ConfigError, OIALRSearchError
-from ..storage import COMPLETE, FAILED, PRUNED, Store, Study
-from ..training import config_from_dict, config_to_dict
+from ..storage import COMPLETE, FAILED, PRUNED, Store, Study, Trial
 from ._devices import place
 from ._objective import TrialOutcome, run_trial
 from ._space import SearchSpace
@@ -93,20 +91,9 @@ def _prepare(req: SearchRequest, world_size: int) -> tuple[Study, str, int, int,
     return study, backend, budget, finished, space
 
 
-class _Progress:
-    def __init__(self, store: Store, study: Study, budget: int, rank: int) -> None:
-        self.store, self.study, self.budget, self.rank = store, study, budget, rank
-
-    def trial_done(self, trial_number: int, state: str, value: float | None, seconds: float) -> None:
-        if self.rank != 0:
-            return
-        done = self.store.count(self.study, (COMPLETE,))
-        failed = self.store.count(self.study, (FAILED,))
-        best = self.store.best_trial(self.study)
-        shown = f"{self.study.metric}={value:.4f}" if value is not None else state
-        best_txt = f"best {best.value:.4f} (#{best.number})" if best else "no best yet"
-        print(f"[trial {trial_number}] {shown} in {seconds:.1f}s | {done + failed}/{self.budget} finished, "
-              f"{failed} failed, {best_txt}", flush=True)
+def _summary(store: Store, study: Study) -> tuple[int, int, Trial | None]:
+    """(complete, failed, best trial) of a study, for the progress lines."""
+    return store.count(study, (COMPLETE,)), store.count(study, (FAILED,)), store.best_trial(study)
 
 
 def run_search(req: SearchRequest, *, objective: Objective = run_trial, quiet: bool = False) -> int:
@@ -134,21 +121,18 @@ def run_search(req: SearchRequest, *, objective: Objective = run_trial, quiet: b
     study, backend, budget, finished, space = prepared
     store = Store(req.storage, create=False)
     placement = place(comm if size > 1 else None)
-    progress = _Progress(store, study, budget, rank if not quiet else -1)
-    if rank == 0 and not quiet:
+    report = rank == 0 and not quiet
+    if report:
         print(f"study {study.name!r}: {backend} on {size} rank(s), {finished}/{budget} trials finished, "
               f"objective {study.direction} {study.metric}; rank 0 on {placement.device} with {placement.threads} "
               f"thread(s)", flush=True)
 
-    def evaluate(params: dict, island: int | None, limit: int | None = None):
-        # The stored config carries the thread count: CPU float reductions depend on it, and an
-        # exported config must reproduce the trial exactly. The device stays "auto".
-        config = space.config_for(params)
-        config["train"] = {**config.get("train", {}), "threads": placement.threads}
-        # stored resolved (every key explicit); an invalid combination is left as is and
-        # run_trial stores the trial FAILED with the reason
-        with contextlib.suppress(ConfigError):
-            config = config_to_dict(config_from_dict(config))
+    def evaluate(params: dict, island: int | None, limit: int | None = None) -> tuple[Trial, TrialOutcome] | None:
+        """Claim a slot, train, store; None once ``limit`` trials exist."""
+        try:
+            config = space.trial_config(params, threads=placement.threads)
+        except ConfigError:
+            config = None  # an invalid combination: run_trial stores the trial FAILED with the reason
         trial = store.start_trial(study, params=params, rank=rank, island=island, device=placement.device,
                                   config=config, limit=limit)
         if trial is None:
@@ -156,8 +140,13 @@ def run_search(req: SearchRequest, *, objective: Objective = run_trial, quiet: b
         outcome = objective(space, params, device=placement.device, threads=placement.threads)
         store.finish_trial(trial.id, state=outcome.state, value=outcome.value, metrics=outcome.metrics,
                            epochs=outcome.epochs, rank_trajectory=outcome.trajectory, error=outcome.error)
-        progress.trial_done(trial.number, outcome.state, outcome.value, outcome.seconds)
-        return trial.id, outcome.state, outcome.value, outcome.loss(study.minimize)
+        if report:
+            done, failed, best = _summary(store, study)
+            shown = f"{study.metric}={outcome.value:.4f}" if outcome.value is not None else outcome.state
+            best_txt = f"best {best.value:.4f} (#{best.number})" if best else "no best yet"
+            print(f"[trial {trial.number}] {shown} in {outcome.seconds:.1f}s | {done + failed}/{budget} finished, "
+                  f"{failed} failed, {best_txt}", flush=True)
+        return trial, outcome
 
     remaining = max(0, budget - finished)
     if backend == "propulate":
@@ -172,21 +161,20 @@ def run_search(req: SearchRequest, *, objective: Objective = run_trial, quiet: b
         generations = math.ceil(remaining / size)
         if generations:
             run_propulate(comm=comm, space=space, store=store, study=study, folder=folder, generations=generations,
-                          seed=req.seed + finished, evaluate=lambda p, isl: evaluate(p, isl)[3])
+                          seed=req.seed + finished,
+                          evaluate=lambda p, isl: evaluate(p, isl)[1].loss(study.minimize))
     else:
         from ._optuna_backend import run_optuna
 
         def optuna_eval(params: dict):
             result = evaluate(params, None, limit=budget)
-            return None if result is None else result[:3]
+            return None if result is None else (result[0].id, result[1].state, result[1].value)
 
         run_optuna(space=space, store=store, study=study, seed=req.seed + finished, rank=rank, evaluate=optuna_eval)
     if comm is not None and size > 1:
         comm.Barrier()
-    if rank == 0 and not quiet:
-        best = store.best_trial(study)
-        done = store.count(study, (COMPLETE,))
-        failed = store.count(study, (FAILED,))
+    if report:
+        done, failed, best = _summary(store, study)
         best_txt = f"best {study.metric} {best.value:.4f} (trial {best.number})" if best else "no completed trial"
         print(f"done: {done} complete, {failed} failed; {best_txt}", flush=True)
     return 0

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from ..exceptions import ConfigError, OIALRSearchError
-from ..training import CONFIG_DIR, apply_values, config_from_dict, read_yaml
+from ..training import CONFIG_DIR, apply_values, config_from_dict, config_to_dict, read_yaml
 
 METRICS = {"val_loss": "minimize", "top1": "maximize", "top5": "maximize", "trainable_fraction": "minimize"}
 
@@ -88,6 +88,14 @@ class SearchSpace:
     def config_for(self, params: dict[str, Any]) -> dict:
         """The run config (as a dict) of a trial: the base with ``params`` applied."""
         return apply_values(self.base, params)
+
+    def trial_config(self, params: dict[str, Any], *, threads: int) -> dict:
+        """The resolved run config of a trial (every key explicit), with the torch thread count it
+        runs with: CPU float reductions depend on it, so an exported config reproduces the trial.
+        The device stays "auto". Raises ConfigError for an invalid combination of values."""
+        data = self.config_for(params)
+        data["train"] = {**data.get("train", {}), "threads": threads}
+        return config_to_dict(config_from_dict(data))
 
     def to_dict(self) -> dict:
         return {"path": self.path, "raw": self.raw, "base": self.base}
