@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from ..exceptions import OIALRSearchError
-from . import _query, _search, _train
+from . import _query, _search, _storage, _train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     _train.add_parser(sub)
     _search.add_parsers(sub)
     _query.add_parsers(sub)
+    _storage.add_parsers(sub)
     return parser
 
 

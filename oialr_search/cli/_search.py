@@ -39,8 +39,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("space", help="search-space YAML (see search_spaces/)")
     p.add_argument("--study", required=True, help="study name; running again with it continues the study")
     add_storage(p)
-    p.add_argument("--backend", choices=("auto", "propulate", "optuna"), default="auto",
-                   help="auto: Propulate with 2+ MPI ranks, else Optuna")
+    p.add_argument("--backend", choices=("auto", "propulate", "optuna", "random"), default="auto",
+                   help="auto: Propulate with 2+ MPI ranks, else Optuna; random: uniform random search (a baseline)")
     p.add_argument("--budget", type=int, default=None, help="finished trials to reach (default 20)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_run)
@@ -48,7 +48,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("resume", help="continue a stored study (same as run with its stored space)")
     p.add_argument("--study", required=True)
     add_storage(p)
-    p.add_argument("--backend", choices=("auto", "propulate", "optuna"), default="auto")
+    p.add_argument("--backend", choices=("auto", "propulate", "optuna", "random"), default="auto")
     p.add_argument("--budget", type=int, default=None, help="new total budget (default: the stored one)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_resume)

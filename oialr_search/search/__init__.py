@@ -1,20 +1,43 @@
-"""Hyperparameter search: spaces, the trial objective, device placement, backends and the runner."""
+"""Hyperparameter search: spaces, objectives, pruners, the trial objective, device placement,
+backends, the runner and the queries over a study's results."""
 
 from ._devices import Placement, place
+from ._front import pareto_front, pick
 from ._objective import TrialOutcome, run_trial
+from ._objectives import METRICS, Constraint, Objective, Scored, score
+from ._pareto import Condition, PickError, dominates, hypervolume, non_dominated, parse_pick
 from ._runner import BACKENDS, SearchRequest, run_search
 from ._space import Dimension, SearchSpace, SpaceError, load_space
+from .pruners import ASHAPruner, BasePruner, MedianPruner, NopPruner, create_pruner
 
 __all__ = [
+    "ASHAPruner",
     "BACKENDS",
+    "BasePruner",
+    "Condition",
+    "Constraint",
     "Dimension",
+    "METRICS",
+    "MedianPruner",
+    "NopPruner",
+    "Objective",
+    "PickError",
     "Placement",
+    "Scored",
     "SearchRequest",
     "SearchSpace",
     "SpaceError",
     "TrialOutcome",
+    "create_pruner",
+    "dominates",
+    "hypervolume",
     "load_space",
+    "non_dominated",
+    "pareto_front",
+    "parse_pick",
+    "pick",
     "place",
     "run_search",
     "run_trial",
+    "score",
 ]

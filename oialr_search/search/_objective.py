@@ -7,17 +7,19 @@ other rank, and a NaN corrupts its selection.
 from __future__ import annotations
 
 import contextlib
-import math
 import signal
 import time
 import traceback
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..storage import COMPLETE, FAILED
+from ..storage import COMPLETE, FAILED, PRUNED
 from ..training import DataBundle, Trainer, config_from_dict, load_data
 from ._space import SearchSpace
+
+# report(epoch record as a dict) -> whether the trial goes on; the runner stores it and asks the pruner.
+Report = Callable[[dict], bool]
 
 _DATA_CACHE: dict[tuple, DataBundle] = {}
 
@@ -28,19 +30,15 @@ class TrialTimeout(Exception):
 
 @dataclass
 class TrialOutcome:
+    """What one trial produced. ``metrics`` are the final (or, for PRUNED, the last epoch's) metrics;
+    the runner reads the objectives' values from them."""
+
     state: str
-    value: float | None
     metrics: dict | None = None
     epochs: list[dict] = field(default_factory=list)
     trajectory: list[dict] | None = None
     error: str | None = None
     seconds: float = 0.0
-
-    def loss(self, minimize: bool) -> float:
-        """The value for a minimizer: failures (and NaN) map to +inf."""
-        if self.state != COMPLETE or self.value is None or not math.isfinite(self.value):
-            return math.inf
-        return self.value if minimize else -self.value
 
 
 @contextlib.contextmanager
@@ -71,28 +69,31 @@ def _data_for(config) -> DataBundle:  # noqa: ANN001
     return _DATA_CACHE[key]
 
 
-def run_trial(space: SearchSpace, params: dict[str, Any], *, device: str = "auto", threads: int = 0) -> TrialOutcome:
-    """Train the trial's config and return its outcome; never raises (but KeyboardInterrupt)."""
+def run_trial(space: SearchSpace, params: dict[str, Any], *, device: str = "auto", threads: int = 0,
+              report: Report | None = None) -> TrialOutcome:
+    """Train the trial's config and return its outcome; never raises (but KeyboardInterrupt).
+
+    ``report`` receives every epoch as it ends; when it answers False the trial stops there and is
+    PRUNED with the metrics of its last epoch.
+    """
     start = time.perf_counter()
+    on_epoch = (lambda record: report(asdict(record))) if report is not None else None
     try:
         with time_limit(space.trial_timeout):
             data = space.trial_config(params, threads=threads)
             data["train"]["device"] = device
             config = config_from_dict(data)
-            result = Trainer(config, log=None, data=_data_for(config)).fit()
+            result = Trainer(config, log=None, data=_data_for(config)).fit(on_epoch=on_epoch)
         metrics = result.to_dict()
         epochs = metrics.pop("epochs")
         trajectory = metrics.pop("oialr_updates")
-        value = float(metrics[space.metric])
-        if not math.isfinite(value):
-            return TrialOutcome(FAILED, None, metrics, epochs, trajectory, f"objective {space.metric} is {value}",
-                                time.perf_counter() - start)
-        return TrialOutcome(COMPLETE, value, metrics, epochs, trajectory, None, time.perf_counter() - start)
+        state = PRUNED if metrics.pop("stopped_early") else COMPLETE
+        return TrialOutcome(state, metrics, epochs, trajectory, None, time.perf_counter() - start)
     except KeyboardInterrupt:
         raise
     except TrialTimeout as exc:
-        return TrialOutcome(FAILED, None, error=str(exc), seconds=time.perf_counter() - start)
+        return TrialOutcome(FAILED, error=str(exc), seconds=time.perf_counter() - start)
     except BaseException as exc:  # noqa: BLE001 - see the module docstring
         tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
-        return TrialOutcome(FAILED, None, error=f"{type(exc).__name__}: {exc}\n{''.join(tb[-4:])}",
+        return TrialOutcome(FAILED, error=f"{type(exc).__name__}: {exc}\n{''.join(tb[-4:])}",
                             seconds=time.perf_counter() - start)

@@ -1,18 +1,32 @@
-"""Optuna backend: TPE in every process, sharing trials through our database.
+"""Optuna backend: a sampler in every process, sharing trials through our database.
 
-Each process keeps an in-memory Optuna study and, before every ask, adds the trials that other
-ranks finished since (read from our store). Nothing waits on Optuna's RDB locks (which kept 8
-workers on one SQLite file only 54% busy), it works with and without MPI, and a resume just
-rebuilds the study from the database.
+Each process keeps an in-memory Optuna study and, before every ask, adds the trials that finished
+since its last look, read from our store by a watermark (the lowest id still running), so a trial
+that finishes after a later-numbered one still reaches every sampler. Nothing waits on Optuna's RDB
+locks (which kept 8 workers on one SQLite file only 54% busy), it works with and without MPI, and a
+resume just rebuilds the study from the database.
+
+Multi-objective studies use Optuna's native support (TPE by default, NSGA-II with ``sampler:
+nsga2``); constraints reach the sampler through ``constraints_func``; a pruned trial is told PRUNED.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from ..storage import COMPLETE, FAILED, INTERRUPTED, Store, Study
+from ..storage import COMPLETE, FAILED, INTERRUPTED, PRUNED, Store, Study, Trial
+from ._objectives import Constraint, Scored
 from ._space import Dimension, SearchSpace
+
+_CONSTRAINTS = "oialr_constraints"  # user attr: constraint violations, <= 0 when satisfied (Optuna < 5)
+
+
+def _native_constraints() -> bool:
+    """Optuna 5 takes constraints per trial (``set_constraint``); older releases via constraints_func."""
+    import optuna
+
+    return hasattr(optuna.trial.Trial, "set_constraint")
 
 
 def _distribution(d: Dimension):  # noqa: ANN202
@@ -25,41 +39,103 @@ def _distribution(d: Dimension):  # noqa: ANN202
     return optuna.distributions.FloatDistribution(float(d.low), float(d.high), log=d.log)
 
 
+def _violations(metrics: dict | None, constraints: Sequence[Constraint]) -> list[float]:
+    """Optuna's convention: one number per bound, > 0 by how much it is violated."""
+    out = []
+    for c in constraints:
+        v = (metrics or {}).get(c.metric)
+        if v is None or not math.isfinite(v):
+            out.append(1.0)
+            continue
+        if c.low is not None:
+            out.append(c.low - v)
+        if c.high is not None:
+            out.append(v - c.high)
+    return out
+
+
+def make_sampler(space: SearchSpace, seed: int):  # noqa: ANN201
+    import optuna
+
+    spec = space.sampler
+    constraints_func = None
+    if space.constraints and not _native_constraints():
+        constraints_func = lambda t: t.user_attrs.get(_CONSTRAINTS, [1.0])  # noqa: E731
+    if spec["type"] == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if spec["type"] == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=spec.get("population_size", 8),
+                                             constraints_func=constraints_func)
+    # multivariate TPE models the dimensions jointly; few startup trials because our budgets are tens
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=spec.get("startup_trials", 5), multivariate=True,
+                                      constraints_func=constraints_func)
+
+
+def _frozen(t: Trial, dists: dict, space: SearchSpace):  # noqa: ANN202
+    import optuna
+
+    n = len(space.objectives)
+    ok = t.state == COMPLETE and t.values is not None and len(t.values) == n and \
+        all(v is not None and math.isfinite(v) for v in t.values)
+    extra = {}
+    if space.constraints:
+        violations = _violations(t.metrics, space.constraints)
+        extra = {"constraints": {f"c{i}": v for i, v in enumerate(violations)}} if _native_constraints() else \
+            {"user_attrs": {_CONSTRAINTS: violations}}
+    if ok:
+        return optuna.trial.create_trial(params=t.params, distributions=dists, values=list(t.values),
+                                         state=optuna.trial.TrialState.COMPLETE, **extra)
+    state = optuna.trial.TrialState.PRUNED if t.state == PRUNED else optuna.trial.TrialState.FAIL
+    return optuna.trial.create_trial(params=t.params, distributions=dists, state=state, **extra)
+
+
 def run_optuna(*, space: SearchSpace, store: Store, study: Study, seed: int, rank: int,
-               evaluate: Callable[[dict], tuple[int, str, float | None] | None]) -> None:
+               evaluate: Callable[[dict], tuple[Trial, Scored, dict | None] | None],
+               enqueue: Sequence[dict] = ()) -> None:
     """Ask, evaluate, tell until ``evaluate`` finds the budget used up (returns None).
 
-    ``evaluate(params)`` claims a slot in the store, trains, stores, and returns
-    (stored trial id, state, value).
+    ``evaluate(params)`` claims a slot in the store, trains, stores, and returns (the stored trial,
+    its scored outcome, its metrics). ``enqueue``: parameter sets to try first (rank 0 only).
     """
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     dists = {d.key: _distribution(d) for d in space.dimensions}
-    sampler = optuna.samplers.TPESampler(seed=seed * 7919 + rank, n_startup_trials=5, multivariate=True)
-    ostudy = optuna.create_study(direction=study.direction, sampler=sampler)
-    seen, own = 0, set()
-
+    directions = [o.direction for o in space.objectives]
+    ostudy = optuna.create_study(directions=directions, sampler=make_sampler(space, seed * 7919 + rank))
+    pending = list(enqueue)  # enqueued after the first sync, so a resume does not try them again
+    seen: set[int] = set()
+    watermark = 0
     while True:
-        for t in store.trials(study, states=(COMPLETE, FAILED, INTERRUPTED), after_id=seen):
-            seen = max(seen, t.id)
-            if t.id in own or set(t.params) != set(dists):
+        finished, watermark = store.finished_since(study, watermark)
+        for t in finished:
+            if t.id in seen:
                 continue
-            ok = t.state == COMPLETE and t.value is not None and math.isfinite(t.value)
+            seen.add(t.id)
+            if set(t.params) != set(dists) or t.state not in (COMPLETE, FAILED, PRUNED, INTERRUPTED):
+                continue
             try:
-                ostudy.add_trial(optuna.trial.create_trial(
-                    params=t.params, distributions=dists, value=t.value if ok else None,
-                    state=optuna.trial.TrialState.COMPLETE if ok else optuna.trial.TrialState.FAIL))
+                ostudy.add_trial(_frozen(t, dists, space))
             except ValueError:
                 continue  # a value outside the current space (the space was edited before a resume)
+        for params in pending:
+            ostudy.enqueue_trial(params, skip_if_exists=True)
+        pending = []
         trial = ostudy.ask(dists)
         result = evaluate(dict(trial.params))
         if result is None:
             ostudy.tell(trial, state=optuna.trial.TrialState.FAIL)
             return
-        trial_id, state, value = result
-        own.add(trial_id)
-        if state == COMPLETE and value is not None and math.isfinite(value):
-            ostudy.tell(trial, value)
+        stored, scored, metrics = result
+        seen.add(stored.id)
+        for i, v in enumerate(_violations(metrics, space.constraints)):
+            if _native_constraints():
+                trial.set_constraint(f"c{i}", v)
+            else:
+                trial.set_user_attr(_CONSTRAINTS, _violations(metrics, space.constraints))
+        if scored.state == COMPLETE:
+            ostudy.tell(trial, list(scored.values))
+        elif scored.state == PRUNED:
+            ostudy.tell(trial, state=optuna.trial.TrialState.PRUNED)
         else:
             ostudy.tell(trial, state=optuna.trial.TrialState.FAIL)

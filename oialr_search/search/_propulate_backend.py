@@ -1,13 +1,20 @@
 """Propulate backend: asynchronous evolutionary search with islands over MPI.
 
-Guards for Propulate 1.2.2 (DESIGN.md §4): the objective is minimized (maximized metrics are
-negated); float limits are always float tuples, log scales are searched in log10 space and
+Guards for Propulate 1.2.2 (DESIGN.md §4): the objectives are minimized (maximized metrics are
+negated) and scalarized per proposal (see ``_scalarization``); float limits are always float
+tuples, log scales are searched in log10 space and
 categoricals as int indices (see ``Dimension``); the loss function never raises and maps NaN and
 failures to +inf; islands have at least two workers (MPICH hangs a single-worker island at its
 checkpoint); ``summarize()`` is never called. Propulate's own checkpoints (one non-atomic pickle per
 island, not recoverable when truncated, crashing when the rank count changes) are never trusted on
 start: before every run rank 0 rebuilds each island's population from the database, which holds
 every completed trial, so resuming after a crash or with another rank count just works.
+
+Early stopping does not use Propulate's own mechanism (a generator loss function and a surrogate
+whose ``cancel()`` stops the run): its surrogate sees only what its island synchronized, not the
+trials of other islands and earlier jobs, and the same rule must hold under the Optuna backend. The
+trial's epochs are judged by the study's pruner inside the loss function (``EpochReporter``), and a
+pruned trial comes back to Propulate as a PRUNED individual.
 """
 
 from __future__ import annotations
@@ -24,10 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..storage import COMPLETE, Store, Study
+from ..storage import COMPLETE, PRUNED, Store, Study
+from ._objectives import Scored, minimize_sense, objectives_from
+from ._scalarization import RescoringPropagator, attach
 from ._space import SearchSpace
 
-RunTrial = Callable[[dict, int | None], float]  # (params, island) -> loss
+RunTrial = Callable[[dict, int | None], Scored]  # (params, island) -> the stored outcome
 
 
 def island_sizes(workers: int) -> list[int]:
@@ -67,8 +76,11 @@ def rebuild_checkpoints(store: Store, study: Study, space: SearchSpace, folder: 
     folder.mkdir(parents=True, exist_ok=True)
     for old in list(folder.glob("island_*_ckpt.pickle")) + list(folder.glob("island_*_ckpt.bkp")):
         old.unlink()
-    trials = [t for t in store.trials(study, states=(COMPLETE,)) if t.value is not None and math.isfinite(t.value)]
-    if not trials:
+    objectives = objectives_from(study.objectives)
+    trials = [t for t in store.trials(study, states=(COMPLETE, PRUNED))
+              if t.values is not None and len(t.values) == len(objectives)
+              and all(v is not None and math.isfinite(v) for v in t.values)]
+    if not any(t.state == COMPLETE for t in trials):
         return 0
     limits = limits_of(space)
     sizes = island_sizes(workers)
@@ -82,7 +94,7 @@ def rebuild_checkpoints(store: Store, study: Study, space: SearchSpace, folder: 
                 continue  # a trial from an older version of the space
             position = {key: type(limits[key][0])(v) for key, v in position.items()}
             ind = Individual(position, limits, generation=-1, rank=k % size)
-            ind.loss = t.value if study.minimize else -t.value
+            ind.loss = attach(ind, minimize_sense(t.values, objectives), t.state)
             ind.active, ind.island, ind.current = True, idx, k % size
             ind.migration_steps, ind.migration_history = 0, str(idx)
             ind.evaltime, ind.evalperiod = time.time(), float(t.duration or 0.0)
@@ -96,8 +108,12 @@ def rebuild_checkpoints(store: Store, study: Study, space: SearchSpace, folder: 
 
 
 def run_propulate(*, comm, space: SearchSpace, store: Store, study: Study, folder: Path, generations: int,  # noqa: ANN001
-                  seed: int, evaluate: RunTrial) -> None:
-    """Run this rank's share (``generations`` evaluations) of the search. Collective."""
+                  seed: int, evaluate: RunTrial, first: dict | None = None) -> None:
+    """Run this rank's share (``generations`` evaluations) of the search. Collective.
+
+    ``first``: parameters this rank evaluates instead of its first proposal (the run config's own
+    values, so a fresh search starts from a known-good point; its traits become the individual's).
+    """
     from propulate import Islands
     from propulate.utils import get_default_propagator
 
@@ -107,14 +123,23 @@ def run_propulate(*, comm, space: SearchSpace, store: Store, study: Study, folde
     rng = random.Random(seed * 7919 + comm.Get_rank())
     np.random.seed((seed * 7919 + comm.Get_rank()) % 2**32)
     limits = limits_of(space)
-    propagator = get_default_propagator(pop_size=max(4, 2 * comm.Get_size()), limits=limits, rng=rng)
+    propagator = RescoringPropagator(
+        get_default_propagator(pop_size=max(4, 2 * comm.Get_size()), limits=limits, rng=rng),
+        n_objectives=len(space.objectives), rank=comm.Get_rank(), world_size=comm.Get_size())
+
+    pending = [first] if first else []
 
     def loss_fn(individual) -> float:  # noqa: ANN001
         try:
-            return float(evaluate(decode(space, individual), island))
+            if pending:
+                for i, d in enumerate(space.dimensions):
+                    individual[f"p{i}"] = type(limits[f"p{i}"][0])(d.encode(pending[0][d.key]))
+                pending.clear()
+            scored = evaluate(decode(space, individual), island)
+            return attach(individual, scored.minimized(space.objectives), scored.state)
         except BaseException as exc:  # noqa: BLE001 - an exception here would hang the other ranks
             print(f"[rank {comm.Get_rank()}] trial bookkeeping failed: {type(exc).__name__}: {exc}", flush=True)
-            return math.inf
+            return attach(individual, None, "FAILED")
 
     with contextlib.redirect_stdout(io.StringIO()):  # Propulate prints a banner
         islands = Islands(loss_fn, propagator, rng, generations=generations, num_islands=len(sizes),

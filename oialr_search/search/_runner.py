@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from collections.abc import Callable
@@ -14,11 +15,13 @@ from ..exceptions import ConfigError, OIALRSearchError
 from ..storage import COMPLETE, FAILED, PRUNED, Store, Study, Trial
 from ._devices import place
 from ._objective import TrialOutcome, run_trial
+from ._objectives import Scored, score
+from ._reporter import EpochReporter
 from ._space import SearchSpace
 
 Objective = Callable[..., TrialOutcome]
 
-BACKENDS = ("auto", "propulate", "optuna")
+BACKENDS = ("auto", "propulate", "optuna", "random")
 DEFAULT_BUDGET = 20
 
 
@@ -78,7 +81,9 @@ def _prepare(req: SearchRequest, world_size: int) -> tuple[Study, str, int, int,
     if existing is None:
         study = store.create_study(name=req.study, space=space.to_dict(), space_path=space.path, metric=space.metric,
                                    direction=space.direction, backend=wanted, seed=req.seed,
-                                   budget=req.budget or DEFAULT_BUDGET)
+                                   budget=req.budget or DEFAULT_BUDGET,
+                                   objectives=[o.to_dict() for o in space.objectives],
+                                   constraints={c.metric: c.to_dict() for c in space.constraints})
     else:
         study = existing
     budget = req.budget or study.budget
@@ -91,16 +96,59 @@ def _prepare(req: SearchRequest, world_size: int) -> tuple[Study, str, int, int,
     return study, backend, budget, finished, space
 
 
-def _summary(store: Store, study: Study) -> tuple[int, int, Trial | None]:
-    """(complete, failed, best trial) of a study, for the progress lines."""
-    return store.count(study, (COMPLETE,)), store.count(study, (FAILED,)), store.best_trial(study)
+def _shown(space: SearchSpace, values: list | None) -> str:
+    if values is None:
+        return ""
+    return ", ".join(f"{o.metric}={v:.4g}" if v is not None else f"{o.metric}=?" for o, v in
+                     zip(space.objectives, values))
+
+
+class _Progress:
+    """Rank 0's progress lines: one per trial it finished, from one GROUP BY and one best query."""
+
+    def __init__(self, store: Store, study: Study, space: SearchSpace, budget: int) -> None:
+        self.store, self.study, self.space, self.budget = store, study, space, budget
+
+    def trial(self, trial: Trial, scored: Scored, seconds: float, pruned_at: int | None) -> None:
+        counts = self.store.counts(self.study)
+        finished = sum(counts.get(s, 0) for s in (COMPLETE, FAILED, PRUNED))
+        what = _shown(self.space, scored.values) if scored.state == COMPLETE else scored.state
+        if scored.state == PRUNED:
+            what = f"PRUNED at epoch {pruned_at} ({_shown(self.space, scored.values)})"
+        if scored.feasible is False:
+            what += " infeasible"
+        tail = f"{counts.get(PRUNED, 0)} pruned, " if self.space.pruner.name != "none" else ""
+        if len(self.space.objectives) == 1:
+            best = self.store.best_trial(self.study, full=False)
+            tail += f"{counts.get(FAILED, 0)} failed, " + (f"best {best.value:.4f} (#{best.number})" if best else
+                                                          "no best yet")
+        else:
+            tail += f"{counts.get(FAILED, 0)} failed"
+        print(f"[trial {trial.number}] {what} in {seconds:.1f}s | {finished}/{self.budget} finished, {tail}",
+              flush=True)
+
+    def done(self) -> None:
+        from ._front import pareto_front
+
+        counts = self.store.counts(self.study)
+        head = (f"done: {counts.get(COMPLETE, 0)} complete, {counts.get(PRUNED, 0)} pruned, "
+                f"{counts.get(FAILED, 0)} failed; ")
+        if len(self.space.objectives) == 1:
+            best = self.store.best_trial(self.study, full=False)
+            print(head + (f"best {self.study.metric} {best.value:.4f} (trial {best.number})" if best else
+                          "no completed trial"), flush=True)
+            return
+        front = pareto_front(self.store, self.study)
+        print(head + f"Pareto front: {len(front)} trial(s) "
+              f"({', '.join(str(t.number) for t in front)}); see 'oialr-search pareto --study {self.study.name}'",
+              flush=True)
 
 
 def run_search(req: SearchRequest, *, objective: Objective = run_trial, quiet: bool = False) -> int:
     """Run (or resume) a search on every rank of MPI.COMM_WORLD. Returns the exit code.
 
-    ``objective(space, params, device=, threads=) -> TrialOutcome`` trains one trial; the default
-    trains the run config. The benchmark injects fixed-cost objectives to measure the service.
+    ``objective(space, params, device=, threads=, report=) -> TrialOutcome`` trains one trial; the
+    default trains the run config. The benchmark injects fixed-cost objectives to measure the service.
     """
     comm = _world()
     rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
@@ -121,14 +169,15 @@ def run_search(req: SearchRequest, *, objective: Objective = run_trial, quiet: b
     study, backend, budget, finished, space = prepared
     store = Store(req.storage, create=False)
     placement = place(comm if size > 1 else None)
-    report = rank == 0 and not quiet
-    if report:
+    progress = _Progress(store, study, space, budget) if rank == 0 and not quiet else None
+    if progress:
+        objectives = ", ".join(f"{o.direction} {o.metric}" for o in space.objectives)
         print(f"study {study.name!r}: {backend} on {size} rank(s), {finished}/{budget} trials finished, "
-              f"objective {study.direction} {study.metric}; rank 0 on {placement.device} with {placement.threads} "
-              f"thread(s)", flush=True)
+              f"objective{'s' if len(space.objectives) > 1 else ''} {objectives}, pruner {space.pruner.name}; "
+              f"rank 0 on {placement.device} with {placement.threads} thread(s)", flush=True)
 
-    def evaluate(params: dict, island: int | None, limit: int | None = None) -> tuple[Trial, TrialOutcome] | None:
-        """Claim a slot, train, store; None once ``limit`` trials exist."""
+    def evaluate(params: dict, island: int | None, limit: int | None = None) -> tuple[Trial, Scored, dict] | None:
+        """Claim a slot, train (reporting every epoch), store; None once ``limit`` trials exist."""
         try:
             config = space.trial_config(params, threads=placement.threads)
         except ConfigError:
@@ -137,18 +186,20 @@ def run_search(req: SearchRequest, *, objective: Objective = run_trial, quiet: b
                                   config=config, limit=limit)
         if trial is None:
             return None
-        outcome = objective(space, params, device=placement.device, threads=placement.threads)
-        store.finish_trial(trial.id, state=outcome.state, value=outcome.value, metrics=outcome.metrics,
-                           epochs=outcome.epochs, rank_trajectory=outcome.trajectory, error=outcome.error)
-        if report:
-            done, failed, best = _summary(store, study)
-            shown = f"{study.metric}={outcome.value:.4f}" if outcome.value is not None else outcome.state
-            best_txt = f"best {best.value:.4f} (#{best.number})" if best else "no best yet"
-            print(f"[trial {trial.number}] {shown} in {outcome.seconds:.1f}s | {done + failed}/{budget} finished, "
-                  f"{failed} failed, {best_txt}", flush=True)
-        return trial, outcome
+        reporter = EpochReporter(store=store, study=study, trial_id=trial.id, objectives=space.objectives,
+                                 pruner=space.pruner, max_epochs=(config or {}).get("train", {}).get("epochs", 0))
+        outcome = objective(space, params, device=placement.device, threads=placement.threads, report=reporter)
+        scored = score(outcome.state, outcome.metrics, outcome.error, space.objectives, space.constraints)
+        values = scored.values
+        store.finish_trial(trial.id, state=scored.state, value=values[0] if values else None, values=values,
+                           feasible=scored.feasible, metrics=outcome.metrics, epochs=outcome.epochs,
+                           rank_trajectory=outcome.trajectory, error=scored.error)
+        if progress:
+            progress.trial(trial, scored, outcome.seconds, reporter.pruned_at)
+        return trial, scored, outcome.metrics
 
     remaining = max(0, budget - finished)
+    start = [space.start_params()] if finished == 0 and backend != "random" and space.start_params() else []
     if backend == "propulate":
         from ._propulate_backend import rebuild_checkpoints, run_propulate
 
@@ -161,20 +212,16 @@ def run_search(req: SearchRequest, *, objective: Objective = run_trial, quiet: b
         generations = math.ceil(remaining / size)
         if generations:
             run_propulate(comm=comm, space=space, store=store, study=study, folder=folder, generations=generations,
-                          seed=req.seed + finished,
-                          evaluate=lambda p, isl: evaluate(p, isl)[1].loss(study.minimize))
+                          seed=req.seed + finished, evaluate=lambda p, isl: evaluate(p, isl)[1],
+                          first=start[0] if start and rank == 0 else None)
     else:
         from ._optuna_backend import run_optuna
 
-        def optuna_eval(params: dict):
-            result = evaluate(params, None, limit=budget)
-            return None if result is None else (result[0].id, result[1].state, result[1].value)
-
-        run_optuna(space=space, store=store, study=study, seed=req.seed + finished, rank=rank, evaluate=optuna_eval)
+        run_space = space if backend == "optuna" else dataclasses.replace(space, sampler={"type": "random"})
+        run_optuna(space=run_space, store=store, study=study, seed=req.seed + finished, rank=rank,
+                   evaluate=lambda p: evaluate(p, None, limit=budget), enqueue=start if rank == 0 else ())
     if comm is not None and size > 1:
         comm.Barrier()
-    if report:
-        done, failed, best = _summary(store, study)
-        best_txt = f"best {study.metric} {best.value:.4f} (trial {best.number})" if best else "no completed trial"
-        print(f"done: {done} complete, {failed} failed; {best_txt}", flush=True)
+    if progress:
+        progress.done()
     return 0

@@ -4,7 +4,11 @@ A space file (YAML)::
 
     base: mnist_vit                 # a bundled run config, or a path relative to this file
     set: {train.epochs: 4}          # fixed overrides of the base
-    objective: {metric: val_loss, direction: minimize}
+    objective: {metric: val_loss, direction: minimize}     # one objective, or several:
+    # objectives: [{metric: top1}, {metric: trainable_fraction}]   (directions default per metric)
+    constraints: {trainable_fraction: {max: 0.2}}           # optional: violators are infeasible
+    pruner: {type: asha, min_epochs: 1, reduction: 3}       # optional: none (default), median, asha
+    sampler: tpe                                            # Optuna backend: tpe (default), nsga2, random
     trial_timeout: 600              # seconds; a trial running longer is stopped and FAILED
     params:
       oialr.beta: {type: float, low: 0.02, high: 0.5, log: true}
@@ -24,8 +28,12 @@ import yaml
 
 from ..exceptions import ConfigError, OIALRSearchError
 from ..training import CONFIG_DIR, apply_values, config_from_dict, config_to_dict, read_yaml
+from ._objectives import METRICS, Constraint, Objective
+from .pruners import BasePruner, create_pruner
 
-METRICS = {"val_loss": "minimize", "top1": "maximize", "top5": "maximize", "trainable_fraction": "minimize"}
+SAMPLERS = {"tpe": {"startup_trials"}, "nsga2": {"population_size"}, "random": set()}
+TOP_KEYS = ("base", "set", "objective", "objectives", "constraints", "pruner", "sampler", "params", "trial_timeout",
+            "description")
 
 
 class SpaceError(OIALRSearchError):
@@ -76,14 +84,45 @@ class SearchSpace:
     path: str
     base: dict
     dimensions: list[Dimension]
-    metric: str = "val_loss"
-    direction: str = "minimize"
+    objectives: tuple[Objective, ...] = (Objective("val_loss", "minimize"),)
+    constraints: tuple[Constraint, ...] = ()
+    pruner: BasePruner = field(default_factory=lambda: create_pruner(None))
+    sampler: dict = field(default_factory=lambda: {"type": "tpe"})
     trial_timeout: float | None = None
     raw: dict = field(default_factory=dict)
 
     @property
+    def metric(self) -> str:
+        """The first objective's metric ("best" on a multi-objective study means best on it)."""
+        return self.objectives[0].metric
+
+    @property
+    def direction(self) -> str:
+        return self.objectives[0].direction
+
+    @property
     def minimize(self) -> bool:
-        return self.direction == "minimize"
+        return self.objectives[0].minimize
+
+    def start_params(self) -> dict[str, Any]:
+        """The base config's own value of every dimension, when all lie in the space (else {}):
+        the first trial of a fresh search, so it starts from the run config the user trusts."""
+        params = {}
+        resolved = config_to_dict(config_from_dict(self.base))
+        for d in self.dimensions:
+            value: Any = resolved
+            for part in d.key.split("."):
+                if not isinstance(value, dict) or part not in value:
+                    return {}
+                value = value[part]
+            if d.kind == "categorical":
+                if value not in d.choices:
+                    return {}
+            elif isinstance(value, bool) or not isinstance(value, (int, float)) or not d.low <= value <= d.high \
+                    or (d.kind == "int" and value != int(value)):
+                return {}
+            params[d.key] = value
+        return params
 
     def config_for(self, params: dict[str, Any]) -> dict:
         """The run config (as a dict) of a trial: the base with ``params`` applied."""
@@ -164,12 +203,99 @@ def _resolve_base(path: Path, base: Any) -> dict:
     raise _err(path, "base", f"{base!r} is neither a file next to the space nor a bundled config")
 
 
+def _objective(path: Path, key: str, spec: Any) -> Objective:
+    if isinstance(spec, str):
+        spec = {"metric": spec}
+    if not isinstance(spec, dict):
+        raise _err(path, key, "expected {metric: ..., direction: ...}")
+    extra = set(spec) - {"metric", "direction"}
+    if extra:
+        raise _err(path, f"{key}.{sorted(extra)[0]}", "unknown field; expected metric and direction")
+    metric = spec.get("metric", "val_loss")
+    if metric not in METRICS:
+        raise _err(path, f"{key}.metric", f"must be one of {', '.join(METRICS)}, got {metric!r}")
+    direction = spec.get("direction", METRICS[metric])
+    if direction not in ("minimize", "maximize"):
+        raise _err(path, f"{key}.direction", f"must be minimize or maximize, got {direction!r}")
+    return Objective(metric, direction)
+
+
+def _objectives(path: Path, raw: dict) -> tuple[Objective, ...]:
+    if "objective" in raw and "objectives" in raw:
+        raise _err(path, "objectives", "give either objective (one) or objectives (a list), not both")
+    if "objectives" not in raw:
+        return (_objective(path, "objective", raw.get("objective") or {}),)
+    specs = raw["objectives"]
+    if not isinstance(specs, list) or not specs:
+        raise _err(path, "objectives", "expected a non-empty list like [{metric: top1}, {metric: trainable_fraction}]")
+    objectives = tuple(_objective(path, f"objectives[{i}]", spec) for i, spec in enumerate(specs))
+    metrics = [o.metric for o in objectives]
+    for i, metric in enumerate(metrics):
+        if metric in metrics[:i]:
+            raise _err(path, f"objectives[{i}].metric", f"{metric} is listed twice")
+    return objectives
+
+
+def _bound(path: Path, key: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _err(path, key, f"expected a number, got {value!r}")
+    return float(value)
+
+
+def _constraints(path: Path, spec: Any) -> tuple[Constraint, ...]:
+    if spec is None:
+        return ()
+    if not isinstance(spec, dict):
+        raise _err(path, "constraints", "expected a mapping like {trainable_fraction: {max: 0.2}}")
+    out = []
+    for metric, bounds in spec.items():
+        key = f"constraints.{metric}"
+        if metric not in METRICS:
+            raise _err(path, key, f"unknown metric; expected one of {', '.join(METRICS)}")
+        if not isinstance(bounds, dict) or not bounds or set(bounds) - {"min", "max"}:
+            raise _err(path, key, f"expected {{min: x}}, {{max: y}} or both, got {bounds!r}")
+        low, high = _bound(path, f"{key}.min", bounds.get("min")), _bound(path, f"{key}.max", bounds.get("max"))
+        if low is not None and high is not None and low > high:
+            raise _err(path, key, f"min must not exceed max, got min={low}, max={high}")
+        out.append(Constraint(str(metric), low, high))
+    return tuple(out)
+
+
+def _pruner(path: Path, spec: Any) -> BasePruner:
+    if spec is not None and not isinstance(spec, (str, dict)):
+        raise _err(path, "pruner", f"expected none, median, asha or a mapping like {{type: asha, min_epochs: 1, "
+                   f"reduction: 3}}, got {spec!r}")
+    try:
+        return create_pruner(spec)
+    except ValueError as exc:  # "field: what is wrong"
+        field, _, message = str(exc).partition(": ")
+        raise _err(path, f"pruner.{field}", message) from None
+
+
+def _sampler(path: Path, spec: Any) -> dict:
+    spec = {"type": "tpe"} if spec is None else ({"type": spec} if isinstance(spec, str) else spec)
+    if not isinstance(spec, dict) or spec.get("type") not in SAMPLERS:
+        got = spec.get("type") if isinstance(spec, dict) else spec
+        raise _err(path, "sampler", f"must be one of {', '.join(SAMPLERS)} (or {{type: ..., ...}}), got {got!r}")
+    for name, value in spec.items():
+        if name == "type":
+            continue
+        if name not in SAMPLERS[spec["type"]]:
+            known = ", ".join(sorted(SAMPLERS[spec["type"]])) or "no options"
+            raise _err(path, f"sampler.{name}", f"unknown option for sampler {spec['type']}; it takes {known}")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+            raise _err(path, f"sampler.{name}", f"expected an integer >= 2, got {value!r}")
+    return dict(spec)
+
+
 def _parse(raw: Any, path: Path, base: dict | None = None) -> SearchSpace:
     if not isinstance(raw, dict):
         raise SpaceError(f"{path}: expected a mapping with base, set, objective and params")
-    unknown = set(raw) - {"base", "set", "objective", "params", "trial_timeout", "description"}
+    unknown = set(raw) - set(TOP_KEYS)
     if unknown:
-        raise _err(path, sorted(unknown)[0], "unknown key; expected base, set, objective, params, trial_timeout")
+        raise _err(path, sorted(unknown)[0], f"unknown key; expected {', '.join(TOP_KEYS)}")
     try:
         base_cfg = copy.deepcopy(base) if base is not None else _resolve_base(path, raw.get("base"))
         fixed = raw.get("set") or {}
@@ -179,15 +305,10 @@ def _parse(raw: Any, path: Path, base: dict | None = None) -> SearchSpace:
         config_from_dict(base_cfg)
     except ConfigError as exc:
         raise SpaceError(f"{path}: base/set: {exc}") from None
-    objective = raw.get("objective") or {}
-    if not isinstance(objective, dict):
-        raise _err(path, "objective", "expected {metric: ..., direction: ...}")
-    metric = objective.get("metric", "val_loss")
-    if metric not in METRICS:
-        raise _err(path, "objective.metric", f"must be one of {', '.join(METRICS)}, got {metric!r}")
-    direction = objective.get("direction", METRICS[metric])
-    if direction not in ("minimize", "maximize"):
-        raise _err(path, "objective.direction", f"must be minimize or maximize, got {direction!r}")
+    objectives = _objectives(path, raw)
+    constraints = _constraints(path, raw.get("constraints"))
+    pruner = _pruner(path, raw.get("pruner"))
+    sampler = _sampler(path, raw.get("sampler"))
     timeout = raw.get("trial_timeout")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
         raise _err(path, "trial_timeout", f"expected a positive number of seconds, got {timeout!r}")
@@ -195,7 +316,7 @@ def _parse(raw: Any, path: Path, base: dict | None = None) -> SearchSpace:
     if not isinstance(params, dict) or not params:
         raise _err(path, "params", "expected a non-empty mapping of config keys to dimensions")
     dims = [_dimension(path, str(k), v) for k, v in params.items()]
-    space = SearchSpace(str(path), base_cfg, dims, metric, direction, timeout, raw)
+    space = SearchSpace(str(path), base_cfg, dims, objectives, constraints, pruner, sampler, timeout, raw)
     # Every dimension must name a real config key with valid values: check both ends.
     for d in dims:
         for value in (d.choices if d.kind == "categorical" else (d.low, d.high)):

@@ -1,5 +1,6 @@
 """Storage of studies and trials (SQLAlchemy; SQLite by default)."""
 
+from ._migrate import SchemaOutdated, SchemaTooNew
 from ._schema import COMPLETE, FAILED, INTERRUPTED, PRUNED, RUNNING, STATES
 from ._store import DEFAULT_STORAGE, StorageError, Store, Study, StudyNotFound, Trial, default_storage
 
@@ -11,6 +12,8 @@ __all__ = [
     "PRUNED",
     "RUNNING",
     "STATES",
+    "SchemaOutdated",
+    "SchemaTooNew",
     "StorageError",
     "Store",
     "Study",

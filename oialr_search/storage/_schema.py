@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # v1: the first release; v2: objectives, constraints, per-epoch reports (see _migrations)
 
 # Trial states. INTERRUPTED: the job died while the trial was running (set on resume).
 RUNNING, COMPLETE, FAILED, PRUNED, INTERRUPTED = "RUNNING", "COMPLETE", "FAILED", "PRUNED", "INTERRUPTED"
@@ -26,8 +26,11 @@ class StudyRow(Base):
     name: Mapped[str] = mapped_column(String(200), unique=True, index=True)
     space: Mapped[dict] = mapped_column(JSON)  # the search space as loaded (file contents + base config)
     space_path: Mapped[str] = mapped_column(Text, default="")
-    metric: Mapped[str] = mapped_column(String(64))
+    metric: Mapped[str] = mapped_column(String(64))  # the first objective (kept for v1 readers)
     direction: Mapped[str] = mapped_column(String(16))
+    # [{"metric": ..., "direction": ...}, ...]; NULL in studies from v1: the single (metric, direction)
+    objectives: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    constraints: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # {metric: {"min": x, "max": y}}
     backend: Mapped[str] = mapped_column(String(32))
     seed: Mapped[int] = mapped_column(Integer, default=0)
     budget: Mapped[int] = mapped_column(Integer, default=0)
@@ -47,7 +50,11 @@ class TrialRow(Base):
     island: Mapped[int | None] = mapped_column(Integer, nullable=True)
     device: Mapped[str] = mapped_column(String(32), default="cpu")
     params: Mapped[dict] = mapped_column(JSON)
-    value: Mapped[float | None] = mapped_column(Float, nullable=True)  # the objective metric
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)  # the first objective's value
+    # one raw value per objective (in the study's order), also for PRUNED trials (their last epoch)
+    objective_values: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    feasible: Mapped[bool | None] = mapped_column(Boolean, nullable=True)  # meets the study's constraints
+    last_epoch: Mapped[int | None] = mapped_column(Integer, nullable=True)  # epochs reported so far
     metrics: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # final metrics of the run
     config: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # the resolved run config
     rank_trajectory: Mapped[list | None] = mapped_column(JSON, nullable=True)  # OIALR switch/update records
@@ -61,7 +68,10 @@ class TrialRow(Base):
 
 
 class EpochRow(Base):
+    """One row per finished epoch, written as it happens (so a running or killed trial's curve is stored)."""
+
     __tablename__ = "oialr_trial_epochs"
+    __table_args__ = (Index("ix_oialr_epoch_trial_epoch", "trial_id", "epoch", unique=True),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     trial_id: Mapped[int] = mapped_column(ForeignKey("oialr_trials.id", ondelete="CASCADE"), index=True)
@@ -74,6 +84,8 @@ class EpochRow(Base):
     lr: Mapped[float] = mapped_column(Float)
     trainable_fraction: Mapped[float] = mapped_column(Float)
     seconds: Mapped[float] = mapped_column(Float)
+    compression: Mapped[float | None] = mapped_column(Float, nullable=True)
+    train_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)  # cumulative, like the final metric
     trial: Mapped[TrialRow] = relationship(back_populates="epochs")
 
 

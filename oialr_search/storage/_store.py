@@ -7,33 +7,33 @@ import os
 import random
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, func, select
+from sqlalchemy import create_engine, event, func, or_, select, update
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, defer, sessionmaker
 
 from ..exceptions import OIALRSearchError
+from ._migrate import prepare_schema
 from ._schema import (
     COMPLETE,
     INTERRUPTED,
     RUNNING,
-    SCHEMA_VERSION,
     STATES,
-    Base,
     EpochRow,
-    MetaRow,
     StudyRow,
     TrialRow,
 )
 
 DEFAULT_STORAGE = "sqlite:///oialr_search.db"
 BUSY_TIMEOUT_MS = 60_000
+_READ_ONLY = "oialr_read_only"  # execution option: the session only reads (plain BEGIN, no write lock)
 
 
 class StorageError(OIALRSearchError):
@@ -58,16 +58,22 @@ class Study:
     name: str
     space: dict
     space_path: str
-    metric: str
+    metric: str  # the first objective
     direction: str
     backend: str
     seed: int
     budget: int
     created: datetime
+    objectives: tuple[dict, ...] = ()  # ({"metric": ..., "direction": ...}, ...), the first is (metric, direction)
+    constraints: dict = field(default_factory=dict)  # {metric: {"min": x, "max": y}}
 
     @property
     def minimize(self) -> bool:
         return self.direction == "minimize"
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
 
 
 @dataclass(frozen=True)
@@ -79,24 +85,41 @@ class Trial:
     island: int | None
     device: str
     params: dict
-    value: float | None
+    value: float | None  # the first objective's value
     metrics: dict | None
-    config: dict | None
-    rank_trajectory: list | None
+    config: dict | None  # None unless loaded with full=True
+    rank_trajectory: list | None  # None unless loaded with full=True
     error: str | None
     started: datetime
     finished: datetime | None
     duration: float | None
+    values: list | None = None  # one raw value per objective
+    feasible: bool | None = None  # None: no constraints were checked (v1 trials, failed trials)
+    last_epoch: int | None = None
+
+
+EPOCH_FIELDS = ("epoch", "step", "train_loss", "val_loss", "top1", "top5", "lr", "trainable_fraction", "seconds",
+                "compression", "train_seconds")
+# The large JSON columns (a CIFAR-size rank trajectory is ~1 MB) load only where a verb needs them.
+_LIGHT_OPTIONS = (defer(TrialRow.config), defer(TrialRow.rank_trajectory))
 
 
 def _study(row: StudyRow) -> Study:
+    objectives = tuple(row.objectives or ({"metric": row.metric, "direction": row.direction},))
     return Study(row.id, row.name, row.space, row.space_path, row.metric, row.direction, row.backend, row.seed,
-                 row.budget, row.created)
+                 row.budget, row.created, objectives, dict(row.constraints or {}))
 
 
-def _trial(row: TrialRow) -> Trial:
+def _trial(row: TrialRow, *, full: bool = True) -> Trial:
+    values = row.objective_values if row.objective_values is not None else (
+        [row.value] if row.value is not None else None)  # a v1 trial: its single objective
     return Trial(row.id, row.number, row.state, row.rank, row.island, row.device, row.params, row.value, row.metrics,
-                 row.config, row.rank_trajectory, row.error, row.started, row.finished, row.duration)
+                 row.config if full else None, row.rank_trajectory if full else None, row.error, row.started,
+                 row.finished, row.duration, values, row.feasible, row.last_epoch)
+
+
+def _epoch_row(trial_id: int, record: dict) -> EpochRow:
+    return EpochRow(trial_id=trial_id, **{k: record.get(k) for k in EPOCH_FIELDS})
 
 
 def _begin_immediate(dbapi_conn: sqlite3.Connection) -> None:
@@ -123,7 +146,7 @@ def _begin_immediate(dbapi_conn: sqlite3.Connection) -> None:
         dbapi_conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
 
-def _sqlite_engine(url: str) -> Engine:
+def _sqlite_engine(url: str, *, read_only: bool = False) -> Engine:
     """SQLite with WAL, a busy timeout and BEGIN IMMEDIATE for writes, so concurrent ranks queue
     for the lock instead of failing with "database is locked" on a read→write upgrade."""
     engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
@@ -133,52 +156,63 @@ def _sqlite_engine(url: str) -> Engine:
         dbapi_conn.isolation_level = None  # we emit BEGIN ourselves
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=NORMAL")
+        if not read_only:  # a read-only connection cannot change the journal mode (ours are WAL already)
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):  # noqa: ANN001
-        _begin_immediate(conn.connection.driver_connection)
+        if conn.get_execution_options().get(_READ_ONLY):
+            conn.connection.driver_connection.execute("BEGIN")  # a reader never waits for, or blocks, a writer
+        else:
+            _begin_immediate(conn.connection.driver_connection)
 
     return engine
 
 
 class Store:
     """Access to one database. Every method runs in its own short transaction, which is rolled
-    back and re-raised with context on error, so a crash never leaves a half-written trial."""
+    back and re-raised with context on error, so a crash never leaves a half-written trial.
 
-    def __init__(self, url: str | None = None, *, create: bool = True) -> None:
+    ``create``: make the database (and upgrade an older schema) where needed; without it a missing
+    database or an outdated schema is an error that says what to run. ``read_only``: open SQLite
+    read-only (queries on a copy nobody may write, and never a lock a writer could wait for).
+    """
+
+    def __init__(self, url: str | None = None, *, create: bool = True, read_only: bool = False) -> None:
         self.url = url or default_storage()
         try:
             parsed = make_url(self.url)
         except ArgumentError:
             raise StorageError(f"--storage {self.url!r}: not a database URL (e.g. sqlite:///search.db)") from None
-        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        sqlite = parsed.get_backend_name() == "sqlite"
+        connect_url = self.url
+        if sqlite and parsed.database not in (None, "", ":memory:"):
             db = Path(parsed.database)
             if not create and not db.exists():
                 raise StorageError(f"--storage {self.url}: no such database file")
             if not db.parent.exists():
                 raise StorageError(f"--storage {self.url}: folder {db.parent} does not exist")
+            if read_only:
+                connect_url = f"sqlite:///file:{urllib.parse.quote(str(db.resolve()))}?mode=ro&uri=true"
         try:
-            self.engine = _sqlite_engine(self.url) if parsed.get_backend_name() == "sqlite" else \
+            self.engine = _sqlite_engine(connect_url, read_only=read_only) if sqlite else \
                 create_engine(self.url, pool_pre_ping=True)
             self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-            if create:
-                Base.metadata.create_all(self.engine)
-                with self.session() as s:
-                    if s.get(MetaRow, "schema_version") is None:
-                        s.add(MetaRow(key="schema_version", value=str(SCHEMA_VERSION)))
-        except IntegrityError:
-            pass  # another rank wrote the version row first
+            self._read_sessions = sessionmaker(self.engine.execution_options(**{_READ_ONLY: True}),
+                                               expire_on_commit=False)
+            prepare_schema(self.engine, url=self.url, create=create and not read_only)
         except (OperationalError, ImportError) as exc:
             raise StorageError(f"--storage {self.url}: cannot open ({exc.__class__.__name__}: "
                                f"{str(exc).splitlines()[0]})") from None
 
     @contextlib.contextmanager
-    def session(self) -> Iterator[Session]:
-        session = self._sessions()
+    def session(self, *, write: bool = True) -> Iterator[Session]:
+        """A transaction: committed on success, rolled back and re-raised with context on error.
+        ``write=False`` for queries: on SQLite they then run without taking the write lock."""
+        session = (self._sessions if write else self._read_sessions)()
         try:
             yield session
             session.commit()
@@ -193,14 +227,19 @@ class Store:
 
     # -- studies -----------------------------------------------------------------------------------
     def create_study(self, *, name: str, space: dict, space_path: str, metric: str, direction: str, backend: str,
-                     seed: int, budget: int) -> Study:
-        """Create the study, or return the existing one of that name (a resume)."""
+                     seed: int, budget: int, objectives: list[dict] | None = None,
+                     constraints: dict | None = None) -> Study:
+        """Create the study, or return the existing one of that name (a resume). ``objectives``
+        defaults to the single (metric, direction); its first entry must be that pair."""
+        objectives = objectives or [{"metric": metric, "direction": direction}]
+        assert (objectives[0]["metric"], objectives[0]["direction"]) == (metric, direction)
         try:
             with self.session() as s:
                 row = s.scalar(select(StudyRow).where(StudyRow.name == name))
                 if row is None:
                     row = StudyRow(name=name, space=space, space_path=space_path, metric=metric, direction=direction,
-                                   backend=backend, seed=seed, budget=budget, created=_now())
+                                   objectives=objectives, constraints=constraints or None, backend=backend,
+                                   seed=seed, budget=budget, created=_now())
                     s.add(row)
                     s.flush()
                 return _study(row)
@@ -216,12 +255,12 @@ class Store:
                 setattr(row, key, value)
 
     def find_study(self, name: str) -> Study | None:
-        with self.session() as s:
+        with self.session(write=False) as s:
             row = s.scalar(select(StudyRow).where(StudyRow.name == name))
             return _study(row) if row is not None else None
 
     def get_study(self, name: str) -> Study:
-        with self.session() as s:
+        with self.session(write=False) as s:
             row = s.scalar(select(StudyRow).where(StudyRow.name == name))
             if row is None:
                 names = s.scalars(select(StudyRow.name).order_by(StudyRow.name)).all()
@@ -231,7 +270,7 @@ class Store:
 
     def studies(self) -> list[tuple[Study, dict[str, int]]]:
         """Every study with its trial counts per state."""
-        with self.session() as s:
+        with self.session(write=False) as s:
             rows = s.scalars(select(StudyRow).order_by(StudyRow.created)).all()
             counts = s.execute(select(TrialRow.study_id, TrialRow.state, func.count()).group_by(
                 TrialRow.study_id, TrialRow.state)).all()
@@ -269,60 +308,126 @@ class Store:
                     raise
         raise RuntimeError(f"storage {self.url}: could not allocate a trial number")
 
-    def finish_trial(self, trial_id: int, *, state: str, value: float | None = None, metrics: dict | None = None,
-                     epochs: list[dict] | None = None, rank_trajectory: list | None = None,
-                     error: str | None = None) -> Trial:
+    def report_epoch(self, trial_id: int, record: dict) -> None:
+        """Store one finished epoch of a running trial as it happens (so a killed trial keeps its curve)."""
+        with self.session() as s:
+            s.add(_epoch_row(trial_id, record))
+            s.execute(update(TrialRow).where(TrialRow.id == trial_id).values(last_epoch=record["epoch"]))
+
+    def finish_trial(self, trial_id: int, *, state: str, value: float | None = None, values: list | None = None,
+                     feasible: bool | None = None, metrics: dict | None = None, epochs: list[dict] | None = None,
+                     rank_trajectory: list | None = None, error: str | None = None) -> Trial:
+        """Record the outcome. ``epochs`` may repeat epochs already reported: only later ones are added."""
         assert state in STATES and state != RUNNING
         with self.session() as s:
             row = s.get(TrialRow, trial_id)
             row.state, row.value, row.metrics, row.error = state, value, metrics, error
+            row.objective_values, row.feasible = values, feasible
             row.rank_trajectory = rank_trajectory
             row.finished = _now()
             row.duration = (row.finished - row.started).total_seconds()
+            reported = row.last_epoch or 0
             for e in epochs or []:
-                s.add(EpochRow(trial_id=trial_id, **{k: e[k] for k in (
-                    "epoch", "step", "train_loss", "val_loss", "top1", "top5", "lr", "trainable_fraction",
-                    "seconds")}))
+                if e["epoch"] > reported:
+                    s.add(_epoch_row(trial_id, e))
+                    row.last_epoch = e["epoch"]
             s.flush()
             return _trial(row)
 
     def mark_interrupted(self, study: Study) -> int:
         """Mark the trials left RUNNING by a job that died; returns how many."""
         with self.session() as s:
-            rows = s.scalars(select(TrialRow).where(TrialRow.study_id == study.id, TrialRow.state == RUNNING)).all()
-            for row in rows:
-                row.state, row.finished = INTERRUPTED, _now()
-                row.error = "interrupted: the job stopped while this trial was running"
-            return len(rows)
+            result = s.execute(update(TrialRow).where(TrialRow.study_id == study.id, TrialRow.state == RUNNING)
+                               .values(state=INTERRUPTED, finished=_now(),
+                                       error="interrupted: the job stopped while this trial was running"))
+            return result.rowcount
 
-    def trials(self, study: Study, *, states: tuple[str, ...] | None = None, after_id: int = 0) -> list[Trial]:
-        with self.session() as s:
+    def trials(self, study: Study, *, states: tuple[str, ...] | None = None, after_id: int = 0,
+               full: bool = False) -> list[Trial]:
+        """The study's trials by number; ``full`` also loads each config and rank trajectory."""
+        with self.session(write=False) as s:
             q = select(TrialRow).where(TrialRow.study_id == study.id, TrialRow.id > after_id)
             if states:
                 q = q.where(TrialRow.state.in_(states))
-            return [_trial(r) for r in s.scalars(q.order_by(TrialRow.number)).all()]
+            if not full:
+                q = q.options(*_LIGHT_OPTIONS)
+            return [_trial(r, full=full) for r in s.scalars(q.order_by(TrialRow.number)).all()]
+
+    def finished_since(self, study: Study, watermark: int) -> tuple[list[Trial], int]:
+        """Trials that are no longer RUNNING, with id >= ``watermark``, and the next watermark.
+
+        The watermark is the lowest id still RUNNING (or one past the highest id), so a trial that
+        finishes after a later-numbered one is still returned by the next call; the caller skips
+        ids it has seen.
+        """
+        with self.session(write=False) as s:
+            rows = s.scalars(select(TrialRow).where(TrialRow.study_id == study.id, TrialRow.id >= watermark)
+                             .options(*_LIGHT_OPTIONS).order_by(TrialRow.id)).all()
+        running = [r.id for r in rows if r.state == RUNNING]
+        nxt = min(running) if running else (rows[-1].id + 1 if rows else watermark)
+        return [_trial(r, full=False) for r in rows if r.state != RUNNING], nxt
 
     def epochs(self, trial_id: int) -> list[dict]:
-        with self.session() as s:
+        with self.session(write=False) as s:
             rows = s.scalars(select(EpochRow).where(EpochRow.trial_id == trial_id).order_by(EpochRow.epoch)).all()
-            return [{k: getattr(r, k) for k in ("epoch", "step", "train_loss", "val_loss", "top1", "top5", "lr",
-                                                "trainable_fraction", "seconds")} for r in rows]
+            return [{k: getattr(r, k) for k in EPOCH_FIELDS} for r in rows]
 
-    def best_trial(self, study: Study) -> Trial | None:
+    def epoch_values(self, study: Study, epoch: int, metrics: tuple[str, ...], *,
+                     exclude_trial: int | None = None) -> list[tuple]:
+        """The given metrics at ``epoch`` of every trial of the study that reached it (for pruners)."""
+        columns = [getattr(EpochRow, m) for m in metrics]
+        with self.session(write=False) as s:
+            q = (select(*columns).join(TrialRow, TrialRow.id == EpochRow.trial_id)
+                 .where(TrialRow.study_id == study.id, EpochRow.epoch == epoch))
+            if exclude_trial is not None:
+                q = q.where(EpochRow.trial_id != exclude_trial)
+            return [tuple(r) for r in s.execute(q).all()]
+
+    def best_trial(self, study: Study, *, full: bool = True) -> Trial | None:
+        """The feasible COMPLETE trial with the best first-objective value."""
         order = TrialRow.value.asc() if study.minimize else TrialRow.value.desc()
-        with self.session() as s:
-            row = s.scalar(select(TrialRow).where(TrialRow.study_id == study.id, TrialRow.state == COMPLETE,
-                                                  TrialRow.value.is_not(None)).order_by(order, TrialRow.number)
-                           .limit(1))
-            return _trial(row) if row is not None else None
+        with self.session(write=False) as s:
+            q = (select(TrialRow).where(TrialRow.study_id == study.id, TrialRow.state == COMPLETE,
+                                        TrialRow.value.is_not(None), _feasible())
+                 .order_by(order, TrialRow.number).limit(1))
+            row = s.scalar(q if full else q.options(*_LIGHT_OPTIONS))
+            return _trial(row, full=full) if row is not None else None
 
-    def get_trial(self, study: Study, number: int) -> Trial:
-        with self.session() as s:
-            row = s.scalar(select(TrialRow).where(TrialRow.study_id == study.id, TrialRow.number == number))
+    def front_candidates(self, study: Study) -> list[Trial]:
+        """The feasible COMPLETE trials (light: no config or trajectory), for Pareto and --pick."""
+        with self.session(write=False) as s:
+            q = (select(TrialRow).where(TrialRow.study_id == study.id, TrialRow.state == COMPLETE, _feasible())
+                 .options(*_LIGHT_OPTIONS).order_by(TrialRow.number))
+            return [_trial(r, full=False) for r in s.scalars(q).all()]
+
+    def get_trial(self, study: Study, number: int, *, full: bool = True) -> Trial:
+        with self.session(write=False) as s:
+            q = select(TrialRow).where(TrialRow.study_id == study.id, TrialRow.number == number)
+            row = s.scalar(q if full else q.options(*_LIGHT_OPTIONS))
             if row is None:
                 raise OIALRSearchError(f"study {study.name!r} has no trial {number}")
-            return _trial(row)
+            return _trial(row, full=full)
+
+    def counts(self, study: Study) -> dict[str, int]:
+        """Trials per state (one GROUP BY query)."""
+        with self.session(write=False) as s:
+            rows = s.execute(select(TrialRow.state, func.count()).where(TrialRow.study_id == study.id)
+                             .group_by(TrialRow.state)).all()
+        return {state: n for state, n in rows}
 
     def count(self, study: Study, states: tuple[str, ...]) -> int:
-        with self.session() as s:
-            return s.scalar(select(func.count()).where(TrialRow.study_id == study.id, TrialRow.state.in_(states)))
+        counts = self.counts(study)
+        return sum(counts.get(state, 0) for state in states)
+
+    def time_span(self, study: Study) -> tuple[datetime | None, datetime | None, bool]:
+        """(first start, last finish, any still running) of the study's trials."""
+        with self.session(write=False) as s:
+            first, last, running = s.execute(
+                select(func.min(TrialRow.started), func.max(TrialRow.finished),
+                       func.count().filter(TrialRow.state == RUNNING)).where(TrialRow.study_id == study.id)).one()
+        return first, last, bool(running)
+
+
+def _feasible():  # noqa: ANN202
+    """Trials that met the study's constraints (NULL: none were checked, e.g. a v1 trial)."""
+    return or_(TrialRow.feasible.is_(None), TrialRow.feasible.is_(True))

@@ -16,7 +16,7 @@ from ._config_io import (
 from ._data import DATASETS, BatchIterator, DataBundle, load_data
 from ._lr import lr_at, steps_from, trainable_coupling
 from ._models import create_model, model_names, register_model
-from ._trainer import EpochRecord, Trainer, TrainingDiverged, TrainResult, train
+from ._trainer import EpochCallback, EpochRecord, Trainer, TrainingDiverged, TrainResult, train
 
 __all__ = [
     "CONFIG_DIR",
@@ -26,6 +26,7 @@ __all__ = [
     "BatchIterator",
     "DataBundle",
     "DataConfig",
+    "EpochCallback",
     "EpochRecord",
     "ModelConfig",
     "OptimConfig",

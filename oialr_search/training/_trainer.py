@@ -40,6 +40,11 @@ class EpochRecord:
     lr: float
     trainable_fraction: float
     seconds: float
+    compression: float = math.nan  # NaN in histories of checkpoints written before these fields existed
+    train_seconds: float = math.nan  # cumulative training time so far (the final metric's running value)
+
+
+EpochCallback = Callable[[EpochRecord], bool]
 
 
 @dataclass
@@ -56,6 +61,7 @@ class TrainResult:
     trainable_parameters: int
     original_parameters: int
     final_ranks: dict[str, int]
+    stopped_early: bool = False  # an ``on_epoch`` callback stopped the run before train.epochs
     epochs: list[EpochRecord] = field(default_factory=list)
     oialr_updates: list[dict] = field(default_factory=list)
 
@@ -203,11 +209,17 @@ class Trainer:
             total += len(y)
         return loss_sum / total, 100.0 * top1 / total, 100.0 * top5 / total
 
-    def fit(self, *, stop_after: int | None = None) -> TrainResult:
-        """Train to ``train.epochs`` (or stop once ``stop_after`` epochs are done; resumable)."""
+    def fit(self, *, stop_after: int | None = None, on_epoch: EpochCallback | None = None) -> TrainResult:
+        """Train to ``train.epochs`` (or stop once ``stop_after`` epochs are done; resumable).
+
+        ``on_epoch(record)`` is called after every epoch (after the checkpoint is written); when it
+        returns False before the last epoch the run stops there and the result has ``stopped_early``
+        set (a pruned trial).
+        """
         tc = self.config.train
         last = tc.epochs if stop_after is None else min(stop_after, tc.epochs)
-        while self.epoch < last:
+        stopped = False
+        while self.epoch < last and not stopped:
             start = time.perf_counter()
             losses = []
             for x, y in self.train_batches.epoch(self.epoch):
@@ -224,7 +236,7 @@ class Trainer:
             counts = self.oialr.counts()
             rec = EpochRecord(self.epoch, self.step, float(np.mean(losses)), val_loss, top1, top5,
                               self.optimizer.param_groups[0]["lr"], counts.trainable_fraction,
-                              time.perf_counter() - start)
+                              time.perf_counter() - start, counts.compression, self.train_seconds)
             self.history.append(rec)
             if self.log:
                 self.log(f"epoch {rec.epoch}/{tc.epochs}  step {rec.step}  train_loss {rec.train_loss:.4f}  "
@@ -232,7 +244,11 @@ class Trainer:
                          f"trainable {100 * counts.trainable_fraction:.1f}%  lr {rec.lr:.2e}  {rec.seconds:.1f}s")
             if self.checkpoint_path is not None:
                 self._save()
-        return self.result()
+            if on_epoch is not None:  # called for the last epoch too, so every epoch reaches the caller
+                stopped = not on_epoch(rec) and self.epoch < tc.epochs
+        result = self.result()
+        result.stopped_early = stopped
+        return result
 
     def result(self) -> TrainResult:
         last = self.history[-1] if self.history else None

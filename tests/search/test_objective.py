@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from oialr_search.search import load_space, run_trial
-from oialr_search.storage import COMPLETE, FAILED
+from oialr_search.search import load_space, run_trial, score
+from oialr_search.storage import COMPLETE, FAILED, PRUNED
 
 from .test_search_cli import FAULTY, write_space
 
@@ -20,9 +20,27 @@ def space(tmp_path, monkeypatch):
 
 
 def test_complete_trial_has_metrics(space):
-    out = run_trial(space, {"oialr.beta": 0.2, "optim.lr": 0.005}, device="cpu", threads=1)
-    assert out.state == COMPLETE and math.isfinite(out.value) and out.value == out.metrics["val_loss"]
-    assert out.epochs and out.trajectory and out.loss(True) == out.value and out.loss(False) == -out.value
+    reported = []
+    out = run_trial(space, {"oialr.beta": 0.2, "optim.lr": 0.005}, device="cpu", threads=1,
+                    report=lambda record: reported.append(record) or True)
+    assert out.state == COMPLETE and math.isfinite(out.metrics["val_loss"])
+    assert out.epochs and out.trajectory
+    # every epoch reached the reporter as it ended, with every metric an objective may name
+    assert [r["epoch"] for r in reported] == [1, 2] and reported == out.epochs
+    assert {"val_loss", "top1", "top5", "trainable_fraction", "compression", "train_seconds"} <= set(reported[0])
+    scored = score(out.state, out.metrics, out.error, space.objectives, space.constraints)
+    assert scored.state == COMPLETE and scored.values == [out.metrics["val_loss"]]
+
+
+def test_a_reporter_that_says_stop_prunes_the_trial(space):
+    out = run_trial(space, {"oialr.beta": 0.2}, device="cpu", threads=1, report=lambda record: False)
+    assert out.state == PRUNED and [e["epoch"] for e in out.epochs] == [1]
+    assert out.metrics["val_loss"] == out.epochs[0]["val_loss"]
+
+
+def test_a_nan_objective_is_failed(space):
+    scored = score(COMPLETE, {"val_loss": float("nan")}, None, space.objectives, space.constraints)
+    assert scored.state == FAILED and "val_loss is nan" in scored.error
 
 
 @pytest.mark.parametrize(("model", "reason"), [("nan_model", "nan"), ("raising_model", "injected failure"),
@@ -30,4 +48,3 @@ def test_complete_trial_has_metrics(space):
 def test_failures_are_outcomes(space, model, reason):
     out = run_trial(space, {"model.name": f"faulty_models_unit:{model}"}, device="cpu", threads=1)
     assert out.state == FAILED and reason in out.error.lower()
-    assert out.loss(True) == math.inf and out.loss(False) == math.inf

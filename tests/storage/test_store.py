@@ -5,7 +5,16 @@ import threading
 import pytest
 from sqlalchemy import inspect
 
-from oialr_search.storage import COMPLETE, FAILED, INTERRUPTED, RUNNING, StorageError, Store, StudyNotFound
+from oialr_search.storage import (
+    COMPLETE,
+    FAILED,
+    INTERRUPTED,
+    PRUNED,
+    RUNNING,
+    StorageError,
+    Store,
+    StudyNotFound,
+)
 
 
 def _study(store, name="s", direction="minimize"):
@@ -27,7 +36,7 @@ def test_trial_life_cycle_and_best(tmp_path):
                                                              "top1": 50.0, "top5": 90.0, "lr": 1e-3,
                                                              "trainable_fraction": 0.3, "seconds": 1.0}],
                            rank_trajectory=[{"step": 1, "ranks": {"a": 3}}], error=None if v else "boom")
-    trials = store.trials(study)
+    trials = store.trials(study, full=True)
     assert [t.number for t in trials] == [0, 1, 2, 3]
     assert trials[2].state == FAILED and trials[2].error == "boom"
     assert store.best_trial(study).value == 0.2
@@ -96,3 +105,74 @@ def test_errors(tmp_path):
     _study(store, "alpha")
     with pytest.raises(StudyNotFound, match="no study named 'beta'.*studies here: alpha"):
         store.get_study("beta")
+
+
+def _epoch(epoch, **values):
+    base = {"epoch": epoch, "step": 10 * epoch, "train_loss": 1.0, "val_loss": 1.0, "top1": 50.0, "top5": 90.0,
+            "lr": 1e-3, "trainable_fraction": 1.0, "seconds": 1.0, "compression": 1.0, "train_seconds": epoch}
+    return {**base, **values}
+
+
+def test_epochs_are_stored_as_they_happen_and_read_per_rung(tmp_path):
+    store = Store(f"sqlite:///{tmp_path}/db.sqlite")
+    study = _study(store)
+    a = store.start_trial(study, params={}, rank=0, island=None, device="cpu")
+    b = store.start_trial(study, params={}, rank=1, island=None, device="cpu")
+    store.report_epoch(a.id, _epoch(1, val_loss=0.9))
+    store.report_epoch(b.id, _epoch(1, val_loss=0.7, top1=60.0))
+    store.report_epoch(a.id, _epoch(2, val_loss=0.8))
+    # a running (or killed) trial's curve is in the database
+    assert [e["val_loss"] for e in store.epochs(a.id)] == [0.9, 0.8]
+    assert store.trials(study)[0].last_epoch == 2
+    assert sorted(store.epoch_values(study, 1, ("val_loss", "top1"))) == [(0.7, 60.0), (0.9, 50.0)]
+    assert store.epoch_values(study, 1, ("val_loss",), exclude_trial=a.id) == [(0.7,)]
+    # finishing with the whole history adds only the epochs not reported yet
+    store.finish_trial(a.id, state=PRUNED, values=[0.8], value=0.8,
+                       epochs=[_epoch(1, val_loss=0.9), _epoch(2, val_loss=0.8)])
+    assert len(store.epochs(a.id)) == 2 and store.counts(study) == {PRUNED: 1, RUNNING: 1}
+
+
+def test_finished_since_returns_trials_that_finish_out_of_order(tmp_path):
+    store = Store(f"sqlite:///{tmp_path}/db.sqlite")
+    study = _study(store)
+    first, second = (store.start_trial(study, params={"i": i}, rank=i, island=None, device="cpu") for i in (0, 1))
+    store.finish_trial(second.id, state=COMPLETE, value=1.0, values=[1.0])
+    got, mark = store.finished_since(study, 0)
+    assert [t.id for t in got] == [second.id] and mark == first.id  # the first is still running
+    store.finish_trial(first.id, state=COMPLETE, value=2.0, values=[2.0])  # finishes after a later-numbered one
+    got, mark = store.finished_since(study, mark)
+    assert first.id in [t.id for t in got] and mark == second.id + 1
+
+
+def test_constraints_keep_infeasible_trials_from_best(tmp_path):
+    store = Store(f"sqlite:///{tmp_path}/db.sqlite")
+    study = _study(store)
+    for value, ok in ((0.1, False), (0.3, True), (0.2, None)):
+        t = store.start_trial(study, params={}, rank=0, island=None, device="cpu")
+        store.finish_trial(t.id, state=COMPLETE, value=value, values=[value], feasible=ok)
+    assert store.best_trial(study).value == 0.2  # NULL feasibility: no constraints were checked
+    assert [t.value for t in store.front_candidates(study)] == [0.3, 0.2]
+
+
+def test_queries_neither_wait_for_nor_block_a_writer(tmp_path):
+    import sqlite3
+    import time
+
+    url = f"sqlite:///{tmp_path}/db.sqlite"
+    store = Store(url)
+    study = _study(store)
+    t = store.start_trial(study, params={}, rank=0, island=None, device="cpu")
+    store.finish_trial(t.id, state=COMPLETE, value=0.5, values=[0.5])
+    writer = sqlite3.connect(tmp_path / "db.sqlite", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # a search rank in the middle of a write
+    try:
+        start = time.monotonic()
+        reader = Store(url, create=False, read_only=True)
+        assert reader.best_trial(reader.get_study("s")).value == 0.5
+        assert reader.counts(study) == {COMPLETE: 1} and len(reader.trials(study)) == 1
+        assert time.monotonic() - start < 5
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    with pytest.raises(RuntimeError, match="readonly"):
+        reader.start_trial(study, params={}, rank=0, island=None, device="cpu")

@@ -1,0 +1,29 @@
+"""Storage verbs: ``storage upgrade``."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..storage import default_storage
+from ..storage._migrate import row_counts, upgrade
+from ._common import add_storage
+
+
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    url = args.storage or default_storage()
+    before, after = upgrade(url)
+    if before == after:
+        print(f"{url} is up to date (schema v{after})")
+        return 0
+    n = row_counts(url)
+    print(f"upgraded {url}: schema v{before} -> v{after} "
+          f"({n['studies']} studies, {n['trials']} trials, {n['epochs']} epochs kept)")
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("storage", help="manage a storage: upgrade its schema to this release's")
+    verbs = p.add_subparsers(dest="storage_command", required=True)
+    p = verbs.add_parser("upgrade", help="upgrade a database made by an older release (keeps every study and trial)")
+    add_storage(p)
+    p.set_defaults(func=cmd_upgrade)

@@ -1,0 +1,184 @@
+"""Schema versions and their migrations (Alembic; the script directory is ``_migrations/``).
+
+The Alembic revision id of schema version N is ``"vN"``. Its version table is ``oialr_alembic_version``,
+not Alembic's default ``alembic_version``, which Optuna's RDB storage uses in a database we may share.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import threading
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Connection, Engine, create_engine, func, insert, inspect, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError
+
+from ..exceptions import OIALRSearchError
+from ._schema import SCHEMA_VERSION, Base, EpochRow, MetaRow, StudyRow, TrialRow
+
+VERSION_TABLE = "oialr_alembic_version"
+MIGRATIONS = Path(__file__).with_name("_migrations")
+_MIGRATING = threading.Lock()
+
+
+class SchemaOutdated(OIALRSearchError):
+    """The database was made by an older release; the message says the command that upgrades it."""
+
+
+class SchemaTooNew(OIALRSearchError):
+    """The database was upgraded by a newer release of oialr-search than this one."""
+
+
+def _config(conn: Connection) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS).replace("%", "%%"))  # configparser syntax
+    config.attributes["connection"] = conn  # env.py migrates through it, inside our transaction
+    return config
+
+
+def _version(conn: Connection) -> int | None:
+    tables = set(inspect(conn).get_table_names())
+    if not any(t.startswith("oialr_") for t in tables - {VERSION_TABLE}):
+        return None
+    if VERSION_TABLE in tables:
+        revision = conn.scalar(text(f"SELECT version_num FROM {VERSION_TABLE}"))
+        if revision is not None:
+            match = re.fullmatch(r"v(\d+)", revision)
+            if match is None:
+                raise SchemaTooNew(f"unknown schema revision {revision!r} in {VERSION_TABLE} (written by another "
+                                   "release of oialr-search); upgrade oialr-search")
+            return int(match[1])
+    if "oialr_meta" in tables:  # made before the migrations existed (v1) or not stamped
+        value = conn.scalar(select(MetaRow.value).where(MetaRow.key == "schema_version"))
+        if value is not None:
+            return int(value)
+    return 1
+
+
+def schema_version(engine: Engine | Connection) -> int | None:
+    """The schema version of the database: None when it has no oialr-search tables (empty, or only
+    another program's tables, e.g. Optuna's); else the stamped Alembic revision, or the ``oialr_meta``
+    row ``schema_version`` of a database from before the migrations existed (1 when that is missing)."""
+    if isinstance(engine, Connection):
+        return _version(engine)
+    with engine.connect() as conn:
+        return _version(conn)
+
+
+def _outdated(url: str, version: int) -> SchemaOutdated:
+    return SchemaOutdated(f"{url}: database schema v{version} is older than this release's v{SCHEMA_VERSION}; "
+                          f"upgrade it with: oialr-search storage upgrade --storage {shlex.quote(url)}")
+
+
+def _too_new(url: str, version: int) -> SchemaTooNew:
+    return SchemaTooNew(f"{url}: database schema v{version} is newer than this release's v{SCHEMA_VERSION}; "
+                        "upgrade oialr-search (pip install -U oialr-search)")
+
+
+def _create_or_upgrade(conn: Connection) -> None:
+    version = _version(conn)  # again, inside this transaction: another process may have been first
+    if version is None:
+        Base.metadata.create_all(conn)
+        conn.execute(insert(MetaRow).values(key="schema_version", value=str(SCHEMA_VERSION)))
+        command.stamp(_config(conn), "head")
+    elif version < SCHEMA_VERSION:
+        config = _config(conn)
+        if MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision() is None:
+            command.stamp(config, f"v{version}")  # made before the migrations existed: start from its version
+        command.upgrade(config, "head")
+
+
+def _lost_race(exc: Exception) -> bool:
+    """Whether ``exc`` is what a process gets when another one created or upgraded the schema first."""
+    message = str(exc).lower()
+    return isinstance(exc, IntegrityError) or "already exists" in message or "duplicate column" in message
+
+
+def prepare_schema(engine: Engine, *, url: str, create: bool) -> None:
+    """Make the database usable by this release; ``url`` is only for messages.
+
+    Empty database: with ``create``, make the current schema and stamp it, else leave it alone. At the
+    current version: nothing (one read transaction, two small queries). Older: with ``create``, upgrade
+    it (silently), else raise :class:`SchemaOutdated` naming the command that upgrades it. Newer: raise
+    :class:`SchemaTooNew`. Safe when processes race: the change checks again in its own transaction
+    (which the Store's SQLite engine makes exclusive), and a process that lost the race checks once more.
+    """
+    version = schema_version(engine)
+    if version == SCHEMA_VERSION or version is None and not create:
+        return
+    if version is not None and version > SCHEMA_VERSION:
+        raise _too_new(url, version)
+    if not create:
+        raise _outdated(url, version)
+    # Alembic's `context` and `op` are module-wide proxies: one migration at a time in this process. The
+    # lock is taken before the transaction, so no thread holds database locks while it waits for it.
+    with _MIGRATING:
+        for attempt in range(2):
+            try:
+                with engine.begin() as conn:
+                    _create_or_upgrade(conn)
+                return
+            except (IntegrityError, OperationalError, ProgrammingError) as exc:
+                if attempt or not _lost_race(exc):
+                    raise
+
+
+def _open(url: str, *, write: bool = False) -> Engine:
+    """An engine on an existing database: a missing SQLite file is an error, never created. Only a ``write``
+    engine changes a SQLite file: it is the Store's, which switches the file to WAL and whose BEGIN makes
+    the DDL transactional (pysqlite's own BEGIN does not)."""
+    from ._store import StorageError, _sqlite_engine  # _store imports this module
+
+    try:
+        parsed = make_url(url)
+        sqlite = parsed.get_backend_name() == "sqlite"
+        if sqlite and parsed.database not in (None, "", ":memory:") and not Path(parsed.database).is_file():
+            raise StorageError(f"--storage {url}: no such database file")
+        return _sqlite_engine(url) if sqlite and write else create_engine(url)
+    except ArgumentError:
+        raise StorageError(f"--storage {url!r}: not a database URL (e.g. sqlite:///search.db)") from None
+    except ImportError as exc:  # the URL's driver is not installed
+        raise StorageError(f"--storage {url}: cannot open ({exc.__class__.__name__}: {exc})") from None
+
+
+def upgrade(url: str) -> tuple[int, int]:
+    """Upgrade the database at ``url`` to this release's schema, keeping every row; returns the schema
+    versions (before, after), equal when it was up to date. Raises :class:`StorageError` when there is
+    no such database or no oialr-search tables in it, :class:`SchemaTooNew` when it is newer."""
+    from ._store import StorageError
+
+    engine = _open(url)
+    try:
+        version = schema_version(engine)  # read first: a database that is not ours stays untouched
+        if version is None:
+            raise StorageError(f"--storage {url}: no oialr-search tables in this database, nothing to upgrade")
+        if version > SCHEMA_VERSION:
+            raise _too_new(url, version)
+        if version < SCHEMA_VERSION:
+            writer = _open(url, write=True)
+            try:
+                prepare_schema(writer, url=url, create=True)  # checks again inside its transaction
+            finally:
+                writer.dispose()
+        return version, SCHEMA_VERSION
+    except OperationalError as exc:
+        raise StorageError(f"--storage {url}: cannot open ({exc.__class__.__name__}: "
+                           f"{str(exc).splitlines()[0]})") from None
+    finally:
+        engine.dispose()
+
+
+def row_counts(url: str) -> dict[str, int]:
+    """The rows of an existing database: ``{"studies": n, "trials": n, "epochs": n}``."""
+    engine = _open(url)
+    try:
+        with engine.connect() as conn:
+            return {name: conn.scalar(select(func.count()).select_from(row.__table__))
+                    for name, row in (("studies", StudyRow), ("trials", TrialRow), ("epochs", EpochRow))}
+    finally:
+        engine.dispose()

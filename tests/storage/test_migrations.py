@@ -1,0 +1,334 @@
+"""Schema migrations: a database made by the first release (v1) is upgraded in place, row for row."""
+
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+from datetime import datetime
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from oialr_search.storage import SchemaOutdated, SchemaTooNew
+from oialr_search.storage._migrate import VERSION_TABLE, _config, prepare_schema, schema_version
+from oialr_search.storage._schema import SCHEMA_VERSION, Base
+from oialr_search.storage._store import _sqlite_engine
+
+
+# -- the first release's tables, frozen here (never import them from the package: it moves on) -----------------
+class V1(DeclarativeBase):
+    pass
+
+
+class V1Study(V1):
+    __tablename__ = "oialr_studies"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True, index=True)
+    space: Mapped[dict] = mapped_column(JSON)
+    space_path: Mapped[str] = mapped_column(Text, default="")
+    metric: Mapped[str] = mapped_column(String(64))
+    direction: Mapped[str] = mapped_column(String(16))
+    backend: Mapped[str] = mapped_column(String(32))
+    seed: Mapped[int] = mapped_column(Integer, default=0)
+    budget: Mapped[int] = mapped_column(Integer, default=0)
+    created: Mapped[datetime] = mapped_column(DateTime)
+
+
+class V1Trial(V1):
+    __tablename__ = "oialr_trials"
+    __table_args__ = (UniqueConstraint("study_id", "number", name="uq_oialr_trial_number"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("oialr_studies.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    rank: Mapped[int] = mapped_column(Integer, default=0)
+    island: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    device: Mapped[str] = mapped_column(String(32), default="cpu")
+    params: Mapped[dict] = mapped_column(JSON)
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    metrics: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    config: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    rank_trajectory: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    started: Mapped[datetime] = mapped_column(DateTime)
+    finished: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    duration: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class V1Epoch(V1):
+    __tablename__ = "oialr_trial_epochs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    trial_id: Mapped[int] = mapped_column(ForeignKey("oialr_trials.id", ondelete="CASCADE"), index=True)
+    epoch: Mapped[int] = mapped_column(Integer)
+    step: Mapped[int] = mapped_column(Integer)
+    train_loss: Mapped[float] = mapped_column(Float)
+    val_loss: Mapped[float] = mapped_column(Float)
+    top1: Mapped[float] = mapped_column(Float)
+    top5: Mapped[float] = mapped_column(Float)
+    lr: Mapped[float] = mapped_column(Float)
+    trainable_fraction: Mapped[float] = mapped_column(Float)
+    seconds: Mapped[float] = mapped_column(Float)
+
+
+class V1Meta(V1):
+    __tablename__ = "oialr_meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+NEW_COLUMNS = {"oialr_studies": {"objectives", "constraints"},
+               "oialr_trials": {"objective_values", "feasible", "last_epoch"},
+               "oialr_trial_epochs": {"compression", "train_seconds"}}
+STATES = ("COMPLETE", "FAILED", "RUNNING", "INTERRUPTED", "COMPLETE", "PRUNED")
+
+
+def make_v1(path) -> str:
+    """A v1 database as the first release wrote it: 2 studies, trials in every state, epochs."""
+    url = f"sqlite:///{path}"
+    engine = create_engine(url)
+    V1.metadata.create_all(engine)
+    with Session(engine) as s:
+        s.add(V1Meta(key="schema_version", value="1"))
+        for i, name in enumerate(("cifar", "mnist")):
+            study = V1Study(name=name, space={"raw": {"lr": [1e-4, 1e-1]}, "base": {"a": i}}, space_path="s.yaml",
+                            metric="val_loss", direction="minimize", backend="optuna", seed=i, budget=20,
+                            created=datetime(2024, 5, 1, 12, i, 30, 123456))
+            s.add(study)
+            s.flush()
+            for number, state in enumerate(STATES):
+                done = state != "RUNNING"
+                trial = V1Trial(study_id=study.id, number=number, state=state, rank=number % 2,
+                                island=number % 3 or None, device="cuda:0",
+                                params={"lr": 0.1 / (number + 1), "beta": [number, "x"]},
+                                value=0.5 / (number + 1) if state == "COMPLETE" else None,
+                                metrics={"val_loss": 0.3, "top1": 91.25} if done else None,
+                                config={"train": {"epochs": 3}}, rank_trajectory=[{"step": 1, "ranks": {"fc": 4}}],
+                                error="boom\nline 2" if state == "FAILED" else None,
+                                started=datetime(2024, 5, 2, 1, number),
+                                finished=datetime(2024, 5, 2, 2) if done else None, duration=3600.5 if done else None)
+                s.add(trial)
+                s.flush()
+                for epoch in range(1, 4 if done else 2):
+                    s.add(V1Epoch(trial_id=trial.id, epoch=epoch, step=10 * epoch, train_loss=1 / epoch, val_loss=0.9,
+                                  top1=50.0 + epoch, top5=90.1, lr=1e-3, trainable_fraction=0.25, seconds=1.5 * epoch))
+        s.commit()
+    engine.dispose()
+    return url
+
+
+def dump(path) -> dict[str, list[dict]]:
+    """Every row as SQLite stores it (JSON as text), so "kept" means byte for byte."""
+    conn = sqlite3.connect(path)
+    conn.row_factory = sqlite3.Row
+    try:
+        return {t: [dict(r) for r in conn.execute(f"SELECT * FROM {t} ORDER BY 1")]
+                for t in ("oialr_studies", "oialr_trials", "oialr_trial_epochs", "oialr_meta")}
+    finally:
+        conn.close()
+
+
+def assert_upgraded(path, before: dict[str, list[dict]]) -> None:
+    after = dump(path)
+    for table, rows in before.items():
+        if table == "oialr_meta":
+            assert after[table] == [{"key": "schema_version", "value": str(SCHEMA_VERSION)}]
+            continue
+        assert len(after[table]) == len(rows) > 0
+        for old, new in zip(rows, after[table]):
+            assert {k: new[k] for k in old} == old
+            assert set(new) - set(old) == NEW_COLUMNS[table]
+            assert all(new[k] is None for k in NEW_COLUMNS[table])
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute(f"SELECT version_num FROM {VERSION_TABLE}").fetchall() == [(f"v{SCHEMA_VERSION}",)]
+        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert "ix_oialr_epoch_trial_epoch" in indexes
+    finally:
+        conn.close()
+
+
+def run_cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "oialr_search", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+ENGINES = {"plain": create_engine, "store": _sqlite_engine}
+
+
+@pytest.mark.parametrize("engine_kind", ENGINES)
+def test_v1_database_is_refused_without_create(tmp_path, engine_kind):
+    url = make_v1(tmp_path / "v1.db")
+    before = dump(tmp_path / "v1.db")
+    engine = ENGINES[engine_kind](url)
+    assert schema_version(engine) == 1
+    with pytest.raises(SchemaOutdated) as err:
+        prepare_schema(engine, url=url, create=False)
+    assert str(err.value) == (f"{url}: database schema v1 is older than this release's v2; upgrade it with: "
+                              f"oialr-search storage upgrade --storage {url}")
+    engine.dispose()
+    assert dump(tmp_path / "v1.db") == before
+
+
+def test_cli_upgrade_keeps_every_row(tmp_path):
+    url = make_v1(tmp_path / "v1.db")
+    before = dump(tmp_path / "v1.db")
+    proc = run_cli("storage", "upgrade", "--storage", url, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"upgraded {url}: schema v1 -> v2 (2 studies, 12 trials, 32 epochs kept)\n"
+    assert_upgraded(tmp_path / "v1.db", before)
+    engine = create_engine(url)
+    assert schema_version(engine) == SCHEMA_VERSION
+    prepare_schema(engine, url=url, create=False)  # now accepted as it is
+    engine.dispose()
+    proc = run_cli("storage", "upgrade", "--storage", url, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"{url} is up to date (schema v2)\n"
+    assert_upgraded(tmp_path / "v1.db", before)
+
+
+@pytest.mark.parametrize("engine_kind", ENGINES)
+def test_prepare_schema_with_create_upgrades_v1(tmp_path, engine_kind, capsys):
+    url = make_v1(tmp_path / "v1.db")
+    before = dump(tmp_path / "v1.db")
+    engine = ENGINES[engine_kind](url)
+    prepare_schema(engine, url=url, create=True)
+    assert schema_version(engine) == SCHEMA_VERSION
+    prepare_schema(engine, url=url, create=True)  # idempotent
+    engine.dispose()
+    assert_upgraded(tmp_path / "v1.db", before)
+    assert capsys.readouterr() == ("", "")  # silent: the caller decides what to print
+
+
+@pytest.mark.parametrize("engine_kind", ENGINES)
+def test_fresh_database_is_current_and_stamped(tmp_path, engine_kind):
+    url = f"sqlite:///{tmp_path}/new.db"
+    engine = ENGINES[engine_kind](url)
+    assert schema_version(engine) is None
+    prepare_schema(engine, url=url, create=False)  # an empty database is left alone without create
+    assert schema_version(engine) is None
+    prepare_schema(engine, url=url, create=True)
+    prepare_schema(engine, url=url, create=True)
+    assert schema_version(engine) == SCHEMA_VERSION
+    with engine.connect() as conn:
+        assert conn.scalar(text(f"SELECT version_num FROM {VERSION_TABLE}")) == f"v{SCHEMA_VERSION}"
+        assert conn.execute(text("SELECT key, value FROM oialr_meta")).all() == [("schema_version", "2")]
+        # what create_all made is what the migrations make: nothing for autogenerate to add
+        assert compare_metadata(MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}),
+                                Base.metadata) == []
+    engine.dispose()
+
+
+@pytest.mark.parametrize("engine_kind", ENGINES)
+@pytest.mark.parametrize("start", ["fresh", "v1"])
+def test_racing_writers_make_one_schema(tmp_path, engine_kind, start):
+    """Ranks that open a new (or a v1) database at once: one creates (upgrades) it, the others use it."""
+    url = make_v1(tmp_path / "race.db") if start == "v1" else f"sqlite:///{tmp_path}/race.db"
+    errors = []
+
+    def worker():
+        engine = ENGINES[engine_kind](url)
+        try:
+            prepare_schema(engine, url=url, create=True)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+        finally:
+            engine.dispose()
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    engine = create_engine(url)
+    assert schema_version(engine) == SCHEMA_VERSION
+    with engine.connect() as conn:
+        assert conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).all() == [(f"v{SCHEMA_VERSION}",)]
+        assert conn.execute(text("SELECT key, value FROM oialr_meta")).all() == [("schema_version", "2")]
+    engine.dispose()
+
+
+def test_migration_scripts_match_the_schema(tmp_path):
+    """v1's script is the frozen v1 tables, v1 -> v2 gives _schema.py's tables, and both go back down."""
+    engine = create_engine(f"sqlite:///{tmp_path}/scripts.db")
+    with engine.begin() as conn:
+        context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+        command.upgrade(_config(conn), "v1")
+        assert compare_metadata(context, V1.metadata) == []
+        assert schema_version(conn) == 1
+        command.upgrade(_config(conn), "head")
+        assert compare_metadata(context, Base.metadata) == []
+        assert schema_version(conn) == SCHEMA_VERSION
+        assert conn.scalar(text("SELECT value FROM oialr_meta")) == str(SCHEMA_VERSION)
+        command.downgrade(_config(conn), "v1")
+        assert compare_metadata(context, V1.metadata) == []
+        assert conn.scalar(text("SELECT value FROM oialr_meta")) == "1"
+        command.downgrade(_config(conn), "base")
+        assert schema_version(conn) is None
+    engine.dispose()
+
+
+def test_optuna_tables_coexist(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = make_v1(tmp_path / "shared.db")
+    before = dump(tmp_path / "shared.db")
+    study = optuna.create_study(storage=url, study_name="opt")  # Optuna's tables and its own alembic_version
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
+    conn = sqlite3.connect(tmp_path / "shared.db")
+    optuna_revision = conn.execute("SELECT version_num FROM alembic_version").fetchall()
+    conn.close()
+    engine = create_engine(url)
+    assert schema_version(engine) == 1
+    engine.dispose()
+
+    proc = run_cli("storage", "upgrade", "--storage", url, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert_upgraded(tmp_path / "shared.db", before)
+    conn = sqlite3.connect(tmp_path / "shared.db")
+    assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == optuna_revision
+    conn.close()
+    assert len(optuna.load_study(storage=url, study_name="opt").trials) == 2
+
+    # and the other way round: our schema made in a database that has only Optuna's tables
+    url = f"sqlite:///{tmp_path}/optuna_first.db"
+    optuna.create_study(storage=url, study_name="opt")
+    engine = _sqlite_engine(url)
+    assert schema_version(engine) is None
+    prepare_schema(engine, url=url, create=True)
+    assert schema_version(engine) == SCHEMA_VERSION
+    engine.dispose()
+    assert optuna.load_study(storage=url, study_name="opt").trials == []
+
+
+def test_newer_schema_is_refused(tmp_path):
+    url = make_v1(tmp_path / "v1.db")
+    engine = create_engine(url)
+    prepare_schema(engine, url=url, create=True)
+    with engine.begin() as conn:
+        conn.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = 'v{SCHEMA_VERSION + 1}'"))
+    for create in (False, True):
+        with pytest.raises(SchemaTooNew, match="newer than this release's v2; upgrade oialr-search"):
+            prepare_schema(engine, url=url, create=create)
+    engine.dispose()
+    proc = run_cli("storage", "upgrade", "--storage", url, cwd=tmp_path)
+    assert proc.returncode == 2 and "newer than this release" in proc.stderr
+
+
+def test_bad_storage_is_one_line_and_changes_nothing(tmp_path):
+    proc = run_cli("storage", "upgrade", "--storage", "sqlite:///missing.db", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and "no such database file" in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+    proc = run_cli("storage", "upgrade", "--storage", "not a url", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "not a database URL" in proc.stderr
+    (tmp_path / "other.db").write_bytes(b"")
+    proc = run_cli("storage", "upgrade", "--storage", "sqlite:///other.db", cwd=tmp_path)
+    assert proc.returncode == 2 and "no oialr-search tables" in proc.stderr
+    assert (tmp_path / "other.db").read_bytes() == b""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.db"]
