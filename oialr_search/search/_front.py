@@ -1,4 +1,8 @@
-"""Queries over a study's results: the Pareto front, the best trial, and ``--pick`` selections."""
+"""Queries over a study's results: the Pareto front and ``--pick`` selections.
+
+Both read only (number, objective values) of the study's feasible completed trials, and load the
+few trials they return, so they stay fast on studies of many thousands of trials.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +10,26 @@ import math
 from collections.abc import Sequence
 
 from ..storage import Store, Study, Trial
-from ._objectives import minimize_sense, objectives_from
+from ._objectives import objectives_from
 from ._pareto import Condition, non_dominated
 
 
-def _usable(t: Trial, n: int) -> bool:
-    return t.values is not None and len(t.values) == n and all(v is not None and math.isfinite(v) for v in t.values)
+def _points(store: Store, study: Study) -> list[tuple[int, tuple]]:
+    """(number, values in minimize sense) of the feasible COMPLETE trials with every value finite."""
+    signs = [1.0 if o["direction"] == "minimize" else -1.0 for o in study.objectives]
+    out = []
+    for number, values in store.objective_points(study):
+        if None in values or not all(map(math.isfinite, values)):
+            continue
+        out.append((number, tuple(sign * v for sign, v in zip(signs, values))))
+    return out
 
 
 def pareto_front(store: Store, study: Study) -> list[Trial]:
     """The non-dominated feasible COMPLETE trials, by number."""
-    objectives = objectives_from(study.objectives)
-    trials = [t for t in store.front_candidates(study) if _usable(t, len(objectives))]
-    points = [minimize_sense(t.values, objectives) for t in trials]
-    return [trials[i] for i in non_dominated(points)]
+    points = _points(store, study)
+    front = non_dominated([p for _, p in points])
+    return store.trials_numbered(study, [points[i][0] for i in front]) if front else []
 
 
 def metric_of(t: Trial, metric: str) -> float | None:
@@ -30,9 +40,16 @@ def metric_of(t: Trial, metric: str) -> float | None:
 def pick(store: Store, study: Study, conditions: Sequence[Condition]) -> Trial | None:
     """The best trial on the first objective among the feasible COMPLETE ones meeting every condition."""
     objectives = objectives_from(study.objectives)
-    ok = [t for t in store.front_candidates(study) if _usable(t, len(objectives))
-          and all(c.holds(metric_of(t, c.metric)) for c in conditions)]
-    if not ok:
+    position = {o.metric: j for j, o in enumerate(objectives)}
+    signs = [1.0 if o.minimize else -1.0 for o in objectives]
+    ranked = sorted(_points(store, study), key=lambda p: (p[1][0], p[0]))  # best first objective first
+    if all(c.metric in position for c in conditions):  # decided on the stored values alone
+        for number, values in ranked:
+            if all(c.holds(signs[position[c.metric]] * values[position[c.metric]]) for c in conditions):
+                return store.trials_numbered(study, [number])[0]
         return None
-    first = objectives[0]
-    return min(ok, key=lambda t: (first.to_min(t.values[0]), t.number))
+    trials = {t.number: t for t in store.trials_numbered(study, [n for n, _ in ranked])}
+    for number, _ in ranked:
+        if all(c.holds(metric_of(trials[number], c.metric)) for c in conditions):
+            return trials[number]
+    return None

@@ -91,7 +91,7 @@ def _frozen(t: Trial, dists: dict, space: SearchSpace):  # noqa: ANN202
 
 def run_optuna(*, space: SearchSpace, store: Store, study: Study, seed: int, rank: int,
                evaluate: Callable[[dict], tuple[Trial, Scored, dict | None] | None],
-               enqueue: Sequence[dict] = ()) -> None:
+               enqueue: Sequence[dict] = (), ready: Callable[[], None] | None = None) -> None:
     """Ask, evaluate, tell until ``evaluate`` finds the budget used up (returns None).
 
     ``evaluate(params)`` claims a slot in the store, trains, stores, and returns (the stored trial,
@@ -106,6 +106,8 @@ def run_optuna(*, space: SearchSpace, store: Store, study: Study, seed: int, ran
     pending = list(enqueue)  # enqueued after the first sync, so a resume does not try them again
     seen: set[int] = set()
     watermark = 0
+    if ready is not None:
+        ready()
     while True:
         finished, watermark = store.finished_since(study, watermark)
         for t in finished:

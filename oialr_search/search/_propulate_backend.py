@@ -108,7 +108,8 @@ def rebuild_checkpoints(store: Store, study: Study, space: SearchSpace, folder: 
 
 
 def run_propulate(*, comm, space: SearchSpace, store: Store, study: Study, folder: Path, generations: int,  # noqa: ANN001
-                  seed: int, evaluate: RunTrial, first: dict | None = None) -> None:
+                  seed: int, evaluate: RunTrial, first: dict | None = None,
+                  ready: Callable[[], None] | None = None) -> None:
     """Run this rank's share (``generations`` evaluations) of the search. Collective.
 
     ``first``: parameters this rank evaluates instead of its first proposal (the run config's own
@@ -145,5 +146,7 @@ def run_propulate(*, comm, space: SearchSpace, store: Store, study: Study, folde
         islands = Islands(loss_fn, propagator, rng, generations=generations, num_islands=len(sizes),
                           island_sizes=np.array(sizes), migration_probability=0.9 if len(sizes) > 1 else 0.0,
                           pollination=False, checkpoint_path=folder)
+    if ready is not None:
+        ready()
     islands.propulate(logging_interval=10**9, debug=0)
 

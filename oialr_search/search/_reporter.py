@@ -1,5 +1,11 @@
 """Per-epoch reports of a running trial: stored as they happen, then judged by the study's pruner.
 
+Epochs are written as they end, but at most once per ``flush_seconds`` (1 s): a trial whose epochs
+take a second or more (every real one) has each epoch in the database as soon as it ends, while
+sub-second epochs (benchmarks, toy spaces) are written in batches instead of one transaction each,
+which 8 ranks on one SQLite file would queue for. Decision epochs are always written first, so
+other trials' pruners see them.
+
 The pruner decides from what the shared store holds for that epoch — every rank's and every job's
 trials, whatever the backend — so the same rule holds everywhere and a resumed job keeps pruning
 against the trials of the jobs before it.
@@ -7,6 +13,7 @@ against the trials of the jobs before it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from ..storage import Store, Study
@@ -18,16 +25,27 @@ class EpochReporter:
     """``reporter(record) -> bool``: store the epoch, then whether the trial goes on."""
 
     def __init__(self, *, store: Store, study: Study, trial_id: int, objectives: Sequence[Objective],
-                 pruner: BasePruner, max_epochs: int) -> None:
+                 pruner: BasePruner, max_epochs: int, flush_seconds: float = 1.0) -> None:
         self.store, self.study, self.trial_id = store, study, trial_id
         self.objectives, self.pruner, self.max_epochs = tuple(objectives), pruner, max_epochs
+        self.flush_seconds = flush_seconds
         self._metrics = tuple(o.metric for o in self.objectives)
         self.pruned_at: int | None = None
+        self.pending: list[dict] = []  # epochs not written yet (the runner hands them to finish_trial)
+        self._flushed = time.monotonic()
+
+    def flush(self) -> None:
+        self.store.report_epochs(self.trial_id, self.pending)
+        self.pending = []
+        self._flushed = time.monotonic()
 
     def __call__(self, record: dict) -> bool:
-        self.store.report_epoch(self.trial_id, record)
+        self.pending.append(dict(record))
         epoch = record["epoch"]
-        if not self.pruner.decides_at(epoch, self.max_epochs):
+        decides = self.pruner.decides_at(epoch, self.max_epochs)
+        if decides or time.monotonic() - self._flushed >= self.flush_seconds:
+            self.flush()
+        if not decides:
             return True
         rows = self.store.epoch_values(self.study, epoch, self._metrics, exclude_trial=self.trial_id)
         peers = [minimize_sense(row, self.objectives) for row in rows]

@@ -144,12 +144,27 @@ class _Progress:
               flush=True)
 
 
-def run_search(req: SearchRequest, *, objective: Objective = run_trial, quiet: bool = False) -> int:
+def _once(fn: Callable[[], None] | None) -> Callable[[], None]:
+    done = []
+
+    def call() -> None:
+        if fn is not None and not done:
+            done.append(True)
+            fn()
+
+    return call
+
+
+def run_search(req: SearchRequest, *, objective: Objective = run_trial, quiet: bool = False,
+               ready: Callable[[], None] | None = None) -> int:
     """Run (or resume) a search on every rank of MPI.COMM_WORLD. Returns the exit code.
 
     ``objective(space, params, device=, threads=, report=) -> TrialOutcome`` trains one trial; the
-    default trains the run config. The benchmark injects fixed-cost objectives to measure the service.
+    default trains the run config. The benchmark injects fixed-cost objectives to measure the service,
+    and ``ready()``, called on every rank once the set-up is done (storage, placement, the backend
+    built) and before the first proposal, to start its clock where plain Propulate's starts.
     """
+    ready = _once(ready)
     comm = _world()
     rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
     prepared, error, code = None, None, 0
@@ -192,7 +207,8 @@ def run_search(req: SearchRequest, *, objective: Objective = run_trial, quiet: b
         scored = score(outcome.state, outcome.metrics, outcome.error, space.objectives, space.constraints)
         values = scored.values
         store.finish_trial(trial.id, state=scored.state, value=values[0] if values else None, values=values,
-                           feasible=scored.feasible, metrics=outcome.metrics, epochs=outcome.epochs,
+                           feasible=scored.feasible, metrics=outcome.metrics,
+                           epochs=outcome.epochs or reporter.pending,  # a failed trial keeps what it reported
                            rank_trajectory=outcome.trajectory, error=scored.error)
         if progress:
             progress.trial(trial, scored, outcome.seconds, reporter.pruned_at)
@@ -213,13 +229,15 @@ def run_search(req: SearchRequest, *, objective: Objective = run_trial, quiet: b
         if generations:
             run_propulate(comm=comm, space=space, store=store, study=study, folder=folder, generations=generations,
                           seed=req.seed + finished, evaluate=lambda p, isl: evaluate(p, isl)[1],
-                          first=start[0] if start and rank == 0 else None)
+                          first=start[0] if start and rank == 0 else None, ready=ready)
     else:
         from ._optuna_backend import run_optuna
 
         run_space = space if backend == "optuna" else dataclasses.replace(space, sampler={"type": "random"})
         run_optuna(space=run_space, store=store, study=study, seed=req.seed + finished, rank=rank,
-                   evaluate=lambda p: evaluate(p, None, limit=budget), enqueue=start if rank == 0 else ())
+                   evaluate=lambda p: evaluate(p, None, limit=budget), enqueue=start if rank == 0 else (),
+                   ready=ready)
+    ready()  # on ranks that had nothing left to run
     if comm is not None and size > 1:
         comm.Barrier()
     if progress:

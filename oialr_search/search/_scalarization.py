@@ -11,7 +11,8 @@ their loss — with an augmented Chebyshev scalarization
 normalized by the completed individuals the island holds now, under a weight vector that changes with
 every proposal (a golden-ratio sequence over the simplex, offset per rank). So every island
 explores every trade-off over time, migrants and trials rebuilt from the database are scored for the
-island that receives them, and with one objective it is the plain ranking by value. PRUNED trials
+island that receives them. With one objective the provisional loss (the value, PRUNED trials
+pushed behind every completed one) already is the ranking, so nothing is rescored. PRUNED trials
 rank after every completed one (by the value they reached), failed ones are +inf.
 """
 
@@ -25,6 +26,7 @@ from collections.abc import Sequence
 VALUES, STATE = "oialr_values", "oialr_state"  # attributes set on Propulate individuals
 _GOLDEN = (math.sqrt(5) - 1) / 2
 PRUNED_OFFSET = 2.0  # above any completed score, which lies in [0, 1 + rho]
+PROVISIONAL_PRUNED_OFFSET = 1e9  # behind any completed raw value (a loss, -accuracy, seconds, fractions)
 
 
 def attach(individual, values: Sequence[float] | None, state: str) -> float:  # noqa: ANN001
@@ -33,7 +35,7 @@ def attach(individual, values: Sequence[float] | None, state: str) -> float:  # 
     setattr(individual, STATE, state)
     if values is None or state not in ("COMPLETE", "PRUNED") or not all(math.isfinite(v) for v in values):
         return math.inf
-    return float(values[0]) + (1e6 if state == "PRUNED" else 0.0)
+    return float(values[0]) + (PROVISIONAL_PRUNED_OFFSET if state == "PRUNED" else 0.0)
 
 
 def weights(k: int, n_objectives: int, *, offset: float = 0.0) -> tuple[float, ...]:
@@ -79,10 +81,13 @@ class RescoringPropagator:
         self.last_weights: tuple[float, ...] = ()
 
     def __call__(self, individuals: list):  # noqa: ANN204
+        if self.n_objectives == 1:
+            return self.inner(individuals)
         w = weights(self.proposals, self.n_objectives, offset=self.offset)
         self.proposals += 1
         self.last_weights = w
-        scored = [copy.deepcopy(ind) for ind in individuals]
+        # shallow copies suffice: Propulate's operators deep-copy a parent before changing it
+        scored = [copy.copy(ind) for ind in individuals]
         points = [getattr(ind, VALUES, None) for ind in scored]
         states = [getattr(ind, STATE, "FAILED" if not math.isfinite(ind.loss) else "COMPLETE") for ind in scored]
         # an individual without recorded values (not ours) keeps its loss as a single objective

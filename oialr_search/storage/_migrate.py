@@ -6,9 +6,11 @@ not Alembic's default ``alembic_version``, which Optuna's RDB storage uses in a 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shlex
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from alembic import command
@@ -90,7 +92,38 @@ def _create_or_upgrade(conn: Connection) -> None:
         config = _config(conn)
         if MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision() is None:
             command.stamp(config, f"v{version}")  # made before the migrations existed: start from its version
+        violations = _foreign_key_violations(conn)
         command.upgrade(config, "head")
+        if _foreign_key_violations(conn) - violations:  # enforcement was off: raising rolls back
+            raise OIALRSearchError(f"upgrading the schema to v{SCHEMA_VERSION} would break foreign keys")
+
+
+def _foreign_key_violations(conn: Connection) -> set[tuple]:
+    if conn.dialect.name != "sqlite":
+        return set()
+    return {tuple(row) for row in conn.exec_driver_sql("PRAGMA foreign_key_check")}
+
+
+@contextlib.contextmanager
+def _sqlite_foreign_keys_off(conn: Connection) -> Iterator[None]:
+    """SQLite: no foreign key enforcement while ``conn`` migrates. A migration that recreates a table
+    (copy, DROP, rename: how SQLite changes a column) would otherwise cascade-delete every row that
+    references it. Set outside the transaction (inside one the pragma does nothing), so through the
+    driver's connection: a statement through ``conn`` would BEGIN first."""
+    if conn.dialect.name != "sqlite":
+        yield
+        return
+    driver = conn.connection.driver_connection
+    enforced = driver.execute("PRAGMA foreign_keys").fetchone()[0]
+    if enforced:
+        driver.execute("PRAGMA foreign_keys=OFF")
+    try:
+        yield
+    finally:
+        if enforced:  # the pooled connection goes back as it came (the Store's enforce foreign keys)
+            driver.execute("PRAGMA foreign_keys=ON")
+            if not driver.execute("PRAGMA foreign_keys").fetchone()[0]:  # still in a transaction
+                conn.invalidate()
 
 
 def _lost_race(exc: Exception) -> bool:
@@ -120,7 +153,7 @@ def prepare_schema(engine: Engine, *, url: str, create: bool) -> None:
     with _MIGRATING:
         for attempt in range(2):
             try:
-                with engine.begin() as conn:
+                with engine.connect() as conn, _sqlite_foreign_keys_off(conn), conn.begin():
                     _create_or_upgrade(conn)
                 return
             except (IntegrityError, OperationalError, ProgrammingError) as exc:

@@ -40,7 +40,8 @@ class StudyRow(Base):
 
 class TrialRow(Base):
     __tablename__ = "oialr_trials"
-    __table_args__ = (UniqueConstraint("study_id", "number", name="uq_oialr_trial_number"),)
+    __table_args__ = (UniqueConstraint("study_id", "number", name="uq_oialr_trial_number"),
+                      Index("ix_oialr_trials_study_state", "study_id", "state"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("oialr_studies.id", ondelete="CASCADE"), index=True)
@@ -56,8 +57,6 @@ class TrialRow(Base):
     feasible: Mapped[bool | None] = mapped_column(Boolean, nullable=True)  # meets the study's constraints
     last_epoch: Mapped[int | None] = mapped_column(Integer, nullable=True)  # epochs reported so far
     metrics: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # final metrics of the run
-    config: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # the resolved run config
-    rank_trajectory: Mapped[list | None] = mapped_column(JSON, nullable=True)  # OIALR switch/update records
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     started: Mapped[datetime] = mapped_column(DateTime)
     finished: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
@@ -65,6 +64,17 @@ class TrialRow(Base):
     study: Mapped[StudyRow] = relationship(back_populates="trials")
     epochs: Mapped[list[EpochRow]] = relationship(back_populates="trial", cascade="all, delete-orphan",
                                                   order_by="EpochRow.epoch")
+
+
+class TrialPayloadRow(Base):
+    """A trial's large JSON documents, apart from its row: a CIFAR-size rank trajectory is ~1 MB, and
+    in the trial row it would be read (overflow pages and all) by every query that scans trials."""
+
+    __tablename__ = "oialr_trial_payloads"
+
+    trial_id: Mapped[int] = mapped_column(ForeignKey("oialr_trials.id", ondelete="CASCADE"), primary_key=True)
+    config: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # the resolved run config
+    rank_trajectory: Mapped[list | None] = mapped_column(JSON, nullable=True)  # OIALR switch/update records
 
 
 class EpochRow(Base):

@@ -8,16 +8,16 @@ import random
 import sqlite3
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, func, or_, select, update
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy import create_engine, event, func, insert, or_, select, update
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
-from sqlalchemy.orm import Session, defer, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from ..exceptions import OIALRSearchError
 from ._migrate import prepare_schema
@@ -28,6 +28,7 @@ from ._schema import (
     STATES,
     EpochRow,
     StudyRow,
+    TrialPayloadRow,
     TrialRow,
 )
 
@@ -100,8 +101,6 @@ class Trial:
 
 EPOCH_FIELDS = ("epoch", "step", "train_loss", "val_loss", "top1", "top5", "lr", "trainable_fraction", "seconds",
                 "compression", "train_seconds")
-# The large JSON columns (a CIFAR-size rank trajectory is ~1 MB) load only where a verb needs them.
-_LIGHT_OPTIONS = (defer(TrialRow.config), defer(TrialRow.rank_trajectory))
 
 
 def _study(row: StudyRow) -> Study:
@@ -110,16 +109,26 @@ def _study(row: StudyRow) -> Study:
                  row.budget, row.created, objectives, dict(row.constraints or {}))
 
 
-def _trial(row: TrialRow, *, full: bool = True) -> Trial:
+def _trial(row: TrialRow, payload: TrialPayloadRow | None = None) -> Trial:
     values = row.objective_values if row.objective_values is not None else (
         [row.value] if row.value is not None else None)  # a v1 trial: its single objective
     return Trial(row.id, row.number, row.state, row.rank, row.island, row.device, row.params, row.value, row.metrics,
-                 row.config if full else None, row.rank_trajectory if full else None, row.error, row.started,
-                 row.finished, row.duration, values, row.feasible, row.last_epoch)
+                 payload.config if payload else None, payload.rank_trajectory if payload else None, row.error,
+                 row.started, row.finished, row.duration, values, row.feasible, row.last_epoch)
 
 
-def _epoch_row(trial_id: int, record: dict) -> EpochRow:
-    return EpochRow(trial_id=trial_id, **{k: record.get(k) for k in EPOCH_FIELDS})
+def _trials(s: Session, rows: list[TrialRow], *, full: bool) -> list[Trial]:
+    """Trials from rows; ``full`` also loads their configs and rank trajectories (one query)."""
+    if not full:
+        return [_trial(r) for r in rows]
+    ids = [r.id for r in rows]
+    payloads = {p.trial_id: p for p in s.scalars(select(TrialPayloadRow).where(TrialPayloadRow.trial_id.in_(ids)))} \
+        if ids else {}
+    return [_trial(r, payloads.get(r.id)) for r in rows]
+
+
+def _epoch_values(trial_id: int, record: dict) -> dict:
+    return {"trial_id": trial_id, **{k: record.get(k) for k in EPOCH_FIELDS}}
 
 
 def _begin_immediate(dbapi_conn: sqlite3.Connection) -> None:
@@ -146,6 +155,20 @@ def _begin_immediate(dbapi_conn: sqlite3.Connection) -> None:
         dbapi_conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
 
+def _retry_locked(statement: Callable[[], object]) -> None:
+    """Run a statement that SQLite's busy handler does not cover (switching a brand-new file to WAL
+    while another process creates it answers "database is locked" at once), retrying briefly."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            statement()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01 * (0.5 + random.random()))
+
+
 def _sqlite_engine(url: str, *, read_only: bool = False) -> Engine:
     """SQLite with WAL, a busy timeout and BEGIN IMMEDIATE for writes, so concurrent ranks queue
     for the lock instead of failing with "database is locked" on a read→write upgrade."""
@@ -157,7 +180,7 @@ def _sqlite_engine(url: str, *, read_only: bool = False) -> Engine:
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         if not read_only:  # a read-only connection cannot change the journal mode (ours are WAL already)
-            cur.execute("PRAGMA journal_mode=WAL")
+            _retry_locked(lambda: cur.execute("PRAGMA journal_mode=WAL"))
             cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
@@ -225,6 +248,16 @@ class Store:
         finally:
             session.close()
 
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A write transaction on a bare connection, for the per-trial hot path (no ORM session):
+        committed on success, rolled back and re-raised with context on error."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise RuntimeError(f"storage {self.url}: transaction rolled back: {exc}") from exc
+
     # -- studies -----------------------------------------------------------------------------------
     def create_study(self, *, name: str, space: dict, space_path: str, metric: str, direction: str, backend: str,
                      seed: int, budget: int, objectives: list[dict] | None = None,
@@ -289,50 +322,54 @@ class Store:
         """
         for _ in range(20):
             try:
-                with self.session() as s:
+                with self._write() as conn:
                     if limit is not None:
-                        taken = s.scalar(select(func.count()).where(TrialRow.study_id == study.id,
-                                                                    TrialRow.state != INTERRUPTED))
+                        taken = conn.execute(select(func.count()).where(
+                            TrialRow.study_id == study.id, TrialRow.state != INTERRUPTED)).scalar()
                         if taken >= limit:
                             return None
-                    last = s.scalar(select(func.coalesce(func.max(TrialRow.number), -1))
-                                    .where(TrialRow.study_id == study.id))
-                    number = last + 1
-                    row = TrialRow(study_id=study.id, number=number, state=RUNNING, rank=rank, island=island,
-                                   device=device, params=params, config=config, started=_now())
-                    s.add(row)
-                    s.flush()
-                    return _trial(row)
+                    number = conn.execute(select(func.coalesce(func.max(TrialRow.number), -1))
+                                          .where(TrialRow.study_id == study.id)).scalar() + 1
+                    started = _now()
+                    trial_id = conn.execute(insert(TrialRow).values(
+                        study_id=study.id, number=number, state=RUNNING, rank=rank, island=island, device=device,
+                        params=params, started=started)).inserted_primary_key[0]
+                    conn.execute(insert(TrialPayloadRow).values(trial_id=trial_id, config=config))
+                    return Trial(trial_id, number, RUNNING, rank, island, device, params, None, None, config, None,
+                                 None, started, None, None)
             except RuntimeError as exc:  # a concurrent writer took the number (non-SQLite servers)
                 if not isinstance(exc.__cause__, IntegrityError):
                     raise
         raise RuntimeError(f"storage {self.url}: could not allocate a trial number")
 
-    def report_epoch(self, trial_id: int, record: dict) -> None:
-        """Store one finished epoch of a running trial as it happens (so a killed trial keeps its curve)."""
-        with self.session() as s:
-            s.add(_epoch_row(trial_id, record))
-            s.execute(update(TrialRow).where(TrialRow.id == trial_id).values(last_epoch=record["epoch"]))
+    def report_epochs(self, trial_id: int, records: list[dict]) -> None:
+        """Store finished epochs of a running trial as they happen (so a killed trial keeps its curve)."""
+        if not records:
+            return
+        with self._write() as conn:
+            conn.execute(insert(EpochRow), [_epoch_values(trial_id, r) for r in records])
+            conn.execute(update(TrialRow).where(TrialRow.id == trial_id).values(last_epoch=records[-1]["epoch"]))
 
     def finish_trial(self, trial_id: int, *, state: str, value: float | None = None, values: list | None = None,
                      feasible: bool | None = None, metrics: dict | None = None, epochs: list[dict] | None = None,
-                     rank_trajectory: list | None = None, error: str | None = None) -> Trial:
-        """Record the outcome. ``epochs`` may repeat epochs already reported: only later ones are added."""
+                     rank_trajectory: list | None = None, error: str | None = None) -> None:
+        """Record the outcome. ``epochs`` may repeat epochs already reported: only later ones are added.
+        One short transaction of Core statements: it is on every rank's path after every trial."""
         assert state in STATES and state != RUNNING
-        with self.session() as s:
-            row = s.get(TrialRow, trial_id)
-            row.state, row.value, row.metrics, row.error = state, value, metrics, error
-            row.objective_values, row.feasible = values, feasible
-            row.rank_trajectory = rank_trajectory
-            row.finished = _now()
-            row.duration = (row.finished - row.started).total_seconds()
-            reported = row.last_epoch or 0
-            for e in epochs or []:
-                if e["epoch"] > reported:
-                    s.add(_epoch_row(trial_id, e))
-                    row.last_epoch = e["epoch"]
-            s.flush()
-            return _trial(row)
+        with self._write() as conn:
+            started, reported = conn.execute(select(TrialRow.started, TrialRow.last_epoch)
+                                             .where(TrialRow.id == trial_id)).one()
+            new = [e for e in epochs or [] if e["epoch"] > (reported or 0)]
+            if new:
+                conn.execute(insert(EpochRow), [_epoch_values(trial_id, e) for e in new])
+            finished = _now()
+            conn.execute(update(TrialRow).where(TrialRow.id == trial_id).values(
+                state=state, value=value, objective_values=values, feasible=feasible, metrics=metrics, error=error,
+                finished=finished, duration=(finished - started).total_seconds(),
+                last_epoch=new[-1]["epoch"] if new else reported))
+            if rank_trajectory is not None:
+                conn.execute(update(TrialPayloadRow).where(TrialPayloadRow.trial_id == trial_id)
+                             .values(rank_trajectory=rank_trajectory))
 
     def mark_interrupted(self, study: Study) -> int:
         """Mark the trials left RUNNING by a job that died; returns how many."""
@@ -349,9 +386,7 @@ class Store:
             q = select(TrialRow).where(TrialRow.study_id == study.id, TrialRow.id > after_id)
             if states:
                 q = q.where(TrialRow.state.in_(states))
-            if not full:
-                q = q.options(*_LIGHT_OPTIONS)
-            return [_trial(r, full=full) for r in s.scalars(q.order_by(TrialRow.number)).all()]
+            return _trials(s, s.scalars(q.order_by(TrialRow.number)).all(), full=full)
 
     def finished_since(self, study: Study, watermark: int) -> tuple[list[Trial], int]:
         """Trials that are no longer RUNNING, with id >= ``watermark``, and the next watermark.
@@ -362,10 +397,10 @@ class Store:
         """
         with self.session(write=False) as s:
             rows = s.scalars(select(TrialRow).where(TrialRow.study_id == study.id, TrialRow.id >= watermark)
-                             .options(*_LIGHT_OPTIONS).order_by(TrialRow.id)).all()
+                             .order_by(TrialRow.id)).all()
         running = [r.id for r in rows if r.state == RUNNING]
         nxt = min(running) if running else (rows[-1].id + 1 if rows else watermark)
-        return [_trial(r, full=False) for r in rows if r.state != RUNNING], nxt
+        return [_trial(r) for r in rows if r.state != RUNNING], nxt
 
     def epochs(self, trial_id: int) -> list[dict]:
         with self.session(write=False) as s:
@@ -390,23 +425,38 @@ class Store:
             q = (select(TrialRow).where(TrialRow.study_id == study.id, TrialRow.state == COMPLETE,
                                         TrialRow.value.is_not(None), _feasible())
                  .order_by(order, TrialRow.number).limit(1))
-            row = s.scalar(q if full else q.options(*_LIGHT_OPTIONS))
-            return _trial(row, full=full) if row is not None else None
+            row = s.scalar(q)
+            return _trials(s, [row], full=full)[0] if row is not None else None
 
-    def front_candidates(self, study: Study) -> list[Trial]:
-        """The feasible COMPLETE trials (light: no config or trajectory), for Pareto and --pick."""
+    def objective_points(self, study: Study) -> list[tuple[int, tuple]]:
+        """(number, raw objective values) of every feasible COMPLETE trial: all a Pareto query reads.
+
+        The values are extracted by the database (JSON index → float), one column per objective, so
+        a 10,000-trial study costs no JSON decoding in Python.
+        """
+        columns = [TrialRow.objective_values[j].as_float() for j in range(len(study.objectives))]
+        columns[0] = func.coalesce(columns[0], TrialRow.value)  # a v1 trial has only its single value
         with self.session(write=False) as s:
-            q = (select(TrialRow).where(TrialRow.study_id == study.id, TrialRow.state == COMPLETE, _feasible())
-                 .options(*_LIGHT_OPTIONS).order_by(TrialRow.number))
-            return [_trial(r, full=False) for r in s.scalars(q).all()]
+            rows = s.connection().execute(
+                select(TrialRow.number, *columns)
+                .where(TrialRow.study_id == study.id, TrialRow.state == COMPLETE, _feasible())
+                .order_by(TrialRow.number)).all()
+        return [(r[0], tuple(r[1:])) for r in rows]
+
+    def trials_numbered(self, study: Study, numbers: list[int]) -> list[Trial]:
+        """The given trials (light: no config or trajectory), by number."""
+        with self.session(write=False) as s:
+            q = (select(TrialRow).where(TrialRow.study_id == study.id, TrialRow.number.in_(numbers))
+                 .order_by(TrialRow.number))
+            return [_trial(r) for r in s.scalars(q).all()]
 
     def get_trial(self, study: Study, number: int, *, full: bool = True) -> Trial:
         with self.session(write=False) as s:
             q = select(TrialRow).where(TrialRow.study_id == study.id, TrialRow.number == number)
-            row = s.scalar(q if full else q.options(*_LIGHT_OPTIONS))
+            row = s.scalar(q)
             if row is None:
                 raise OIALRSearchError(f"study {study.name!r} has no trial {number}")
-            return _trial(row, full=full)
+            return _trials(s, [row], full=full)[0]
 
     def counts(self, study: Study) -> dict[str, int]:
         """Trials per state (one GROUP BY query)."""

@@ -236,10 +236,10 @@ def test_an_optuna_process_learns_from_a_trial_that_finished_after_a_later_one(t
         if len(calls) == 3:
             return None
         mine = store.start_trial(study, params=p, rank=0, island=None, device="cpu")
-        stored = store.finish_trial(mine.id, state=COMPLETE, value=1.0, values=[1.0])
+        store.finish_trial(mine.id, state=COMPLETE, value=1.0, values=[1.0])
         from oialr_search.search import Scored
 
-        return stored, Scored(COMPLETE, [1.0], None, None), {"val_loss": 1.0}
+        return mine, Scored(COMPLETE, [1.0], None, None), {"val_loss": 1.0}
 
     _optuna_backend.run_optuna(space=space, store=store, study=study, seed=0, rank=0, evaluate=evaluate)
     told = sorted(t.values[0] for t in studies[0].trials if t.state == optuna.trial.TrialState.COMPLETE)

@@ -60,3 +60,14 @@ def test_the_propagator_rescores_copies_and_leaves_the_population_alone():
     first = prop.last_weights
     prop(population)
     assert prop.last_weights != first  # every proposal explores another trade-off
+
+
+def test_with_one_objective_the_provisional_loss_is_the_ranking():
+    done, pruned, failed = _Ind(0), _Ind(0), _Ind(0)
+    done.loss = attach(done, (0.9,), "COMPLETE")  # worse value than the pruned one reached
+    pruned.loss = attach(pruned, (0.1,), "PRUNED")
+    failed.loss = attach(failed, None, "FAILED")
+    assert done.loss < pruned.loss < failed.loss == math.inf
+    population = [done, pruned, failed]
+    prop = RescoringPropagator(lambda inds: inds, n_objectives=1, rank=0, world_size=1)
+    assert prop(population) is population  # nothing to rescore, nothing copied

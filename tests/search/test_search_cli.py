@@ -95,7 +95,9 @@ def run(args, cwd, *, ranks=None, timeout=240, env=None):
 def trials(folder: Path, study: str) -> list[dict]:
     con = sqlite3.connect(folder / "oialr_search.db")
     con.row_factory = sqlite3.Row
-    rows = con.execute("SELECT t.* FROM oialr_trials t JOIN oialr_studies s ON s.id = t.study_id "
+    rows = con.execute("SELECT t.*, p.config, p.rank_trajectory FROM oialr_trials t "
+                       "JOIN oialr_studies s ON s.id = t.study_id "
+                       "LEFT JOIN oialr_trial_payloads p ON p.trial_id = t.id "
                        "WHERE s.name = ? ORDER BY t.number", (study,)).fetchall()
     con.close()
     return [dict(r) for r in rows]

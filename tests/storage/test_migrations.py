@@ -1,5 +1,6 @@
 """Schema migrations: a database made by the first release (v1) is upgraded in place, row for row."""
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -11,10 +12,22 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine, text
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    inspect,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from oialr_search.storage import SchemaOutdated, SchemaTooNew
+from oialr_search.storage import SchemaOutdated, SchemaTooNew, Store
 from oialr_search.storage._migrate import VERSION_TABLE, _config, prepare_schema, schema_version
 from oialr_search.storage._schema import SCHEMA_VERSION, Base
 from oialr_search.storage._store import _sqlite_engine
@@ -84,12 +97,16 @@ class V1Meta(V1):
 NEW_COLUMNS = {"oialr_studies": {"objectives", "constraints"},
                "oialr_trials": {"objective_values", "feasible", "last_epoch"},
                "oialr_trial_epochs": {"compression", "train_seconds"}}
+PAYLOADS = "oialr_trial_payloads"
+MOVED = {"oialr_trials": ("config", "rank_trajectory")}  # v2 keeps them in PAYLOADS, one row per trial
+TABLES = ("oialr_studies", "oialr_trials", "oialr_trial_epochs", PAYLOADS, "oialr_meta")
 STATES = ("COMPLETE", "FAILED", "RUNNING", "INTERRUPTED", "COMPLETE", "PRUNED")
 
 
-def make_v1(path) -> str:
-    """A v1 database as the first release wrote it: 2 studies, trials in every state, epochs."""
-    url = f"sqlite:///{path}"
+def make_v1(path, url: str | None = None) -> str:
+    """A v1 database as the first release wrote it: 2 studies, trials in every state, epochs (at ``path``,
+    a SQLite file, or at ``url``, an empty database)."""
+    url = url or f"sqlite:///{path}"
     engine = create_engine(url)
     V1.metadata.create_all(engine)
     with Session(engine) as s:
@@ -107,7 +124,8 @@ def make_v1(path) -> str:
                                 params={"lr": 0.1 / (number + 1), "beta": [number, "x"]},
                                 value=0.5 / (number + 1) if state == "COMPLETE" else None,
                                 metrics={"val_loss": 0.3, "top1": 91.25} if done else None,
-                                config={"train": {"epochs": 3}}, rank_trajectory=[{"step": 1, "ranks": {"fc": 4}}],
+                                config=None if number == 4 else {"train": {"epochs": 3}, "trial": [name, number]},
+                                rank_trajectory=trajectory(i, number) if done else None,
                                 error="boom\nline 2" if state == "FAILED" else None,
                                 started=datetime(2024, 5, 2, 1, number),
                                 finished=datetime(2024, 5, 2, 2) if done else None, duration=3600.5 if done else None)
@@ -121,35 +139,85 @@ def make_v1(path) -> str:
     return url
 
 
+def trajectory(study: int, number: int) -> list[dict]:
+    """A rank trajectory; the first study's first one is CIFAR-like (~170 KB: overflow pages)."""
+    steps = 600 if study == 0 and number == 0 else 2
+    return [{"step": 10 * s, "ranks": {f"layer{layer}.weight": 64 - s % 7 - layer for layer in range(20)}}
+            for s in range(steps)]
+
+
 def dump(path) -> dict[str, list[dict]]:
-    """Every row as SQLite stores it (JSON as text), so "kept" means byte for byte."""
+    """Every row of our tables as SQLite stores it (JSON as text), so "kept" means byte for byte."""
     conn = sqlite3.connect(path)
     conn.row_factory = sqlite3.Row
     try:
-        return {t: [dict(r) for r in conn.execute(f"SELECT * FROM {t} ORDER BY 1")]
-                for t in ("oialr_studies", "oialr_trials", "oialr_trial_epochs", "oialr_meta")}
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        return {t: [dict(r) for r in conn.execute(f"SELECT * FROM {t} ORDER BY 1")] for t in TABLES if t in tables}
     finally:
         conn.close()
 
 
+def json_or_none(stored: str | None):  # noqa: ANN201
+    return None if stored is None else json.loads(stored)
+
+
 def assert_upgraded(path, before: dict[str, list[dict]]) -> None:
+    """Every v1 row kept byte for byte (trials' config and rank trajectory in PAYLOADS), the schema
+    exactly _schema.py's, and the Store reads the moved documents back."""
     after = dump(path)
+    assert set(after) == set(before) | {PAYLOADS}
     for table, rows in before.items():
         if table == "oialr_meta":
             assert after[table] == [{"key": "schema_version", "value": str(SCHEMA_VERSION)}]
             continue
         assert len(after[table]) == len(rows) > 0
+        moved = MOVED.get(table, ())
         for old, new in zip(rows, after[table]):
-            assert {k: new[k] for k in old} == old
-            assert set(new) - set(old) == NEW_COLUMNS[table]
+            assert {k: new[k] for k in old if k not in moved} == {k: v for k, v in old.items() if k not in moved}
+            assert set(new) == set(old) - set(moved) | NEW_COLUMNS[table]
             assert all(new[k] is None for k in NEW_COLUMNS[table])
+    assert after[PAYLOADS] == [{"trial_id": t["id"], **{k: t[k] for k in MOVED["oialr_trials"]}}
+                               for t in before["oialr_trials"]]
+    assert any(len(t["rank_trajectory"] or "") > 100_000 for t in before["oialr_trials"])  # an overflowing one
     conn = sqlite3.connect(path)
     try:
         assert conn.execute(f"SELECT version_num FROM {VERSION_TABLE}").fetchall() == [(f"v{SCHEMA_VERSION}",)]
-        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-        assert "ix_oialr_epoch_trial_epoch" in indexes
+        objects = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")}
+        assert {"ix_oialr_epoch_trial_epoch", "ix_oialr_trials_study_state", "ix_oialr_trials_study_id",
+                "ix_oialr_trials_state", "ix_oialr_trial_epochs_trial_id", "ix_oialr_studies_name"} <= objects
+        assert not any(name.startswith("_alembic_tmp") for name in objects)
+        # the recreated oialr_trials kept its unique constraint and foreign key; what references it still does
+        trials_sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'oialr_trials'").fetchone()[0]
+        assert "CONSTRAINT uq_oialr_trial_number UNIQUE (study_id, number)" in trials_sql
+        for table, column, parent in (("oialr_trials", "study_id", "oialr_studies"),
+                                      ("oialr_trial_epochs", "trial_id", "oialr_trials"),
+                                      (PAYLOADS, "trial_id", "oialr_trials")):
+            fks = [(r[2], r[3], r[4], r[6]) for r in conn.execute(f"PRAGMA foreign_key_list({table})")]
+            assert fks == [(parent, column, "id", "CASCADE")]
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     finally:
         conn.close()
+    url = f"sqlite:///{path}"
+    engine = create_engine(url)
+    with engine.connect() as conn:  # what the migrations made is what _schema.py declares (Optuna's tables aside)
+        context = MigrationContext.configure(conn, opts={
+            "version_table": VERSION_TABLE,
+            "include_name": lambda name, type_, _parent: type_ != "table" or name.startswith("oialr_")})
+        assert compare_metadata(context, Base.metadata) == []
+    engine.dispose()
+    store = Store(url, create=False)
+    try:
+        for study_row in before["oialr_studies"]:
+            study = store.get_study(study_row["name"])
+            expected = {t["number"]: (json_or_none(t["config"]), json_or_none(t["rank_trajectory"]))
+                        for t in before["oialr_trials"] if t["study_id"] == study_row["id"]}
+            assert {t.number: (t.config, t.rank_trajectory) for t in store.trials(study, full=True)} == expected
+            assert any(config is None for config, _ in expected.values())
+            assert any(trajectory for _, trajectory in expected.values())
+            assert all(t.config is t.rank_trajectory is None for t in store.trials(study))  # light: not loaded
+    finally:
+        store.engine.dispose()
 
 
 def run_cli(*args, cwd):
@@ -271,6 +339,124 @@ def test_migration_scripts_match_the_schema(tmp_path):
         command.downgrade(_config(conn), "base")
         assert schema_version(conn) is None
     engine.dispose()
+
+
+@pytest.mark.parametrize("engine_kind", ENGINES)
+def test_upgraded_v1_database_goes_back_down_row_for_row(tmp_path, engine_kind):
+    """v2's downgrade puts every trial's config and rank trajectory back into its row: v1 byte for byte."""
+    url = make_v1(tmp_path / "v1.db")
+    before = dump(tmp_path / "v1.db")
+    engine = ENGINES[engine_kind](url)
+    prepare_schema(engine, url=url, create=True)
+    engine.dispose()
+    assert_upgraded(tmp_path / "v1.db", before)
+    engine = create_engine(url)  # pysqlite's default: foreign keys not enforced, as a table recreate needs
+    with engine.begin() as conn:
+        command.downgrade(_config(conn), "v1")
+        assert compare_metadata(MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}),
+                                V1.metadata) == []
+        assert schema_version(conn) == 1
+    engine.dispose()
+    assert dump(tmp_path / "v1.db") == before
+    conn = sqlite3.connect(tmp_path / "v1.db")
+    try:
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+        assert not conn.execute(f"SELECT name FROM sqlite_master WHERE name LIKE '{PAYLOADS}%' "
+                                "OR name LIKE '_alembic_tmp%' OR name = 'ix_oialr_trials_study_state'").fetchall()
+    finally:
+        conn.close()
+
+
+def test_upgrade_keeps_foreign_keys_enforced(tmp_path):
+    """The Store's engine enforces foreign keys; the upgrade turns that off around its transaction only
+    (a recreated oialr_trials would else cascade-delete its epochs), and the cascades still work after."""
+    url = make_v1(tmp_path / "v1.db")
+    engine = _sqlite_engine(url)
+    prepare_schema(engine, url=url, create=True)
+    with engine.begin() as conn:
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1  # the pooled connection got it back
+        conn.exec_driver_sql("DELETE FROM oialr_studies WHERE name = 'cifar'")
+    engine.dispose()
+    after = dump(tmp_path / "v1.db")
+    assert [s["name"] for s in after["oialr_studies"]] == ["mnist"]
+    trial_ids = {t["id"] for t in after["oialr_trials"]}
+    assert len(trial_ids) == len(STATES) and {t["study_id"] for t in after["oialr_trials"]} == {2}
+    assert {p["trial_id"] for p in after[PAYLOADS]} == trial_ids
+    assert {e["trial_id"] for e in after["oialr_trial_epochs"]} == trial_ids and len(after["oialr_trial_epochs"]) == 16
+
+
+def test_migration_refuses_to_recreate_tables_with_foreign_keys_enforced(tmp_path):
+    """Run by hand on the Store's engine (foreign keys ON, and no way to turn them off inside the
+    transaction), v2 would lose every epoch: it refuses, and the rollback leaves the database as it was."""
+    url = make_v1(tmp_path / "v1.db")
+    before = dump(tmp_path / "v1.db")
+    engine = _sqlite_engine(url)
+    for target in ("head", "v1"):
+        with pytest.raises(RuntimeError, match="PRAGMA foreign_keys=OFF"), engine.begin() as conn:
+            command.stamp(_config(conn), "v1" if target == "head" else "v2")
+            getattr(command, "upgrade" if target == "head" else "downgrade")(_config(conn), target)
+    assert schema_version(engine) == 1
+    engine.dispose()
+    assert dump(tmp_path / "v1.db") == before
+    conn = sqlite3.connect(tmp_path / "v1.db")
+    assert VERSION_TABLE not in {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    conn.close()
+
+
+POSTGRES_URL = os.environ.get("OIALR_SEARCH_TEST_POSTGRES_URL")
+
+
+@pytest.mark.skipif(not POSTGRES_URL, reason="set OIALR_SEARCH_TEST_POSTGRES_URL to a scratch PostgreSQL database")
+def test_postgresql_upgrade_and_downgrade():
+    """v1 -> v2 -> v1 on PostgreSQL (ALTER TABLE, no table recreate), row for row; drops our tables after."""
+    engine = create_engine(POSTGRES_URL)
+
+    def rows() -> dict[str, list[dict]]:
+        with engine.connect() as conn:
+            names = set(inspect(conn).get_table_names())
+            return {t: [dict(r._mapping) for r in conn.execute(text(f"SELECT * FROM {t} ORDER BY 1"))]
+                    for t in TABLES if t in names}
+
+    def compare(metadata) -> list:  # noqa: ANN001
+        with engine.connect() as conn:
+            return compare_metadata(MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}), metadata)
+
+    def drop_ours() -> None:
+        with engine.begin() as conn:
+            for table in (PAYLOADS, "oialr_trial_epochs", "oialr_trials", "oialr_studies", "oialr_meta",
+                          VERSION_TABLE):
+                conn.execute(text(f"DROP TABLE IF EXISTS {table}"))
+
+    drop_ours()
+    try:
+        make_v1(None, POSTGRES_URL)
+        before = rows()
+        prepare_schema(engine, url=POSTGRES_URL, create=True)
+        assert schema_version(engine) == SCHEMA_VERSION
+        assert compare(Base.metadata) == []
+        after = rows()
+        moved = MOVED["oialr_trials"]
+        assert [{k: v for k, v in t.items() if k not in moved} for t in before["oialr_trials"]] == \
+            [{k: t[k] for k in before["oialr_trials"][0] if k not in moved} for t in after["oialr_trials"]]
+        assert after[PAYLOADS] == [{"trial_id": t["id"], **{k: t[k] for k in moved}} for t in before["oialr_trials"]]
+        assert after["oialr_trial_epochs"] == [{**e, "compression": None, "train_seconds": None}
+                                               for e in before["oialr_trial_epochs"]]
+        store = Store(POSTGRES_URL, create=False)
+        try:
+            for study_row in before["oialr_studies"]:
+                trials = store.trials(store.get_study(study_row["name"]), full=True)
+                assert [(t.id, t.config, t.rank_trajectory) for t in trials] == [
+                    (t["id"], t["config"], t["rank_trajectory"]) for t in before["oialr_trials"]
+                    if t["study_id"] == study_row["id"]]
+        finally:
+            store.engine.dispose()
+        with engine.begin() as conn:
+            command.downgrade(_config(conn), "v1")
+        assert compare(V1.metadata) == []
+        assert rows() == before
+    finally:
+        drop_ours()
+        engine.dispose()
 
 
 def test_optuna_tables_coexist(tmp_path):

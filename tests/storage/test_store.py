@@ -118,9 +118,9 @@ def test_epochs_are_stored_as_they_happen_and_read_per_rung(tmp_path):
     study = _study(store)
     a = store.start_trial(study, params={}, rank=0, island=None, device="cpu")
     b = store.start_trial(study, params={}, rank=1, island=None, device="cpu")
-    store.report_epoch(a.id, _epoch(1, val_loss=0.9))
-    store.report_epoch(b.id, _epoch(1, val_loss=0.7, top1=60.0))
-    store.report_epoch(a.id, _epoch(2, val_loss=0.8))
+    store.report_epochs(a.id, [_epoch(1, val_loss=0.9)])
+    store.report_epochs(b.id, [_epoch(1, val_loss=0.7, top1=60.0)])
+    store.report_epochs(a.id, [_epoch(2, val_loss=0.8)])
     # a running (or killed) trial's curve is in the database
     assert [e["val_loss"] for e in store.epochs(a.id)] == [0.9, 0.8]
     assert store.trials(study)[0].last_epoch == 2
@@ -151,7 +151,7 @@ def test_constraints_keep_infeasible_trials_from_best(tmp_path):
         t = store.start_trial(study, params={}, rank=0, island=None, device="cpu")
         store.finish_trial(t.id, state=COMPLETE, value=value, values=[value], feasible=ok)
     assert store.best_trial(study).value == 0.2  # NULL feasibility: no constraints were checked
-    assert [t.value for t in store.front_candidates(study)] == [0.3, 0.2]
+    assert [values for _, values in store.objective_points(study)] == [(0.3,), (0.2,)]
 
 
 def test_queries_neither_wait_for_nor_block_a_writer(tmp_path):
