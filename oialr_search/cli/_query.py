@@ -178,6 +178,7 @@ def _doc(study: Study, t: Trial, *, config: bool) -> dict:
 
 
 def cmd_best(args: argparse.Namespace) -> int:
+    _conditions(args)  # a bad --pick is reported before the database is opened
     store = _store(args)
     study = store.get_study(args.study)
     if study.multi_objective and not args.pick:
@@ -200,16 +201,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.is_dir():
         raise OIALRSearchError(f"-o {out}: is a folder; give a file name such as {out / 'tuned.yaml'}")
+    _conditions(args)  # a bad --pick is reported before the database is opened
     store = _store(args)
     study = store.get_study(args.study)
     t = _chosen(store, study, args)
     config = config_from_dict(t.config)  # validates; device stays "auto"
     values = ", ".join(f"{o['metric']} = {v:.6g}" for o, v in zip(study.objectives, t.values or []))
-    how = f" (picked by {args.pick!r})" if args.pick else ""
+    how = f", picked by {args.pick!r}" if args.pick else ""
     header = (f"# exported from study {study.name!r}, trial {t.number}{how}: {values}\n"
               f"# train it with: oialr-search train {out.name}\n")
     write_atomic(out, header + dump_config(config))
-    print(f"wrote {out} (trial {t.number}{how}: {values})")
+    print(f"wrote {out}: trial {t.number}{how}; {values}")
     return 0
 
 

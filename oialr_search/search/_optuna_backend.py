@@ -7,7 +7,9 @@ locks (which kept 8 workers on one SQLite file only 54% busy), it works with and
 resume just rebuilds the study from the database.
 
 Multi-objective studies use Optuna's native support (TPE by default, NSGA-II with ``sampler:
-nsga2``); constraints reach the sampler through ``constraints_func``; a pruned trial is told PRUNED.
+nsga2``); constraints reach the sampler through each trial's constraints (Optuna 5's ``set_constraint``);
+a pruned trial is told PRUNED. A trial another job's start marked INTERRUPTED while it still ran
+(two jobs on one study) is looked at again, and added once it has a result.
 """
 
 from __future__ import annotations
@@ -18,15 +20,6 @@ from collections.abc import Callable, Sequence
 from ..storage import COMPLETE, FAILED, INTERRUPTED, PRUNED, Store, Study, Trial
 from ._objectives import Constraint, Scored
 from ._space import Dimension, SearchSpace
-
-_CONSTRAINTS = "oialr_constraints"  # user attr: constraint violations, <= 0 when satisfied (Optuna < 5)
-
-
-def _native_constraints() -> bool:
-    """Optuna 5 takes constraints per trial (``set_constraint``); older releases via constraints_func."""
-    import optuna
-
-    return hasattr(optuna.trial.Trial, "set_constraint")
 
 
 def _distribution(d: Dimension):  # noqa: ANN202
@@ -58,17 +51,12 @@ def make_sampler(space: SearchSpace, seed: int):  # noqa: ANN201
     import optuna
 
     spec = space.sampler
-    constraints_func = None
-    if space.constraints and not _native_constraints():
-        constraints_func = lambda t: t.user_attrs.get(_CONSTRAINTS, [1.0])  # noqa: E731
     if spec["type"] == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    if spec["type"] == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=spec.get("population_size", 8),
-                                             constraints_func=constraints_func)
+    if spec["type"] == "nsga2":  # constraints reach NSGA-II and TPE through each trial's set_constraint
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=spec.get("population_size", 8))
     # multivariate TPE models the dimensions jointly; few startup trials because our budgets are tens
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=spec.get("startup_trials", 5), multivariate=True,
-                                      constraints_func=constraints_func)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=spec.get("startup_trials", 5), multivariate=True)
 
 
 def _frozen(t: Trial, dists: dict, space: SearchSpace):  # noqa: ANN202
@@ -79,9 +67,7 @@ def _frozen(t: Trial, dists: dict, space: SearchSpace):  # noqa: ANN202
         all(v is not None and math.isfinite(v) for v in t.values)
     extra = {}
     if space.constraints:
-        violations = _violations(t.metrics, space.constraints)
-        extra = {"constraints": {f"c{i}": v for i, v in enumerate(violations)}} if _native_constraints() else \
-            {"user_attrs": {_CONSTRAINTS: violations}}
+        extra = {"constraints": {f"c{i}": v for i, v in enumerate(_violations(t.metrics, space.constraints))}}
     if ok:
         return optuna.trial.create_trial(params=t.params, distributions=dists, values=list(t.values),
                                          state=optuna.trial.TrialState.COMPLETE, **extra)
@@ -105,16 +91,23 @@ def run_optuna(*, space: SearchSpace, store: Store, study: Study, seed: int, ran
     ostudy = optuna.create_study(directions=directions, sampler=make_sampler(space, seed * 7919 + rank))
     pending = list(enqueue)  # enqueued after the first sync, so a resume does not try them again
     seen: set[int] = set()
+    interrupted: dict[int, int] = {}  # id -> number of trials that may still get a result
     watermark = 0
     if ready is not None:
         ready()
     while True:
         finished, watermark = store.finished_since(study, watermark)
+        if interrupted:
+            finished += store.trials_numbered(study, list(interrupted.values()))
         for t in finished:
+            if t.state == INTERRUPTED:
+                interrupted.setdefault(t.id, t.number)
+                continue
+            interrupted.pop(t.id, None)
             if t.id in seen:
                 continue
             seen.add(t.id)
-            if set(t.params) != set(dists) or t.state not in (COMPLETE, FAILED, PRUNED, INTERRUPTED):
+            if set(t.params) != set(dists) or t.state not in (COMPLETE, FAILED, PRUNED):
                 continue
             try:
                 ostudy.add_trial(_frozen(t, dists, space))
@@ -131,10 +124,7 @@ def run_optuna(*, space: SearchSpace, store: Store, study: Study, seed: int, ran
         stored, scored, metrics = result
         seen.add(stored.id)
         for i, v in enumerate(_violations(metrics, space.constraints)):
-            if _native_constraints():
-                trial.set_constraint(f"c{i}", v)
-            else:
-                trial.set_user_attr(_CONSTRAINTS, _violations(metrics, space.constraints))
+            trial.set_constraint(f"c{i}", v)
         if scored.state == COMPLETE:
             ostudy.tell(trial, list(scored.values))
         elif scored.state == PRUNED:

@@ -94,7 +94,7 @@ def rebuild_checkpoints(store: Store, study: Study, space: SearchSpace, folder: 
                 continue  # a trial from an older version of the space
             position = {key: type(limits[key][0])(v) for key, v in position.items()}
             ind = Individual(position, limits, generation=-1, rank=k % size)
-            ind.loss = attach(ind, minimize_sense(t.values, objectives), t.state)
+            ind.loss = attach(ind, minimize_sense(t.values, objectives), t.state, t.feasible)
             ind.active, ind.island, ind.current = True, idx, k % size
             ind.migration_steps, ind.migration_history = 0, str(idx)
             ind.evaltime, ind.evalperiod = time.time(), float(t.duration or 0.0)
@@ -116,6 +116,7 @@ def run_propulate(*, comm, space: SearchSpace, store: Store, study: Study, folde
     values, so a fresh search starts from a known-good point; its traits become the individual's).
     """
     from propulate import Islands
+    from propulate.propagators import SelectMin, SelectUniform
     from propulate.utils import get_default_propagator
 
     logging.getLogger("propulate").setLevel(logging.WARNING)
@@ -137,7 +138,7 @@ def run_propulate(*, comm, space: SearchSpace, store: Store, study: Study, folde
                     individual[f"p{i}"] = type(limits[f"p{i}"][0])(d.encode(pending[0][d.key]))
                 pending.clear()
             scored = evaluate(decode(space, individual), island)
-            return attach(individual, scored.minimized(space.objectives), scored.state)
+            return attach(individual, scored.minimized(space.objectives), scored.state, scored.feasible)
         except BaseException as exc:  # noqa: BLE001 - an exception here would hang the other ranks
             print(f"[rank {comm.Get_rank()}] trial bookkeeping failed: {type(exc).__name__}: {exc}", flush=True)
             return attach(individual, None, "FAILED")
@@ -145,7 +146,10 @@ def run_propulate(*, comm, space: SearchSpace, store: Store, study: Study, folde
     with contextlib.redirect_stdout(io.StringIO()):  # Propulate prints a banner
         islands = Islands(loss_fn, propagator, rng, generations=generations, num_islands=len(sizes),
                           island_sizes=np.array(sizes), migration_probability=0.9 if len(sizes) > 1 else 0.0,
-                          pollination=False, checkpoint_path=folder)
+                          pollination=False, checkpoint_path=folder,
+                          # emigrants chosen by the working loss would be the best on the first objective
+                          # only, stripping each island of one end of its front
+                          emigration_propagator=SelectMin if len(space.objectives) == 1 else SelectUniform)
     if ready is not None:
         ready()
     islands.propulate(logging_interval=10**9, debug=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import sys
@@ -203,13 +204,22 @@ def run_search(req: SearchRequest, *, objective: Objective = run_trial, quiet: b
             return None
         reporter = EpochReporter(store=store, study=study, trial_id=trial.id, objectives=space.objectives,
                                  pruner=space.pruner, max_epochs=(config or {}).get("train", {}).get("epochs", 0))
-        outcome = objective(space, params, device=placement.device, threads=placement.threads, report=reporter)
+        try:
+            outcome = objective(space, params, device=placement.device, threads=placement.threads, report=reporter)
+        except BaseException:  # interrupted: keep the epochs it reached
+            with contextlib.suppress(Exception):
+                reporter.flush()
+            raise
         scored = score(outcome.state, outcome.metrics, outcome.error, space.objectives, space.constraints)
         values = scored.values
-        store.finish_trial(trial.id, state=scored.state, value=values[0] if values else None, values=values,
-                           feasible=scored.feasible, metrics=outcome.metrics,
-                           epochs=outcome.epochs or reporter.pending,  # a failed trial keeps what it reported
-                           rank_trajectory=outcome.trajectory, error=scored.error)
+        try:
+            store.finish_trial(trial.id, state=scored.state, value=values[0] if values else None, values=values,
+                               feasible=scored.feasible, metrics=outcome.metrics,
+                               epochs=outcome.epochs or reporter.pending,  # a failed trial keeps what it reported
+                               rank_trajectory=outcome.trajectory, error=scored.error)
+        except RuntimeError as exc:  # the outcome cannot be stored as it is: never leave the trial RUNNING
+            scored = Scored(FAILED, None, None, f"storing the outcome failed: {exc}")
+            store.finish_trial(trial.id, state=FAILED, error=scored.error)
         if progress:
             progress.trial(trial, scored, outcome.seconds, reporter.pruned_at)
         return trial, scored, outcome.metrics

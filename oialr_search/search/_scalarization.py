@@ -11,9 +11,10 @@ their loss — with an augmented Chebyshev scalarization
 normalized by the completed individuals the island holds now, under a weight vector that changes with
 every proposal (a golden-ratio sequence over the simplex, offset per rank). So every island
 explores every trade-off over time, migrants and trials rebuilt from the database are scored for the
-island that receives them. With one objective the provisional loss (the value, PRUNED trials
-pushed behind every completed one) already is the ranking, so nothing is rescored. PRUNED trials
-rank after every completed one (by the value they reached), failed ones are +inf.
+island that receives them. With one objective the provisional loss (the value, with infeasible
+and PRUNED trials pushed behind) already is the ranking, so nothing is rescored. Completed trials
+that violate the study's constraints rank after every feasible one, PRUNED trials after those (each
+group by its own score), failed ones are +inf.
 """
 
 from __future__ import annotations
@@ -23,19 +24,27 @@ import math
 import random
 from collections.abc import Sequence
 
-VALUES, STATE = "oialr_values", "oialr_state"  # attributes set on Propulate individuals
+VALUES, STATE, FEASIBLE = "oialr_values", "oialr_state", "oialr_feasible"  # attributes on Propulate individuals
 _GOLDEN = (math.sqrt(5) - 1) / 2
-PRUNED_OFFSET = 2.0  # above any completed score, which lies in [0, 1 + rho]
-PROVISIONAL_PRUNED_OFFSET = 1e9  # behind any completed raw value (a loss, -accuracy, seconds, fractions)
+# Completed feasible scores lie in [0, 1 + rho]; infeasible completed ones rank after all of them,
+# pruned ones after those (each group ordered by its own score).
+INFEASIBLE_OFFSET, PRUNED_OFFSET = 2.0, 4.0
+PROVISIONAL_STEP = 1e9  # the same order on raw values (a loss, -accuracy, seconds, fractions)
 
 
-def attach(individual, values: Sequence[float] | None, state: str) -> float:  # noqa: ANN001
-    """Record the outcome on the individual; returns its provisional loss (first objective)."""
+def _tier(state: str, feasible: bool | None) -> int:
+    return 2 if state == "PRUNED" else (1 if feasible is False else 0)
+
+
+def attach(individual, values: Sequence[float] | None, state: str, feasible: bool | None = None) -> float:  # noqa: ANN001
+    """Record the outcome on the individual; returns its provisional loss (first objective, with
+    infeasible and pruned trials behind every feasible completed one)."""
     setattr(individual, VALUES, tuple(values) if values is not None else None)
     setattr(individual, STATE, state)
+    setattr(individual, FEASIBLE, feasible)
     if values is None or state not in ("COMPLETE", "PRUNED") or not all(math.isfinite(v) for v in values):
         return math.inf
-    return float(values[0]) + (PROVISIONAL_PRUNED_OFFSET if state == "PRUNED" else 0.0)
+    return float(values[0]) + PROVISIONAL_STEP * _tier(state, feasible)
 
 
 def weights(k: int, n_objectives: int, *, offset: float = 0.0) -> tuple[float, ...]:
@@ -51,22 +60,25 @@ def weights(k: int, n_objectives: int, *, offset: float = 0.0) -> tuple[float, .
 
 
 def chebyshev(points: Sequence[tuple[float, ...] | None], states: Sequence[str], w: Sequence[float], *,
-              rho: float = 0.05) -> list[float]:
-    """Scores of ``points`` (minimize sense), normalized over the COMPLETE finite ones."""
-    done = [p for p, s in zip(points, states) if s == "COMPLETE" and p is not None and all(map(math.isfinite, p))]
+              feasible: Sequence[bool | None] | None = None, rho: float = 0.05) -> list[float]:
+    """Scores of ``points`` (minimize sense), normalized over the feasible COMPLETE finite ones."""
+    feasible = feasible if feasible is not None else [None] * len(points)
+    done = [p for p, s, f in zip(points, states, feasible)
+            if s == "COMPLETE" and f is not False and p is not None and all(map(math.isfinite, p))]
     m = len(w)
     lo = [min((p[j] for p in done), default=0.0) for j in range(m)]
     hi = [max((p[j] for p in done), default=1.0) for j in range(m)]
     out = []
-    for p, s in zip(points, states):
+    for p, s, f in zip(points, states, feasible):
         if p is None or s not in ("COMPLETE", "PRUNED") or not all(map(math.isfinite, p)):
             out.append(math.inf)
             continue
+        tier = _tier(s, f)
         n = [(p[j] - lo[j]) / (hi[j] - lo[j]) if hi[j] > lo[j] else 0.0 for j in range(m)]
-        # pruned values may lie outside the completed range: clip, their order is set by the offset
-        n = [min(max(x, 0.0), 1.0) if s == "PRUNED" else x for x in n]
+        # pruned and infeasible values may lie outside that range: clip, their tier sets the order
+        n = [min(max(x, 0.0), 1.0) if tier else x for x in n]
         score = max(wj * nj for wj, nj in zip(w, n)) + rho * sum(wj * nj for wj, nj in zip(w, n))
-        out.append(score + (PRUNED_OFFSET if s == "PRUNED" else 0.0))
+        out.append(score + (0.0, INFEASIBLE_OFFSET, PRUNED_OFFSET)[tier])
     return out
 
 
@@ -90,9 +102,10 @@ class RescoringPropagator:
         scored = [copy.copy(ind) for ind in individuals]
         points = [getattr(ind, VALUES, None) for ind in scored]
         states = [getattr(ind, STATE, "FAILED" if not math.isfinite(ind.loss) else "COMPLETE") for ind in scored]
+        feasible = [getattr(ind, FEASIBLE, None) for ind in scored]
         # an individual without recorded values (not ours) keeps its loss as a single objective
         points = [p if p is not None or not math.isfinite(ind.loss) else (ind.loss,) * self.n_objectives
                   for p, ind in zip(points, scored)]
-        for ind, s in zip(scored, chebyshev(points, states, w)):
+        for ind, s in zip(scored, chebyshev(points, states, w, feasible=feasible)):
             ind.loss = s
         return self.inner(scored)

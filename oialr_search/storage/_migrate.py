@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError
 
 from ..exceptions import OIALRSearchError
-from ._schema import SCHEMA_VERSION, Base, EpochRow, MetaRow, StudyRow, TrialRow
+from ._schema import RUNNING, SCHEMA_VERSION, Base, EpochRow, MetaRow, StudyRow, TrialRow
 
 VERSION_TABLE = "oialr_alembic_version"
 MIGRATIONS = Path(__file__).with_name("_migrations")
@@ -32,8 +32,21 @@ class SchemaOutdated(OIALRSearchError):
     """The database was made by an older release; the message says the command that upgrades it."""
 
 
+class TrialsRunning(SchemaOutdated):
+    """The older database has RUNNING trials: a job of the older release may still be writing to it, and
+    would fail once its tables are rebuilt. The message says how to upgrade anyway (``--force``)."""
+
+
 class SchemaTooNew(OIALRSearchError):
     """The database was upgraded by a newer release of oialr-search than this one."""
+
+
+def _reading(engine: Engine) -> Engine:
+    """``engine`` for a read transaction: the Store's SQLite engine then emits a plain (deferred) BEGIN, not
+    BEGIN IMMEDIATE, so a schema check neither waits for nor blocks a writer. Other engines ignore it."""
+    from ._store import _READ_ONLY  # _store imports this module
+
+    return engine.execution_options(**{_READ_ONLY: True})
 
 
 def _config(conn: Connection) -> Config:
@@ -68,8 +81,24 @@ def schema_version(engine: Engine | Connection) -> int | None:
     row ``schema_version`` of a database from before the migrations existed (1 when that is missing)."""
     if isinstance(engine, Connection):
         return _version(engine)
-    with engine.connect() as conn:
+    with _reading(engine).connect() as conn:
         return _version(conn)
+
+
+def _running(conn: Connection) -> int:
+    """How many trials are RUNNING (0 when there is no trial table)."""
+    if not inspect(conn).has_table(TrialRow.__tablename__):
+        return 0
+    return conn.scalar(select(func.count()).select_from(TrialRow.__table__).where(TrialRow.state == RUNNING))
+
+
+def _refuse_running(conn: Connection, url: str, version: int) -> None:
+    """Raise :class:`TrialsRunning` when the older database at ``url`` has RUNNING trials."""
+    running = _running(conn)
+    if running:
+        raise TrialsRunning(f"{url}: {running} trial(s) are RUNNING under the older release's schema v{version}; "
+                            "stop that job first (or, if it died, upgrade anyway with: oialr-search storage upgrade "
+                            f"--force --storage {shlex.quote(url)})")
 
 
 def _outdated(url: str, version: int) -> SchemaOutdated:
@@ -82,13 +111,15 @@ def _too_new(url: str, version: int) -> SchemaTooNew:
                         "upgrade oialr-search (pip install -U oialr-search)")
 
 
-def _create_or_upgrade(conn: Connection) -> None:
+def _create_or_upgrade(conn: Connection, *, url: str, force: bool) -> None:
     version = _version(conn)  # again, inside this transaction: another process may have been first
     if version is None:
         Base.metadata.create_all(conn)
         conn.execute(insert(MetaRow).values(key="schema_version", value=str(SCHEMA_VERSION)))
         command.stamp(_config(conn), "head")
     elif version < SCHEMA_VERSION:
+        if not force:  # again too: the write lock now keeps an older job from starting another trial
+            _refuse_running(conn, url, version)
         config = _config(conn)
         if MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision() is None:
             command.stamp(config, f"v{version}")  # made before the migrations existed: start from its version
@@ -132,14 +163,17 @@ def _lost_race(exc: Exception) -> bool:
     return isinstance(exc, IntegrityError) or "already exists" in message or "duplicate column" in message
 
 
-def prepare_schema(engine: Engine, *, url: str, create: bool) -> None:
+def prepare_schema(engine: Engine, *, url: str, create: bool, force: bool = False) -> None:
     """Make the database usable by this release; ``url`` is only for messages.
 
     Empty database: with ``create``, make the current schema and stamp it, else leave it alone. At the
-    current version: nothing (one read transaction, two small queries). Older: with ``create``, upgrade
-    it (silently), else raise :class:`SchemaOutdated` naming the command that upgrades it. Newer: raise
-    :class:`SchemaTooNew`. Safe when processes race: the change checks again in its own transaction
-    (which the Store's SQLite engine makes exclusive), and a process that lost the race checks once more.
+    current version: nothing (one read transaction, two small queries; on the Store's SQLite engine a
+    plain BEGIN, so opening a store never waits for the write lock). Older: with ``create``, upgrade it
+    (silently), else raise :class:`SchemaOutdated` naming the command that upgrades it; but while it has
+    RUNNING trials (a job of the older release may be using it) raise :class:`TrialsRunning` instead,
+    unless ``force``. Newer: raise :class:`SchemaTooNew`. Safe when processes race: the change checks
+    again in its own transaction (which the Store's SQLite engine makes exclusive), and a process that
+    lost the race checks once more.
     """
     version = schema_version(engine)
     if version == SCHEMA_VERSION or version is None and not create:
@@ -148,13 +182,16 @@ def prepare_schema(engine: Engine, *, url: str, create: bool) -> None:
         raise _too_new(url, version)
     if not create:
         raise _outdated(url, version)
+    if version is not None and not force:  # refused without the write lock (checked again under it)
+        with _reading(engine).connect() as conn:
+            _refuse_running(conn, url, version)
     # Alembic's `context` and `op` are module-wide proxies: one migration at a time in this process. The
     # lock is taken before the transaction, so no thread holds database locks while it waits for it.
     with _MIGRATING:
         for attempt in range(2):
             try:
                 with engine.connect() as conn, _sqlite_foreign_keys_off(conn), conn.begin():
-                    _create_or_upgrade(conn)
+                    _create_or_upgrade(conn, url=url, force=force)
                 return
             except (IntegrityError, OperationalError, ProgrammingError) as exc:
                 if attempt or not _lost_race(exc):
@@ -179,10 +216,12 @@ def _open(url: str, *, write: bool = False) -> Engine:
         raise StorageError(f"--storage {url}: cannot open ({exc.__class__.__name__}: {exc})") from None
 
 
-def upgrade(url: str) -> tuple[int, int]:
+def upgrade(url: str, *, force: bool = False) -> tuple[int, int]:
     """Upgrade the database at ``url`` to this release's schema, keeping every row; returns the schema
     versions (before, after), equal when it was up to date. Raises :class:`StorageError` when there is
-    no such database or no oialr-search tables in it, :class:`SchemaTooNew` when it is newer."""
+    no such database or no oialr-search tables in it, :class:`SchemaTooNew` when it is newer, and
+    :class:`TrialsRunning` when it has RUNNING trials (a job of the older release may be using it),
+    unless ``force`` (their job died: the next search of their study marks them INTERRUPTED)."""
     from ._store import StorageError
 
     engine = _open(url)
@@ -193,9 +232,12 @@ def upgrade(url: str) -> tuple[int, int]:
         if version > SCHEMA_VERSION:
             raise _too_new(url, version)
         if version < SCHEMA_VERSION:
+            if not force:  # before the writer opens: a refused SQLite file is not even switched to WAL
+                with engine.connect() as conn:
+                    _refuse_running(conn, url, version)
             writer = _open(url, write=True)
             try:
-                prepare_schema(writer, url=url, create=True)  # checks again inside its transaction
+                prepare_schema(writer, url=url, create=True, force=force)  # checks again inside its transaction
             finally:
                 writer.dispose()
         return version, SCHEMA_VERSION
@@ -207,11 +249,13 @@ def upgrade(url: str) -> tuple[int, int]:
 
 
 def row_counts(url: str) -> dict[str, int]:
-    """The rows of an existing database: ``{"studies": n, "trials": n, "epochs": n}``."""
+    """The rows of an existing database: ``{"studies": n, "trials": n, "epochs": n, "running": n}``
+    (``running``: the trials among them that are RUNNING)."""
     engine = _open(url)
     try:
         with engine.connect() as conn:
-            return {name: conn.scalar(select(func.count()).select_from(row.__table__))
-                    for name, row in (("studies", StudyRow), ("trials", TrialRow), ("epochs", EpochRow))}
+            counts = {name: conn.scalar(select(func.count()).select_from(row.__table__))
+                      for name, row in (("studies", StudyRow), ("trials", TrialRow), ("epochs", EpochRow))}
+            return {**counts, "running": _running(conn)}
     finally:
         engine.dispose()

@@ -78,7 +78,10 @@ class TrialPayloadRow(Base):
 
 
 class EpochRow(Base):
-    """One row per finished epoch, written as it happens (so a running or killed trial's curve is stored)."""
+    """One row per finished epoch, written as it happens (so a running or killed trial's curve is stored).
+
+    The measurements are nullable (v2): SQLite stores a NaN as NULL, and a diverged trial's NaN loss
+    must not make its epoch's insert fail (which left the trial RUNNING for good)."""
 
     __tablename__ = "oialr_trial_epochs"
     __table_args__ = (Index("ix_oialr_epoch_trial_epoch", "trial_id", "epoch", unique=True),)
@@ -86,14 +89,14 @@ class EpochRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     trial_id: Mapped[int] = mapped_column(ForeignKey("oialr_trials.id", ondelete="CASCADE"), index=True)
     epoch: Mapped[int] = mapped_column(Integer)
-    step: Mapped[int] = mapped_column(Integer)
-    train_loss: Mapped[float] = mapped_column(Float)
-    val_loss: Mapped[float] = mapped_column(Float)
-    top1: Mapped[float] = mapped_column(Float)
-    top5: Mapped[float] = mapped_column(Float)
-    lr: Mapped[float] = mapped_column(Float)
-    trainable_fraction: Mapped[float] = mapped_column(Float)
-    seconds: Mapped[float] = mapped_column(Float)
+    step: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    train_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    val_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    top1: Mapped[float | None] = mapped_column(Float, nullable=True)
+    top5: Mapped[float | None] = mapped_column(Float, nullable=True)
+    lr: Mapped[float | None] = mapped_column(Float, nullable=True)
+    trainable_fraction: Mapped[float | None] = mapped_column(Float, nullable=True)
+    seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     compression: Mapped[float | None] = mapped_column(Float, nullable=True)
     train_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)  # cumulative, like the final metric
     trial: Mapped[TrialRow] = relationship(back_populates="epochs")

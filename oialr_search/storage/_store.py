@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import random
 import sqlite3
@@ -128,7 +129,11 @@ def _trials(s: Session, rows: list[TrialRow], *, full: bool) -> list[Trial]:
 
 
 def _epoch_values(trial_id: int, record: dict) -> dict:
-    return {"trial_id": trial_id, **{k: record.get(k) for k in EPOCH_FIELDS}}
+    """An epoch row; NaN and inf become NULL (what SQLite would make of a NaN anyway)."""
+    def clean(v: object) -> object:
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+
+    return {"trial_id": trial_id, **{k: clean(record.get(k)) for k in EPOCH_FIELDS}}
 
 
 def _begin_immediate(dbapi_conn: sqlite3.Connection) -> None:
@@ -219,7 +224,12 @@ class Store:
             if not db.parent.exists():
                 raise StorageError(f"--storage {self.url}: folder {db.parent} does not exist")
             if read_only:
-                connect_url = f"sqlite:///file:{urllib.parse.quote(str(db.resolve()))}?mode=ro&uri=true"
+                # With no -wal file no connection has the database open (the last one to close removes
+                # it): read it as immutable, which creates no -wal/-shm files — a query leaves nothing
+                # behind, works in a folder it cannot write, and cannot leave files owned by another
+                # user that would block the search's own writes. Otherwise join the writers read-only.
+                mode = "immutable=1" if not db.with_name(db.name + "-wal").exists() else "mode=ro"
+                connect_url = f"sqlite:///file:{urllib.parse.quote(str(db.resolve()))}?{mode}&uri=true"
         try:
             self.engine = _sqlite_engine(connect_url, read_only=read_only) if sqlite else \
                 create_engine(self.url, pool_pre_ping=True)
@@ -227,7 +237,7 @@ class Store:
             self._read_sessions = sessionmaker(self.engine.execution_options(**{_READ_ONLY: True}),
                                                expire_on_commit=False)
             prepare_schema(self.engine, url=self.url, create=create and not read_only)
-        except (OperationalError, ImportError) as exc:
+        except (OperationalError, ImportError, sqlite3.Error) as exc:  # sqlite3's own, raised in our BEGIN
             raise StorageError(f"--storage {self.url}: cannot open ({exc.__class__.__name__}: "
                                f"{str(exc).splitlines()[0]})") from None
 
@@ -445,10 +455,12 @@ class Store:
 
     def trials_numbered(self, study: Study, numbers: list[int]) -> list[Trial]:
         """The given trials (light: no config or trajectory), by number."""
+        out: list[Trial] = []
         with self.session(write=False) as s:
-            q = (select(TrialRow).where(TrialRow.study_id == study.id, TrialRow.number.in_(numbers))
-                 .order_by(TrialRow.number))
-            return [_trial(r) for r in s.scalars(q).all()]
+            for k in range(0, len(numbers), 10_000):  # below every database's bound-parameter limit
+                q = select(TrialRow).where(TrialRow.study_id == study.id, TrialRow.number.in_(numbers[k:k + 10_000]))
+                out += [_trial(r) for r in s.scalars(q).all()]
+        return sorted(out, key=lambda t: t.number)
 
     def get_trial(self, study: Study, number: int, *, full: bool = True) -> Trial:
         with self.session(write=False) as s:

@@ -200,6 +200,7 @@ def test_malformed_entries_exit_2_naming_file_and_key(tmp_path, extra, message):
 def test_bad_pick_exits_2_with_one_line(tmp_path):
     write_mo(tmp_path, max_tf=1.0)
     assert run(["run", "space.yaml", "--study", "p", "--budget", "2"], tmp_path).returncode == 0
+    before = sorted(p.name for p in tmp_path.iterdir())
     for pick, message in (("accuracy<=3", "unknown metric 'accuracy'"), ("top1 3", "missing operator"),
                           ("top1>=abc", "is not a number"), ("top1>=1000", "no feasible completed trial")):
         for verb in (["best"], ["export", "-o", "x.yaml"]):
@@ -207,43 +208,69 @@ def test_bad_pick_exits_2_with_one_line(tmp_path):
             lines = proc.stderr.strip().splitlines()
             assert proc.returncode == 2 and len(lines) == 1 and "--pick" in lines[0] and message in lines[0], \
                 proc.stderr
-    assert not (tmp_path / "x.yaml").exists()
+    # queries on an idle database leave nothing behind: no output file, no -wal/-shm files
+    assert run(["status", "--study", "p"], tmp_path).returncode == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
-def test_an_optuna_process_learns_from_a_trial_that_finished_after_a_later_one(tmp_path, monkeypatch):
-    """Another rank's trial 0 finishes after trial 1 was already read: the next ask still sees it."""
+PARAMS = {"oialr.beta": 0.1, "optim.lr": 0.005, "oialr.update_frequency": 3, "model.kwargs.hidden": 16}
+
+
+def _optuna_told(tmp_path, monkeypatch, before, meanwhile):
+    """Run the Optuna backend for two trials of its own in a study that ``before(store, study)``
+    prepared; ``meanwhile(store)`` runs while its first trial trains. Returns the values it was told."""
     import optuna
 
-    from oialr_search.search import _optuna_backend
+    from oialr_search.search import Scored, _optuna_backend
 
     write_space(tmp_path)
     space = load_space(tmp_path / "space.yaml")
     store = Store(f"sqlite:///{tmp_path}/db.sqlite")
     study = store.create_study(name="s", space=space.to_dict(), space_path="", metric="val_loss",
                                direction="minimize", backend="optuna", seed=0, budget=4)
-    params = {"oialr.beta": 0.1, "optim.lr": 0.005, "oialr.update_frequency": 3, "model.kwargs.hidden": 16}
-    slow = store.start_trial(study, params=params, rank=1, island=None, device="cpu")  # another rank's, running
-    fast = store.start_trial(study, params={**params, "oialr.beta": 0.2}, rank=1, island=None, device="cpu")
-    store.finish_trial(fast.id, state=COMPLETE, value=0.5, values=[0.5])
+    before(store, study)
     studies, calls = [], []
     real = optuna.create_study
     monkeypatch.setattr(optuna, "create_study", lambda **kw: studies.append(real(**kw)) or studies[-1])
 
     def evaluate(p):
         calls.append(p)
-        if len(calls) == 1:  # while this process trains, the other rank's earlier trial finishes
-            store.finish_trial(slow.id, state=COMPLETE, value=0.3, values=[0.3])
+        if len(calls) == 1:
+            meanwhile(store)
         if len(calls) == 3:
             return None
         mine = store.start_trial(study, params=p, rank=0, island=None, device="cpu")
         store.finish_trial(mine.id, state=COMPLETE, value=1.0, values=[1.0])
-        from oialr_search.search import Scored
-
         return mine, Scored(COMPLETE, [1.0], None, None), {"val_loss": 1.0}
 
     _optuna_backend.run_optuna(space=space, store=store, study=study, seed=0, rank=0, evaluate=evaluate)
-    told = sorted(t.values[0] for t in studies[0].trials if t.state == optuna.trial.TrialState.COMPLETE)
+    return sorted(t.values[0] for t in studies[0].trials if t.state == optuna.trial.TrialState.COMPLETE)
+
+
+def test_an_optuna_process_learns_from_a_trial_that_finished_after_a_later_one(tmp_path, monkeypatch):
+    """Another rank's trial 0 finishes after trial 1 was already read: the next ask still sees it."""
+    trials = {}
+
+    def before(store, study):
+        trials["slow"] = store.start_trial(study, params=PARAMS, rank=1, island=None, device="cpu")  # running
+        fast = store.start_trial(study, params={**PARAMS, "oialr.beta": 0.2}, rank=1, island=None, device="cpu")
+        store.finish_trial(fast.id, state=COMPLETE, value=0.5, values=[0.5])
+
+    told = _optuna_told(tmp_path, monkeypatch, before, lambda store: store.finish_trial(
+        trials["slow"].id, state=COMPLETE, value=0.3, values=[0.3]))
     assert told == [0.3, 0.5, 1.0, 1.0]  # 0.3: the out-of-order trial reached this sampler
+
+
+def test_a_trial_another_job_marked_interrupted_reaches_the_sampler_once_it_completes(tmp_path, monkeypatch):
+    trials = {}
+
+    def before(store, study):
+        trials["live"] = store.start_trial(study, params=PARAMS, rank=1, island=None, device="cpu")
+        store.mark_interrupted(study)  # a second job started while the first still trains it
+
+    told = _optuna_told(tmp_path, monkeypatch, before, lambda store: store.finish_trial(
+        trials["live"].id, state=COMPLETE, value=0.25, values=[0.25]))  # the first job finishes it
+    assert told == [0.25, 1.0, 1.0]
 
 
 SLOW = '''

@@ -71,3 +71,17 @@ def test_with_one_objective_the_provisional_loss_is_the_ranking():
     population = [done, pruned, failed]
     prop = RescoringPropagator(lambda inds: inds, n_objectives=1, rank=0, world_size=1)
     assert prop(population) is population  # nothing to rescore, nothing copied
+
+
+def test_infeasible_trials_rank_after_feasible_and_before_pruned():
+    points = [(0.9, 0.9), (0.0, 0.0), (0.1, 0.1), (0.5, 0.5)]
+    states = ["COMPLETE", "COMPLETE", "PRUNED", "COMPLETE"]
+    feasible = [True, False, None, True]
+    for k in range(10):
+        scores = chebyshev(points, states, weights(k, 2), feasible=feasible)
+        assert max(scores[0], scores[3]) < scores[1] < scores[2]
+    a, b, c = _Ind(0), _Ind(0), _Ind(0)
+    a.loss = attach(a, (0.9,), "COMPLETE", True)
+    b.loss = attach(b, (0.1,), "COMPLETE", False)  # better value, but violates a constraint
+    c.loss = attach(c, (0.0,), "PRUNED")
+    assert a.loss < b.loss < c.loss

@@ -6,6 +6,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from datetime import datetime
 
 import pytest
@@ -28,7 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from oialr_search.storage import SchemaOutdated, SchemaTooNew, Store
-from oialr_search.storage._migrate import VERSION_TABLE, _config, prepare_schema, schema_version
+from oialr_search.storage._migrate import VERSION_TABLE, TrialsRunning, _config, prepare_schema, schema_version
 from oialr_search.storage._schema import SCHEMA_VERSION, Base
 from oialr_search.storage._store import _sqlite_engine
 
@@ -103,9 +104,10 @@ TABLES = ("oialr_studies", "oialr_trials", "oialr_trial_epochs", PAYLOADS, "oial
 STATES = ("COMPLETE", "FAILED", "RUNNING", "INTERRUPTED", "COMPLETE", "PRUNED")
 
 
-def make_v1(path, url: str | None = None) -> str:
+def make_v1(path, url: str | None = None, *, running: bool = False) -> str:
     """A v1 database as the first release wrote it: 2 studies, trials in every state, epochs (at ``path``,
-    a SQLite file, or at ``url``, an empty database)."""
+    a SQLite file, or at ``url``, an empty database). The trial of each study that its job left running
+    is RUNNING with ``running`` (the job may still be alive: upgrades refuse), else INTERRUPTED."""
     url = url or f"sqlite:///{path}"
     engine = create_engine(url)
     V1.metadata.create_all(engine)
@@ -119,6 +121,7 @@ def make_v1(path, url: str | None = None) -> str:
             s.flush()
             for number, state in enumerate(STATES):
                 done = state != "RUNNING"
+                state = state if done or running else "INTERRUPTED"
                 trial = V1Trial(study_id=study.id, number=number, state=state, rank=number % 2,
                                 island=number % 3 or None, device="cuda:0",
                                 params={"lr": 0.1 / (number + 1), "beta": [number, "x"]},
@@ -518,3 +521,170 @@ def test_bad_storage_is_one_line_and_changes_nothing(tmp_path):
     assert proc.returncode == 2 and "no oialr-search tables" in proc.stderr
     assert (tmp_path / "other.db").read_bytes() == b""
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other.db"]
+
+
+# -- a job of the older release may still be running: no upgrade underneath it, unless forced ---------------------
+def running_message(url: str, n: int = 2) -> str:
+    return (f"{url}: {n} trial(s) are RUNNING under the older release's schema v1; stop that job first (or, if it "
+            f"died, upgrade anyway with: oialr-search storage upgrade --force --storage {url})")
+
+
+def test_cli_upgrade_refuses_while_trials_run_and_force_upgrades(tmp_path):
+    url = make_v1(tmp_path / "v1.db", running=True)
+    before = dump(tmp_path / "v1.db")
+    assert sum(t["state"] == "RUNNING" for t in before["oialr_trials"]) == 2
+    proc = run_cli("storage", "upgrade", "--storage", url, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == f"oialr-search storage: error: {running_message(url)}\n"
+    assert dump(tmp_path / "v1.db") == before
+    conn = sqlite3.connect(tmp_path / "v1.db")
+    try:  # not even switched to WAL, nor stamped
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        assert VERSION_TABLE not in {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    finally:
+        conn.close()
+
+    proc = run_cli("storage", "upgrade", "--force", "--storage", url, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == (f"upgraded {url}: schema v1 -> v2 (2 studies, 12 trials, 32 epochs kept)\n"
+                           "2 trial(s) left RUNNING by the older release: the next search of their study marks "
+                           "them INTERRUPTED\n")
+    assert_upgraded(tmp_path / "v1.db", before)
+    store = Store(url)  # as the next search's start does
+    try:
+        for name in ("cifar", "mnist"):
+            study = store.get_study(name)
+            assert store.mark_interrupted(study) == 1
+            assert store.counts(study) == {"COMPLETE": 2, "FAILED": 1, "INTERRUPTED": 2, "PRUNED": 1}
+    finally:
+        store.engine.dispose()
+
+
+@pytest.mark.parametrize("engine_kind", ENGINES)
+def test_prepare_schema_refuses_to_upgrade_while_trials_run(tmp_path, engine_kind):
+    url = make_v1(tmp_path / "v1.db", running=True)
+    before = dump(tmp_path / "v1.db")
+    engine = ENGINES[engine_kind](url)
+    with pytest.raises(TrialsRunning) as err:
+        prepare_schema(engine, url=url, create=True)
+    assert str(err.value) == running_message(url)
+    assert isinstance(err.value, SchemaOutdated)
+    with pytest.raises(SchemaOutdated, match="older than this release"):  # without create: the usual message
+        prepare_schema(engine, url=url, create=False)
+    assert schema_version(engine) == 1
+    assert dump(tmp_path / "v1.db") == before
+    with engine.connect() as conn, conn.begin():  # checked again under the write lock, where it counts
+        from oialr_search.storage._migrate import _create_or_upgrade
+
+        with pytest.raises(TrialsRunning, match="2 trial"):
+            _create_or_upgrade(conn, url=url, force=False)
+    assert dump(tmp_path / "v1.db") == before
+    with pytest.raises(TrialsRunning):  # the Store (a search's start) refuses likewise
+        Store(url)
+    prepare_schema(engine, url=url, create=True, force=True)
+    assert schema_version(engine) == SCHEMA_VERSION
+    engine.dispose()
+    assert_upgraded(tmp_path / "v1.db", before)
+
+
+# -- NaN measurements: SQLite stores them as NULL ----------------------------------------------------------------
+EPOCH = {"epoch": 1, "step": 10, "train_loss": 2.5, "val_loss": 2.4, "top1": 10.0, "top5": 50.0, "lr": 0.1,
+         "trainable_fraction": 1.0, "seconds": 1.0, "compression": 1.0, "train_seconds": 0.9}
+
+
+@pytest.mark.parametrize("start", ["fresh", "v1"])
+def test_epochs_with_nan_measurements_are_stored(tmp_path, start):
+    """A diverged trial reports NaN losses: its epochs are stored (NULL) and it finishes, not left RUNNING."""
+    path = tmp_path / "nan.db"
+    url = make_v1(path) if start == "v1" else f"sqlite:///{path}"
+    before = dump(path) if start == "v1" else None
+    store = Store(url)  # creates, or upgrades v1
+    try:
+        if before:
+            assert_upgraded(path, before)
+            study = store.get_study("cifar")
+        else:
+            study = store.create_study(name="s", space={}, space_path="", metric="val_loss", direction="minimize",
+                                       backend="random", seed=0, budget=2)
+        trial = store.start_trial(study, params={}, rank=0, island=None, device="cpu")
+        nan = float("nan")
+        store.report_epochs(trial.id, [EPOCH, {**EPOCH, "epoch": 2, "train_loss": nan, "val_loss": nan}])
+        store.finish_trial(trial.id, state="FAILED", error="diverged", epochs=[
+            {**EPOCH, "epoch": e, "train_loss": nan, "val_loss": nan, "top1": nan, "step": None} for e in (2, 3)])
+        epochs = store.epochs(trial.id)
+        assert [(e["epoch"], e["val_loss"]) for e in epochs] == [(1, 2.4), (2, None), (3, None)]
+        assert epochs[2]["top1"] is epochs[2]["step"] is None and epochs[2]["top5"] == 50.0
+        assert store.get_trial(study, trial.number).state == "FAILED"
+    finally:
+        store.engine.dispose()
+    conn = sqlite3.connect(path)
+    try:  # also by hand: only trial_id and epoch stay NOT NULL
+        conn.execute("INSERT INTO oialr_trial_epochs (trial_id, epoch, val_loss) VALUES (?, 9, NULL)", (trial.id,))
+        conn.commit()
+        with pytest.raises(sqlite3.IntegrityError, match="NOT NULL"):
+            conn.execute("INSERT INTO oialr_trial_epochs (trial_id, step) VALUES (?, 1)", (trial.id,))
+    finally:
+        conn.close()
+    # v1 cannot hold them: the downgrade says so, and changes nothing
+    rows = dump(path)
+    engine = create_engine(url)
+    with pytest.raises(RuntimeError, match=r"3 row\(s\) of oialr_trial_epochs have a NULL measurement"), \
+            engine.begin() as conn:
+        command.downgrade(_config(conn), "v1")
+    assert schema_version(engine) == SCHEMA_VERSION
+    engine.dispose()
+    assert dump(path) == rows
+
+
+# -- the schema check on every Store open is a read: no write lock ------------------------------------------------
+def _prompt(call, seconds: float = 5.0):  # noqa: ANN001, ANN202
+    """Run ``call`` in a thread; the exception it raised (None), or fail if it takes longer than ``seconds``."""
+    outcome = []
+
+    def run() -> None:
+        try:
+            call()
+            outcome.append(None)
+        except Exception as exc:  # noqa: BLE001
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    start = time.monotonic()
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still waiting after {seconds} s (for the write lock?)"
+    assert time.monotonic() - start < seconds
+    return outcome[0]
+
+
+@pytest.mark.parametrize("start", ["v2", "v1"])
+def test_schema_check_does_not_wait_for_a_writer(tmp_path, start):
+    """While another process holds the write lock (BEGIN IMMEDIATE), checking a current database, or
+    refusing an older one, returns at once: a plain BEGIN, not BEGIN IMMEDIATE behind the writer."""
+    path = tmp_path / "busy.db"
+    url = f"sqlite:///{path}"
+    if start == "v2":
+        Store(url).engine.dispose()  # current, WAL
+    else:
+        make_v1(path, running=True)
+        sqlite3.connect(path).execute("PRAGMA journal_mode=WAL").connection.close()  # as the first release's Store
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    engine = _sqlite_engine(url)
+    try:
+        if start == "v2":
+            assert _prompt(lambda: prepare_schema(engine, url=url, create=True)) is None
+            assert _prompt(lambda: prepare_schema(engine, url=url, create=False)) is None
+            assert _prompt(lambda: Store(url).engine.dispose()) is None
+            assert _prompt(lambda: Store(url, create=False).engine.dispose()) is None
+        else:
+            assert isinstance(_prompt(lambda: prepare_schema(engine, url=url, create=False)), SchemaOutdated)
+            assert isinstance(_prompt(lambda: prepare_schema(engine, url=url, create=True)), TrialsRunning)
+        assert _prompt(lambda: schema_version(engine)) is None
+        # the writer really held the lock: a write transaction of the Store's engine would have waited
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            sqlite3.connect(path, timeout=0, isolation_level=None).execute("BEGIN IMMEDIATE")
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+        engine.dispose()
