@@ -44,7 +44,7 @@ class SchemaTooNew(OIALRSearchError):
 def _reading(engine: Engine) -> Engine:
     """``engine`` for a read transaction: the Store's SQLite engine then emits a plain (deferred) BEGIN, not
     BEGIN IMMEDIATE, so a schema check neither waits for nor blocks a writer. Other engines ignore it."""
-    from ._store import _READ_ONLY  # _store imports this module
+    from ._sqlite import _READ_ONLY
 
     return engine.execution_options(**{_READ_ONLY: True})
 
@@ -202,7 +202,8 @@ def _open(url: str, *, write: bool = False) -> Engine:
     """An engine on an existing database: a missing SQLite file is an error, never created. Only a ``write``
     engine changes a SQLite file: it is the Store's, which switches the file to WAL and whose BEGIN makes
     the DDL transactional (pysqlite's own BEGIN does not)."""
-    from ._store import StorageError, _sqlite_engine  # _store imports this module
+    from ._sqlite import _sqlite_engine
+    from ._store import StorageError  # _store imports this module
 
     try:
         parsed = make_url(url)

@@ -5,18 +5,16 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import random
 import sqlite3
-import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, func, insert, or_, select, update
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy import create_engine, func, insert, or_, select, update
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -32,10 +30,9 @@ from ._schema import (
     TrialPayloadRow,
     TrialRow,
 )
+from ._sqlite import _READ_ONLY, BUSY_TIMEOUT_MS, _sqlite_engine  # noqa: F401 - BUSY_TIMEOUT_MS re-exported
 
 DEFAULT_STORAGE = "sqlite:///oialr_search.db"
-BUSY_TIMEOUT_MS = 60_000
-_READ_ONLY = "oialr_read_only"  # execution option: the session only reads (plain BEGIN, no write lock)
 
 
 class StorageError(OIALRSearchError):
@@ -134,70 +131,6 @@ def _epoch_values(trial_id: int, record: dict) -> dict:
         return None if isinstance(v, float) and not math.isfinite(v) else v
 
     return {"trial_id": trial_id, **{k: clean(record.get(k)) for k in EPOCH_FIELDS}}
-
-
-def _begin_immediate(dbapi_conn: sqlite3.Connection) -> None:
-    """BEGIN IMMEDIATE, retried with sub-millisecond jittered sleeps while another writer holds the lock.
-
-    SQLite's own busy handler backs off to 10–100 ms sleeps although our write transactions hold the
-    lock for 1–2 ms; with 8 ranks that made every trial wait tens of milliseconds. With BEGIN
-    IMMEDIATE only the BEGIN can wait, so retrying it here is all that is needed.
-    """
-    dbapi_conn.execute("PRAGMA busy_timeout=0")
-    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
-    delay = 0.0002
-    try:
-        while True:
-            try:
-                dbapi_conn.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 1.5, 0.002)
-    finally:
-        dbapi_conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-
-
-def _retry_locked(statement: Callable[[], object]) -> None:
-    """Run a statement that SQLite's busy handler does not cover (switching a brand-new file to WAL
-    while another process creates it answers "database is locked" at once), retrying briefly."""
-    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
-    while True:
-        try:
-            statement()
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.01 * (0.5 + random.random()))
-
-
-def _sqlite_engine(url: str, *, read_only: bool = False) -> Engine:
-    """SQLite with WAL, a busy timeout and BEGIN IMMEDIATE for writes, so concurrent ranks queue
-    for the lock instead of failing with "database is locked" on a read→write upgrade."""
-    engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn, _record):  # noqa: ANN001
-        dbapi_conn.isolation_level = None  # we emit BEGIN ourselves
-        cur = dbapi_conn.cursor()
-        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        if not read_only:  # a read-only connection cannot change the journal mode (ours are WAL already)
-            _retry_locked(lambda: cur.execute("PRAGMA journal_mode=WAL"))
-            cur.execute("PRAGMA synchronous=NORMAL")
-        cur.execute("PRAGMA foreign_keys=ON")
-        cur.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn):  # noqa: ANN001
-        if conn.get_execution_options().get(_READ_ONLY):
-            conn.connection.driver_connection.execute("BEGIN")  # a reader never waits for, or blocks, a writer
-        else:
-            _begin_immediate(conn.connection.driver_connection)
-
-    return engine
 
 
 class Store:
