@@ -10,25 +10,26 @@ import math
 from collections.abc import Sequence
 
 from ..storage import Store, Study, Trial
-from ._objectives import objectives_from
+from ._objectives import minimize_sense, objectives_from
 from ._pareto import Condition, non_dominated
 
 
-def _points(store: Store, study: Study) -> list[tuple[int, tuple]]:
-    """(number, values in minimize sense) of the feasible COMPLETE trials with every value finite."""
-    signs = [1.0 if o["direction"] == "minimize" else -1.0 for o in study.objectives]
+def _points(store: Store, study: Study) -> list[tuple[int, tuple, tuple]]:
+    """(number, raw values, values in minimize sense) of the feasible COMPLETE trials whose every
+    value is finite."""
+    objectives = objectives_from(study.objectives)
     out = []
     for number, values in store.objective_points(study):
-        if None in values or not all(map(math.isfinite, values)):
-            continue
-        out.append((number, tuple(sign * v for sign, v in zip(signs, values))))
+        minimized = minimize_sense(values, objectives)  # missing or non-finite values become +inf
+        if all(map(math.isfinite, minimized)):
+            out.append((number, values, minimized))
     return out
 
 
 def pareto_front(store: Store, study: Study) -> list[Trial]:
     """The non-dominated feasible COMPLETE trials, by number."""
     points = _points(store, study)
-    front = non_dominated([p for _, p in points])
+    front = non_dominated([p[2] for p in points])
     return store.trials_numbered(study, [points[i][0] for i in front]) if front else []
 
 
@@ -39,17 +40,15 @@ def metric_of(t: Trial, metric: str) -> float | None:
 
 def pick(store: Store, study: Study, conditions: Sequence[Condition]) -> Trial | None:
     """The best trial on the first objective among the feasible COMPLETE ones meeting every condition."""
-    objectives = objectives_from(study.objectives)
-    position = {o.metric: j for j, o in enumerate(objectives)}
-    signs = [1.0 if o.minimize else -1.0 for o in objectives]
-    ranked = sorted(_points(store, study), key=lambda p: (p[1][0], p[0]))  # best first objective first
+    position = {o["metric"]: j for j, o in enumerate(study.objectives)}
+    ranked = sorted(_points(store, study), key=lambda p: (p[2][0], p[0]))  # best first objective first
     if all(c.metric in position for c in conditions):  # decided on the stored values alone
-        for number, values in ranked:
-            if all(c.holds(signs[position[c.metric]] * values[position[c.metric]]) for c in conditions):
+        for number, values, _ in ranked:
+            if all(c.holds(values[position[c.metric]]) for c in conditions):
                 return store.trials_numbered(study, [number])[0]
         return None
-    trials = {t.number: t for t in store.trials_numbered(study, [n for n, _ in ranked])}
-    for number, _ in ranked:
+    trials = {t.number: t for t in store.trials_numbered(study, [p[0] for p in ranked])}
+    for number, _, _ in ranked:
         if all(c.holds(metric_of(trials[number], c.metric)) for c in conditions):
             return trials[number]
     return None

@@ -62,10 +62,6 @@ def objectives_from(rows: Sequence[Mapping]) -> tuple[Objective, ...]:
     return tuple(Objective(r["metric"], r["direction"]) for r in rows)
 
 
-def constraints_from(spec: Mapping | None) -> tuple[Constraint, ...]:
-    return tuple(Constraint(metric, bounds.get("min"), bounds.get("max")) for metric, bounds in (spec or {}).items())
-
-
 def objective_values(metrics: Mapping, objectives: Sequence[Objective]) -> list[float | None]:
     """The raw value of every objective in ``metrics`` (None where missing)."""
     out = []
