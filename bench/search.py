@@ -6,6 +6,7 @@ Launches each mode under the venv's mpiexec with the same ranks and an objective
 (sleep), then with a zero-cost objective, and prints:
   - fixed cost: completed evaluations per second as a fraction of ideal (ranks / cost);
   - zero cost: service time per trial (proposal + storage), rank-seconds / trials;
+(``--only fixed|zero|storage`` runs one part, ``--modes`` a subset of the modes)
 and finally storage figures on a 10,000-trial study with realistic rank trajectories: recording one
 trial, and the ``status``, ``best`` and ``pareto`` verbs (in-process, output discarded).
 The service's objectives report ``--epochs`` epochs per trial (each one stored as it happens), so
@@ -217,6 +218,25 @@ def storage_figures(folder: Path, n: int = 10_000, trajectory_kb: int = 100) -> 
         print(f"{verb:>12}: {_timed(lambda fn=fn: fn(args)):7.1f} ms")
 
 
+def fixed(args: argparse.Namespace, folder: Path) -> None:
+    print(f"== Fixed-cost evaluations: {args.cost}s each, {args.ranks} ranks, {args.per_rank} per rank")
+    print(f"{'mode':>18} {'trials':>7} {'wall s':>8} {'efficiency':>11} {'set-up s (untimed)':>19}")
+    for mode in args.modes:
+        r = launch(mode, args.ranks, args.cost, args.per_rank, folder / f"fixed-{mode}", args.epochs)
+        eff = r["trials"] * args.cost / (args.ranks * r["wall"])
+        setup = f"{r['setup']:.2f}" if r["setup"] is not None else "-"
+        print(f"{mode:>18} {r['trials']:7d} {r['wall']:8.2f} {eff:10.1%} {setup:>19}", flush=True)
+
+
+def zero(args: argparse.Namespace, folder: Path) -> None:
+    print(f"\n== Zero-cost evaluations: {args.ranks} ranks, {args.zero_per_rank} per rank")
+    print(f"{'mode':>18} {'trials':>7} {'wall s':>8} {'ms/trial':>9}")
+    for mode in args.modes:
+        r = launch(mode, args.ranks, 0.0, args.zero_per_rank, folder / f"zero-{mode}", args.epochs)
+        per = args.ranks * r["wall"] / max(1, r["trials"]) * 1e3
+        print(f"{mode:>18} {r['trials']:7d} {r['wall']:8.2f} {per:9.1f}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--worker", choices=MODES)
@@ -228,12 +248,13 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4, help="epochs each service trial reports")
     ap.add_argument("--storage-trials", type=int, default=10_000)
     ap.add_argument("--trajectory-kb", type=int, default=100)
-    ap.add_argument("--only-storage", action="store_true")
+    ap.add_argument("--only", choices=("fixed", "zero", "storage"), help="run one part only")
+    ap.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     args = ap.parse_args()
     if args.worker:
         worker(args.worker, args.cost, args.per_rank, args.folder, args.epochs)
         return
-    if args.only_storage:
+    if args.only == "storage":
         with tempfile.TemporaryDirectory() as tmp:
             storage_figures(Path(tmp), args.storage_trials, args.trajectory_kb)
         return
@@ -243,20 +264,12 @@ def main() -> None:
             for kind in ("fixed", "zero"):
                 (folder / f"{kind}-{mode}").mkdir()
                 (folder / f"{kind}-{mode}" / "space.yaml").write_text(SPACE)
-        print(f"== Fixed-cost evaluations: {args.cost}s each, {args.ranks} ranks, {args.per_rank} per rank")
-        print(f"{'mode':>18} {'trials':>7} {'wall s':>8} {'efficiency':>11} {'set-up s (untimed)':>19}")
-        for mode in MODES:
-            r = launch(mode, args.ranks, args.cost, args.per_rank, folder / f"fixed-{mode}", args.epochs)
-            eff = r["trials"] * args.cost / (args.ranks * r["wall"])
-            setup = f"{r['setup']:.2f}" if r["setup"] is not None else "-"
-            print(f"{mode:>18} {r['trials']:7d} {r['wall']:8.2f} {eff:10.1%} {setup:>19}", flush=True)
-        print(f"\n== Zero-cost evaluations: {args.ranks} ranks, {args.zero_per_rank} per rank")
-        print(f"{'mode':>18} {'trials':>7} {'wall s':>8} {'ms/trial':>9}")
-        for mode in MODES:
-            r = launch(mode, args.ranks, 0.0, args.zero_per_rank, folder / f"zero-{mode}", args.epochs)
-            per = args.ranks * r["wall"] / max(1, r["trials"]) * 1e3
-            print(f"{mode:>18} {r['trials']:7d} {r['wall']:8.2f} {per:9.1f}", flush=True)
-        storage_figures(folder, args.storage_trials, args.trajectory_kb)
+        if args.only in (None, "fixed"):
+            fixed(args, folder)
+        if args.only in (None, "zero"):
+            zero(args, folder)
+        if args.only is None:
+            storage_figures(folder, args.storage_trials, args.trajectory_kb)
 
 
 if __name__ == "__main__":

@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import sqlite3
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, func, insert, or_, select, update
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy import create_engine, func, or_, select, update
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..exceptions import OIALRSearchError
+from . import _writes
 from ._migrate import prepare_schema
 from ._schema import (
     COMPLETE,
@@ -31,6 +31,8 @@ from ._schema import (
     TrialRow,
 )
 from ._sqlite import _READ_ONLY, BUSY_TIMEOUT_MS, _sqlite_engine  # noqa: F401 - BUSY_TIMEOUT_MS re-exported
+from ._writes import EPOCH_FIELDS, Transactions
+from ._writes import now as _now
 
 DEFAULT_STORAGE = "sqlite:///oialr_search.db"
 
@@ -45,10 +47,6 @@ class StudyNotFound(OIALRSearchError):
 
 def default_storage() -> str:
     return os.environ.get("OIALR_SEARCH_STORAGE") or DEFAULT_STORAGE
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 @dataclass(frozen=True)
@@ -97,10 +95,6 @@ class Trial:
     last_epoch: int | None = None
 
 
-EPOCH_FIELDS = ("epoch", "step", "train_loss", "val_loss", "top1", "top5", "lr", "trainable_fraction", "seconds",
-                "compression", "train_seconds")
-
-
 def _study(row: StudyRow) -> Study:
     objectives = tuple(row.objectives or ({"metric": row.metric, "direction": row.direction},))
     return Study(row.id, row.name, row.space, row.space_path, row.metric, row.direction, row.backend, row.seed,
@@ -123,14 +117,6 @@ def _trials(s: Session, rows: list[TrialRow], *, full: bool) -> list[Trial]:
     payloads = {p.trial_id: p for p in s.scalars(select(TrialPayloadRow).where(TrialPayloadRow.trial_id.in_(ids)))} \
         if ids else {}
     return [_trial(r, payloads.get(r.id)) for r in rows]
-
-
-def _epoch_values(trial_id: int, record: dict) -> dict:
-    """An epoch row; NaN and inf become NULL (what SQLite would make of a NaN anyway)."""
-    def clean(v: object) -> object:
-        return None if isinstance(v, float) and not math.isfinite(v) else v
-
-    return {"trial_id": trial_id, **{k: clean(record.get(k)) for k in EPOCH_FIELDS}}
 
 
 class Store:
@@ -169,6 +155,7 @@ class Store:
             self._sessions = sessionmaker(self.engine, expire_on_commit=False)
             self._read_sessions = sessionmaker(self.engine.execution_options(**{_READ_ONLY: True}),
                                                expire_on_commit=False)
+            self._tx = Transactions(self.engine, self.url)
             prepare_schema(self.engine, url=self.url, create=create and not read_only)
         except (OperationalError, ImportError, sqlite3.Error) as exc:  # sqlite3's own, raised in our BEGIN
             raise StorageError(f"--storage {self.url}: cannot open ({exc.__class__.__name__}: "
@@ -190,16 +177,6 @@ class Store:
             raise
         finally:
             session.close()
-
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[Connection]:
-        """A write transaction on a bare connection, for the per-trial hot path (no ORM session):
-        committed on success, rolled back and re-raised with context on error."""
-        try:
-            with self.engine.begin() as conn:
-                yield conn
-        except SQLAlchemyError as exc:
-            raise RuntimeError(f"storage {self.url}: transaction rolled back: {exc}") from exc
 
     # -- studies -----------------------------------------------------------------------------------
     def create_study(self, *, name: str, space: dict, space_path: str, metric: str, direction: str, backend: str,
@@ -263,23 +240,16 @@ class Store:
         With ``limit``, returns None instead once the study holds that many trials that are not
         INTERRUPTED (the check and the insert are one transaction).
         """
+        row = {"rank": rank, "island": island, "device": device, "params": params, "started": _now()}
         for _ in range(20):
             try:
-                with self._write() as conn:
-                    if limit is not None:
-                        taken = conn.execute(select(func.count()).where(
-                            TrialRow.study_id == study.id, TrialRow.state != INTERRUPTED)).scalar()
-                        if taken >= limit:
-                            return None
-                    number = conn.execute(select(func.coalesce(func.max(TrialRow.number), -1))
-                                          .where(TrialRow.study_id == study.id)).scalar() + 1
-                    started = _now()
-                    trial_id = conn.execute(insert(TrialRow).values(
-                        study_id=study.id, number=number, state=RUNNING, rank=rank, island=island, device=device,
-                        params=params, started=started)).inserted_primary_key[0]
-                    conn.execute(insert(TrialPayloadRow).values(trial_id=trial_id, config=config))
-                    return Trial(trial_id, number, RUNNING, rank, island, device, params, None, None, config, None,
-                                 None, started, None, None)
+                with self._tx.write() as tx:
+                    claimed = _writes.start_trial(tx, study_id=study.id, row=row, config=config, limit=limit)
+                if claimed is None:
+                    return None
+                trial_id, number = claimed
+                return Trial(trial_id, number, RUNNING, rank, island, device, params, None, None, config, None,
+                             None, row["started"], None, None)
             except RuntimeError as exc:  # a concurrent writer took the number (non-SQLite servers)
                 if not isinstance(exc.__cause__, IntegrityError):
                     raise
@@ -289,30 +259,19 @@ class Store:
         """Store finished epochs of a running trial as they happen (so a killed trial keeps its curve)."""
         if not records:
             return
-        with self._write() as conn:
-            conn.execute(insert(EpochRow), [_epoch_values(trial_id, r) for r in records])
-            conn.execute(update(TrialRow).where(TrialRow.id == trial_id).values(last_epoch=records[-1]["epoch"]))
+        with self._tx.write() as tx:
+            _writes.report_epochs(tx, trial_id, records)
 
     def finish_trial(self, trial_id: int, *, state: str, value: float | None = None, values: list | None = None,
                      feasible: bool | None = None, metrics: dict | None = None, epochs: list[dict] | None = None,
                      rank_trajectory: list | None = None, error: str | None = None) -> None:
         """Record the outcome. ``epochs`` may repeat epochs already reported: only later ones are added.
-        One short transaction of Core statements: it is on every rank's path after every trial."""
+        One short transaction: it is on every rank's path after every trial."""
         assert state in STATES and state != RUNNING
-        with self._write() as conn:
-            started, reported = conn.execute(select(TrialRow.started, TrialRow.last_epoch)
-                                             .where(TrialRow.id == trial_id)).one()
-            new = [e for e in epochs or [] if e["epoch"] > (reported or 0)]
-            if new:
-                conn.execute(insert(EpochRow), [_epoch_values(trial_id, e) for e in new])
-            finished = _now()
-            conn.execute(update(TrialRow).where(TrialRow.id == trial_id).values(
-                state=state, value=value, objective_values=values, feasible=feasible, metrics=metrics, error=error,
-                finished=finished, duration=(finished - started).total_seconds(),
-                last_epoch=new[-1]["epoch"] if new else reported))
-            if rank_trajectory is not None:
-                conn.execute(update(TrialPayloadRow).where(TrialPayloadRow.trial_id == trial_id)
-                             .values(rank_trajectory=rank_trajectory))
+        fields = {"state": state, "value": value, "objective_values": values, "feasible": feasible,
+                  "metrics": metrics, "error": error}
+        with self._tx.write() as tx:
+            _writes.finish_trial(tx, trial_id, fields=fields, epochs=epochs, rank_trajectory=rank_trajectory)
 
     def mark_interrupted(self, study: Study) -> int:
         """Mark the trials left RUNNING by a job that died; returns how many."""

@@ -1,0 +1,81 @@
+"""The per-trial writes: the raw sqlite3 executor writes exactly the rows SQLAlchemy Core writes."""
+
+import sqlite3
+
+import pytest
+
+from oialr_search.storage import COMPLETE, FAILED, PRUNED, Store
+from oialr_search.storage._writes import Transactions
+
+TABLES = ("oialr_trials", "oialr_trial_payloads", "oialr_trial_epochs")
+TIME_COLUMNS = {"started", "finished", "duration"}  # wall-clock values: compared for type and format only
+
+
+def _epoch(e, **over):
+    return {"epoch": e, "step": 10 * e, "train_loss": 1.0 / e, "val_loss": 0.5, "top1": 50.0 + e, "top5": 90.0,
+            "lr": 1e-3, "trainable_fraction": 0.3, "seconds": 1.0, "compression": 0.7, "train_seconds": 1.0 * e,
+            **over}
+
+
+def _workload(store):
+    """Every write path: numbering, budget limit, reports, NaN, finish with and without payloads."""
+    study = store.create_study(name="s", space={"raw": {}}, space_path="", metric="top1", direction="maximize",
+                               backend="optuna", seed=0, budget=3,
+                               objectives=[{"metric": "top1", "direction": "maximize"},
+                                           {"metric": "trainable_fraction", "direction": "minimize"}])
+    a = store.start_trial(study, params={"x": 0.5, "n": 3, "s": "é"}, rank=1, island=2, device="cuda:1",
+                          config={"train": {"epochs": 3}, "list": [1, 2.5, None]}, limit=3)
+    store.report_epochs(a.id, [_epoch(1), _epoch(2, val_loss=float("nan"))])
+    store.finish_trial(a.id, state=COMPLETE, value=53.0, values=[53.0, 0.3], feasible=True,
+                       metrics={"top1": 53.0, "val_loss": float("inf")},
+                       epochs=[_epoch(1), _epoch(2), _epoch(3)], rank_trajectory=[{"step": 4, "ranks": {"l": 2}}])
+    b = store.start_trial(study, params={"x": 0.1}, rank=0, island=None, device="cpu", limit=3)
+    store.finish_trial(b.id, state=PRUNED, value=40.0, values=[40.0, 1.0], feasible=False, metrics=None,
+                       epochs=[_epoch(1)], rank_trajectory=None)
+    c = store.start_trial(study, params={}, rank=0, island=None, device="cpu", config=None, limit=3)
+    store.finish_trial(c.id, state=FAILED, error="boom: ü")
+    assert store.start_trial(study, params={}, rank=0, island=None, device="cpu", limit=3) is None  # budget full
+    return [a.number, b.number, c.number]
+
+
+def _dump(path):
+    conn = sqlite3.connect(path)
+    out = {}
+    for table in TABLES:
+        cur = conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2")
+        names = [d[0] for d in cur.description]
+        out[table] = [{n: (type(v).__name__, len(v) if isinstance(v, str) else None) if n in TIME_COLUMNS else v
+                       for n, v in zip(names, row, strict=True)} for row in cur.fetchall()]
+    conn.close()
+    return out
+
+
+def test_sqlite_executor_writes_the_rows_core_writes(tmp_path, monkeypatch):
+    dumps = []
+    for core in (True, False):
+        path = tmp_path / f"{core}.db"
+        store = Store(f"sqlite:///{path}")
+        store._tx = Transactions(store.engine, store.url, core=core)
+        assert store._tx.raw is not core
+        assert _workload(store) == [0, 1, 2]
+        store.engine.dispose()
+        dumps.append(_dump(path))
+    assert dumps[0] == dumps[1]
+    assert len(dumps[0]["oialr_trial_epochs"]) == 4 and dumps[0]["oialr_trial_epochs"][1]["val_loss"] is None
+
+
+@pytest.mark.parametrize("core", [True, False])
+def test_a_failed_write_rolls_back_and_says_so(tmp_path, core):
+    store = Store(f"sqlite:///{tmp_path}/db.sqlite")
+    store._tx = Transactions(store.engine, store.url, core=core)
+    study = store.create_study(name="s", space={"raw": {}}, space_path="", metric="top1", direction="maximize",
+                               backend="optuna", seed=0, budget=3)
+    t = store.start_trial(study, params={}, rank=0, island=None, device="cpu")
+    store.report_epochs(t.id, [_epoch(1)])
+    with pytest.raises(RuntimeError, match="transaction rolled back") as info:
+        store.report_epochs(t.id, [_epoch(2), _epoch(1)])  # epoch 1 again: unique (trial, epoch)
+    assert "IntegrityError" in type(info.value.__cause__).__name__
+    assert [e["epoch"] for e in store.epochs(t.id)] == [1]  # epoch 2 rolled back with it
+    assert store.get_trial(study, 0).last_epoch == 1
+    store.finish_trial(t.id, state=COMPLETE, value=1.0, epochs=[_epoch(1), _epoch(2)])  # the store still works
+    assert [e["epoch"] for e in store.epochs(t.id)] == [1, 2]
