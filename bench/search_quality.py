@@ -1,7 +1,7 @@
 """Search quality: do the backends beat random search, and what does early stopping save?
 
     python bench/search_quality.py [--task mnist|digits] [--seeds 3] [--budgets 24 48] [--ranks 2]
-                                   [--parts abc]
+                                   [--parts abc] [--epochs N] [--min-epochs 1] [--reduction 3]
 
 Every search is a real ``oialr-search run`` under the venv's mpiexec (``--ranks`` ranks), on a space
 built from ``search_spaces/mnist_quick.yaml`` (``--task mnist``: the mini-ViT on embedded MNIST, ~14 s
@@ -11,9 +11,10 @@ digits``, ~1 s a trial). Prints mean ± sd over seeds of:
   (a) the best val_loss for Propulate, Optuna (TPE) and random search, at each budget;
   (b) the hypervolume of the (top1 ↑, trainable_fraction ↓) front, normalized to [0, 1] with the
       reference point (top1 0, trainable_fraction 1), for the same three;
-  (c) with and without ASHA (min_epochs 1, reduction 3) at equal trial count (Propulate): training
-      epochs spent, the best val_loss reached, and the best val_loss of the unpruned search once it
-      had spent as many epochs as the pruned one (trials counted in the order they finished).
+  (c) with and without ASHA (``--min-epochs``, ``--reduction``; default 1 and 3) at equal trial
+      count (Propulate): training epochs spent, the best val_loss reached, and the best val_loss of
+      the unpruned search once it had spent as many epochs as the pruned one (trials counted in the
+      order they finished).
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ DIGITS_BASE = {
 }
 
 
-def make_space(folder: Path, task: str, *, objectives: list[dict], pruner: str | None, name: str) -> Path:
+def make_space(folder: Path, task: str, *, objectives: list[dict], pruner: dict | None, name: str,
+               epochs: int | None = None) -> Path:
     space = yaml.safe_load((ROOT / "search_spaces" / "mnist_quick.yaml").read_text())
     space.pop("objective", None)
     space.pop("description", None)
@@ -51,8 +53,10 @@ def make_space(folder: Path, task: str, *, objectives: list[dict], pruner: str |
     else:
         space["base"] = str(ROOT / "oialr_search" / "configs" / "mnist_vit.yaml")
     space["objectives"] = objectives
+    if epochs:
+        space.setdefault("set", {})["train.epochs"] = epochs
     if pruner:
-        space["pruner"] = {"type": pruner, "min_epochs": 1, "reduction": 3}
+        space["pruner"] = pruner
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(space, sort_keys=False))
     return path
@@ -114,14 +118,19 @@ def main() -> None:
     ap.add_argument("--budgets", type=int, nargs="+", default=[24, 48])
     ap.add_argument("--ranks", type=int, default=2)
     ap.add_argument("--parts", default="abc", help="which parts to run: any of a, b, c")
+    ap.add_argument("--epochs", type=int, default=None, help="epochs per trial (default: the space's, 4 for mnist)")
+    ap.add_argument("--min-epochs", type=int, default=1, help="ASHA's first rung, part (c)")
+    ap.add_argument("--reduction", type=int, default=3, help="ASHA's reduction factor, part (c)")
     ap.add_argument("--keep", type=Path, default=None, help="keep the databases in this folder")
     args = ap.parse_args()
     folder = args.keep or Path(tempfile.mkdtemp(prefix="oialr-quality-"))
     folder.mkdir(parents=True, exist_ok=True)
-    single = make_space(folder, args.task, objectives=[{"metric": "val_loss"}], pruner=None, name="single")
+    single = make_space(folder, args.task, objectives=[{"metric": "val_loss"}], pruner=None, name="single",
+                        epochs=args.epochs)
     front = make_space(folder, args.task, objectives=[{"metric": "top1"}, {"metric": "trainable_fraction"}],
-                       pruner=None, name="front")
-    asha = make_space(folder, args.task, objectives=[{"metric": "val_loss"}], pruner="asha", name="asha")
+                       pruner=None, name="front", epochs=args.epochs)
+    asha = make_space(folder, args.task, objectives=[{"metric": "val_loss"}], name="asha", epochs=args.epochs,
+                      pruner={"type": "asha", "min_epochs": args.min_epochs, "reduction": args.reduction})
     seeds = range(args.seeds)
     print(f"== task {args.task}, {args.ranks} ranks, seeds {list(seeds)}, budgets {args.budgets} ({folder})")
     if "a" in args.parts:
@@ -143,7 +152,8 @@ def main() -> None:
                       flush=True)
     if "c" in args.parts:
         budget = args.budgets[0]
-        print(f"\n(c) ASHA vs no pruning, Propulate, {budget} trials each")
+        print(f"\n(c) ASHA (min_epochs {args.min_epochs}, reduction {args.reduction}) vs no pruning, Propulate, "
+              f"{budget} trials each")
         rows = []
         for s in seeds:
             plain_url = search(single, folder, f"c-none-{s}", "propulate", s, budget, args.ranks)
