@@ -37,6 +37,15 @@ def flop_ratio(factors, tokens: int) -> float:
     return chosen / dense
 
 
+def force_ranks(trainer: Trainer, fraction: float) -> None:
+    """Switch to low rank now and cut every factor to ``fraction`` of its full rank (optimizer state too)."""
+    trainer.oialr.switch(trainer.step)
+    for _, f in trainer.oialr.factors:
+        old = f.sigma.shape
+        rot = f.rotate_(beta=1.0, min_rank=max(1, math.ceil(fraction * f.full_rank)))
+        rotate_state(trainer.optimizer, f.sigma, old, rot.left, rot.right)
+
+
 def make_trainer(width: int, batch: int, enabled: bool) -> Trainer:
     cfg = config_from_dict({
         "model": {"name": "mini_vit", "kwargs": {"embed_dim": width, "depth": 6, "num_heads": 6}},
@@ -53,11 +62,7 @@ def part1(width: int, batch: int, rounds: int, steps: int, fractions: list[float
     variants: dict[str, Trainer] = {"full-rank": make_trainer(width, batch, False)}
     for frac in fractions:
         t = make_trainer(width, batch, True)
-        t.oialr.before_step(0)  # the switch
-        for _, f in t.oialr.factors:
-            old = f.sigma.shape
-            rot = f.rotate_(beta=1.0, min_rank=max(1, math.ceil(frac * f.full_rank)))
-            rotate_state(t.optimizer, f.sigma, old, rot.left, rot.right)
+        force_ranks(t, frac)
         variants[f"rank {frac:.0%}"] = t
     x, y = next(variants["full-rank"].train_batches.epoch(0))
     tokens = x.shape[0] * ((28 // 7) ** 2 + 1)

@@ -1,6 +1,8 @@
 # Shared by the launch scripts: create .venv if missing and install the package into it.
-# The CPU torch is pinned first (an unpinned torch pulls several GB of CUDA wheels); users with
-# their own CUDA torch install the package into their environment instead: pip install -e .
+# torch 2.13.0 is pinned and installed first, from pip's configured indexes: on a stock machine that is
+# PyPI, whose Linux torch is a CUDA build (several GB). For a CPU-only build set
+#   OIALR_TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# Users with their own CUDA torch install the package into their environment instead: pip install -e .
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${OIALR_VENV:-$ROOT/.venv}"
@@ -11,11 +13,14 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 # Re-install only when the dependency list changed (fast re-runs).
 STAMP="$VENV/.oialr-installed"
-WANT="$(cat "$ROOT/pyproject.toml" "$ROOT/launch/constraints.txt" | sha256sum | cut -d' ' -f1)"
+WANT="$( (cat "$ROOT/pyproject.toml" "$ROOT/launch/constraints.txt"; echo "${OIALR_TORCH_INDEX:-}") \
+  | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
-  echo "== installing (CPU torch 2.13.0, the package and its dev tools)"
+  echo "== installing torch 2.13.0 (${OIALR_TORCH_INDEX:-from the configured pip indexes}), the package and its dev tools"
   "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q -c "$ROOT/launch/constraints.txt" torch torchvision
+  TORCH_INDEX=()
+  [ -n "${OIALR_TORCH_INDEX:-}" ] && TORCH_INDEX=(--index-url "$OIALR_TORCH_INDEX")
+  "$VENV/bin/python" -m pip install -q ${TORCH_INDEX[@]+"${TORCH_INDEX[@]}"} -c "$ROOT/launch/constraints.txt" torch torchvision
   "$VENV/bin/python" -m pip install -q -c "$ROOT/launch/constraints.txt" -e "$ROOT[dev,mpich]"
   echo "$WANT" > "$STAMP"
 fi

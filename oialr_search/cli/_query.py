@@ -87,6 +87,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                             for m, b in study.constraints.items())
     print(f"study {study.name}  ({study.backend}, {_objectives_text(study)}, pruner {pruner}, budget {study.budget}"
           f"{', constraints: ' + constraints if constraints else ''})")
+    if study.space.get("overrides"):
+        print(f"overrides: {'; '.join(study.space['overrides'])}")
     print(f"trials: {counts.get(COMPLETE, 0)} complete, {counts.get(RUNNING, 0)} running, {counts.get(PRUNED, 0)} "
           f"pruned, {counts.get(FAILED, 0)} failed, {counts.get(INTERRUPTED, 0)} interrupted")
     print(f"elapsed: {elapsed:.0f}s")

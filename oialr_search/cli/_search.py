@@ -20,7 +20,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     _check(args)
     space = load_space(args.space)
     return run_search(SearchRequest(study=args.study, storage=args.storage or default_storage(), space=space,
-                                    backend=args.backend, budget=args.budget, seed=args.seed))
+                                    backend=args.backend, budget=args.budget, seed=args.seed,
+                                    overrides=tuple(args.set), ranks_per_trial=args.ranks_per_trial))
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -31,7 +32,14 @@ def cmd_resume(args: argparse.Namespace) -> int:
     storage = args.storage or default_storage()
     Store(storage, create=False).get_study(args.study)  # a clear error for an unknown study
     return run_search(SearchRequest(study=args.study, storage=storage, space=None, backend=args.backend,
-                                    budget=args.budget, seed=args.seed))
+                                    budget=args.budget, seed=args.seed, overrides=tuple(args.set),
+                                    ranks_per_trial=args.ranks_per_trial))
+
+
+def _add_ranks_per_trial(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ranks-per-trial", type=int, default=1, metavar="K",
+                   help="train every trial with DistributedDataParallel over K consecutive ranks of one node "
+                        "(one GPU each); train.batch_size stays the global batch (default 1)")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -43,6 +51,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="auto: Propulate with 2+ MPI ranks, else Optuna; random: uniform random search (a baseline)")
     p.add_argument("--budget", type=int, default=None, help="finished trials to reach (default 20)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the space's base config (not a searched one), value parsed as YAML, e.g. "
+                        "--set data.path=/scratch/cifar-10-batches-py (repeatable); stored with the study")
+    _add_ranks_per_trial(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("resume", help="continue a stored study (same as run with its stored space)")
@@ -51,4 +63,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", choices=("auto", "propulate", "optuna", "random"), default="auto")
     p.add_argument("--budget", type=int, default=None, help="new total budget (default: the stored one)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="change or add an override of a non-searched base-config key, e.g. a moved data.path "
+                        "(repeatable); merged into the study's stored overrides, later wins")
+    _add_ranks_per_trial(p)
     p.set_defaults(func=cmd_resume)

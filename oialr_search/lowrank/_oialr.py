@@ -85,6 +85,15 @@ class OIALR:
         self.records: list[UpdateRecord] = []
 
     # -- schedule ------------------------------------------------------------------------------
+    def event_due(self, step: int) -> bool:
+        """Whether ``before_step(step)`` will switch or update (no side effects)."""
+        if not self.config.enabled:
+            return False
+        if not self.converted:
+            return step >= self.delay
+        since = step - self.delay
+        return since > 0 and since % self.config.update_frequency == 0
+
     def before_step(self, step: int) -> UpdateRecord | None:
         """Run whatever OIALR event falls on ``step`` (switch or basis update) and return its record."""
         if not self.config.enabled:

@@ -1,13 +1,13 @@
 """Hyperparameter search: spaces, objectives, pruners, the trial objective, device placement,
 backends, the runner and the queries over a study's results."""
 
-from ._devices import Placement, place
+from ._devices import Placement, place, threads_for
 from ._front import pareto_front, pick
 from ._objective import TrialOutcome, run_trial
 from ._objectives import METRICS, Constraint, Objective, Scored, score
 from ._pareto import Condition, PickError, dominates, hypervolume, non_dominated, parse_pick
 from ._runner import BACKENDS, SearchRequest, run_search
-from ._space import Dimension, SearchSpace, SpaceError, load_space
+from ._space import Dimension, OverrideError, SearchSpace, SpaceError, load_space, merge_overrides
 from .pruners import ASHAPruner, BasePruner, MedianPruner, NopPruner, create_pruner
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "MedianPruner",
     "NopPruner",
     "Objective",
+    "OverrideError",
     "PickError",
     "Placement",
     "Scored",
@@ -32,6 +33,7 @@ __all__ = [
     "dominates",
     "hypervolume",
     "load_space",
+    "merge_overrides",
     "non_dominated",
     "pareto_front",
     "parse_pick",
@@ -40,4 +42,5 @@ __all__ = [
     "run_search",
     "run_trial",
     "score",
+    "threads_for",
 ]

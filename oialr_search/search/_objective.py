@@ -16,6 +16,7 @@ from typing import Any
 
 from ..storage import COMPLETE, FAILED, PRUNED
 from ..training import DataBundle, Trainer, config_from_dict, load_data
+from ..training._distributed import TrialGroup
 from ._space import SearchSpace
 
 # report(epoch record as a dict) -> whether the trial goes on; the runner stores it and asks the pruner.
@@ -39,6 +40,20 @@ class TrialOutcome:
     trajectory: list[dict] | None = None
     error: str | None = None
     seconds: float = 0.0
+    device_lost: bool = False  # a CUDA error poisoned this process's context: it can train nothing more
+
+
+# What a CUDA error that poisons the process's context says: after one of these every later kernel
+# fails too, so the rank must stop taking trials instead of failing each one instantly.
+_FATAL_CUDA = ("device-side assert", "illegal memory access", "illegal instruction", "unspecified launch failure",
+               "misaligned address", "cudaErrorLaunchFailure", "CUBLAS_STATUS_EXECUTION_FAILED",
+               "uncorrectable ECC error")
+
+
+def device_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` is a CUDA error after which this process's CUDA context is unusable."""
+    text = str(exc)
+    return any(marker in text for marker in _FATAL_CUDA)
 
 
 @contextlib.contextmanager
@@ -70,11 +85,12 @@ def _data_for(config) -> DataBundle:  # noqa: ANN001
 
 
 def run_trial(space: SearchSpace, params: dict[str, Any], *, device: str = "auto", threads: int = 0,
-              report: Report | None = None) -> TrialOutcome:
+              report: Report | None = None, group: TrialGroup | None = None) -> TrialOutcome:
     """Train the trial's config and return its outcome; never raises (but KeyboardInterrupt).
 
     ``report`` receives every epoch as it ends; when it answers False the trial stops there and is
-    PRUNED with the metrics of its last epoch.
+    PRUNED with the metrics of its last epoch. ``group``: the ranks that train this trial together
+    (every one of them calls this with the same params).
     """
     start = time.perf_counter()
     on_epoch = (lambda record: report(asdict(record))) if report is not None else None
@@ -83,7 +99,7 @@ def run_trial(space: SearchSpace, params: dict[str, Any], *, device: str = "auto
             data = space.trial_config(params, threads=threads)
             data["train"]["device"] = device
             config = config_from_dict(data)
-            result = Trainer(config, log=None, data=_data_for(config)).fit(on_epoch=on_epoch)
+            result = Trainer(config, log=None, data=_data_for(config), group=group).fit(on_epoch=on_epoch)
         metrics = result.to_dict()
         epochs = metrics.pop("epochs")
         trajectory = metrics.pop("oialr_updates")
@@ -96,4 +112,4 @@ def run_trial(space: SearchSpace, params: dict[str, Any], *, device: str = "auto
     except BaseException as exc:  # noqa: BLE001 - see the module docstring
         tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
         return TrialOutcome(FAILED, error=f"{type(exc).__name__}: {exc}\n{''.join(tb[-4:])}",
-                            seconds=time.perf_counter() - start)
+                            seconds=time.perf_counter() - start, device_lost=device_lost(exc))

@@ -35,8 +35,11 @@ from ..storage import COMPLETE, PRUNED, Store, Study
 from ._objectives import Scored, minimize_sense, objectives_from
 from ._scalarization import RescoringPropagator, attach
 from ._space import SearchSpace
+from ._workers import Workers
 
-RunTrial = Callable[[dict, int | None], Scored]  # (params, island) -> the stored outcome
+# (params, island) -> the stored outcome; None when nothing was stored (a follower rank of a
+# multi-rank trial, or a rank whose device was lost)
+RunTrial = Callable[[dict, int | None], Scored | None]
 
 
 def island_sizes(workers: int) -> list[int]:
@@ -108,36 +111,42 @@ def rebuild_checkpoints(store: Store, study: Study, space: SearchSpace, folder: 
 
 
 def run_propulate(*, comm, space: SearchSpace, store: Store, study: Study, folder: Path, generations: int,  # noqa: ANN001
-                  seed: int, evaluate: RunTrial, first: dict | None = None,
+                  seed: int, evaluate: RunTrial, workers: Workers | None = None, first: dict | None = None,
                   ready: Callable[[], None] | None = None) -> None:
     """Run this rank's share (``generations`` evaluations) of the search. Collective.
 
-    ``first``: parameters this rank evaluates instead of its first proposal (the run config's own
-    values, so a fresh search starts from a known-good point; its traits become the individual's).
+    ``workers``: the ranks in groups that train one trial each (Propulate's ``ranks_per_worker``);
+    the islands are made of workers. ``first``: parameters this rank evaluates instead of its first
+    proposal (the run config's own values, so a fresh search starts from a known-good point; its
+    traits become the individual's).
     """
     from propulate import Islands
     from propulate.propagators import SelectMin, SelectUniform
     from propulate.utils import get_default_propagator
 
     logging.getLogger("propulate").setLevel(logging.WARNING)
-    sizes = island_sizes(comm.Get_size())
-    island, _ = island_of(comm.Get_rank(), sizes)
-    rng = random.Random(seed * 7919 + comm.Get_rank())
-    np.random.seed((seed * 7919 + comm.Get_rank()) % 2**32)
+    worker, n_workers, k = (workers.worker, workers.workers, workers.k) if workers else \
+        (comm.Get_rank(), comm.Get_size(), 1)
+    sizes = island_sizes(n_workers)
+    island, _ = island_of(worker, sizes)
+    rng = random.Random(seed * 7919 + worker)
+    np.random.seed((seed * 7919 + worker) % 2**32)
     limits = limits_of(space)
     propagator = RescoringPropagator(
-        get_default_propagator(pop_size=max(4, 2 * comm.Get_size()), limits=limits, rng=rng),
-        n_objectives=len(space.objectives), rank=comm.Get_rank(), world_size=comm.Get_size())
+        get_default_propagator(pop_size=max(4, 2 * n_workers), limits=limits, rng=rng),
+        n_objectives=len(space.objectives), rank=worker, world_size=n_workers)
 
     pending = [first] if first else []
 
-    def loss_fn(individual) -> float:  # noqa: ANN001
+    def loss_fn(individual, _worker_comm=None) -> float:  # noqa: ANN001 - Propulate passes it when k > 1
         try:
             if pending:
                 for i, d in enumerate(space.dimensions):
                     individual[f"p{i}"] = type(limits[f"p{i}"][0])(d.encode(pending[0][d.key]))
                 pending.clear()
             scored = evaluate(decode(space, individual), island)
+            if scored is None:
+                return attach(individual, None, "FAILED")
             return attach(individual, scored.minimized(space.objectives), scored.state, scored.feasible)
         except BaseException as exc:  # noqa: BLE001 - an exception here would hang the other ranks
             print(f"[rank {comm.Get_rank()}] trial bookkeeping failed: {type(exc).__name__}: {exc}", flush=True)
@@ -146,7 +155,7 @@ def run_propulate(*, comm, space: SearchSpace, store: Store, study: Study, folde
     with contextlib.redirect_stdout(io.StringIO()):  # Propulate prints a banner
         islands = Islands(loss_fn, propagator, rng, generations=generations, num_islands=len(sizes),
                           island_sizes=np.array(sizes), migration_probability=0.9 if len(sizes) > 1 else 0.0,
-                          pollination=False, checkpoint_path=folder,
+                          pollination=False, checkpoint_path=folder, ranks_per_worker=k,
                           # emigrants chosen by the working loss would be the best on the first objective
                           # only, stripping each island of one end of its front
                           emigration_propagator=SelectMin if len(space.objectives) == 1 else SelectUniform)

@@ -18,7 +18,8 @@ from ._devices import place
 from ._objective import TrialOutcome, run_trial
 from ._objectives import Scored, score
 from ._reporter import EpochReporter
-from ._space import SearchSpace
+from ._space import SearchSpace, merge_overrides, same_overrides
+from ._workers import Workers, check_ranks_per_trial, split_workers
 
 Objective = Callable[..., TrialOutcome]
 
@@ -34,6 +35,8 @@ class SearchRequest:
     backend: str = "auto"
     budget: int | None = None
     seed: int = 0
+    overrides: tuple[str, ...] = ()  # --set key=value on the base config; on resume merged into the stored ones
+    ranks_per_trial: int = 1  # ranks that train one trial together (DistributedDataParallel)
 
 
 def _world():
@@ -61,22 +64,44 @@ def checkpoint_folder(storage: str, study: str) -> Path:
     return Path("oialr_search_checkpoints") / study
 
 
+def _shown_overrides(items: tuple[str, ...] | list[str]) -> str:
+    return " ".join(f"--set {item}" for item in items) or "no --set"
+
+
 def _prepare(req: SearchRequest, world_size: int) -> tuple[Study, str, int, int, SearchSpace]:
-    """Rank 0: open storage, create or load the study, mark interrupted trials, pick the backend."""
+    """Rank 0: open storage, create or load the study, mark interrupted trials, pick the backend.
+
+    Every check of the user's input comes before the first write (bad ``--set`` even before the
+    storage is opened), so a refused command changes nothing."""
+    check_ranks_per_trial(req.ranks_per_trial, world_size)
+    space = req.space.with_overrides(req.overrides) if req.space is not None and req.overrides else req.space
     store = Store(req.storage)
     existing = store.find_study(req.study)
-    if req.space is None:
+    new_overrides = False
+    if space is None:
         existing = existing or store.get_study(req.study)  # raises StudyNotFound with the known names
         space = SearchSpace.from_dict(existing.space)
-    else:
-        space = req.space
-        if existing is not None and existing.space.get("raw") != space.to_dict()["raw"]:
+        if req.overrides:  # resume --set: merged into the stored overrides, later wins
+            stored = space.overrides
+            space = space.with_overrides(merge_overrides(stored, req.overrides))
+            new_overrides = not same_overrides(stored, space.overrides)
+    elif existing is not None:
+        if existing.space.get("raw") != space.to_dict()["raw"]:
             raise OIALRSearchError(f"study {req.study!r} already exists with a different search space; "
                                    f"continue it with 'oialr-search resume --study {req.study}' or pick a new name")
+        stored = existing.space.get("overrides") or []
+        if not same_overrides(stored, space.overrides):
+            raise OIALRSearchError(f"study {req.study!r} was run with {_shown_overrides(stored)}, not "
+                                   f"{_shown_overrides(space.overrides)}; continue it with 'oialr-search resume "
+                                   f"--study {req.study}' (change a non-searched key there with --set) or pick a new "
+                                   f"name")
     wanted = req.backend if req.backend != "auto" else (existing.backend if existing else "propulate")
     backend = wanted
-    if backend == "propulate" and (world_size < 2 or not propulate_available()):
-        why = "one process (launch with mpiexec -n 2 or more)" if world_size < 2 else "propulate is not importable"
+    workers = world_size // req.ranks_per_trial
+    if backend == "propulate" and (workers < 2 or not propulate_available()):
+        why = "propulate is not importable" if workers >= 2 else \
+            "one worker (launch with mpiexec -n 2 or more)" if req.ranks_per_trial == 1 else \
+            f"one worker of {req.ranks_per_trial} ranks (launch {2 * req.ranks_per_trial} ranks or more)"
         print(f"backend: Propulate cannot run here ({why}); using the Optuna fallback", flush=True)
         backend = "optuna"
     if existing is None:
@@ -87,6 +112,10 @@ def _prepare(req: SearchRequest, world_size: int) -> tuple[Study, str, int, int,
                                    constraints={c.metric: c.to_dict() for c in space.constraints})
     else:
         study = existing
+    if new_overrides:
+        store.update_study(req.study, space=space.to_dict())
+        study = dataclasses.replace(study, space=space.to_dict())
+        print(f"resume: the base config is now overridden by {_shown_overrides(space.overrides)}", flush=True)
     budget = req.budget or study.budget
     if budget != study.budget:
         store.update_study(req.study, budget=budget)
@@ -145,6 +174,21 @@ class _Progress:
               flush=True)
 
 
+def _shared(reporter: EpochReporter, workers: Workers) -> Callable[[dict], bool]:
+    """A group leader's epoch report: the pruner's keep/stop decision goes to the followers too; if
+    storing the epoch fails they are told to stop, so every rank leaves the trial at the same epoch."""
+
+    def report(record: dict) -> bool:
+        try:
+            keep = reporter(record)
+        except BaseException:
+            workers.send(False)
+            raise
+        return workers.send(keep)
+
+    return report
+
+
 def _once(fn: Callable[[], None] | None) -> Callable[[], None]:
     done = []
 
@@ -160,10 +204,11 @@ def run_search(req: SearchRequest, *, objective: Objective = run_trial, quiet: b
                ready: Callable[[], None] | None = None) -> int:
     """Run (or resume) a search on every rank of MPI.COMM_WORLD. Returns the exit code.
 
-    ``objective(space, params, device=, threads=, report=) -> TrialOutcome`` trains one trial; the
-    default trains the run config. The benchmark injects fixed-cost objectives to measure the service,
-    and ``ready()``, called on every rank once the set-up is done (storage, placement, the backend
-    built) and before the first proposal, to start its clock where plain Propulate's starts.
+    ``objective(space, params, device=, threads=, report=[, group=]) -> TrialOutcome`` trains one
+    trial (``group`` only with ``ranks_per_trial`` > 1); the default trains the run config. The
+    benchmark injects fixed-cost objectives to measure the service, and ``ready()``, called on every
+    rank once the set-up is done (storage, placement, the backend built) and before the first
+    proposal, to start its clock where plain Propulate's starts.
     """
     ready = _once(ready)
     comm = _world()
@@ -185,27 +230,45 @@ def run_search(req: SearchRequest, *, objective: Objective = run_trial, quiet: b
     study, backend, budget, finished, space = prepared
     store = Store(req.storage, create=False)
     placement = place(comm if size > 1 else None)
+    workers = split_workers(comm, req.ranks_per_trial, placement.device)
+    device = placement.device if workers.k == 1 else f"{placement.device} +{workers.k - 1}"  # the leader's, +K-1
+    group = {"group": workers.group} if workers.group is not None else {}  # custom objectives need not know it
+    lost: list[str] = []  # set once a CUDA error poisoned this rank's device
     progress = _Progress(store, study, space, budget) if rank == 0 and not quiet else None
     if progress:
         objectives = ", ".join(f"{o.direction} {o.metric}" for o in space.objectives)
-        print(f"study {study.name!r}: {backend} on {size} rank(s), {finished}/{budget} trials finished, "
+        ranks = f"{size} rank(s)" if workers.k == 1 else f"{workers.workers} worker(s) of {workers.k} ranks"
+        print(f"study {study.name!r}: {backend} on {ranks}, {finished}/{budget} trials finished, "
               f"objective{'s' if len(space.objectives) > 1 else ''} {objectives}, pruner {space.pruner.name}; "
               f"rank 0 on {placement.device} with {placement.threads} thread(s)", flush=True)
+        if space.overrides:
+            print(f"base config overridden by {_shown_overrides(space.overrides)}", flush=True)
 
     def evaluate(params: dict, island: int | None, limit: int | None = None) -> tuple[Trial, Scored, dict] | None:
-        """Claim a slot, train (reporting every epoch), store; None once ``limit`` trials exist."""
+        """Claim a slot, train (reporting every epoch), store; None once ``limit`` trials exist or
+        when this rank's device was lost. A group's leader also tells its followers what to train."""
+        if lost:
+            workers.send(None)
+            return None
         try:
             config = space.trial_config(params, threads=placement.threads)
         except ConfigError:
             config = None  # an invalid combination: run_trial stores the trial FAILED with the reason
-        trial = store.start_trial(study, params=params, rank=rank, island=island, device=placement.device,
-                                  config=config, limit=limit)
+        try:
+            trial = store.start_trial(study, params=params, rank=rank, island=island, device=device,
+                                      config=config, limit=limit)
+        except BaseException:
+            workers.send(None)  # the followers must not wait for a trial that never starts
+            raise
+        workers.send(params if trial is not None else None)
         if trial is None:
             return None
         reporter = EpochReporter(store=store, study=study, trial_id=trial.id, objectives=space.objectives,
                                  pruner=space.pruner, max_epochs=(config or {}).get("train", {}).get("epochs", 0))
+        report = reporter if workers.group is None else _shared(reporter, workers)
         try:
-            outcome = objective(space, params, device=placement.device, threads=placement.threads, report=reporter)
+            outcome = objective(space, params, device=placement.device, threads=placement.threads, report=report,
+                                **group)
         except BaseException:  # interrupted: keep the epochs it reached
             with contextlib.suppress(Exception):
                 reporter.flush()
@@ -222,7 +285,17 @@ def run_search(req: SearchRequest, *, objective: Objective = run_trial, quiet: b
             store.finish_trial(trial.id, state=FAILED, error=scored.error)
         if progress:
             progress.trial(trial, scored, outcome.seconds, reporter.pruned_at)
+        if outcome.device_lost:
+            lost.append(placement.device)
+            print(f"[rank {rank}] {placement.device} is unusable after trial {trial.number} "
+                  f"({(scored.error or '').splitlines()[0]}): this rank takes no more trials; resume the study in a "
+                  f"new job to use it again", file=sys.stderr, flush=True)
         return trial, scored, outcome.metrics
+
+    def follow() -> bool:
+        """A follower rank: train the leader's next trial with it; False when there is none."""
+        return workers.follow(lambda params, report: objective(space, params, device=placement.device,
+                                                               threads=placement.threads, report=report, **group))
 
     remaining = max(0, budget - finished)
     start = [space.start_params()] if finished == 0 and backend != "random" and space.start_params() else []
@@ -231,22 +304,34 @@ def run_search(req: SearchRequest, *, objective: Objective = run_trial, quiet: b
 
         folder = checkpoint_folder(req.storage, study.name)
         if rank == 0:
-            seeded = rebuild_checkpoints(store, study, space, folder, size)
+            seeded = rebuild_checkpoints(store, study, space, folder, workers.workers)
             if seeded:
                 print(f"propulate: population rebuilt from {seeded} stored trial(s)", flush=True)
         comm.Barrier()
-        generations = math.ceil(remaining / size)
+        generations = math.ceil(remaining / workers.workers)
         if generations:
+
+            def propulate_evaluate(params: dict, island: int | None) -> Scored | None:
+                if not workers.leader:
+                    follow()
+                    return None
+                result = evaluate(params, island)
+                return result[1] if result is not None else None
+
             run_propulate(comm=comm, space=space, store=store, study=study, folder=folder, generations=generations,
-                          seed=req.seed + finished, evaluate=lambda p, isl: evaluate(p, isl)[1],
+                          seed=req.seed + finished, evaluate=propulate_evaluate, workers=workers,
                           first=start[0] if start and rank == 0 else None, ready=ready)
-    else:
+    elif workers.leader:
         from ._optuna_backend import run_optuna
 
         run_space = space if backend == "optuna" else dataclasses.replace(space, sampler={"type": "random"})
-        run_optuna(space=run_space, store=store, study=study, seed=req.seed + finished, rank=rank,
+        run_optuna(space=run_space, store=store, study=study, seed=req.seed + finished, rank=workers.worker,
                    evaluate=lambda p: evaluate(p, None, limit=budget), enqueue=start if rank == 0 else (),
                    ready=ready)
+    else:
+        ready()
+        while follow():
+            pass
     ready()  # on ranks that had nothing left to run
     if comm is not None and size > 1:
         comm.Barrier()

@@ -14,20 +14,24 @@ A space file (YAML)::
       oialr.beta: {type: float, low: 0.02, high: 0.5, log: true}
       oialr.update_frequency: {type: int, low: 10, high: 200}
       model.kwargs.mlp_ratio: {type: categorical, choices: [2.0, 4.0]}
+
+``run``/``resume --set key=value`` overrides the base on top of ``set`` (:meth:`SearchSpace.with_overrides`);
+the overrides are stored with the study in :meth:`SearchSpace.to_dict`.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ..exceptions import ConfigError, OIALRSearchError
-from ..training import CONFIG_DIR, apply_values, config_from_dict, config_to_dict, read_yaml
+from ..training import CONFIG_DIR, apply_overrides, apply_values, config_from_dict, config_to_dict, read_yaml
 from ._objectives import METRICS, Constraint, Objective
 from .pruners import BasePruner, create_pruner
 
@@ -36,8 +40,18 @@ TOP_KEYS = ("base", "set", "objective", "objectives", "constraints", "pruner", "
             "description")
 
 
+# Keys the search sets for every rank and trial itself (see SearchSpace.trial_config and run_trial).
+PLACED_KEYS = {"train.threads": "OMP_NUM_THREADS, SLURM_CPUS_PER_TASK or the rank's cores",
+               "train.device": "the rank's GPU, else the CPU"}
+
+
 class SpaceError(OIALRSearchError):
     """A search space file is malformed; the message names the file and the key."""
+
+
+class OverrideError(OIALRSearchError):
+    """A ``--set key=value`` override of a search's base config is malformed, names an unknown key,
+    makes the config invalid or overrides a key the search sets itself; the message starts with ``--set``."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +104,8 @@ class SearchSpace:
     sampler: dict = field(default_factory=lambda: {"type": "tpe"})
     trial_timeout: float | None = None
     raw: dict = field(default_factory=dict)
+    overrides: tuple[str, ...] = ()  # "key=value" items (run/resume --set), applied to the base after `set`
+    space_base: dict | None = None  # the base before the overrides (None: there are none)
 
     @property
     def metric(self) -> str:
@@ -136,12 +152,65 @@ class SearchSpace:
         data["train"] = {**data.get("train", {}), "threads": threads}
         return config_to_dict(config_from_dict(data))
 
+    def with_overrides(self, overrides: Sequence[str]) -> SearchSpace:
+        """This space with its base overridden by ``overrides`` ("key=value", values parsed as YAML
+        like ``train --set``), replacing the overrides it had. Raises :class:`OverrideError` for a
+        malformed item, an unknown key, an invalid resulting config, or a key the space searches."""
+        base = self.space_base if self.space_base is not None else self.base
+        return _parse(self.raw, Path(self.path), base=base, overrides=overrides)
+
     def to_dict(self) -> dict:
-        return {"path": self.path, "raw": self.raw, "base": self.base}
+        """What a study stores: the space file's content, its resolved base (overrides applied) and,
+        when there are overrides, them and the base before them."""
+        data = {"path": self.path, "raw": self.raw, "base": self.base}
+        if self.overrides:
+            data.update(overrides=list(self.overrides), space_base=self.space_base)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> SearchSpace:
-        return _parse(data["raw"], Path(data["path"]), base=data["base"])
+        overrides = tuple(data.get("overrides") or ())
+        base = data.get("space_base", data["base"]) if overrides else data["base"]
+        return _parse(data["raw"], Path(data["path"]), base=base, overrides=overrides)
+
+
+def _split(item: str) -> tuple[str, str]:
+    """(key, raw value) of one ``key=value`` override, checked with the train command's parser."""
+    try:
+        apply_overrides({}, [item])
+    except ConfigError as exc:
+        message = str(exc)
+        raise OverrideError(message if message.startswith("--set") else f"--set {message}") from None
+    key, _, raw = item.partition("=")
+    return key.strip(), raw.strip()
+
+
+def merge_overrides(old: Sequence[str], new: Sequence[str]) -> tuple[str, ...]:
+    """``old`` then ``new`` "key=value" items, with keys normalized; a key given again drops its
+    earlier item (the later one wins). Raises :class:`OverrideError` for a malformed item."""
+    merged: dict[str, str] = {}
+    for item in (*old, *new):
+        key, raw = _split(item)
+        merged.pop(key, None)
+        merged[key] = f"{key}={raw}"
+    return tuple(merged.values())
+
+
+def same_overrides(a: Sequence[str], b: Sequence[str]) -> bool:
+    """Whether two lists of overrides set the same keys to the same (YAML) values."""
+    return apply_overrides({}, list(a)) == apply_overrides({}, list(b))
+
+
+def _check_override_keys(items: Sequence[str], dims: list[Dimension]) -> None:
+    for item in items:
+        key = item.partition("=")[0]
+        for d in dims:
+            if key == d.key or key.startswith(f"{d.key}.") or d.key.startswith(f"{key}."):
+                raise OverrideError(f"--set {key}: {d.key} is searched (params: in the space); change its range in "
+                                    f"the space instead of overriding it")
+        if key in PLACED_KEYS:
+            raise OverrideError(f"--set {key}: the search sets it for every rank ({PLACED_KEYS[key]}); "
+                                f"drop this --set")
 
 
 def _err(path: Path, key: str, message: str) -> SpaceError:
@@ -290,7 +359,7 @@ def _sampler(path: Path, spec: Any) -> dict:
     return dict(spec)
 
 
-def _parse(raw: Any, path: Path, base: dict | None = None) -> SearchSpace:
+def _parse(raw: Any, path: Path, base: dict | None = None, overrides: Sequence[str] = ()) -> SearchSpace:
     if not isinstance(raw, dict):
         raise SpaceError(f"{path}: expected a mapping with base, set, objective and params")
     unknown = set(raw) - set(TOP_KEYS)
@@ -317,14 +386,30 @@ def _parse(raw: Any, path: Path, base: dict | None = None) -> SearchSpace:
         raise _err(path, "params", "expected a non-empty mapping of config keys to dimensions")
     dims = [_dimension(path, str(k), v) for k, v in params.items()]
     space = SearchSpace(str(path), base_cfg, dims, objectives, constraints, pruner, sampler, timeout, raw)
-    # Every dimension must name a real config key with valid values: check both ends.
-    for d in dims:
+    _check_dimensions(space, lambda key, message: _err(path, key, message))
+    items = merge_overrides((), overrides)
+    if not items:
+        return space
+    _check_override_keys(items, dims)
+    try:
+        overridden = apply_overrides(base_cfg, list(items))
+        config_from_dict(overridden)
+    except ConfigError as exc:
+        raise OverrideError(f"--set {exc}") from None
+    space = replace(space, base=overridden, overrides=items, space_base=base_cfg)
+    shown = " ".join(f"--set {item}" for item in items)
+    _check_dimensions(space, lambda key, message: OverrideError(f"{shown}: makes {key} invalid: {message}"))
+    return space
+
+
+def _check_dimensions(space: SearchSpace, error: Callable[[str, str], Exception]) -> None:
+    """Every dimension must name a real config key with valid values: check both ends."""
+    for d in space.dimensions:
         for value in (d.choices if d.kind == "categorical" else (d.low, d.high)):
             try:
                 config_from_dict(space.config_for({d.key: value}))
             except ConfigError as exc:
-                raise _err(path, f"params.{d.key}", f"value {value!r} is not valid: {exc}") from None
-    return space
+                raise error(f"params.{d.key}", f"value {value!r} is not valid: {exc}") from None
 
 
 def load_space(path: str | Path) -> SearchSpace:

@@ -1,5 +1,6 @@
 """Training: run config, data, models, lr schedules and the trainer loop."""
 
+from ._augment import AugmentConfig, build_batch_ops
 from ._bundled import CONFIG_DIR, bundled_configs, resolve_config_path
 from ._checkpoint import load_checkpoint, save_checkpoint
 from ._config import DataConfig, ModelConfig, OptimConfig, RunConfig, ScheduleConfig, TrainConfig
@@ -13,12 +14,13 @@ from ._config_io import (
     read_yaml,
     save_config,
 )
-from ._data import DATASETS, BatchIterator, DataBundle, load_data
+from ._data import DATASETS, BatchIterator, DataBundle, Loading, load_data, loading_for
 from ._lr import lr_at, steps_from, trainable_coupling
 from ._models import create_model, model_names, register_model
 from ._trainer import EpochCallback, EpochRecord, Trainer, TrainingDiverged, TrainResult, train
 
 __all__ = [
+    "AugmentConfig",
     "CONFIG_DIR",
     "bundled_configs",
     "resolve_config_path",
@@ -28,6 +30,7 @@ __all__ = [
     "DataConfig",
     "EpochCallback",
     "EpochRecord",
+    "Loading",
     "ModelConfig",
     "OptimConfig",
     "RunConfig",
@@ -38,6 +41,7 @@ __all__ = [
     "TrainingDiverged",
     "apply_overrides",
     "apply_values",
+    "build_batch_ops",
     "config_from_dict",
     "config_to_dict",
     "create_model",
@@ -45,6 +49,7 @@ __all__ = [
     "load_checkpoint",
     "load_config",
     "load_data",
+    "loading_for",
     "lr_at",
     "model_names",
     "read_yaml",

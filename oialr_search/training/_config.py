@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from ..exceptions import ConfigError
 from ..lowrank import OIALRConfig
+from ._augment import AugmentConfig
 
 
 @dataclass
@@ -27,28 +28,51 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """``name``: mnist | digits (embedded, no download) | cifar10 | imagefolder (read from ``path``)."""
+    """``name``: mnist | digits (embedded, no download) | cifar10 | imagefolder (read from ``path``).
+
+    ``augment``: the augmentation section (see :class:`AugmentConfig`); ``true``/``false`` still mean
+    what they meant before it existed (random shift + flip / none). ``num_workers``: DataLoader worker
+    processes for data read per item (ImageFolder, or in-memory sets under timm's per-image transforms);
+    null or -1 = auto: 0 on the embedded sets, else the rank's torch threads minus one (its CPU share),
+    at most 16. ``on_device``: keep the data sets held as tensors on the CUDA device and index them
+    there; null = auto, when they take at most 1 GiB.
+    """
 
     name: str = "mnist"
     path: str | None = None
     val_fraction: float = 0.1
     img_size: int | None = None
-    augment: bool = False
-    num_workers: int = 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig.off)
+    num_workers: int | None = None
+    on_device: bool | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.augment, AugmentConfig):  # DataConfig(augment=True) in Python
+            self.augment = AugmentConfig(**AugmentConfig.from_shorthand(self.augment, "data.augment"))
 
     def validate(self, prefix: str = "data") -> None:
         from ._data import DATASETS
 
         if self.name not in DATASETS:
             raise ConfigError(f"{prefix}.name: unknown data set {self.name!r}; choose one of {', '.join(DATASETS)}")
-        if DATASETS[self.name].needs_path and not self.path:
+        spec = DATASETS[self.name]
+        if spec.needs_path and not self.path:
             raise ConfigError(f"{prefix}.path: data set {self.name!r} is read from disk; set data.path")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"{prefix}.val_fraction: must be in (0, 1), got {self.val_fraction}")
         if self.img_size is not None and self.img_size < 1:
             raise ConfigError(f"{prefix}.img_size: must be a positive number of pixels, got {self.img_size}")
-        if self.num_workers < 0:
-            raise ConfigError(f"{prefix}.num_workers: must be >= 0, got {self.num_workers}")
+        if self.num_workers is not None and self.num_workers < -1:
+            raise ConfigError(f"{prefix}.num_workers: must be >= 0, or -1 or null for auto, got {self.num_workers}")
+        if self.on_device and not spec.in_memory:
+            raise ConfigError(f"{prefix}.on_device: {self.name} is read from files image by image; only mnist, "
+                              "digits and cifar10 are held in memory")
+        self.augment.validate(f"{prefix}.augment")
+        if self.augment.enabled and self.augment.pipeline == "shift" and spec.in_memory:
+            ignored = self.augment.tensor_path_ignores()
+            if ignored:
+                raise ConfigError(f"{prefix}.augment.{ignored[0]}: not applied by the shift pipeline (the tensor "
+                                  f"path of {self.name}); set data.augment.pipeline: timm")
 
 
 @dataclass
@@ -102,9 +126,15 @@ class ScheduleConfig:
             raise ConfigError(f"{prefix}.k_decay: must be > 0, got {self.k_decay}")
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
 @dataclass
 class TrainConfig:
-    """Loop settings. ``device``: auto | cpu | cuda | cuda:N. ``threads`` = 0 leaves torch's default."""
+    """Loop settings. ``device``: auto | cpu | cuda | cuda:N. ``threads`` = 0 leaves torch's default.
+
+    ``precision``: the forward's autocast dtype — auto (bf16 on a CUDA device that supports it, else
+    fp32) | fp32 | bf16 | fp16 (with a loss scaler). Trained tensors stay fp32 either way."""
 
     epochs: int = 10
     batch_size: int = 128
@@ -114,6 +144,7 @@ class TrainConfig:
     grad_clip: float | None = 1.0
     device: str = "auto"
     threads: int = 0
+    precision: str = "auto"
 
     def validate(self, prefix: str = "train") -> None:
         for key in ("epochs", "batch_size", "eval_batch_size"):
@@ -125,6 +156,8 @@ class TrainConfig:
             raise ConfigError(f"{prefix}.grad_clip: must be > 0 or null (off), got {self.grad_clip}")
         if self.threads < 0:
             raise ConfigError(f"{prefix}.threads: must be >= 0, got {self.threads}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"{prefix}.precision: must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"{prefix}.device: must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 

