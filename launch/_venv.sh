@@ -21,7 +21,7 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   TORCH_INDEX=()
   [ -n "${OIALR_TORCH_INDEX:-}" ] && TORCH_INDEX=(--index-url "$OIALR_TORCH_INDEX")
   "$VENV/bin/python" -m pip install -q ${TORCH_INDEX[@]+"${TORCH_INDEX[@]}"} -c "$ROOT/launch/constraints.txt" torch torchvision
-  "$VENV/bin/python" -m pip install -q -c "$ROOT/launch/constraints.txt" -e "$ROOT[dev,mpich]"
+  "$VENV/bin/python" -m pip install -q -c "$ROOT/launch/constraints.txt" -e "$ROOT[dev,mpich,postgres]"
   echo "$WANT" > "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"

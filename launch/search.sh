@@ -10,11 +10,12 @@ shift 2
 RANKS="${1:-}"
 if [ -n "$RANKS" ] && [ "$RANKS" != "--" ]; then shift; fi
 [ "${1:-}" = "--" ] && shift
+PY="${PYTHON:-$ROOT/.venv/bin/python}"
 if [ -z "$RANKS" ] || [ "$RANKS" = "--" ]; then
-  GPUS=$(python3 -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
+  # the venv's Python: the system python3 may have no torch (or another CUDA build) and would count 0 GPUs
+  GPUS=$("$PY" -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
   RANKS=$(( GPUS > 1 ? GPUS : 2 ))
 fi
-PY="${PYTHON:-$ROOT/.venv/bin/python}"
 MPIEXEC="${MPIEXEC:-$(dirname "$PY")/mpiexec}"
 [ -x "$MPIEXEC" ] || MPIEXEC=mpirun
 echo "== $MPIEXEC -n $RANKS: study $STUDY on $SPACE"

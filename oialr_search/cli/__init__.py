@@ -1,6 +1,8 @@
 """The ``oialr-search`` command line.
 
-Exit codes: 0 success, 2 bad input (one line that says what to fix), 1 internal failure.
+Exit codes: 0 success, 2 bad input (one line that says what to fix; also a storage that is unusable: not a
+database, from a newer release, read-only, or a disk that filled up during a search), 1 internal failure,
+130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import sys
 
 from ..exceptions import OIALRSearchError
 from . import _query, _search, _storage, _train
+from ._common import end_mpi_job, interrupted, storage_failed, warn_network_storage
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,13 +28,23 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command in ("run", "resume"):
+            warn_network_storage(args.command, args.storage)
         return args.func(args)
     except OIALRSearchError as exc:
         print(f"oialr-search {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"oialr-search {args.command}: interrupted", file=sys.stderr)
-        return 130
+        # Ctrl-C ends the whole search. Trials that were running stay RUNNING, with the epochs they reported,
+        # for the next job of the study to resume; under MPI every rank ends with this one.
+        return interrupted()
+    except Exception as exc:
+        message = storage_failed(args, exc)  # the disk filled up or turned read-only while it ran
+        if message is None:
+            raise
+        print(f"oialr-search {args.command}: error: {message}", file=sys.stderr, flush=True)
+        end_mpi_job(2)
+        return 2
 
 
 __all__ = ["build_parser", "main"]

@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shlex
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 from ..storage import default_storage
+from ..storage._filesystems import network_storage_warning, sqlite_file
+from ..storage._sqlite import storage_failure
+
+# Where launchers put a process's rank before MPI starts: MPICH/Intel MPI (and srun with PMI), Open MPI,
+# PMIx, SLURM.
+_RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID")
+_RANK_0_GRACE_S = 2.0  # on Ctrl-C, how long the other ranks leave rank 0 to report it and end the job
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -24,3 +36,74 @@ def add_storage(p: argparse.ArgumentParser) -> None:
 def add_study(p: argparse.ArgumentParser) -> None:
     p.add_argument("--study", required=True, help="study name")
     add_storage(p)
+
+
+def launcher_rank() -> int:
+    """This process's rank as its launcher set it (0 without one): known before MPI starts, so one line that
+    every rank would print is printed once."""
+    for name in _RANK_VARIABLES:
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
+def warn_network_storage(command: str, storage: str | None) -> None:
+    """Rank 0 of ``run``/``resume``: one warning line when the SQLite database is on a network filesystem."""
+    if launcher_rank() != 0:
+        return
+    warning = network_storage_warning(storage or default_storage())
+    if warning:
+        print(f"oialr-search {command}: warning: {warning}", file=sys.stderr, flush=True)
+
+
+def storage_failed(args: argparse.Namespace, exc: BaseException) -> str | None:
+    """The one-line error for ``exc`` when it says that the SQLite database became unusable while the command
+    ran (the disk filled up, the file or its mount turned read-only), else None. SQLite rolled the failed write
+    back, so what was stored before is intact; a search is continued with ``resume``."""
+    url = getattr(args, "storage", None) or default_storage()
+    failure = storage_failure(exc, sqlite_file(url))
+    if failure is None:
+        return None
+    message = f"--storage {url}: {failure}"
+    if args.command in ("run", "resume"):
+        message += (f", then continue with: oialr-search resume --study {shlex.quote(args.study)} --storage "
+                    f"{shlex.quote(url)} (the trials stored so far are intact)")
+    return message
+
+
+def _mpi_world() -> Any:  # noqa: ANN401 - mpi4py's communicator, when MPI is running in this process
+    mpi = sys.modules.get("mpi4py.MPI")  # never imported here: a command that did not start MPI has none
+    if mpi is None or not mpi.Is_initialized() or mpi.Is_finalized():
+        return None
+    return mpi.COMM_WORLD
+
+
+def mpi_rank() -> int:
+    world = _mpi_world()
+    return world.Get_rank() if world is not None else launcher_rank()
+
+
+def interrupted() -> int:
+    """Ctrl-C: one line, and under MPI the end of every rank; returns the exit code (130). The terminal sends
+    SIGINT to every rank: rank 0 says so and ends the job, the others give it a moment first, so the line
+    comes once; they end it themselves if rank 0 is stuck in a collective, where it never sees its SIGINT."""
+    if mpi_rank() != 0:
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C again: stop waiting
+            time.sleep(_RANK_0_GRACE_S)
+    print("oialr-search: interrupted", file=sys.stderr, flush=True)
+    end_mpi_job(130)
+    return 130
+
+
+def end_mpi_job(code: int) -> None:
+    """Under MPI with several ranks, end every rank now with exit code ``code`` (MPI_Abort). A rank that
+    stops on Ctrl-C or a storage failure must not leave the others waiting: one blocked in a collective
+    never sees its own SIGINT, and this rank's MPI_Finalize would wait for it. ``python -m mpi4py`` does
+    the same for any non-zero exit; this covers ranks launched without it."""
+    world = _mpi_world()
+    if world is None or world.Get_size() < 2:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    world.Abort(code)

@@ -21,7 +21,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     space = load_space(args.space)
     return run_search(SearchRequest(study=args.study, storage=args.storage or default_storage(), space=space,
                                     backend=args.backend, budget=args.budget, seed=args.seed,
-                                    overrides=tuple(args.set), ranks_per_trial=args.ranks_per_trial))
+                                    overrides=tuple(args.set), ranks_per_trial=args.ranks_per_trial,
+                                    workdir=args.workdir))
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -33,7 +34,14 @@ def cmd_resume(args: argparse.Namespace) -> int:
     Store(storage, create=False).get_study(args.study)  # a clear error for an unknown study
     return run_search(SearchRequest(study=args.study, storage=storage, space=None, backend=args.backend,
                                     budget=args.budget, seed=args.seed, overrides=tuple(args.set),
-                                    ranks_per_trial=args.ranks_per_trial))
+                                    ranks_per_trial=args.ranks_per_trial, workdir=args.workdir))
+
+
+def _add_job_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workdir", default=None, metavar="DIR",
+                   help="the study's work folder for trial checkpoints, shared by its jobs (default: next to a "
+                        "SQLite file, else ./oialr_search_work); on several nodes, a filesystem all of them see")
+    _add_ranks_per_trial(p)
 
 
 def _add_ranks_per_trial(p: argparse.ArgumentParser) -> None:
@@ -54,7 +62,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of the space's base config (not a searched one), value parsed as YAML, e.g. "
                         "--set data.path=/scratch/cifar-10-batches-py (repeatable); stored with the study")
-    _add_ranks_per_trial(p)
+    _add_job_options(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("resume", help="continue a stored study (same as run with its stored space)")
@@ -66,5 +74,5 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="change or add an override of a non-searched base-config key, e.g. a moved data.path "
                         "(repeatable); merged into the study's stored overrides, later wins")
-    _add_ranks_per_trial(p)
+    _add_job_options(p)
     p.set_defaults(func=cmd_resume)

@@ -19,8 +19,8 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     print(f"upgraded {url}: schema v{before} -> v{after} "
           f"({n['studies']} studies, {n['trials']} trials, {n['epochs']} epochs kept)")
     if n["running"]:  # only with --force
-        print(f"{n['running']} trial(s) left RUNNING by the older release: the next search of their study marks "
-              "them INTERRUPTED")
+        print(f"{n['running']} trial(s) left RUNNING by the older release: the next search of their study resumes "
+              "them (from scratch: that release wrote no trial checkpoints)")
     return 0
 
 

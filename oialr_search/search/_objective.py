@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
-from ..storage import COMPLETE, FAILED, PRUNED
-from ..training import DataBundle, Trainer, config_from_dict, load_data
+from ..exceptions import CheckpointError
+from ..storage import COMPLETE, FAILED, PRUNED, RUNNING
+from ..training import DataBundle, Preempted, Trainer, config_from_dict, load_data
 from ..training._distributed import TrialGroup
 from ._space import SearchSpace
 
@@ -41,6 +44,7 @@ class TrialOutcome:
     error: str | None = None
     seconds: float = 0.0
     device_lost: bool = False  # a CUDA error poisoned this process's context: it can train nothing more
+    preempted: bool = False  # stopped by should_stop and checkpointed: the trial is to be resumed, not stored
 
 
 # What a CUDA error that poisons the process's context says: after one of these every later kernel
@@ -84,28 +88,76 @@ def _data_for(config) -> DataBundle:  # noqa: ANN001
     return _DATA_CACHE[key]
 
 
+def _trainer(config, group: TrialGroup | None, checkpoint: Path | None, resume: bool,  # noqa: ANN001
+             save: bool) -> Trainer:
+    """The trial's Trainer, resumed from ``checkpoint`` when asked and possible."""
+    if checkpoint is not None and resume and checkpoint.exists():
+        try:
+            return Trainer(config, log=None, data=_data_for(config), group=group, checkpoint=checkpoint,
+                           resume=True, save=save)
+        except CheckpointError as exc:
+            print(f"{exc}: the trial restarts from scratch", file=sys.stderr, flush=True)
+            if save:
+                checkpoint.unlink(missing_ok=True)
+    elif checkpoint is not None and resume:
+        print(f"{checkpoint}: no checkpoint; the trial restarts from scratch", file=sys.stderr, flush=True)
+    return Trainer(config, log=None, data=_data_for(config), group=group, checkpoint=checkpoint if save else None)
+
+
+def _replay(trainer: Trainer, on_epoch: Callable | None) -> bool:
+    """Report the epochs a resumed trainer restored (the reporter stores those the dead job had not, and
+    its pruner judges them: a job can die between a checkpoint and the report of its epoch). False when
+    the pruner stops the trial at one of them."""
+    if on_epoch is None:
+        return True
+    return all(on_epoch(record) or record.epoch >= trainer.config.train.epochs for record in list(trainer.history))
+
+
 def run_trial(space: SearchSpace, params: dict[str, Any], *, device: str = "auto", threads: int = 0,
-              report: Report | None = None, group: TrialGroup | None = None) -> TrialOutcome:
+              report: Report | None = None, group: TrialGroup | None = None, config: dict | None = None,
+              checkpoint: Path | None = None, resume: bool = False, save: bool = True,
+              should_stop: Callable[[], bool] | None = None, checkpoint_every: float | None = None) -> TrialOutcome:
     """Train the trial's config and return its outcome; never raises (but KeyboardInterrupt).
 
     ``report`` receives every epoch as it ends; when it answers False the trial stops there and is
     PRUNED with the metrics of its last epoch. ``group``: the ranks that train this trial together
-    (every one of them calls this with the same params).
+    (every one of them calls this with the same params). ``config``: the trial's stored run config
+    (a resumed trial; default: built from ``params``). ``checkpoint``: the trial's checkpoint file,
+    written every epoch (and every ``checkpoint_every`` seconds) when ``save``; with ``resume`` the run
+    continues from it — a missing or unreadable one restarts the trial from scratch, with a message.
+    When ``should_stop()`` says so, the run is checkpointed at the next step boundary and the outcome
+    is ``preempted``.
     """
     start = time.perf_counter()
     on_epoch = (lambda record: report(asdict(record))) if report is not None else None
+    timeout, stop = space.trial_timeout, should_stop
+    if group is not None and timeout:  # no SIGALRM: every rank of the group must stop at the same step
+        deadline = time.monotonic() + timeout
+        stop = (lambda: time.monotonic() > deadline or (should_stop is not None and should_stop()))  # noqa: E731
+        timeout = None
     try:
-        with time_limit(space.trial_timeout):
-            data = space.trial_config(params, threads=threads)
-            data["train"]["device"] = device
-            config = config_from_dict(data)
-            result = Trainer(config, log=None, data=_data_for(config), group=group).fit(on_epoch=on_epoch)
+        with time_limit(timeout):
+            data = dict(config) if config is not None else space.trial_config(params, threads=threads)
+            data["train"] = {**data["train"], "device": device}
+            cfg = config_from_dict(data)
+            trainer = _trainer(cfg, group, checkpoint, resume, save)
+            try:
+                if _replay(trainer, on_epoch):  # the dead job's last epochs, as it would have reported them
+                    result = trainer.fit(on_epoch=on_epoch, should_stop=stop, checkpoint_every=checkpoint_every)
+                else:
+                    result = trainer.result()
+                    result.stopped_early = True
+            except Preempted:
+                if stop is not should_stop and time.monotonic() > deadline:
+                    raise TrialTimeout(f"timeout: the trial ran longer than {space.trial_timeout:g}s") from None
+                return TrialOutcome(RUNNING, epochs=[asdict(e) for e in trainer.history],
+                                    seconds=time.perf_counter() - start, preempted=True)
         metrics = result.to_dict()
         epochs = metrics.pop("epochs")
         trajectory = metrics.pop("oialr_updates")
         state = PRUNED if metrics.pop("stopped_early") else COMPLETE
         return TrialOutcome(state, metrics, epochs, trajectory, None, time.perf_counter() - start)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
         raise
     except TrialTimeout as exc:
         return TrialOutcome(FAILED, error=str(exc), seconds=time.perf_counter() - start)

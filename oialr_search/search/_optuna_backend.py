@@ -77,11 +77,14 @@ def _frozen(t: Trial, dists: dict, space: SearchSpace):  # noqa: ANN202
 
 def run_optuna(*, space: SearchSpace, store: Store, study: Study, seed: int, rank: int,
                evaluate: Callable[[dict], tuple[Trial, Scored, dict | None] | None],
-               enqueue: Sequence[dict] = (), ready: Callable[[], None] | None = None) -> None:
+               resume: Callable[[], bool] | None = None, enqueue: Sequence[dict] = (),
+               ready: Callable[[], None] | None = None) -> None:
     """Ask, evaluate, tell until ``evaluate`` finds the budget used up (returns None).
 
     ``evaluate(params)`` claims a slot in the store, trains, stores, and returns (the stored trial,
-    its scored outcome, its metrics). ``enqueue``: parameter sets to try first (rank 0 only).
+    its scored outcome, its metrics). ``resume()``: run a trial of a dead job if there is one (True):
+    it is not asked for, and reaches the sampler through the store like every other finished trial.
+    ``enqueue``: parameter sets to try first (rank 0 only).
     """
     import optuna
 
@@ -113,6 +116,8 @@ def run_optuna(*, space: SearchSpace, store: Store, study: Study, seed: int, ran
                 ostudy.add_trial(_frozen(t, dists, space))
             except ValueError:
                 continue  # a value outside the current space (the space was edited before a resume)
+        if resume is not None and resume():
+            continue
         for params in pending:
             ostudy.enqueue_trial(params, skip_if_exists=True)
         pending = []

@@ -37,9 +37,10 @@ from ._scalarization import RescoringPropagator, attach
 from ._space import SearchSpace
 from ._workers import Workers
 
-# (params, island) -> the stored outcome; None when nothing was stored (a follower rank of a
-# multi-rank trial, or a rank whose device was lost)
-RunTrial = Callable[[dict, int | None], Scored | None]
+# (params, island) -> (the params that ran, the stored outcome); None when nothing was stored (a follower
+# rank of a multi-rank trial, the budget was full, or the rank is closed). The params differ from those
+# proposed when the rank resumed a trial of a dead job instead.
+RunTrial = Callable[[dict, int | None], tuple[dict, Scored] | None]
 
 
 def island_sizes(workers: int) -> list[int]:
@@ -110,6 +111,11 @@ def rebuild_checkpoints(store: Store, study: Study, space: SearchSpace, folder: 
     return len(trials)
 
 
+def _set_traits(individual, space: SearchSpace, limits: dict, params: dict) -> None:  # noqa: ANN001
+    for i, d in enumerate(space.dimensions):
+        individual[f"p{i}"] = type(limits[f"p{i}"][0])(d.encode(params[d.key]))
+
+
 def run_propulate(*, comm, space: SearchSpace, store: Store, study: Study, folder: Path, generations: int,  # noqa: ANN001
                   seed: int, evaluate: RunTrial, workers: Workers | None = None, first: dict | None = None,
                   ready: Callable[[], None] | None = None) -> None:
@@ -141,14 +147,25 @@ def run_propulate(*, comm, space: SearchSpace, store: Store, study: Study, folde
     def loss_fn(individual, _worker_comm=None) -> float:  # noqa: ANN001 - Propulate passes it when k > 1
         try:
             if pending:
-                for i, d in enumerate(space.dimensions):
-                    individual[f"p{i}"] = type(limits[f"p{i}"][0])(d.encode(pending[0][d.key]))
-                pending.clear()
-            scored = evaluate(decode(space, individual), island)
-            if scored is None:
+                _set_traits(individual, space, limits, pending.pop())
+            proposed = decode(space, individual)
+            result = evaluate(proposed, island)
+            if result is None:
                 return attach(individual, None, "FAILED")
+            params, scored = result
+            if params != proposed:  # a resumed trial of a dead job ran instead: the individual becomes it
+                with contextlib.suppress(KeyError, ValueError):  # a trial from an older version of the space
+                    _set_traits(individual, space, limits, params)
             return attach(individual, scored.minimized(space.objectives), scored.state, scored.feasible)
+        except (KeyboardInterrupt, SystemExit):
+            # Ctrl-C ends the whole search, not this one trial (which stays RUNNING for the next job): the CLI
+            # exits 130 and ends the other ranks with this one (MPI_Abort), so none is left waiting
+            raise
         except BaseException as exc:  # noqa: BLE001 - an exception here would hang the other ranks
+            from ..storage._sqlite import storage_failure  # here: this clause is all that handles it
+
+            if storage_failure(exc) is not None:  # a full or read-only disk: every later trial would be lost too,
+                raise  # so end the search; the CLI says what is wrong (exit 2) and ends the other ranks
             print(f"[rank {comm.Get_rank()}] trial bookkeeping failed: {type(exc).__name__}: {exc}", flush=True)
             return attach(individual, None, "FAILED")
 

@@ -25,7 +25,7 @@ class EpochReporter:
     """``reporter(record) -> bool``: store the epoch, then whether the trial goes on."""
 
     def __init__(self, *, store: Store, study: Study, trial_id: int, objectives: Sequence[Objective],
-                 pruner: BasePruner, max_epochs: int, flush_seconds: float = 1.0) -> None:
+                 pruner: BasePruner, max_epochs: int, flush_seconds: float = 1.0, stored_epochs: int = 0) -> None:
         self.store, self.study, self.trial_id = store, study, trial_id
         self.objectives, self.pruner, self.max_epochs = tuple(objectives), pruner, max_epochs
         self.flush_seconds = flush_seconds
@@ -33,6 +33,8 @@ class EpochReporter:
         self.pruned_at: int | None = None
         self.pending: list[dict] = []  # epochs not written yet (the runner hands them to finish_trial)
         self._flushed = time.monotonic()
+        # a resumed trial: epochs up to here are stored and were judged (a restart from scratch reports them again)
+        self.stored_epochs = stored_epochs
 
     def flush(self) -> None:
         self.store.report_epochs(self.trial_id, self.pending)
@@ -40,6 +42,8 @@ class EpochReporter:
         self._flushed = time.monotonic()
 
     def __call__(self, record: dict) -> bool:
+        if record["epoch"] <= self.stored_epochs:
+            return True
         self.pending.append(dict(record))
         epoch = record["epoch"]
         decides = self.pruner.decides_at(epoch, self.max_epochs)

@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
+import os
+import shutil
 import sys
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from ..exceptions import ConfigError, OIALRSearchError
+from ..exceptions import OIALRSearchError
 from ..storage import COMPLETE, FAILED, PRUNED, Store, Study, Trial
+from ..storage._filesystems import sqlite_file
+from ..storage._sqlite import storage_failure
 from ._devices import place
+from ._execution import Ran, Trials
+from ._heartbeat import grace_period
 from ._objective import TrialOutcome, run_trial
-from ._objectives import Scored, score
-from ._reporter import EpochReporter
+from ._objectives import Scored
 from ._space import SearchSpace, merge_overrides, same_overrides
-from ._workers import Workers, check_ranks_per_trial, split_workers
+from ._workers import check_ranks_per_trial, split_workers
 
 Objective = Callable[..., TrialOutcome]
 
@@ -37,6 +42,7 @@ class SearchRequest:
     seed: int = 0
     overrides: tuple[str, ...] = ()  # --set key=value on the base config; on resume merged into the stored ones
     ranks_per_trial: int = 1  # ranks that train one trial together (DistributedDataParallel)
+    workdir: str | None = None  # the study's work folder (trial checkpoints); default: next to a SQLite file
 
 
 def _world():
@@ -55,13 +61,31 @@ def propulate_available() -> bool:
     return True
 
 
-def checkpoint_folder(storage: str, study: str) -> Path:
-    """Propulate's per-study folder: next to a SQLite file, else in the working directory."""
-    url = make_url(storage)
+def work_folder(req: SearchRequest, study: str) -> Path:
+    """The study's work folder, shared by its jobs: ``--workdir``, else next to a SQLite file
+    (``<db>.work/<study>``), else ``oialr_search_work/<study>`` in the working directory. Multi-node
+    jobs need it on a filesystem every node sees (trial checkpoints are resumed by other jobs)."""
+    if req.workdir is not None:
+        return Path(req.workdir) / study
+    url = make_url(req.storage)
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
         db = Path(url.database)
-        return db.with_name(f"{db.stem}.propulate") / study
-    return Path("oialr_search_checkpoints") / study
+        return db.with_name(f"{db.stem}.work") / study
+    return Path("oialr_search_work") / study
+
+
+def trial_folder(req: SearchRequest, study: str) -> Path:
+    """Where the study's running trials keep their checkpoints (``trial_<number>.ckpt``)."""
+    folder = work_folder(req, study) / "trials"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def propulate_folder(req: SearchRequest, study: str, comm) -> Path:  # noqa: ANN001
+    """This job's own Propulate folder (jobs of one study may run at once; each rebuilds its islands
+    from the database), removed when the job ends. Collective."""
+    name = comm.bcast(f"job-{os.getpid()}-{uuid.uuid4().hex[:8]}" if comm.Get_rank() == 0 else None, root=0)
+    return work_folder(req, study) / "propulate" / name
 
 
 def _shown_overrides(items: tuple[str, ...] | list[str]) -> str:
@@ -69,7 +93,7 @@ def _shown_overrides(items: tuple[str, ...] | list[str]) -> str:
 
 
 def _prepare(req: SearchRequest, world_size: int) -> tuple[Study, str, int, int, SearchSpace]:
-    """Rank 0: open storage, create or load the study, mark interrupted trials, pick the backend.
+    """Rank 0: open storage, create or load the study, count the trials to resume, pick the backend.
 
     Every check of the user's input comes before the first write (bad ``--set`` even before the
     storage is opened), so a refused command changes nothing."""
@@ -119,9 +143,10 @@ def _prepare(req: SearchRequest, world_size: int) -> tuple[Study, str, int, int,
     budget = req.budget or study.budget
     if budget != study.budget:
         store.update_study(req.study, budget=budget)
-    interrupted = store.mark_interrupted(study)
-    if interrupted:
-        print(f"resume: marked {interrupted} trial(s) of the previous job as INTERRUPTED", flush=True)
+    dead = store.dead_trials(study, grace=grace_period())
+    if dead:  # never marked interrupted: another job's live trials beat, and dead ones are resumed
+        print(f"resume: {dead} trial(s) of earlier jobs stopped running; they are resumed from their checkpoints "
+              "first", flush=True)
     finished = store.count(study, (COMPLETE, FAILED, PRUNED))
     return study, backend, budget, finished, space
 
@@ -174,19 +199,9 @@ class _Progress:
               flush=True)
 
 
-def _shared(reporter: EpochReporter, workers: Workers) -> Callable[[dict], bool]:
-    """A group leader's epoch report: the pruner's keep/stop decision goes to the followers too; if
-    storing the epoch fails they are told to stop, so every rank leaves the trial at the same epoch."""
-
-    def report(record: dict) -> bool:
-        try:
-            keep = reporter(record)
-        except BaseException:
-            workers.send(False)
-            raise
-        return workers.send(keep)
-
-    return report
+def _stored(ran: Ran | None) -> tuple[Trial, Scored, dict | None] | None:
+    """What the Optuna backend's evaluate returns: (stored trial, scored outcome, metrics)."""
+    return ran[1:] if ran is not None else None
 
 
 def _once(fn: Callable[[], None] | None) -> Callable[[], None]:
@@ -220,7 +235,11 @@ def run_search(req: SearchRequest, *, objective: Objective = run_trial, quiet: b
         except OIALRSearchError as exc:
             error, code = str(exc), 2
         except Exception as exc:  # noqa: BLE001 - must reach the other ranks, or they wait forever
-            error, code = f"internal error while preparing the study: {type(exc).__name__}: {exc}", 1
+            failure = storage_failure(exc, sqlite_file(req.storage))  # a full or read-only disk: the user's to fix
+            if failure is not None:
+                error, code = f"--storage {req.storage}: {failure}", 2
+            else:
+                error, code = f"internal error while preparing the study: {type(exc).__name__}: {exc}", 1
     if comm is not None and size > 1:
         prepared, error, code = comm.bcast((prepared, error, code), root=0)
     if error is not None:
@@ -230,10 +249,12 @@ def run_search(req: SearchRequest, *, objective: Objective = run_trial, quiet: b
     study, backend, budget, finished, space = prepared
     store = Store(req.storage, create=False)
     placement = place(comm if size > 1 else None)
-    workers = split_workers(comm, req.ranks_per_trial, placement.device)
-    device = placement.device if workers.k == 1 else f"{placement.device} +{workers.k - 1}"  # the leader's, +K-1
-    group = {"group": workers.group} if workers.group is not None else {}  # custom objectives need not know it
-    lost: list[str] = []  # set once a CUDA error poisoned this rank's device
+    try:
+        workers = split_workers(comm, req.ranks_per_trial, placement.device)
+    except OIALRSearchError as exc:  # raised on every rank alike
+        if rank == 0:
+            print(f"oialr-search: error: {exc}", file=sys.stderr)
+        return 2
     progress = _Progress(store, study, space, budget) if rank == 0 and not quiet else None
     if progress:
         objectives = ", ".join(f"{o.direction} {o.metric}" for o in space.objectives)
@@ -244,97 +265,56 @@ def run_search(req: SearchRequest, *, objective: Objective = run_trial, quiet: b
         if space.overrides:
             print(f"base config overridden by {_shown_overrides(space.overrides)}", flush=True)
 
-    def evaluate(params: dict, island: int | None, limit: int | None = None) -> tuple[Trial, Scored, dict] | None:
-        """Claim a slot, train (reporting every epoch), store; None once ``limit`` trials exist or
-        when this rank's device was lost. A group's leader also tells its followers what to train."""
-        if lost:
-            workers.send(None)
-            return None
-        try:
-            config = space.trial_config(params, threads=placement.threads)
-        except ConfigError:
-            config = None  # an invalid combination: run_trial stores the trial FAILED with the reason
-        try:
-            trial = store.start_trial(study, params=params, rank=rank, island=island, device=device,
-                                      config=config, limit=limit)
-        except BaseException:
-            workers.send(None)  # the followers must not wait for a trial that never starts
-            raise
-        workers.send(params if trial is not None else None)
-        if trial is None:
-            return None
-        reporter = EpochReporter(store=store, study=study, trial_id=trial.id, objectives=space.objectives,
-                                 pruner=space.pruner, max_epochs=(config or {}).get("train", {}).get("epochs", 0))
-        report = reporter if workers.group is None else _shared(reporter, workers)
-        try:
-            outcome = objective(space, params, device=placement.device, threads=placement.threads, report=report,
-                                **group)
-        except BaseException:  # interrupted: keep the epochs it reached
-            with contextlib.suppress(Exception):
-                reporter.flush()
-            raise
-        scored = score(outcome.state, outcome.metrics, outcome.error, space.objectives, space.constraints)
-        values = scored.values
-        try:
-            store.finish_trial(trial.id, state=scored.state, value=values[0] if values else None, values=values,
-                               feasible=scored.feasible, metrics=outcome.metrics,
-                               epochs=outcome.epochs or reporter.pending,  # a failed trial keeps what it reported
-                               rank_trajectory=outcome.trajectory, error=scored.error)
-        except RuntimeError as exc:  # the outcome cannot be stored as it is: never leave the trial RUNNING
-            scored = Scored(FAILED, None, None, f"storing the outcome failed: {exc}")
-            store.finish_trial(trial.id, state=FAILED, error=scored.error)
-        if progress:
-            progress.trial(trial, scored, outcome.seconds, reporter.pruned_at)
-        if outcome.device_lost:
-            lost.append(placement.device)
-            print(f"[rank {rank}] {placement.device} is unusable after trial {trial.number} "
-                  f"({(scored.error or '').splitlines()[0]}): this rank takes no more trials; resume the study in a "
-                  f"new job to use it again", file=sys.stderr, flush=True)
-        return trial, scored, outcome.metrics
-
-    def follow() -> bool:
-        """A follower rank: train the leader's next trial with it; False when there is none."""
-        return workers.follow(lambda params, report: objective(space, params, device=placement.device,
-                                                               threads=placement.threads, report=report, **group))
-
+    trials = Trials(store=store, study=study, space=space, objective=objective, placement=placement,
+                    workers=workers, rank=rank, folder=trial_folder(req, study.name),
+                    on_stored=progress.trial if progress else None)
+    trials.stop.install()
     remaining = max(0, budget - finished)
     start = [space.start_params()] if finished == 0 and backend != "random" and space.start_params() else []
-    if backend == "propulate":
-        from ._propulate_backend import rebuild_checkpoints, run_propulate
+    try:
+        if backend == "propulate":
+            from ._propulate_backend import rebuild_checkpoints, run_propulate
 
-        folder = checkpoint_folder(req.storage, study.name)
-        if rank == 0:
-            seeded = rebuild_checkpoints(store, study, space, folder, workers.workers)
-            if seeded:
-                print(f"propulate: population rebuilt from {seeded} stored trial(s)", flush=True)
-        comm.Barrier()
-        generations = math.ceil(remaining / workers.workers)
-        if generations:
+            folder = propulate_folder(req, study.name, comm)
+            if rank == 0:
+                seeded = rebuild_checkpoints(store, study, space, folder, workers.workers)
+                if seeded:
+                    print(f"propulate: population rebuilt from {seeded} stored trial(s)", flush=True)
+            comm.Barrier()
+            generations = math.ceil(remaining / workers.workers)
+            if generations:
 
-            def propulate_evaluate(params: dict, island: int | None) -> Scored | None:
-                if not workers.leader:
-                    follow()
-                    return None
-                result = evaluate(params, island)
-                return result[1] if result is not None else None
+                def propulate_evaluate(params: dict, island: int | None) -> tuple[dict, Scored] | None:
+                    if not workers.leader:
+                        trials.follow()
+                        return None
+                    ran = trials.resume_dead() or trials.new(params, island, limit=budget)
+                    return (ran[0], ran[2]) if ran is not None else None
 
-            run_propulate(comm=comm, space=space, store=store, study=study, folder=folder, generations=generations,
-                          seed=req.seed + finished, evaluate=propulate_evaluate, workers=workers,
-                          first=start[0] if start and rank == 0 else None, ready=ready)
-    elif workers.leader:
-        from ._optuna_backend import run_optuna
+                run_propulate(comm=comm, space=space, store=store, study=study, folder=folder,
+                              generations=generations, seed=req.seed + finished, evaluate=propulate_evaluate,
+                              workers=workers, first=start[0] if start and rank == 0 else None, ready=ready)
+            if rank == 0:
+                shutil.rmtree(folder, ignore_errors=True)  # this job's own: the next rebuilds from the database
+        elif workers.leader:
+            from ._optuna_backend import run_optuna
 
-        run_space = space if backend == "optuna" else dataclasses.replace(space, sampler={"type": "random"})
-        run_optuna(space=run_space, store=store, study=study, seed=req.seed + finished, rank=workers.worker,
-                   evaluate=lambda p: evaluate(p, None, limit=budget), enqueue=start if rank == 0 else (),
-                   ready=ready)
-    else:
+            run_space = space if backend == "optuna" else dataclasses.replace(space, sampler={"type": "random"})
+            run_optuna(space=run_space, store=store, study=study, seed=req.seed + finished, rank=workers.worker,
+                       evaluate=lambda p: _stored(trials.new(p, None, limit=budget)),
+                       resume=lambda: trials.resume_dead() is not None, enqueue=start if rank == 0 else (),
+                       ready=ready)
         ready()
-        while follow():
-            pass
-    ready()  # on ranks that had nothing left to run
+        if workers.leader:
+            trials.drain()
+        else:
+            trials.follow_to_the_end()
+    finally:
+        trials.close()
+        store.engine.dispose()  # SQLite folds its WAL into the database file when the last connection closes
     if comm is not None and size > 1:
         comm.Barrier()
     if progress:
         progress.done()
+    store.engine.dispose()
     return 0

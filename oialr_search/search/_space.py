@@ -10,6 +10,7 @@ A space file (YAML)::
     pruner: {type: asha, min_epochs: 1, reduction: 3}       # optional: none (default), median, asha
     sampler: tpe                                            # Optuna backend: tpe (default), nsga2, random
     trial_timeout: 600              # seconds; a trial running longer is stopped and FAILED
+    trial_checkpoint_minutes: 15    # also checkpoint a running trial within an epoch this often
     params:
       oialr.beta: {type: float, low: 0.02, high: 0.5, log: true}
       oialr.update_frequency: {type: int, low: 10, high: 200}
@@ -37,7 +38,7 @@ from .pruners import BasePruner, create_pruner
 
 SAMPLERS = {"tpe": {"startup_trials"}, "nsga2": {"population_size"}, "random": set()}
 TOP_KEYS = ("base", "set", "objective", "objectives", "constraints", "pruner", "sampler", "params", "trial_timeout",
-            "description")
+            "trial_checkpoint_minutes", "description")
 
 
 # Keys the search sets for every rank and trial itself (see SearchSpace.trial_config and run_trial).
@@ -106,6 +107,7 @@ class SearchSpace:
     raw: dict = field(default_factory=dict)
     overrides: tuple[str, ...] = ()  # "key=value" items (run/resume --set), applied to the base after `set`
     space_base: dict | None = None  # the base before the overrides (None: there are none)
+    trial_checkpoint_minutes: float | None = None  # None: a running trial is checkpointed every epoch only
 
     @property
     def metric(self) -> str:
@@ -381,11 +383,15 @@ def _parse(raw: Any, path: Path, base: dict | None = None, overrides: Sequence[s
     timeout = raw.get("trial_timeout")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
         raise _err(path, "trial_timeout", f"expected a positive number of seconds, got {timeout!r}")
+    every = raw.get("trial_checkpoint_minutes")
+    if every is not None and (isinstance(every, bool) or not isinstance(every, (int, float)) or every <= 0):
+        raise _err(path, "trial_checkpoint_minutes", f"expected a positive number of minutes, got {every!r}")
     params = raw.get("params")
     if not isinstance(params, dict) or not params:
         raise _err(path, "params", "expected a non-empty mapping of config keys to dimensions")
     dims = [_dimension(path, str(k), v) for k, v in params.items()]
-    space = SearchSpace(str(path), base_cfg, dims, objectives, constraints, pruner, sampler, timeout, raw)
+    space = SearchSpace(str(path), base_cfg, dims, objectives, constraints, pruner, sampler, timeout, raw,
+                        trial_checkpoint_minutes=every)
     _check_dimensions(space, lambda key, message: _err(path, key, message))
     items = merge_overrides((), overrides)
     if not items:

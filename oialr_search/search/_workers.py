@@ -17,6 +17,8 @@ from typing import Any
 from ..exceptions import OIALRSearchError
 from ..training._distributed import TrialGroup, init_trial_group
 
+DONE = "done"  # the leader's last message to its followers
+
 
 @dataclass
 class Workers:
@@ -36,14 +38,15 @@ class Workers:
         """Leader: send ``value`` to the group's other ranks. Followers: receive it. Collective."""
         return value if self.group_comm is None else self.group_comm.bcast(value, root=0)
 
-    def follow(self, train: Callable[[dict, Callable[[dict], bool]], object]) -> bool:
-        """Follower: train the leader's next trial (``train(params, report)``); False when the leader
-        sent nothing to train."""
-        params = self.send(None)
-        if params is None:
-            return False
-        train(params, lambda _record: self.send(None))  # each epoch: the leader's keep/stop decision
-        return True
+    def follow(self, train: Callable[[dict, Callable[[dict], bool]], object]) -> str:
+        """Follower: train what the leader sends next (``train(task, report)``, ``task`` the dict the
+        leader sent). Returns "trained", "none" (the leader had nothing this time) or "done" (the
+        leader is finished: no more messages)."""
+        task = self.send(None)
+        if task is None or task == DONE:
+            return "done" if task == DONE else "none"
+        train(task, lambda _record: self.send(None))  # each epoch: the leader's keep/stop decision
+        return "trained"
 
 
 def check_ranks_per_trial(k: int, world_size: int) -> None:
@@ -60,5 +63,14 @@ def split_workers(comm: Any, k: int, device: str) -> Workers:  # noqa: ANN401
     rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
     if k == 1:
         return Workers(1, rank, size)
+    from mpi4py import MPI
+
+    hosts = comm.allgather(MPI.Get_processor_name())  # checked on every rank alike: all refuse, none waits
+    spanning = [g for g in range(size // k) if len(set(hosts[g * k:(g + 1) * k])) > 1]
+    if spanning:
+        g = spanning[0]
+        raise OIALRSearchError(f"--ranks-per-trial {k}: ranks {g * k}-{(g + 1) * k - 1} are on different nodes "
+                               f"({', '.join(sorted(set(hosts[g * k:(g + 1) * k])))}); a trial's ranks must share "
+                               "one node: place consecutive ranks together (e.g. srun --distribution=block)")
     group_comm = comm.Split(color=rank // k, key=rank)
     return Workers(k, rank // k, size // k, group_comm, init_trial_group(group_comm, device))

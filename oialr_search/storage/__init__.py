@@ -3,6 +3,7 @@
 from ._migrate import SchemaOutdated, SchemaTooNew
 from ._schema import COMPLETE, FAILED, INTERRUPTED, PRUNED, RUNNING, STATES
 from ._store import DEFAULT_STORAGE, StorageError, Store, Study, StudyNotFound, Trial, default_storage
+from ._writes import TrialTakenOver
 
 __all__ = [
     "COMPLETE",
@@ -19,5 +20,6 @@ __all__ = [
     "Study",
     "StudyNotFound",
     "Trial",
+    "TrialTakenOver",
     "default_storage",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import re
 import shlex
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,10 +19,12 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, Engine, create_engine, func, insert, inspect, select, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError, ProgrammingError
 
 from ..exceptions import OIALRSearchError
+from ._filesystems import sqlite_file
 from ._schema import RUNNING, SCHEMA_VERSION, Base, EpochRow, MetaRow, StudyRow, TrialRow
+from ._sqlite import storage_failure
 
 VERSION_TABLE = "oialr_alembic_version"
 MIGRATIONS = Path(__file__).with_name("_migrations")
@@ -71,6 +74,9 @@ def _version(conn: Connection) -> int | None:
     if "oialr_meta" in tables:  # made before the migrations existed (v1) or not stamped
         value = conn.scalar(select(MetaRow.value).where(MetaRow.key == "schema_version"))
         if value is not None:
+            if not str(value).strip().isdigit():  # not ours to interpret: refuse it like a newer release's
+                raise SchemaTooNew(f"unknown schema version {value!r} in oialr_meta (written by another release of "
+                                   "oialr-search); upgrade oialr-search")
             return int(value)
     return 1
 
@@ -222,7 +228,7 @@ def upgrade(url: str, *, force: bool = False) -> tuple[int, int]:
     versions (before, after), equal when it was up to date. Raises :class:`StorageError` when there is
     no such database or no oialr-search tables in it, :class:`SchemaTooNew` when it is newer, and
     :class:`TrialsRunning` when it has RUNNING trials (a job of the older release may be using it),
-    unless ``force`` (their job died: the next search of their study marks them INTERRUPTED)."""
+    unless ``force`` (their job died: the next search of their study resumes them)."""
     from ._store import StorageError
 
     engine = _open(url)
@@ -242,9 +248,10 @@ def upgrade(url: str, *, force: bool = False) -> tuple[int, int]:
             finally:
                 writer.dispose()
         return version, SCHEMA_VERSION
-    except OperationalError as exc:
-        raise StorageError(f"--storage {url}: cannot open ({exc.__class__.__name__}: "
-                           f"{str(exc).splitlines()[0]})") from None
+    except (DBAPIError, sqlite3.Error) as exc:  # DBAPIError: OperationalError, and DatabaseError (not a database)
+        failure = storage_failure(exc, sqlite_file(url))
+        raise StorageError(f"--storage {url}: " + (failure or f"cannot open ({exc.__class__.__name__}: "
+                                                              f"{str(exc).splitlines()[0]})")) from None
     finally:
         engine.dispose()
 

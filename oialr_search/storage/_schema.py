@@ -8,7 +8,8 @@ from datetime import datetime
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-SCHEMA_VERSION = 2  # v1: the first release; v2: objectives, constraints, per-epoch reports (see _migrations)
+SCHEMA_VERSION = 3  # v1: the first release; v2: objectives, constraints, per-epoch reports; v3: heartbeats
+# (see _migrations)
 
 # Trial states. INTERRUPTED: the job died while the trial was running (set on resume).
 RUNNING, COMPLETE, FAILED, PRUNED, INTERRUPTED = "RUNNING", "COMPLETE", "FAILED", "PRUNED", "INTERRUPTED"
@@ -61,6 +62,9 @@ class TrialRow(Base):
     started: Mapped[datetime] = mapped_column(DateTime)
     finished: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     duration: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # refreshed every few seconds while the trial runs (v3); a RUNNING trial with an old or NULL one is dead
+    heartbeat: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    owner: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the run holding it (v3)
     study: Mapped[StudyRow] = relationship(back_populates="trials")
     epochs: Mapped[list[EpochRow]] = relationship(back_populates="trial", cascade="all, delete-orphan",
                                                   order_by="EpochRow.epoch")

@@ -6,15 +6,17 @@ import contextlib
 import os
 import sqlite3
 import urllib.parse
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from datetime import timedelta as datetime_timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, func, or_, select, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..exceptions import OIALRSearchError
@@ -30,7 +32,13 @@ from ._schema import (
     TrialPayloadRow,
     TrialRow,
 )
-from ._sqlite import _READ_ONLY, BUSY_TIMEOUT_MS, _sqlite_engine  # noqa: F401 - BUSY_TIMEOUT_MS re-exported
+from ._sqlite import (  # noqa: F401 - BUSY_TIMEOUT_MS re-exported
+    _READ_ONLY,
+    BUSY_TIMEOUT_MS,
+    _sqlite_engine,
+    check_writable,
+    storage_failure,
+)
 from ._writes import EPOCH_FIELDS, Transactions
 from ._writes import now as _now
 
@@ -47,6 +55,25 @@ class StudyNotFound(OIALRSearchError):
 
 def default_storage() -> str:
     return os.environ.get("OIALR_SEARCH_STORAGE") or DEFAULT_STORAGE
+
+
+def _check_writable_file(url: str, db: Path) -> None:
+    """A writer's SQLite file and folder must be writable: refused here, before SQLite opens it, because a
+    read-only connection would leave -wal and -shm files behind (it may not delete them on close). access(2)
+    sees read-only mounts and immutable files even for root; the no-op write of ``check_writable`` catches
+    what it cannot (a server that refuses writes it allowed, a ``mode=ro`` URI)."""
+    if db.exists() and not os.access(db, os.W_OK):
+        raise StorageError(f"--storage {url}: the database is read-only: {db} cannot be written (its stored trials "
+                           "are intact); make it writable, or copy it to a writable place and give that path")
+    side = [db.with_name(db.name + suffix) for suffix in ("-wal", "-shm")]
+    if os.access(db.parent, os.W_OK) or db.exists() and all(p.exists() and os.access(p, os.W_OK) for p in side):
+        return
+    if not db.exists():
+        raise StorageError(f"--storage {url}: folder {db.parent} is read-only: cannot create {db.name} there; give a "
+                           "path in a writable folder")
+    raise StorageError(f"--storage {url}: folder {db.parent} is read-only, and SQLite needs to create {side[0].name} "
+                       f"and {side[1].name} there (the stored trials are intact); make the folder writable, or copy "
+                       "the database to a writable place and give that path")
 
 
 @dataclass(frozen=True)
@@ -136,8 +163,12 @@ class Store:
             raise StorageError(f"--storage {self.url!r}: not a database URL (e.g. sqlite:///search.db)") from None
         sqlite = parsed.get_backend_name() == "sqlite"
         connect_url = self.url
+        db: Path | None = None  # the SQLite file, named in the errors
         if sqlite and parsed.database not in (None, "", ":memory:"):
             db = Path(parsed.database)
+            if db.is_dir():
+                raise StorageError(f"--storage {self.url}: {db} is a folder; give a database file in it, e.g. "
+                                   f"sqlite:///{db / 'oialr_search.db'}")
             if not create and not db.exists():
                 raise StorageError(f"--storage {self.url}: no such database file")
             if not db.parent.exists():
@@ -149,17 +180,38 @@ class Store:
                 # user that would block the search's own writes. Otherwise join the writers read-only.
                 mode = "immutable=1" if not db.with_name(db.name + "-wal").exists() else "mode=ro"
                 connect_url = f"sqlite:///file:{urllib.parse.quote(str(db.resolve()))}?{mode}&uri=true"
+            else:
+                _check_writable_file(self.url, db)
         try:
+            # READ COMMITTED on PostgreSQL whatever the server's default: start_trial's statements after the
+            # study's row lock must see what the previous holder committed (see _writes.start_trial)
+            server = {"isolation_level": "READ COMMITTED"} if parsed.get_backend_name() == "postgresql" else {}
             self.engine = _sqlite_engine(connect_url, read_only=read_only) if sqlite else \
-                create_engine(self.url, pool_pre_ping=True)
+                create_engine(self.url, pool_pre_ping=True, **server)
             self._sessions = sessionmaker(self.engine, expire_on_commit=False)
             self._read_sessions = sessionmaker(self.engine.execution_options(**{_READ_ONLY: True}),
                                                expire_on_commit=False)
             self._tx = Transactions(self.engine, self.url)
+            self._owned: dict[int, str] = {}  # trial id -> the token this store started or claimed it with
             prepare_schema(self.engine, url=self.url, create=create and not read_only)
-        except (OperationalError, ImportError, sqlite3.Error) as exc:  # sqlite3's own, raised in our BEGIN
+            if sqlite and not read_only:  # refuse a read-only database now, not at the first trial's write
+                check_writable(self.engine)
+        except BaseException as exc:
+            # a refused database (not one, newer, read-only, ...) keeps no connection open: a SQLite one would
+            # keep its -wal and -shm files next to the file for as long as this process lives
+            with contextlib.suppress(AttributeError):
+                self.engine.dispose()
+            if not isinstance(exc, (DBAPIError, ImportError, sqlite3.Error)):  # sqlite3's own: raised in our BEGIN
+                raise
+            failure = storage_failure(exc, db)  # a full disk, a read-only file, not a database, ...
+            if failure is not None:
+                raise StorageError(f"--storage {self.url}: {failure}") from None
+            hint = ""
+            if isinstance(exc, ImportError) and (parsed.get_backend_name(), parsed.get_driver_name()) == \
+                    ("postgresql", "psycopg2"):  # the default driver of postgresql:// URLs: the extra's
+                hint = "; install the driver with: pip install 'oialr-search[postgres]'"
             raise StorageError(f"--storage {self.url}: cannot open ({exc.__class__.__name__}: "
-                               f"{str(exc).splitlines()[0]})") from None
+                               f"{str(exc).splitlines()[0]}){hint}") from None
 
     @contextlib.contextmanager
     def session(self, *, write: bool = True) -> Iterator[Session]:
@@ -240,7 +292,10 @@ class Store:
         With ``limit``, returns None instead once the study holds that many trials that are not
         INTERRUPTED (the check and the insert are one transaction).
         """
-        row = {"rank": rank, "island": island, "device": device, "params": params, "started": _now()}
+        started = _now()
+        owner = uuid.uuid4().hex
+        row = {"rank": rank, "island": island, "device": device, "params": params, "started": started,
+               "heartbeat": started, "owner": owner}
         for _ in range(20):
             try:
                 with self._tx.write() as tx:
@@ -248,10 +303,13 @@ class Store:
                 if claimed is None:
                     return None
                 trial_id, number = claimed
+                self._owned[trial_id] = owner
                 return Trial(trial_id, number, RUNNING, rank, island, device, params, None, None, config, None,
-                             None, row["started"], None, None)
-            except RuntimeError as exc:  # a concurrent writer took the number (non-SQLite servers)
-                if not isinstance(exc.__cause__, IntegrityError):
+                             None, started, None, None)
+            except RuntimeError as exc:
+                # Only a clash on the number is worth another try (the study's row lock makes it rare: see
+                # _writes.start_trial); any other integrity error would fail the same way every time.
+                if not _writes.number_taken(exc.__cause__):
                     raise
         raise RuntimeError(f"storage {self.url}: could not allocate a trial number")
 
@@ -260,7 +318,7 @@ class Store:
         if not records:
             return
         with self._tx.write() as tx:
-            _writes.report_epochs(tx, trial_id, records)
+            _writes.report_epochs(tx, trial_id, records, self._owned.get(trial_id))
 
     def finish_trial(self, trial_id: int, *, state: str, value: float | None = None, values: list | None = None,
                      feasible: bool | None = None, metrics: dict | None = None, epochs: list[dict] | None = None,
@@ -271,7 +329,50 @@ class Store:
         fields = {"state": state, "value": value, "objective_values": values, "feasible": feasible,
                   "metrics": metrics, "error": error}
         with self._tx.write() as tx:
-            _writes.finish_trial(tx, trial_id, fields=fields, epochs=epochs, rank_trajectory=rank_trajectory)
+            _writes.finish_trial(tx, trial_id, fields=fields, epochs=epochs, rank_trajectory=rank_trajectory,
+                                 owner=self._owned.get(trial_id))
+        self._owned.pop(trial_id, None)
+
+    # -- liveness: heartbeats and resuming the trials of dead jobs ----------------------------------------
+    def beat(self, trial_id: int) -> bool:
+        """Refresh a running trial's heartbeat (one short write; the heartbeat thread calls it). False
+        when this store no longer holds the trial (another job took it over)."""
+        owner = self._owned.get(trial_id)
+        if owner is None:
+            return False
+        with self._tx.write() as tx:
+            return _writes.beat(tx, trial_id, owner)
+
+    def release(self, trial_id: int) -> None:
+        """Leave a trial RUNNING but dead at once (its job is stopping and checkpointed it): the next
+        job of the study resumes it without waiting for the grace period."""
+        owner = self._owned.pop(trial_id, None)
+        if owner is None:
+            return
+        with self._tx.write() as tx:
+            _writes.release(tx, trial_id, owner)
+
+    def claim_dead(self, study: Study, *, grace: float, rank: int, device: str) -> Trial | None:
+        """Atomically take over the lowest-numbered RUNNING trial whose heartbeat is older than ``grace``
+        seconds (or NULL): its heartbeat becomes now, its rank and device this rank's. None if there is
+        none. Two jobs never claim the same trial: the check and the update are one write transaction."""
+        owner = uuid.uuid4().hex
+        with self._tx.write() as tx:
+            trial_id = _writes.claim_dead(tx, study_id=study.id, grace=grace, rank=rank, device=device, owner=owner)
+        if trial_id is None:
+            return None
+        self._owned[trial_id] = owner
+        with self.session(write=False) as s:
+            row = s.get(TrialRow, trial_id)
+            return _trials(s, [row], full=True)[0]
+
+    def dead_trials(self, study: Study, *, grace: float) -> int:
+        """How many RUNNING trials have no live heartbeat (their jobs died: the next job resumes them)."""
+        cutoff = _now() - datetime_timedelta(seconds=grace)
+        with self.session(write=False) as s:
+            return s.scalar(select(func.count()).where(
+                TrialRow.study_id == study.id, TrialRow.state == RUNNING,
+                or_(TrialRow.heartbeat.is_(None), TrialRow.heartbeat < cutoff))) or 0
 
     def mark_interrupted(self, study: Study) -> int:
         """Mark the trials left RUNNING by a job that died; returns how many."""

@@ -16,21 +16,30 @@ import math
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.sql import Executable
 
-from ._schema import INTERRUPTED, RUNNING, EpochRow, TrialPayloadRow, TrialRow
+from ..exceptions import OIALRSearchError
+from ._schema import INTERRUPTED, RUNNING, EpochRow, StudyRow, TrialPayloadRow, TrialRow
 from ._sqlite import _begin_immediate
+
+
+class TrialTakenOver(OIALRSearchError):
+    """The trial was claimed by another job (its heartbeat looked dead): this run may not write to it."""
 
 EPOCH_FIELDS = ("epoch", "step", "train_loss", "val_loss", "top1", "top5", "lr", "trainable_fraction", "seconds",
                 "compression", "train_seconds")
 
 # The statements, built once. Values come as bound parameters, so both executors can cache them.
+# FOR NO KEY UPDATE on the study's row serializes start_trial per study on a server database (see
+# start_trial); it blocks no reader and, unlike FOR UPDATE, not the foreign-key checks of other inserts.
+# SQLite compiles it to a plain read of one row: there BEGIN IMMEDIATE already serializes every writer.
+_LOCK_STUDY = select(StudyRow.id).where(StudyRow.id == bindparam("sid")).with_for_update(key_share=True)
 _TAKEN = select(func.count()).where(TrialRow.study_id == bindparam("sid"), TrialRow.state != INTERRUPTED)
 _NEXT_NUMBER = select(func.coalesce(func.max(TrialRow.number), -1) + 1).where(TrialRow.study_id == bindparam("sid"))
 _INSERT_TRIAL = insert(TrialRow)
@@ -38,26 +47,64 @@ _INSERT_PAYLOAD = insert(TrialPayloadRow)
 _INSERT_EPOCH = insert(EpochRow)
 _TRIAL_CLOCK = select(TrialRow.started, TrialRow.last_epoch).where(TrialRow.id == bindparam("tid"))
 _UPDATE_TRIAL = update(TrialRow).where(TrialRow.id == bindparam("tid"))
+_UPDATE_OWNED = update(TrialRow).where(TrialRow.id == bindparam("tid"), TrialRow.owner == bindparam("me"))
 _UPDATE_PAYLOAD = update(TrialPayloadRow).where(TrialPayloadRow.trial_id == bindparam("tid"))
+
+
+NUMBER_CONSTRAINT = "uq_oialr_trial_number"  # unique (study_id, number): see number_taken
 
 
 def now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
+def finite(value: Any) -> Any:
+    """``value`` (a float or a JSON document) with every NaN and ±inf replaced by None.
+
+    Standard JSON has no NaN: PostgreSQL's json type rejects Python's ``NaN`` token, which made storing
+    a diverged trial's metrics fail. So every database stores null, SQLite too, although its JSON
+    columns would keep the token: one stored form everywhere, and SQLite's own JSON functions (which
+    objective_points uses) reject the token before SQLite 3.42. Rows written before still read back
+    as NaN (the JSON columns decode with Python's json, which accepts the token). Returns ``value``
+    itself when it holds nothing to replace, so the common case allocates nothing.
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        cleaned = {k: finite(v) for k, v in value.items()}
+        return value if all(cleaned[k] is v for k, v in value.items()) else cleaned
+    if isinstance(value, (list, tuple)):
+        items = [finite(v) for v in value]
+        return value if all(a is b for a, b in zip(items, value)) else items
+    return value
+
+
+def number_taken(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (the cause of a rolled-back write) is a clash on the trial-number constraint:
+    the one integrity error start_trial may retry. Any other (a missing study, a NOT NULL) would fail
+    the same way again, and retrying would only hide it behind "could not allocate a trial number"."""
+    if not isinstance(exc, IntegrityError):
+        return False
+    orig = exc.orig
+    name = getattr(getattr(orig, "diag", None), "constraint_name", None)  # psycopg2 and psycopg
+    if name is not None:
+        return name == NUMBER_CONSTRAINT
+    # other drivers name the constraint (MySQL) or its columns (SQLite) in the message
+    text = str(orig)
+    return NUMBER_CONSTRAINT in text or "oialr_trials.study_id, oialr_trials.number" in text
+
+
 def epoch_row(trial_id: int, record: dict) -> dict:
     """An epoch row; NaN and inf become NULL (what SQLite would make of a NaN anyway)."""
-    def clean(v: object) -> object:
-        return None if isinstance(v, float) and not math.isfinite(v) else v
-
-    return {"trial_id": trial_id, **{k: clean(record.get(k)) for k in EPOCH_FIELDS}}
+    return {"trial_id": trial_id, **{k: finite(record.get(k)) for k in EPOCH_FIELDS}}
 
 
 class Executor(Protocol):
     """What the write functions below need from a transaction."""
 
     def one(self, stmt: Executable, params: dict) -> tuple: ...
-    def run(self, stmt: Executable, params: dict) -> int | None: ...  # returns the inserted primary key
+    def first(self, stmt: Executable, params: dict) -> tuple | None: ...
+    def run(self, stmt: Executable, params: dict) -> int | None: ...  # the inserted primary key, or rows updated
     def many(self, stmt: Executable, rows: list[dict]) -> None: ...
 
 
@@ -65,33 +112,56 @@ class Executor(Protocol):
 
 def start_trial(tx: Executor, *, study_id: int, row: dict, config: dict | None,
                 limit: int | None) -> tuple[int, int] | None:
-    """Insert a RUNNING trial with the next number; (id, number), or None once ``limit`` trials exist."""
+    """Insert a RUNNING trial with the next number; (id, number), or None once ``limit`` trials exist.
+
+    The count, the next number and the insert must see every trial committed before them, or two
+    writers take the same number (one fails) or both fit under the limit (one too many). On a server
+    database the study's row lock makes concurrent calls for one study take turns: each statement after
+    it, under READ COMMITTED, sees what the previous holder committed. On SQLite BEGIN IMMEDIATE does
+    the same for the whole file. The unique (study, number) constraint stays the last line of defence
+    (Store.start_trial retries on it, e.g. under REPEATABLE READ where the snapshot predates the lock).
+    """
+    tx.first(_LOCK_STUDY, {"sid": study_id})  # None for a missing study: its insert fails on the foreign key
     if limit is not None and tx.one(_TAKEN, {"sid": study_id})[0] >= limit:
         return None
     number = tx.one(_NEXT_NUMBER, {"sid": study_id})[0]
-    trial_id = tx.run(_INSERT_TRIAL, {**row, "study_id": study_id, "number": number, "state": RUNNING})
-    tx.run(_INSERT_PAYLOAD, {"trial_id": trial_id, "config": config})
+    trial_id = tx.run(_INSERT_TRIAL, {**row, "params": finite(row.get("params")), "study_id": study_id,
+                                      "number": number, "state": RUNNING})
+    tx.run(_INSERT_PAYLOAD, {"trial_id": trial_id, "config": finite(config)})
     return trial_id, number
 
 
-def report_epochs(tx: Executor, trial_id: int, records: list[dict]) -> None:
+def _update_owned(tx: Executor, trial_id: int, owner: str | None, fields: dict) -> None:
+    """Update the trial if ``owner`` still holds it (None: whoever does); else raise TrialTakenOver,
+    which rolls back the whole transaction."""
+    if owner is None:
+        tx.run(_UPDATE_TRIAL, {"tid": trial_id, **fields})
+    elif not tx.run(_UPDATE_OWNED, {"tid": trial_id, "me": owner, **fields}):
+        raise TrialTakenOver(f"trial id {trial_id} was taken over by another job (its heartbeat looked dead)")
+
+
+def report_epochs(tx: Executor, trial_id: int, records: list[dict], owner: str | None = None) -> None:
     tx.many(_INSERT_EPOCH, [epoch_row(trial_id, r) for r in records])
-    tx.run(_UPDATE_TRIAL, {"tid": trial_id, "last_epoch": records[-1]["epoch"]})
+    _update_owned(tx, trial_id, owner, {"last_epoch": records[-1]["epoch"]})
 
 
 def finish_trial(tx: Executor, trial_id: int, *, fields: dict, epochs: list[dict] | None,
-                 rank_trajectory: list | None) -> None:
-    """Store the outcome ``fields``; of ``epochs`` only those after the last reported one are added."""
+                 rank_trajectory: list | None, owner: str | None = None) -> None:
+    """Store the outcome ``fields``; of ``epochs`` only those after the last reported one are added.
+    Non-finite floats become None (see ``finite``): a NaN loss must not make the write fail, which would
+    leave the trial RUNNING, nor (in the value column, where PostgreSQL keeps NaN and SQLite does not)
+    sort as the best trial."""
+    fields = finite(fields)
     started, reported = tx.one(_TRIAL_CLOCK, {"tid": trial_id})
     new = [e for e in epochs or [] if e["epoch"] > (reported or 0)]
     if new:
         tx.many(_INSERT_EPOCH, [epoch_row(trial_id, e) for e in new])
     finished = now()
-    tx.run(_UPDATE_TRIAL, {"tid": trial_id, **fields, "finished": finished,
-                           "duration": (finished - started).total_seconds(),
-                           "last_epoch": new[-1]["epoch"] if new else reported})
+    _update_owned(tx, trial_id, owner, {**fields, "finished": finished,
+                                        "duration": (finished - started).total_seconds(),
+                                        "last_epoch": new[-1]["epoch"] if new else reported})
     if rank_trajectory is not None:
-        tx.run(_UPDATE_PAYLOAD, {"tid": trial_id, "rank_trajectory": rank_trajectory})
+        tx.run(_UPDATE_PAYLOAD, {"tid": trial_id, "rank_trajectory": finite(rank_trajectory)})
 
 
 # -- the executors ------------------------------------------------------------------------------------
@@ -105,9 +175,13 @@ class CoreExecutor:
     def one(self, stmt: Executable, params: dict) -> tuple:
         return tuple(self.conn.execute(stmt, params).one())
 
+    def first(self, stmt: Executable, params: dict) -> tuple | None:
+        row = self.conn.execute(stmt, params).first()
+        return tuple(row) if row is not None else None
+
     def run(self, stmt: Executable, params: dict) -> int | None:
         result = self.conn.execute(stmt, params)
-        return result.inserted_primary_key[0] if result.is_insert else None
+        return result.inserted_primary_key[0] if result.is_insert else result.rowcount
 
     def many(self, stmt: Executable, rows: list[dict]) -> None:
         self.conn.execute(stmt, rows)
@@ -153,12 +227,19 @@ class SQLiteExecutor:
         return self.cache[key]
 
     def one(self, stmt: Executable, params: dict) -> tuple:
+        row = self.first(stmt, params)
+        assert row is not None, "one() found no row"
+        return row
+
+    def first(self, stmt: Executable, params: dict) -> tuple | None:
         c = self._compiled(stmt, tuple(params))
-        return c.row(self.conn.execute(c.sql, c.args(params)).fetchone())
+        raw = self.conn.execute(c.sql, c.args(params)).fetchone()
+        return c.row(raw) if raw is not None else None
 
     def run(self, stmt: Executable, params: dict) -> int | None:
         c = self._compiled(stmt, tuple(params))
-        return self.conn.execute(c.sql, c.args(params)).lastrowid
+        cursor = self.conn.execute(c.sql, c.args(params))
+        return cursor.lastrowid if getattr(stmt, "is_insert", False) else cursor.rowcount
 
     def many(self, stmt: Executable, rows: list[dict]) -> None:
         if rows:
@@ -188,17 +269,50 @@ class Transactions:
         pooled = self.engine.raw_connection()  # connect events ran: WAL, busy timeout, foreign keys
         try:
             conn = pooled.driver_connection
-            _begin_immediate(conn)
+            try:
+                _begin_immediate(conn)
+            except sqlite3.Error as exc:  # the write lock did not come within the busy timeout
+                raise RuntimeError(f"storage {self.url}: no write lock ({exc})") from exc
             try:
                 yield SQLiteExecutor(conn, self._cache, self.engine.dialect)
                 conn.execute("COMMIT")
             except BaseException as exc:
                 if conn.in_transaction:  # some errors end the transaction themselves
                     conn.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    cause = IntegrityError(None, None, exc) if isinstance(exc, sqlite3.IntegrityError) else exc
-                    raise RuntimeError(f"storage {self.url}: transaction rolled back: "
-                                       f"({exc.__class__.__name__}) {exc}") from cause
-                raise
+                if not isinstance(exc, Exception) or isinstance(exc, OIALRSearchError):
+                    raise  # KeyboardInterrupt and the like, and our own errors, as they are
+                # Core wraps every error (a value a type processor cannot encode too) as a StatementError;
+                # callers rely on RuntimeError with the cause, e.g. to never leave a trial RUNNING
+                cause = IntegrityError(None, None, exc) if isinstance(exc, sqlite3.IntegrityError) else exc
+                raise RuntimeError(f"storage {self.url}: transaction rolled back: "
+                                   f"({exc.__class__.__name__}) {exc}") from cause
         finally:
             pooled.close()
+
+
+# -- liveness ------------------------------------------------------------------------------------------
+# both only while the caller still holds the trial: a run that lost it must not keep it alive, or free it
+_BEAT = update(TrialRow).where(TrialRow.id == bindparam("tid"), TrialRow.state == RUNNING,
+                               TrialRow.owner == bindparam("me"))
+_RELEASE = _BEAT
+_DEAD = (select(TrialRow.id).where(TrialRow.study_id == bindparam("sid"), TrialRow.state == RUNNING,
+                                   or_(TrialRow.heartbeat.is_(None), TrialRow.heartbeat < bindparam("cutoff")))
+         .order_by(TrialRow.number).limit(1).with_for_update(skip_locked=True))
+
+
+def beat(tx: Executor, trial_id: int, owner: str) -> bool:
+    """False when ``owner`` no longer holds the trial."""
+    return bool(tx.run(_BEAT, {"tid": trial_id, "me": owner, "heartbeat": now()}))
+
+
+def release(tx: Executor, trial_id: int, owner: str) -> None:
+    tx.run(_RELEASE, {"tid": trial_id, "me": owner, "heartbeat": None})
+
+
+def claim_dead(tx: Executor, *, study_id: int, grace: float, rank: int, device: str, owner: str) -> int | None:
+    """The id of the dead trial this transaction took over for ``owner`` (see Store.claim_dead), or None."""
+    found = tx.first(_DEAD, {"sid": study_id, "cutoff": now() - timedelta(seconds=grace)})
+    if found is None:
+        return None
+    tx.run(_UPDATE_TRIAL, {"tid": found[0], "heartbeat": now(), "rank": rank, "device": device, "owner": owner})
+    return found[0]

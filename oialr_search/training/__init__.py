@@ -17,7 +17,7 @@ from ._config_io import (
 from ._data import DATASETS, BatchIterator, DataBundle, Loading, load_data, loading_for
 from ._lr import lr_at, steps_from, trainable_coupling
 from ._models import create_model, model_names, register_model
-from ._trainer import EpochCallback, EpochRecord, Trainer, TrainingDiverged, TrainResult, train
+from ._trainer import EpochCallback, EpochRecord, Preempted, Trainer, TrainingDiverged, TrainResult, train
 
 __all__ = [
     "AugmentConfig",
@@ -39,6 +39,7 @@ __all__ = [
     "TrainResult",
     "Trainer",
     "TrainingDiverged",
+    "Preempted",
     "apply_overrides",
     "apply_values",
     "build_batch_ops",

@@ -328,7 +328,13 @@ class BatchIterator:
         self._loader: DataLoader | None = None
 
     def __len__(self) -> int:
-        return (len(self.dataset) + self.batch_size - 1) // self.batch_size
+        return self._batches(len(self.dataset))
+
+    def _batches(self, n: int) -> int:
+        """Batches of an epoch of ``n`` items. Sharded training drops a last global batch too small to
+        give every rank two items (an empty shard's mean loss is NaN; BatchNorm needs two per rank)."""
+        full, rest = divmod(n, self.batch_size)
+        return full + (1 if rest and not (self.shuffle and self.ranks > 1 and rest < 2 * self.ranks) else 0)
 
     def global_size(self, batch: int) -> int:
         """Items in global batch ``batch`` of an epoch (all ranks together)."""
@@ -340,17 +346,21 @@ class BatchIterator:
         order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
         if self._tensors is not None:
             x_all, y_all = self._tensors
-            order = order[skip * self.batch_size:].to(x_all.device)
-            for start in range(0, len(order), self.batch_size):
+            order = order[skip * self.batch_size:len(self) * self.batch_size].to(x_all.device)
+            for b, start in enumerate(range(0, len(order), self.batch_size), start=skip):
                 idx = order[start:start + self.batch_size][self.rank::self.ranks]
+                if not len(idx):
+                    continue  # validation: fewer items than ranks in the last batch (evaluation sums them)
                 x = x_all[idx]
-                yield (self.augment(x, gen) if self.augment else x), y_all[idx]
+                if self.augment is not None:  # drawn per (seed, epoch, batch): a resume mid-epoch replays it
+                    x = self.augment(x, torch.Generator().manual_seed((self.seed * 100_003 + epoch) * 100_003 + b))
+                yield x, y_all[idx]
             return
         seeds = torch.randint(0, 2**31 - 1, (n,), generator=gen)  # per item, so independent of skip and order
         order = order[skip * self.batch_size:]
-        keys = list(zip(order.tolist(), seeds[order].tolist()))
-        self._keys.batches = [keys[i:i + self.batch_size][self.rank::self.ranks]
-                              for i in range(0, len(keys), self.batch_size)]
+        keys = list(zip(order.tolist(), seeds[order].tolist()))[:(len(self) - skip) * self.batch_size]
+        batches = [keys[i:i + self.batch_size][self.rank::self.ranks] for i in range(0, len(keys), self.batch_size)]
+        self._keys.batches = [b for b in batches if b]  # see the tensor path
         yield from self._data_loader()
 
     def _data_loader(self) -> DataLoader:

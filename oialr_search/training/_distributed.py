@@ -26,6 +26,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..exceptions import ConfigError
+from ..lowrank import LowRankWeight
 
 # A collective that waits longer than this fails instead of hanging the job (a rank of the trial died).
 COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=10)
@@ -90,13 +91,19 @@ def wrap(model: nn.Module, device: torch.device, group: TrialGroup | None) -> nn
         return model
     ids = [device.index if device.index is not None else torch.cuda.current_device()] \
         if device.type == "cuda" else None
+    # The frozen bases U and Vᵀ are buffers: DDP would broadcast all of them before every forward (about
+    # the model's size near full rank). They only change at OIALR events, after which this wrapper is
+    # rebuilt, and building it broadcasts them once. BatchNorm statistics keep their per-forward sync.
+    frozen = [name for name, module in model.named_modules() if isinstance(module, LowRankWeight)
+              for name in (f"{name}.U", f"{name}.Vh")]
+    nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, frozen)
     return nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=True)
 
 
 def sync_after_event(model: nn.Module, optimizer: torch.optim.Optimizer, ranks: dict[str, int],
                      group: TrialGroup | None) -> None:
     """After an OIALR event: check every rank kept the same ranks, then give all ranks the first
-    rank's optimizer state (the parameters follow when the DDP wrapper is rebuilt)."""
+    rank's bases and optimizer state (the parameters follow when the DDP wrapper is rebuilt)."""
     if group is None:
         return
     mine = list(ranks.items())
@@ -105,6 +112,10 @@ def sync_after_event(model: nn.Module, optimizer: torch.optim.Optimizer, ranks: 
     if any(other != mine for other in everyone):
         raise RuntimeError(f"OIALR update: the ranks of a trial kept different layer ranks ({everyone}); "
                            "the replicas would diverge")
+    for module in model.modules():  # the bases: the rebuilt DDP wrapper leaves them out (see wrap)
+        if isinstance(module, LowRankWeight):
+            dist.broadcast(module.U, src=0)
+            dist.broadcast(module.Vh, src=0)
     for p in model.parameters():
         for value in optimizer.state.get(p, {}).values():
             if torch.is_tensor(value) and value.device == p.device:  # AdamW's step counter stays on the host

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,10 @@ FINITE_CHECK_EVERY = 50
 
 class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite."""
+
+
+class Preempted(RuntimeError):  # noqa: N818 - what happened, as TrainingDiverged
+    """``fit``'s ``should_stop`` asked to stop: the run was checkpointed at a step boundary."""
 
 
 @dataclass
@@ -92,9 +97,25 @@ def resolve_device(name: str) -> torch.device:
 def _use_device(device: torch.device) -> None:
     """Make ``device`` the current CUDA device and allow TF32 for fp32 matmuls, as timm does."""
     if device.type == "cuda":
-        torch.cuda.set_device(device)
+        if device.index is not None:  # "cuda" alone is the current device already
+            torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+
+
+@contextlib.contextmanager
+def _full_fp32(device: torch.device) -> Iterator[None]:
+    """No TF32 inside: the OIALR events' SVDs and basis rotations must keep U and V orthonormal to fp32
+    accuracy, update after update."""
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
 
 
 def _rng_state(device: torch.device) -> dict:
@@ -124,6 +145,16 @@ def _normalized(stored: dict) -> dict | None:
         return None
 
 
+def _portable(config: dict | None) -> dict | None:
+    """A config without its device and thread count: a checkpoint resumes on another GPU or rank (a trial
+    resumed by another job), nor the data loading settings, which change how, not what, is computed
+    (and whose defaults changed). (CPU float sums depend on the threads: an exact resume needs the same.)"""
+    if config is None:
+        return None
+    return {**config, "train": {k: v for k, v in config["train"].items() if k not in ("device", "threads")},
+            "data": {k: v for k, v in config["data"].items() if k not in ("num_workers", "on_device")}}
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -150,10 +181,11 @@ class Trainer:
 
     def __init__(self, config: RunConfig, *, checkpoint: str | Path | None = None, resume: bool = False,
                  log: Callable[[str], None] | None = print, data: DataBundle | None = None,
-                 group: TrialGroup | None = None) -> None:
+                 group: TrialGroup | None = None, save: bool = True) -> None:
         config.validate()
         self.config, self.log = config, log
         self.checkpoint_path = Path(checkpoint) if checkpoint else None
+        self._saves = save  # False: read ``checkpoint`` to resume, never write it (a group's follower ranks)
         if resume and self.checkpoint_path is None:
             raise ConfigError("--resume needs --checkpoint PATH")
         tc = config.train
@@ -168,8 +200,11 @@ class Trainer:
         self.model = create_model(config.model.name, num_classes=self.data.num_classes, in_chans=self.data.in_chans,
                                   img_size=self.data.img_size, **config.model.kwargs).to(self.device)
         oc = config.optim
+        # fused on GPUs: one kernel per step, and the fp16 loss scaler's inf check stays on the device
+        # (unfused, GradScaler.step reads it on the host every step)
         self.optimizer = torch.optim.AdamW(_param_groups(self.model, oc.weight_decay), lr=oc.lr,
-                                           betas=(oc.beta1, oc.beta2), eps=oc.eps)
+                                           betas=(oc.beta1, oc.beta2), eps=oc.eps,
+                                           fused=True if self.device.type == "cuda" else None)
         dc = config.data
         # Mixup/CutMix of each training batch on the device and its soft-target loss, or None and
         # label-smoothed cross-entropy.
@@ -196,13 +231,20 @@ class Trainer:
         self.train_seconds = 0.0
         self.history: list[EpochRecord] = []
         self._lr_mult = 1.0
+        self._batch = 0  # batches of the current epoch already trained (a checkpoint may fall mid-epoch)
+        self._epoch_sums: torch.Tensor | None = None  # and their loss sums, from such a checkpoint
         if resume:
             self._resume()
 
     # -- checkpoints -----------------------------------------------------------------------------
-    def _save(self) -> None:
+    def _save(self, epoch_sums: torch.Tensor | None = None) -> None:
+        """Checkpoint; ``epoch_sums`` (loss sums of the epoch so far) for a checkpoint within an epoch."""
         assert self.checkpoint_path is not None
+        if not self._saves:
+            return
         save_checkpoint(self.checkpoint_path, {
+            "batch": self._batch if epoch_sums is not None else 0,
+            "epoch_sums": epoch_sums.cpu() if epoch_sums is not None else None,
             "config": config_to_dict(self.config), "epoch": self.epoch, "step": self.step,
             "train_seconds": self.train_seconds, "history": [vars(h) for h in self.history],
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -215,7 +257,7 @@ class Trainer:
         if not self.checkpoint_path.exists():
             return  # nothing yet: start from scratch, so "--resume" is safe to always pass
         state = load_checkpoint(self.checkpoint_path)
-        if _normalized(state["config"]) != config_to_dict(self.config):
+        if _portable(_normalized(state["config"])) != _portable(config_to_dict(self.config)):
             raise CheckpointError(f"{self.checkpoint_path}: written by a different config; use another checkpoint "
                                   "path or the same config")
         self.oialr.prepare_load(state["oialr"])  # gives the model the checkpoint's structure and ranks
@@ -225,6 +267,8 @@ class Trainer:
         self.epoch, self.step = state["epoch"], state["step"]
         self.train_seconds, self._lr_mult = state["train_seconds"], state["lr_mult"]
         self.history = [EpochRecord(**h) for h in state["history"]]
+        self._batch = state.get("batch", 0)
+        self._epoch_sums = state.get("epoch_sums")
         self.precision.load_state_dict(state.get("precision"))
         _set_rng_state(state["rng"], self.device)
         if self.log:
@@ -242,7 +286,8 @@ class Trainer:
         """One optimizer step on a global batch, or with ``global_size`` on this rank's share of a
         global batch of that many items (as ``train_batches`` yields them in a group). Returns the
         loss as a detached device tensor (reading it would make the host wait for the device every step)."""
-        record = self.oialr.before_step(self.step)  # outside autocast: SVDs and rotations in fp32
+        with _full_fp32(self.device):  # outside autocast too: SVDs and rotations in fp32
+            record = self.oialr.before_step(self.step)
         if record is not None:
             self._lr_mult = trainable_coupling(record.trainable_fraction, self.config.schedule.trainable_lr_alpha)
             if self.group is not None:  # new parameters: same state everywhere, then a new DDP wrapper
@@ -287,6 +332,18 @@ class Trainer:
         loss_sum, top1, top5, total = sums.tolist()
         return loss_sum / total, 100.0 * top1 / total, 100.0 * top5 / total
 
+    def _stop_or_save(self, should_stop: Callable[[], bool] | None, due: bool, boundary: bool) -> tuple[bool, bool]:
+        """(stop, save now): ``should_stop()`` and the checkpoint interval, every step alone; in a group
+        only at window boundaries, where every rank asks and all act if any asked (a rank that saved or
+        left alone would pair its collectives with the others' gradient all-reduce)."""
+        stop = should_stop is not None and should_stop()
+        if self.group is None:
+            return stop, due
+        if not boundary:
+            return False, False
+        flags = all_reduce_sum(torch.tensor([float(stop), float(due)], device=self.device), self.group).tolist()
+        return flags[0] > 0, flags[1] > 0
+
     def _check_finite(self, window: torch.Tensor, first_step: int) -> None:
         """Raise TrainingDiverged when a loss of the steps since ``first_step`` was not finite (under
         fp16 only when all were: the loss scaler skips single overflowing steps by design)."""
@@ -296,33 +353,67 @@ class Trainer:
             raise TrainingDiverged(f"training loss became NaN or inf between steps {first_step + 1} and "
                                    f"{self.step} (epoch {self.epoch + 1}); lower optim.lr or set train.grad_clip")
 
-    def fit(self, *, stop_after: int | None = None, on_epoch: EpochCallback | None = None) -> TrainResult:
+    def fit(self, *, stop_after: int | None = None, on_epoch: EpochCallback | None = None,
+            should_stop: Callable[[], bool] | None = None, checkpoint_every: float | None = None) -> TrainResult:
         """Train to ``train.epochs`` (or stop once ``stop_after`` epochs are done; resumable).
 
         ``on_epoch(record)`` is called after every epoch (after the checkpoint is written); when it
         returns False before the last epoch the run stops there and the result has ``stopped_early``
-        set (a pruned trial).
+        set (a pruned trial). ``should_stop()`` is asked after every step (in a
+        group, every 50 steps, all ranks agreeing); when it says so the run is checkpointed where it is
+        (when there is a checkpoint file) and :class:`Preempted` is raised. ``checkpoint_every`` seconds:
+        also checkpoint within an epoch when that long has passed since the last checkpoint.
         """
         tc = self.config.train
         last = tc.epochs if stop_after is None else min(stop_after, tc.epochs)
         stopped = False
+        last_save = time.monotonic()
         while self.epoch < last and not stopped:
             start = time.perf_counter()
             # On the device: (sum of finite losses, non-finite count, finite count) for the epoch, and
             # the same for the steps since the last finiteness check.
             epoch_sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+            if self._epoch_sums is not None:  # resumed within this epoch
+                epoch_sums += self._epoch_sums.to(self.device)
+                self._epoch_sums = None
             window, window_start = torch.zeros_like(epoch_sums), self.step
-            for i, (x, y) in enumerate(self.train_batches.epoch(self.epoch)):
+            skip = self._batch
+            for i, (x, y) in enumerate(self.train_batches.epoch(self.epoch, skip=skip), start=skip):
                 if self.oialr.event_due(self.step):  # an SVD of diverged weights fails with a worse message
                     self._check_finite(window, window_start)
                 loss = self.train_step(x, y, self.train_batches.global_size(i))
+                self._batch = i + 1
                 finite = torch.isfinite(loss)
                 window += torch.stack([torch.where(finite, loss, 0.0).double(), (~finite).double(), finite.double()])
-                if self.step - window_start >= FINITE_CHECK_EVERY:
+                boundary = self.step - window_start >= FINITE_CHECK_EVERY
+                if boundary:
                     self._check_finite(window, window_start)
                     epoch_sums += window
                     window.zero_()
                     window_start = self.step
+                if should_stop is None and not checkpoint_every:
+                    continue
+                due = bool(checkpoint_every) and time.monotonic() - last_save >= checkpoint_every
+                stop, save = self._stop_or_save(should_stop, due, boundary)  # in a group: a collective on all
+                if stop or save:
+                    self._check_finite(window, window_start)
+                    epoch_sums += window
+                    window.zero_()
+                    window_start = self.step
+                    now = time.perf_counter()
+                    self.train_seconds += now - start
+                    start = now
+                    if self.group is not None:  # every rank resumes with the group's sums, 1/K each
+                        shared = all_reduce_sum(epoch_sums.clone(), self.group) / self.group.size
+                    else:
+                        shared = epoch_sums
+                    if self.checkpoint_path is not None:  # a group's followers do not write (see _saves)
+                        self._save(epoch_sums=shared)
+                    last_save = time.monotonic()
+                    if stop:
+                        raise Preempted(f"stopped at step {self.step} (epoch {self.epoch + 1}), checkpointed to "
+                                        f"{self.checkpoint_path}")
+            self._batch = 0
             self._check_finite(window, window_start)
             epoch_sums += window
             if self.device.type == "cuda":
@@ -343,6 +434,7 @@ class Trainer:
                          f"trainable {100 * counts.trainable_fraction:.1f}%  lr {rec.lr:.2e}  {rec.seconds:.1f}s")
             if self.checkpoint_path is not None:
                 self._save()
+                last_save = time.monotonic()
             if on_epoch is not None:  # called for the last epoch too, so every epoch reaches the caller
                 stopped = not on_epoch(rec) and self.epoch < tc.epochs
         result = self.result()

@@ -324,6 +324,6 @@ def test_a_killed_trial_keeps_the_epochs_it_finished(tmp_path):
     kept = rows(tmp_path, "k")[0]
     assert kept["epochs"][:2] == [1, 2] and kept["last_epoch"] == len(kept["epochs"])
     store = Store(f"sqlite:///{tmp_path}/oialr_search.db", create=False)
-    assert store.mark_interrupted(store.get_study("k")) == 1  # what the next job's start does
+    assert store.mark_interrupted(store.get_study("k")) == 1  # as the previous release did at a job start
     after = rows(tmp_path, "k")[0]
     assert after["state"] == "INTERRUPTED" and after["epochs"] == kept["epochs"]

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from .._processes import run_killable
+
 BIN = Path(sys.executable).parent
 MPIEXEC = BIN / "mpiexec"
 
@@ -81,15 +83,7 @@ def run(args, cwd, *, ranks=None, timeout=240, env=None):
         if not MPIEXEC.exists():
             pytest.fail(f"{MPIEXEC} missing: install the package with the [mpich] extra (launch/test.sh does)")
         cmd = [str(MPIEXEC), "-n", str(ranks), *cmd]
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, env={**os.environ, "OIALR_SEARCH_STORAGE": "", **(env or {})})
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"timed out after {timeout}s: {' '.join(args)}\n{out[-2000:]}\n{err[-2000:]}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    return run_killable(cmd, cwd=cwd, timeout=timeout, env={**os.environ, "OIALR_SEARCH_STORAGE": "", **(env or {})})
 
 
 def trials(folder: Path, study: str) -> list[dict]:
@@ -183,10 +177,13 @@ def test_killed_search_resumes_with_another_rank_count(tmp_path):
     assert len(done) >= 4, "the search did not get going"
     before = {r["number"]: r for r in trials(tmp_path, "k") if r["state"] == "COMPLETE"}
     # a damaged Propulate checkpoint must not matter: the population is rebuilt from the database
-    for ckpt in (tmp_path / "oialr_search.propulate" / "k").glob("island_*"):
+    islands = list((tmp_path / "oialr_search.work" / "k" / "propulate").glob("job-*/island_*"))
+    assert islands
+    for ckpt in islands:
         ckpt.write_bytes(ckpt.read_bytes()[:10])
     target = len(before) + 4
-    resumed = run(["resume", "--study", "k", "--budget", str(target)], tmp_path, ranks=4)
+    resumed = run(["resume", "--study", "k", "--budget", str(target)], tmp_path, ranks=4,
+                  env={"OIALR_SEARCH_HEARTBEAT": "0.5"})  # the killed trials are dead after 3 s
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     after = {r["number"]: r for r in trials(tmp_path, "k")}
     for number, row in before.items():  # no completed trial lost or changed

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     create_engine,
+    event,
     inspect,
     text,
 )
@@ -96,7 +97,8 @@ class V1Meta(V1):
 
 
 NEW_COLUMNS = {"oialr_studies": {"objectives", "constraints"},
-               "oialr_trials": {"objective_values", "feasible", "last_epoch"},
+               # heartbeat and owner: v3
+               "oialr_trials": {"objective_values", "feasible", "last_epoch", "heartbeat", "owner"},
                "oialr_trial_epochs": {"compression", "train_seconds"}}
 PAYLOADS = "oialr_trial_payloads"
 MOVED = {"oialr_trials": ("config", "rank_trajectory")}  # v2 keeps them in PAYLOADS, one row per trial
@@ -239,7 +241,8 @@ def test_v1_database_is_refused_without_create(tmp_path, engine_kind):
     assert schema_version(engine) == 1
     with pytest.raises(SchemaOutdated) as err:
         prepare_schema(engine, url=url, create=False)
-    assert str(err.value) == (f"{url}: database schema v1 is older than this release's v2; upgrade it with: "
+    assert str(err.value) == (f"{url}: database schema v1 is older than this release's v{SCHEMA_VERSION}; "
+                              "upgrade it with: "
                               f"oialr-search storage upgrade --storage {url}")
     engine.dispose()
     assert dump(tmp_path / "v1.db") == before
@@ -250,7 +253,7 @@ def test_cli_upgrade_keeps_every_row(tmp_path):
     before = dump(tmp_path / "v1.db")
     proc = run_cli("storage", "upgrade", "--storage", url, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == f"upgraded {url}: schema v1 -> v2 (2 studies, 12 trials, 32 epochs kept)\n"
+    assert proc.stdout == f"upgraded {url}: schema v1 -> v{SCHEMA_VERSION} (2 studies, 12 trials, 32 epochs kept)\n"
     assert_upgraded(tmp_path / "v1.db", before)
     engine = create_engine(url)
     assert schema_version(engine) == SCHEMA_VERSION
@@ -258,7 +261,7 @@ def test_cli_upgrade_keeps_every_row(tmp_path):
     engine.dispose()
     proc = run_cli("storage", "upgrade", "--storage", url, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == f"{url} is up to date (schema v2)\n"
+    assert proc.stdout == f"{url} is up to date (schema v{SCHEMA_VERSION})\n"
     assert_upgraded(tmp_path / "v1.db", before)
 
 
@@ -287,7 +290,8 @@ def test_fresh_database_is_current_and_stamped(tmp_path, engine_kind):
     assert schema_version(engine) == SCHEMA_VERSION
     with engine.connect() as conn:
         assert conn.scalar(text(f"SELECT version_num FROM {VERSION_TABLE}")) == f"v{SCHEMA_VERSION}"
-        assert conn.execute(text("SELECT key, value FROM oialr_meta")).all() == [("schema_version", "2")]
+        assert conn.execute(text("SELECT key, value FROM oialr_meta")).all() == [("schema_version",
+                                                                                  str(SCHEMA_VERSION))]
         # what create_all made is what the migrations make: nothing for autogenerate to add
         assert compare_metadata(MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}),
                                 Base.metadata) == []
@@ -320,7 +324,8 @@ def test_racing_writers_make_one_schema(tmp_path, engine_kind, start):
     assert schema_version(engine) == SCHEMA_VERSION
     with engine.connect() as conn:
         assert conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).all() == [(f"v{SCHEMA_VERSION}",)]
-        assert conn.execute(text("SELECT key, value FROM oialr_meta")).all() == [("schema_version", "2")]
+        assert conn.execute(text("SELECT key, value FROM oialr_meta")).all() == [("schema_version",
+                                                                                  str(SCHEMA_VERSION))]
     engine.dispose()
 
 
@@ -406,13 +411,10 @@ def test_migration_refuses_to_recreate_tables_with_foreign_keys_enforced(tmp_pat
     conn.close()
 
 
-POSTGRES_URL = os.environ.get("OIALR_SEARCH_TEST_POSTGRES_URL")
-
-
-@pytest.mark.skipif(not POSTGRES_URL, reason="set OIALR_SEARCH_TEST_POSTGRES_URL to a scratch PostgreSQL database")
-def test_postgresql_upgrade_and_downgrade():
-    """v1 -> v2 -> v1 on PostgreSQL (ALTER TABLE, no table recreate), row for row; drops our tables after."""
-    engine = create_engine(POSTGRES_URL)
+def test_postgresql_upgrade_and_downgrade(postgres_schema_url):
+    """v1 -> v2 -> v1 on PostgreSQL (ALTER TABLE, no table recreate), row for row; drops our tables after.
+    The database: the tests' throwaway server, or OIALR_SEARCH_TEST_POSTGRES_URL (see tests/conftest.py)."""
+    engine = create_engine(postgres_schema_url)
 
     def rows() -> dict[str, list[dict]]:
         with engine.connect() as conn:
@@ -432,9 +434,9 @@ def test_postgresql_upgrade_and_downgrade():
 
     drop_ours()
     try:
-        make_v1(None, POSTGRES_URL)
+        make_v1(None, postgres_schema_url)
         before = rows()
-        prepare_schema(engine, url=POSTGRES_URL, create=True)
+        prepare_schema(engine, url=postgres_schema_url, create=True)
         assert schema_version(engine) == SCHEMA_VERSION
         assert compare(Base.metadata) == []
         after = rows()
@@ -444,7 +446,7 @@ def test_postgresql_upgrade_and_downgrade():
         assert after[PAYLOADS] == [{"trial_id": t["id"], **{k: t[k] for k in moved}} for t in before["oialr_trials"]]
         assert after["oialr_trial_epochs"] == [{**e, "compression": None, "train_seconds": None}
                                                for e in before["oialr_trial_epochs"]]
-        store = Store(POSTGRES_URL, create=False)
+        store = Store(postgres_schema_url, create=False)
         try:
             for study_row in before["oialr_studies"]:
                 trials = store.trials(store.get_study(study_row["name"]), full=True)
@@ -502,7 +504,7 @@ def test_newer_schema_is_refused(tmp_path):
     with engine.begin() as conn:
         conn.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = 'v{SCHEMA_VERSION + 1}'"))
     for create in (False, True):
-        with pytest.raises(SchemaTooNew, match="newer than this release's v2; upgrade oialr-search"):
+        with pytest.raises(SchemaTooNew, match=f"newer than this release.s v{SCHEMA_VERSION}; upgrade oialr-search"):
             prepare_schema(engine, url=url, create=create)
     engine.dispose()
     proc = run_cli("storage", "upgrade", "--storage", url, cwd=tmp_path)
@@ -546,16 +548,18 @@ def test_cli_upgrade_refuses_while_trials_run_and_force_upgrades(tmp_path):
 
     proc = run_cli("storage", "upgrade", "--force", "--storage", url, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == (f"upgraded {url}: schema v1 -> v2 (2 studies, 12 trials, 32 epochs kept)\n"
-                           "2 trial(s) left RUNNING by the older release: the next search of their study marks "
-                           "them INTERRUPTED\n")
+    assert proc.stdout == (f"upgraded {url}: schema v1 -> v{SCHEMA_VERSION} (2 studies, 12 trials, 32 epochs kept)\n"
+                           "2 trial(s) left RUNNING by the older release: the next search of their study resumes "
+                           "them (from scratch: that release wrote no trial checkpoints)\n")
     assert_upgraded(tmp_path / "v1.db", before)
-    store = Store(url)  # as the next search's start does
+    store = Store(url)  # as the next search's start does: no heartbeat, so dead at once, and claimed
     try:
         for name in ("cifar", "mnist"):
             study = store.get_study(name)
-            assert store.mark_interrupted(study) == 1
-            assert store.counts(study) == {"COMPLETE": 2, "FAILED": 1, "INTERRUPTED": 2, "PRUNED": 1}
+            assert store.dead_trials(study, grace=60) == 1
+            claimed = store.claim_dead(study, grace=60, rank=0, device="cpu")
+            assert claimed is not None and claimed.state == "RUNNING" and claimed.config is not None
+            assert store.claim_dead(study, grace=60, rank=1, device="cpu") is None  # taken: alive now
     finally:
         store.engine.dispose()
 
@@ -627,13 +631,26 @@ def test_epochs_with_nan_measurements_are_stored(tmp_path, start):
         conn.close()
     # v1 cannot hold them: the downgrade says so, and changes nothing
     rows = dump(path)
-    engine = create_engine(url)
+    engine = _transactional_ddl(create_engine(url))  # v3's downgrade runs first: its DROP COLUMN must roll back
     with pytest.raises(RuntimeError, match=r"3 row\(s\) of oialr_trial_epochs have a NULL measurement"), \
             engine.begin() as conn:
         command.downgrade(_config(conn), "v1")
     assert schema_version(engine) == SCHEMA_VERSION
     engine.dispose()
     assert dump(path) == rows
+
+
+def _transactional_ddl(engine):
+    """pysqlite runs DDL outside any transaction unless BEGIN is emitted explicitly (as the Store does)."""
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn, _record):
+        dbapi_conn.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn):
+        conn.exec_driver_sql("BEGIN")
+
+    return engine
 
 
 # -- the schema check on every Store open is a read: no write lock ------------------------------------------------

@@ -22,8 +22,8 @@ def _study(store, name="s", direction="minimize"):
                               direction=direction, backend="optuna", seed=0, budget=10)
 
 
-def test_trial_life_cycle_and_best(tmp_path):
-    store = Store(f"sqlite:///{tmp_path}/db.sqlite")
+def test_trial_life_cycle_and_best(store_url):
+    store = Store(store_url)
     study = _study(store)
     assert store.create_study(name="s", space={}, space_path="", metric="top1", direction="maximize",
                               backend="x", seed=1, budget=1).id == study.id  # existing study is returned
@@ -45,8 +45,8 @@ def test_trial_life_cycle_and_best(tmp_path):
     assert trials[0].duration is not None and trials[0].duration >= 0
 
 
-def test_interrupted_and_limit(tmp_path):
-    store = Store(f"sqlite:///{tmp_path}/db.sqlite")
+def test_interrupted_and_limit(store_url):
+    store = Store(store_url)
     study = _study(store)
     running = store.start_trial(study, params={}, rank=0, island=None, device="cpu")
     assert store.mark_interrupted(study) == 1
@@ -55,8 +55,8 @@ def test_interrupted_and_limit(tmp_path):
     assert store.start_trial(study, params={}, rank=0, island=None, device="cpu", limit=1) is None
 
 
-def test_concurrent_writers_lose_nothing(tmp_path):
-    url = f"sqlite:///{tmp_path}/db.sqlite"
+def test_concurrent_writers_lose_nothing(store_url):
+    url = store_url
     study = _study(Store(url))
     errors = []
 
@@ -80,10 +80,10 @@ def test_concurrent_writers_lose_nothing(tmp_path):
     assert all(t.state == COMPLETE for t in trials)
 
 
-def test_tables_do_not_collide_with_optuna(tmp_path):
+def test_tables_do_not_collide_with_optuna(store_url):
     import optuna
 
-    url = f"sqlite:///{tmp_path}/shared.db"
+    url = store_url
     store = Store(url)
     _study(store)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -101,7 +101,12 @@ def test_errors(tmp_path):
         Store(f"sqlite:///{tmp_path}/missing.db", create=False)
     with pytest.raises(StorageError, match="does not exist"):
         Store(f"sqlite:///{tmp_path}/no/such/dir/x.db")
-    store = Store(f"sqlite:///{tmp_path}/db.sqlite")
+
+
+def test_unknown_study_names_the_known_ones(store_url):
+    store = Store(store_url)
+    with pytest.raises(StudyNotFound, match="this storage has no studies"):
+        store.get_study("beta")
     _study(store, "alpha")
     with pytest.raises(StudyNotFound, match="no study named 'beta'.*studies here: alpha"):
         store.get_study("beta")
@@ -113,8 +118,8 @@ def _epoch(epoch, **values):
     return {**base, **values}
 
 
-def test_epochs_are_stored_as_they_happen_and_read_per_rung(tmp_path):
-    store = Store(f"sqlite:///{tmp_path}/db.sqlite")
+def test_epochs_are_stored_as_they_happen_and_read_per_rung(store_url):
+    store = Store(store_url)
     study = _study(store)
     a = store.start_trial(study, params={}, rank=0, island=None, device="cpu")
     b = store.start_trial(study, params={}, rank=1, island=None, device="cpu")
@@ -132,8 +137,8 @@ def test_epochs_are_stored_as_they_happen_and_read_per_rung(tmp_path):
     assert len(store.epochs(a.id)) == 2 and store.counts(study) == {PRUNED: 1, RUNNING: 1}
 
 
-def test_finished_since_returns_trials_that_finish_out_of_order(tmp_path):
-    store = Store(f"sqlite:///{tmp_path}/db.sqlite")
+def test_finished_since_returns_trials_that_finish_out_of_order(store_url):
+    store = Store(store_url)
     study = _study(store)
     first, second = (store.start_trial(study, params={"i": i}, rank=i, island=None, device="cpu") for i in (0, 1))
     store.finish_trial(second.id, state=COMPLETE, value=1.0, values=[1.0])
@@ -144,8 +149,8 @@ def test_finished_since_returns_trials_that_finish_out_of_order(tmp_path):
     assert first.id in [t.id for t in got] and mark == second.id + 1
 
 
-def test_constraints_keep_infeasible_trials_from_best(tmp_path):
-    store = Store(f"sqlite:///{tmp_path}/db.sqlite")
+def test_constraints_keep_infeasible_trials_from_best(store_url):
+    store = Store(store_url)
     study = _study(store)
     for value, ok in ((0.1, False), (0.3, True), (0.2, None)):
         t = store.start_trial(study, params={}, rank=0, island=None, device="cpu")
@@ -176,3 +181,84 @@ def test_queries_neither_wait_for_nor_block_a_writer(tmp_path):
         writer.close()
     with pytest.raises(RuntimeError, match="readonly"):
         reader.start_trial(study, params={}, rank=0, island=None, device="cpu")
+
+
+def test_non_finite_floats_are_stored_as_none(store_url):
+    """A diverged trial's NaN loss (and inf) is stored on every database, as None in the JSON columns and
+    the value column alike; the trial does not stay RUNNING (PostgreSQL's JSON rejects NaN)."""
+    nan, inf = float("nan"), float("inf")
+    store = Store(store_url)
+    study = _study(store)
+    t = store.start_trial(study, params={"lr": nan, "n": 3}, rank=0, island=None, device="cpu",
+                          config={"train": {"lr": inf, "epochs": 2}})
+    store.report_epochs(t.id, [_epoch(1, val_loss=nan, train_loss=-inf)])
+    store.finish_trial(t.id, state=FAILED, value=nan, values=[nan, inf, 1.5], feasible=None,
+                       metrics={"val_loss": nan, "top1": inf, "nested": [1.0, {"x": -inf}], "ok": 2.5},
+                       epochs=[_epoch(1), _epoch(2, val_loss=nan)],
+                       rank_trajectory=[{"step": 1, "stability": {"a": nan}}], error="objective val_loss is nan")
+    (got,) = store.trials(study, full=True)
+    assert got.state == FAILED and got.error == "objective val_loss is nan"
+    assert got.value is None and got.values == [None, None, 1.5]
+    assert got.metrics == {"val_loss": None, "top1": None, "nested": [1.0, {"x": None}], "ok": 2.5}
+    assert got.params == {"lr": None, "n": 3} and got.config == {"train": {"lr": None, "epochs": 2}}
+    assert got.rank_trajectory == [{"step": 1, "stability": {"a": None}}]
+    assert [(e["epoch"], e["val_loss"], e["train_loss"]) for e in store.epochs(got.id)] == [(1, None, None),
+                                                                                          (2, None, 1.0)]
+    assert store.counts(study) == {FAILED: 1}
+    # a COMPLETE trial whose non-objective metric is NaN ranks normally; objective_points reads the JSON
+    ok = store.start_trial(study, params={}, rank=0, island=None, device="cpu")
+    store.finish_trial(ok.id, state=COMPLETE, value=0.5, values=[0.5], metrics={"val_loss": 0.5, "top1": nan})
+    assert store.best_trial(study).id == ok.id and store.objective_points(study) == [(ok.number, (0.5,))]
+
+
+def test_nan_written_by_earlier_releases_still_reads_on_sqlite(tmp_path):
+    """Before, SQLite's JSON columns kept Python's NaN token; such rows read back as NaN."""
+    import math
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path}/db.sqlite"
+    store = Store(url)
+    study = _study(store)
+    t = store.start_trial(study, params={}, rank=0, island=None, device="cpu")
+    store.finish_trial(t.id, state=FAILED, error="x")
+    store.engine.dispose()
+    conn = sqlite3.connect(tmp_path / "db.sqlite")
+    conn.execute("UPDATE oialr_trials SET metrics = '{\"val_loss\": NaN, \"top1\": Infinity}', "
+                 "objective_values = '[NaN]' WHERE id = ?", (t.id,))
+    conn.commit()
+    conn.close()
+    (got,) = Store(url, create=False).trials(study)
+    assert math.isnan(got.metrics["val_loss"]) and got.metrics["top1"] == float("inf")
+    assert math.isnan(got.values[0])
+
+
+def test_only_a_number_clash_is_retried(store_url, monkeypatch):
+    """start_trial retries when another writer took the number, but any other integrity error (here
+    a study that does not exist: the foreign key) is raised at once, not as 'could not allocate'."""
+    import dataclasses
+
+    from sqlalchemy import bindparam, func, select
+
+    from oialr_search.storage import _writes
+    from oialr_search.storage._schema import TrialRow
+
+    store = Store(store_url)
+    study = _study(store)
+    ghost = dataclasses.replace(study, id=study.id + 1000)
+    with pytest.raises(RuntimeError, match="transaction rolled back") as info:
+        store.start_trial(ghost, params={}, rank=0, island=None, device="cpu")
+    assert "could not allocate" not in str(info.value)
+    assert store.start_trial(study, params={}, rank=0, island=None, device="cpu").number == 0
+    calls = []
+    taken = select(func.max(TrialRow.number)).where(TrialRow.study_id == bindparam("sid"))  # always clashes
+    real = _writes.start_trial
+
+    def counting(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_writes, "_NEXT_NUMBER", taken)
+    monkeypatch.setattr(_writes, "start_trial", counting)
+    with pytest.raises(RuntimeError, match="could not allocate a trial number"):
+        store.start_trial(study, params={}, rank=0, island=None, device="cpu")
+    assert len(calls) == 20 and len(store.trials(study)) == 1

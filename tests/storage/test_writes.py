@@ -8,7 +8,8 @@ from oialr_search.storage import COMPLETE, FAILED, PRUNED, Store
 from oialr_search.storage._writes import Transactions
 
 TABLES = ("oialr_trials", "oialr_trial_payloads", "oialr_trial_epochs")
-TIME_COLUMNS = {"started", "finished", "duration"}  # wall-clock values: compared for type and format only
+# clock values and per-run tokens: compared for type and length only
+TIME_COLUMNS = {"started", "finished", "duration", "heartbeat", "owner"}
 
 
 def _epoch(e, **over):
@@ -64,9 +65,30 @@ def test_sqlite_executor_writes_the_rows_core_writes(tmp_path, monkeypatch):
     assert len(dumps[0]["oialr_trial_epochs"]) == 4 and dumps[0]["oialr_trial_epochs"][1]["val_loss"] is None
 
 
-@pytest.mark.parametrize("core", [True, False])
-def test_a_failed_write_rolls_back_and_says_so(tmp_path, core):
-    store = Store(f"sqlite:///{tmp_path}/db.sqlite")
+def _read(store):
+    """What the store reads back of the workload, less wall-clock times and ids."""
+    study = store.get_study("s")
+    trials = [{k: v for k, v in vars(t).items() if k not in {"id", "started", "finished", "duration"}}
+              for t in store.trials(study, full=True)]
+    return trials, [store.epochs(t.id) for t in store.trials(study)], store.objective_points(study)
+
+
+def test_every_database_reads_back_what_sqlite_does(tmp_path, postgres_schema_url):
+    """The same writes (NaN and inf included) read back the same from PostgreSQL as from SQLite."""
+    reads = []
+    for url in (f"sqlite:///{tmp_path}/db.sqlite", postgres_schema_url):
+        store = Store(url)
+        assert _workload(store) == [0, 1, 2]
+        reads.append(_read(store))
+        store.engine.dispose()
+    assert reads[0] == reads[1]
+    assert reads[0][0][0]["metrics"] == {"top1": 53.0, "val_loss": None}
+
+
+@pytest.mark.parametrize(("db", "core"), [("sqlite", True), ("sqlite", False), ("postgres", True)])
+def test_a_failed_write_rolls_back_and_says_so(tmp_path, request, db, core):
+    url = f"sqlite:///{tmp_path}/db.sqlite" if db == "sqlite" else request.getfixturevalue("postgres_schema_url")
+    store = Store(url)
     store._tx = Transactions(store.engine, store.url, core=core)
     study = store.create_study(name="s", space={"raw": {}}, space_path="", metric="top1", direction="maximize",
                                backend="optuna", seed=0, budget=3)

@@ -3,12 +3,12 @@ the same global batch, and the OIALR switch and every basis update leave the rep
 
 import json
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from .._processes import run_killable
 
 MPIEXEC = Path(sys.executable).parent / "mpiexec"
 
@@ -61,16 +61,9 @@ def _run(tmp_path, batch, precision="fp32", timeout=300):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     cmd = [str(MPIEXEC), "-n", "2", sys.executable, "-m", "mpi4py", str(script), str(batch), precision]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"timed out after {timeout}s\n{out[-2000:]}\n{err[-2000:]}")
-    assert proc.returncode == 0, err[-3000:]
-    line = next(x for x in out.splitlines() if x.startswith("RESULT "))
+    proc = run_killable(cmd, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
     return json.loads(line[len("RESULT "):])
 
 

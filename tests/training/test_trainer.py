@@ -79,3 +79,33 @@ def test_mini_vit_runs_both_phases():
     res = train(cfg, log=None)
     assert res.trainable_fraction < 0.6
     assert any(u["update"] >= 0 for u in res.oialr_updates)
+
+
+def test_stop_mid_epoch_checkpoints_there_and_resumes_exactly(tmp_path):
+    from oialr_search.training import Preempted
+
+    cfg = tiny(train={"epochs": 3}, model={"name": "mini_vit", "kwargs": {"embed_dim": 24, "depth": 2,
+                                                                          "num_heads": 2, "drop_rate": 0.1}})
+    full = train(cfg, log=None)
+    ckpt = tmp_path / "run.ckpt"
+    t = Trainer(cfg, checkpoint=ckpt, log=None)
+    with pytest.raises(Preempted, match="stopped at step 30"):
+        t.fit(should_stop=lambda: t.step >= 30)  # in epoch 2 (23 steps per epoch), past the switch at 21
+    state = torch.load(ckpt, weights_only=False)
+    assert (state["epoch"], state["step"], state["batch"]) == (1, 30, 7)
+    torch.manual_seed(99)
+    res = Trainer(cfg, checkpoint=ckpt, resume=True, log=None).fit()
+    assert res.val_loss == full.val_loss and res.top1 == full.top1
+    assert [e.train_loss for e in res.epochs] == pytest.approx([e.train_loss for e in full.epochs], rel=1e-12)
+    assert [u["step"] for u in res.oialr_updates] == [u["step"] for u in full.oialr_updates]
+
+
+def test_checkpoint_every_writes_within_epochs(tmp_path, monkeypatch):
+    ckpt = tmp_path / "run.ckpt"
+    t = Trainer(tiny(train={"epochs": 1}), checkpoint=ckpt, log=None)
+    saves = []
+    original = t._save
+    monkeypatch.setattr(t, "_save", lambda epoch_sums=None: (saves.append(t._batch if epoch_sums is not None
+                                                                          else "end"), original(epoch_sums)))
+    t.fit(checkpoint_every=1e-9)  # due after every step
+    assert saves[:3] == [1, 2, 3] and saves[-1] == "end" and len(saves) == t.steps_per_epoch + 1

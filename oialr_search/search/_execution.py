@@ -1,0 +1,206 @@
+"""Running trials on one rank (or one group of ranks): new trials, trials of dead jobs resumed from
+their checkpoints, and what a rank does when it is preempted or its GPU is lost.
+
+A trial's life here: claim (``start_trial``, or ``claim_dead`` for a RUNNING trial whose heartbeat
+stopped), tell the group's followers what to train, beat while training, train with a checkpoint in
+the study's work folder (every epoch, and every ``trial_checkpoint_minutes``), store the outcome and
+delete the checkpoint. On a preemption signal the trial is checkpointed where it is, released (still
+RUNNING, but dead at once) and the rank takes no more trials; the next job resumes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ..exceptions import ConfigError
+from ..storage import FAILED, Store, Study, Trial, TrialTakenOver
+from ._devices import Placement
+from ._heartbeat import Heartbeat, grace_period, heartbeat_interval
+from ._objective import TrialOutcome
+from ._objectives import Scored, score
+from ._preemption import StopRequest
+from ._reporter import EpochReporter
+from ._space import SearchSpace
+from ._workers import DONE, Workers
+
+Objective = Callable[..., TrialOutcome]
+Ran = tuple[dict, Trial, Scored, dict | None]  # (params, stored trial, its scored outcome, its metrics)
+
+
+class Trials:
+    """This rank's trials. Leaders call :meth:`new` and :meth:`resume_dead`; followers :meth:`follow`."""
+
+    def __init__(self, *, store: Store, study: Study, space: SearchSpace, objective: Objective,
+                 placement: Placement, workers: Workers, rank: int, folder: Path,
+                 on_stored: Callable[[Trial, Scored, float, int | None], None] | None = None) -> None:
+        self.store, self.study, self.space, self.objective = store, study, space, objective
+        self.placement, self.workers, self.rank, self.folder = placement, workers, rank, folder
+        self.on_stored = on_stored
+        self.device = placement.device if workers.k == 1 else f"{placement.device} +{workers.k - 1}"
+        self.group = {"group": workers.group} if workers.group is not None else {}  # custom objectives need not know
+        self.stop = StopRequest()
+        self.lost = False  # a CUDA error poisoned this rank's device
+        self.heartbeat = Heartbeat(store) if workers.leader else None
+        minutes = space.trial_checkpoint_minutes
+        self.checkpoint_every = 60.0 * minutes if minutes else None
+
+    def close(self) -> None:
+        """The end of the job on this rank: no more heartbeats, the signal handlers restored."""
+        if self.heartbeat is not None:
+            self.heartbeat.close()
+        self.stop.restore()
+
+    @property
+    def closed(self) -> bool:
+        """This rank takes no more trials (preempted, or its device is lost)."""
+        return self.lost or self.stop()
+
+    def checkpoint(self, trial: Trial) -> Path:
+        return self.folder / f"trial_{trial.number}.ckpt"
+
+    # -- leaders --------------------------------------------------------------------------------------------------
+    def new(self, params: dict, island: int | None, limit: int | None = None) -> Ran | None:
+        """Claim a slot for ``params`` and run it; None once ``limit`` trials exist, or when closed."""
+        if self.closed:
+            self.workers.send(None)
+            return None
+        try:
+            config = self.space.trial_config(params, threads=self.placement.threads)
+        except ConfigError:
+            config = None  # an invalid combination: run_trial stores the trial FAILED with the reason
+        try:
+            trial = self.store.start_trial(self.study, params=params, rank=self.rank, island=island,
+                                           device=self.device, config=config, limit=limit)
+        except BaseException:
+            self.workers.send(None)  # the followers must not wait for a trial that never starts
+            raise
+        if trial is None:
+            self.workers.send(None)
+            return None
+        return self._run(trial, params, config, resume=False)
+
+    def resume_dead(self) -> Ran | None:
+        """Resume one RUNNING trial of a dead job (its heartbeat is older than the grace period), from
+        its checkpoint: same number, params and seed. None when there is none (or when closed)."""
+        if self.closed:
+            return None
+        trial = self.store.claim_dead(self.study, grace=grace_period(), rank=self.rank, device=self.device)
+        if trial is None:
+            return None
+        where = f"epoch {trial.last_epoch or 0}" if self.checkpoint(trial).exists() else "scratch (no checkpoint)"
+        print(f"[rank {self.rank}] resuming trial {trial.number} of an earlier job from {where}", flush=True)
+        return self._run(trial, trial.params, trial.config, resume=True)
+
+    def drain(self) -> None:
+        """At the end of a job: resume the dead trials, including those that stopped beating but are not
+        past the grace period yet (a job killed moments ago), so the budget is met by this job; live
+        trials of other jobs are left to them. Then release the followers."""
+        interval = heartbeat_interval()
+        while not self.closed:
+            if self.resume_dead() is not None:
+                continue
+            if not self.store.dead_trials(self.study, grace=2 * interval):
+                break
+            time.sleep(interval / 2)  # some stopped beating: wait until they are past the grace period
+        self.workers.send(DONE)
+
+    def _run(self, trial: Trial, params: dict, config: dict | None, *, resume: bool) -> Ran | None:
+        checkpoint = self.checkpoint(trial)
+        self.workers.send({"params": params, "config": config, "checkpoint": str(checkpoint), "resume": resume})
+        max_epochs = (config or {}).get("train", {}).get("epochs", 0)
+        reporter = EpochReporter(store=self.store, study=self.study, trial_id=trial.id,
+                                 objectives=self.space.objectives, pruner=self.space.pruner, max_epochs=max_epochs,
+                                 stored_epochs=(trial.last_epoch or 0) if resume else 0)
+        report = reporter if self.workers.group is None else _shared(reporter, self.workers)
+        heartbeat = self.heartbeat
+        assert heartbeat is not None
+        heartbeat.start(trial.id)
+        try:
+            outcome = self.objective(self.space, params, device=self.placement.device,
+                                     threads=self.placement.threads, report=report, config=config,
+                                     checkpoint=checkpoint, resume=resume,
+                                     should_stop=lambda: self.stop() or heartbeat.lost,
+                                     checkpoint_every=self.checkpoint_every, **self.group)
+        except BaseException:  # interrupted: keep the epochs it reached; the trial stays RUNNING (resumable)
+            self.heartbeat.stop()
+            with contextlib.suppress(Exception):
+                reporter.flush()
+            raise
+        self.heartbeat.stop()
+        if outcome.preempted and heartbeat.lost:
+            return self._taken_over(trial)
+        if outcome.preempted:  # (in a group, maybe a follower's signal: the leader stops taking trials too)
+            self.stop.signal = self.stop.signal or signal.SIGTERM
+            try:
+                reporter.flush()
+            except TrialTakenOver:
+                return self._taken_over(trial)
+            self.store.release(trial.id)
+            print(f"[rank {self.rank}] trial {trial.number} checkpointed at step boundary; the next job of the "
+                  f"study resumes it", file=sys.stderr, flush=True)
+            return None
+        scored = score(outcome.state, outcome.metrics, outcome.error, self.space.objectives, self.space.constraints)
+        values = scored.values
+        try:
+            self.store.finish_trial(trial.id, state=scored.state, value=values[0] if values else None, values=values,
+                                    feasible=scored.feasible, metrics=outcome.metrics,
+                                    epochs=outcome.epochs or reporter.pending,  # a failed trial keeps its epochs
+                                    rank_trajectory=outcome.trajectory, error=scored.error)
+        except TrialTakenOver:
+            return self._taken_over(trial)
+        except RuntimeError as exc:  # the outcome cannot be stored as it is: never leave the trial RUNNING
+            print(f"[rank {self.rank}] trial {trial.number}: storing its outcome failed ({exc}); its values: "
+                  f"state {scored.state}, metrics {outcome.metrics}", file=sys.stderr, flush=True)
+            scored = Scored(FAILED, None, None, f"storing the outcome failed: {exc}")
+            self.store.finish_trial(trial.id, state=FAILED, error=scored.error)
+        checkpoint.unlink(missing_ok=True)
+        if self.on_stored is not None:
+            self.on_stored(trial, scored, outcome.seconds, reporter.pruned_at)
+        if outcome.device_lost:
+            self.lost = True
+            print(f"[rank {self.rank}] {self.placement.device} is unusable after trial {trial.number} "
+                  f"({(scored.error or '').splitlines()[0]}): this rank takes no more trials; resume the study in a "
+                  f"new job to use it again", file=sys.stderr, flush=True)
+        return params, trial, scored, outcome.metrics
+
+    def _taken_over(self, trial: Trial) -> None:
+        """Another job claimed this trial while we ran it (our heartbeat looked dead to it): it is theirs
+        now, with its checkpoint; this run's outcome is dropped, unstored."""
+        print(f"[rank {self.rank}] trial {trial.number} was taken over by another job (its heartbeat looked dead "
+              "there); dropping this run of it", file=sys.stderr, flush=True)
+
+    # -- followers ----------------------------------------------------------------------------------------------
+    def follow(self) -> str:
+        """Train the leader's next trial with it: "trained", "none" or "done" (see Workers.follow)."""
+
+        def train(task: dict, report: Callable[[dict], bool]) -> TrialOutcome:
+            return self.objective(self.space, task["params"], device=self.placement.device,
+                                  threads=self.placement.threads, report=report, config=task["config"],
+                                  checkpoint=Path(task["checkpoint"]), resume=task["resume"], save=False,
+                                  should_stop=self.stop, checkpoint_every=self.checkpoint_every, **self.group)
+
+        return self.workers.follow(train)
+
+    def follow_to_the_end(self) -> None:
+        while self.follow() != "done":
+            pass
+
+
+def _shared(reporter: EpochReporter, workers: Workers) -> Callable[[dict], bool]:
+    """A group leader's epoch report: the pruner's keep/stop decision goes to the followers too; if
+    storing the epoch fails they are told to stop, so every rank leaves the trial at the same epoch."""
+
+    def report(record: dict) -> bool:
+        try:
+            keep = reporter(record)
+        except BaseException:
+            workers.send(False)
+            raise
+        return workers.send(keep)
+
+    return report

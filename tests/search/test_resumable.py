@@ -1,0 +1,139 @@
+"""Searches that survive their jobs: trials checkpoint as they run, a job that is killed or preempted
+leaves them resumable, the next job resumes them where they were, and jobs share a study safely."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from oialr_search.training import Trainer, config_from_dict
+
+from .test_search_cli import MPIEXEC, run, trials
+
+SPACE = """\
+base:
+  model: {name: mlp, kwargs: {hidden: 256, depth: 2}}
+  data: {name: digits, val_fraction: 0.2}
+  oialr: {keep_last_layer: false, delay: 0.3}
+  train: {epochs: 30, batch_size: 32}
+objective: {metric: val_loss}
+params:
+  oialr.beta: {type: float, low: 0.05, high: 0.5, log: true}
+  optim.lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}
+"""
+FAST_BEATS = {"OIALR_SEARCH_HEARTBEAT": "0.5"}  # grace period 3 s
+
+
+def _start(tmp_path, study, budget, *extra):
+    cmd = [str(MPIEXEC), "-n", "2", sys.executable, "-m", "mpi4py", "-m", "oialr_search", "run", "space.yaml",
+           "--study", study, "--budget", str(budget), *extra]
+    return subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True,
+                            env={**os.environ, "OIALR_SEARCH_STORAGE": "", "OMP_NUM_THREADS": "1", **FAST_BEATS})
+
+
+def _wait_for_epochs(tmp_path, study, proc, epochs=3, timeout=180):
+    """Until two trials are RUNNING past ``epochs`` epochs."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        try:
+            rows = trials(tmp_path, study)
+        except sqlite3.OperationalError:
+            continue
+        if sum(r["state"] == "RUNNING" and (r["last_epoch"] or 0) >= epochs for r in rows) >= 2:
+            return
+    os.killpg(proc.pid, signal.SIGKILL)
+    pytest.fail(f"no two trials got past epoch {epochs}: {proc.communicate()[1][-2000:]}")
+
+
+def _uninterrupted(row):
+    config = json.loads(row["config"])
+    config["train"]["device"] = "cpu"
+    torch.set_num_threads(config["train"]["threads"])
+    return Trainer(config_from_dict(config), log=None).fit()
+
+
+def _epochs(tmp_path, trial_number, study):
+    con = sqlite3.connect(tmp_path / "oialr_search.db")
+    rows = con.execute("SELECT e.epoch FROM oialr_trial_epochs e JOIN oialr_trials t ON t.id = e.trial_id "
+                       "JOIN oialr_studies s ON s.id = t.study_id WHERE s.name = ? AND t.number = ? "
+                       "ORDER BY e.epoch", (study, trial_number)).fetchall()
+    con.close()
+    return [r[0] for r in rows]
+
+
+def test_sigterm_checkpoints_running_trials_and_the_next_job_resumes_them(tmp_path):
+    (tmp_path / "space.yaml").write_text(SPACE)
+    proc = _start(tmp_path, "t", 6)
+    _wait_for_epochs(tmp_path, "t", proc)
+    start = time.time()
+    os.killpg(proc.pid, signal.SIGTERM)  # as scancel / SLURM's --signal: every process of the job
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-3000:]
+    assert time.time() - start < 30
+    stopped = [r for r in trials(tmp_path, "t") if r["state"] == "RUNNING"]
+    assert len(stopped) == 2 and all(r["heartbeat"] is None for r in stopped)  # released: dead at once
+    folder = tmp_path / "oialr_search.work" / "t" / "trials"
+    assert {p.name for p in folder.iterdir()} == {f"trial_{r['number']}.ckpt" for r in stopped}
+    reached = {r["number"]: r["last_epoch"] for r in stopped}
+    kept, corrupt = sorted(reached)
+    (folder / f"trial_{corrupt}.ckpt").write_bytes(b"damaged")  # restarts from scratch, with a message
+
+    resumed = run(["resume", "--study", "t"], tmp_path, ranks=2, env={**FAST_BEATS, "OMP_NUM_THREADS": "1"})
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming trial {kept} of an earlier job from epoch {reached[kept]}" in resumed.stdout
+    assert "unreadable checkpoint" in resumed.stderr and "restarts from scratch" in resumed.stderr
+    rows = {r["number"]: r for r in trials(tmp_path, "t")}
+    assert len(rows) == 6 and all(r["state"] == "COMPLETE" for r in rows.values())
+    for number in rows:
+        assert _epochs(tmp_path, number, "t") == list(range(1, 31))  # each epoch once, the curve continued
+    assert not list(folder.iterdir())  # checkpoints of finished trials are deleted
+    for number in (kept, corrupt):  # exactly what an uninterrupted run of the same config gives
+        assert rows[number]["value"] == pytest.approx(_uninterrupted(rows[number]).val_loss, rel=1e-9, abs=1e-12)
+
+
+def test_a_killed_job_loses_at_most_an_epoch_per_trial(tmp_path):
+    (tmp_path / "space.yaml").write_text(SPACE)
+    proc = _start(tmp_path, "k", 5)
+    _wait_for_epochs(tmp_path, "k", proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    before = {r["number"]: r for r in trials(tmp_path, "k")}
+    running = {n: r["last_epoch"] for n, r in before.items() if r["state"] == "RUNNING"}
+    assert len(running) == 2
+    resumed = run(["resume", "--study", "k"], tmp_path, ranks=2, env={**FAST_BEATS, "OMP_NUM_THREADS": "1"})
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = {r["number"]: r for r in trials(tmp_path, "k")}
+    assert len(after) == 5 and {r["state"] for r in after.values()} == {"COMPLETE"}
+    for number, row in before.items():  # nothing completed lost or changed
+        if row["state"] == "COMPLETE":
+            assert after[number]["value"] == row["value"]
+    for number, epoch in running.items():  # resumed from the epoch it had reached (checkpoint every epoch)
+        assert f"resuming trial {number} of an earlier job from epoch {epoch}" in resumed.stdout
+        assert _epochs(tmp_path, number, "k") == list(range(1, 31))
+        assert after[number]["value"] == pytest.approx(_uninterrupted(after[number]).val_loss, rel=1e-9, abs=1e-12)
+
+
+def test_two_jobs_share_a_study(tmp_path):
+    """Propulate on 2 ranks and Optuna in 1 process at once: no live trial is taken for dead, the budget
+    is met exactly, nothing is lost."""
+    (tmp_path / "space.yaml").write_text(SPACE.replace("epochs: 30", "epochs: 8"))
+    first = _start(tmp_path, "both", 10, "--backend", "propulate")
+    time.sleep(3)
+    second = run(["run", "space.yaml", "--study", "both", "--budget", "10", "--backend", "optuna"], tmp_path,
+                 env={**FAST_BEATS, "OMP_NUM_THREADS": "1"}, timeout=300)
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err[-3000:]
+    assert second.returncode == 0, second.stderr[-3000:]
+    rows = trials(tmp_path, "both")
+    assert len(rows) == 10 and [r["number"] for r in rows] == list(range(10))
+    assert {r["state"] for r in rows} == {"COMPLETE"}
+    assert {r["rank"] for r in rows} >= {0, 1}
+    assert "resuming" not in out + second.stdout  # no live trial was taken for a dead one

@@ -1,0 +1,55 @@
+"""Heartbeats and ownership: a trial of a dead job is claimed by exactly one other, and the run that
+lost it can no longer write to it (keep it alive, free it, report epochs or store an outcome)."""
+
+import time
+
+import pytest
+
+from oialr_search.storage import COMPLETE, RUNNING, Store, TrialTakenOver
+
+EPOCH = {"epoch": 1, "step": 3, "train_loss": 1.0, "val_loss": 0.5, "top1": 50.0, "top5": 90.0, "lr": 1e-3,
+         "trainable_fraction": 0.3, "seconds": 1.0}
+
+
+def test_a_claimed_trial_belongs_to_its_claimer_alone(store_url):
+    a, b, c = Store(store_url), Store(store_url), Store(store_url)  # three jobs
+    try:
+        study = a.create_study(name="s", space={"raw": {}}, space_path="", metric="val_loss", direction="minimize",
+                               backend="optuna", seed=0, budget=5)
+        trial = a.start_trial(study, params={"x": 1}, rank=0, island=None, device="cpu", config={"c": 1})
+        assert a.beat(trial.id) and b.claim_dead(study, grace=60, rank=1, device="cpu") is None  # alive
+        time.sleep(0.05)
+        taken = b.claim_dead(study, grace=0.01, rank=1, device="cuda:1")  # A looks dead to B: B takes it
+        assert taken.number == trial.number and taken.params == {"x": 1} and taken.config == {"c": 1}
+        assert c.claim_dead(study, grace=0.01, rank=2, device="cpu") is None  # B's claim made it alive
+        assert not a.beat(trial.id)  # A learns it lost the trial ...
+        with pytest.raises(TrialTakenOver):
+            a.report_epochs(trial.id, [EPOCH])  # ... and cannot write to it
+        with pytest.raises(TrialTakenOver):
+            a.finish_trial(trial.id, state=COMPLETE, value=0.1, epochs=[EPOCH])
+        a.release(trial.id)  # a no-op: B's heartbeat stays
+        assert c.claim_dead(study, grace=60, rank=2, device="cpu") is None
+        stored = b.get_trial(study, trial.number)
+        assert stored.state == RUNNING and stored.last_epoch is None and b.epochs(trial.id) == []
+        b.finish_trial(trial.id, state=COMPLETE, value=0.2, epochs=[EPOCH])
+        done = b.get_trial(study, trial.number)
+        assert done.state == COMPLETE and done.value == 0.2 and done.rank == 1 and done.device == "cuda:1"
+    finally:
+        for store in (a, b, c):
+            store.engine.dispose()
+
+
+def test_a_released_trial_is_dead_at_once(store_url):
+    a, b = Store(store_url), Store(store_url)
+    try:
+        study = a.create_study(name="s", space={"raw": {}}, space_path="", metric="val_loss", direction="minimize",
+                               backend="optuna", seed=0, budget=5)
+        trial = a.start_trial(study, params={}, rank=0, island=None, device="cpu")
+        assert a.dead_trials(study, grace=60) == 0
+        a.release(trial.id)  # preempted: checkpointed, resumable now
+        assert a.dead_trials(study, grace=60) == 1
+        assert b.claim_dead(study, grace=60, rank=0, device="cpu").number == trial.number
+        assert not a.beat(trial.id)
+    finally:
+        a.engine.dispose()
+        b.engine.dispose()
