@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from sqlalchemy.exc import OperationalError
 
 from ..exceptions import ConfigError
 from ..storage import FAILED, Store, Study, Trial, TrialTakenOver
@@ -45,6 +48,7 @@ class Trials:
         self.group = {"group": workers.group} if workers.group is not None else {}  # custom objectives need not know
         self.stop = StopRequest()
         self.lost = False  # a CUDA error poisoned this rank's device
+        self.full = False  # new() found the budget taken
         self.heartbeat = Heartbeat(store) if workers.leader else None
         minutes = space.trial_checkpoint_minutes
         self.checkpoint_every = 60.0 * minutes if minutes else None
@@ -65,7 +69,8 @@ class Trials:
 
     # -- leaders --------------------------------------------------------------------------------------------------
     def new(self, params: dict, island: int | None, limit: int | None = None) -> Ran | None:
-        """Claim a slot for ``params`` and run it; None once ``limit`` trials exist, or when closed."""
+        """Claim a slot for ``params`` and run it; None once ``limit`` trials exist (``full``), when closed,
+        or when the run was not stored (preempted, taken over, left resumable)."""
         if self.closed:
             self.workers.send(None)
             return None
@@ -80,6 +85,7 @@ class Trials:
             self.workers.send(None)  # the followers must not wait for a trial that never starts
             raise
         if trial is None:
+            self.full = True
             self.workers.send(None)
             return None
         return self._run(trial, params, config, resume=False)
@@ -153,9 +159,18 @@ class Trials:
                                     rank_trajectory=outcome.trajectory, error=scored.error)
         except TrialTakenOver:
             return self._taken_over(trial)
-        except RuntimeError as exc:  # the outcome cannot be stored as it is: never leave the trial RUNNING
+        except RuntimeError as exc:
             print(f"[rank {self.rank}] trial {trial.number}: storing its outcome failed ({exc}); its values: "
                   f"state {scored.state}, metrics {outcome.metrics}", file=sys.stderr, flush=True)
+            if _transient(exc) and checkpoint.exists():
+                # a lock timeout, a dropped connection: keep the checkpoint and leave the trial to be resumed
+                # (by this job's drain, or the next job), which replays its epochs and stores it exactly
+                with contextlib.suppress(Exception):
+                    self.store.release(trial.id)
+                print(f"[rank {self.rank}] trial {trial.number} is left resumable from its checkpoint",
+                      file=sys.stderr, flush=True)
+                return None
+            # the outcome cannot be stored as it is (it would fail again): never leave the trial RUNNING
             scored = Scored(FAILED, None, None, f"storing the outcome failed: {exc}")
             self.store.finish_trial(trial.id, state=FAILED, error=scored.error)
         checkpoint.unlink(missing_ok=True)
@@ -189,6 +204,15 @@ class Trials:
     def follow_to_the_end(self) -> None:
         while self.follow() != "done":
             pass
+
+
+def _transient(exc: BaseException) -> bool:
+    """Whether a storage error may pass (a busy database, a lost connection) rather than repeat."""
+    while exc is not None:
+        if isinstance(exc, (sqlite3.OperationalError, OperationalError)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _shared(reporter: EpochReporter, workers: Workers) -> Callable[[dict], bool]:

@@ -75,6 +75,9 @@ def _frozen(t: Trial, dists: dict, space: SearchSpace):  # noqa: ANN202
     return optuna.trial.create_trial(params=t.params, distributions=dists, state=state, **extra)
 
 
+DROPPED = object()  # what ``evaluate`` returns for a trial that ran but was not stored (see run_optuna)
+
+
 def run_optuna(*, space: SearchSpace, store: Store, study: Study, seed: int, rank: int,
                evaluate: Callable[[dict], tuple[Trial, Scored, dict | None] | None],
                resume: Callable[[], bool] | None = None, enqueue: Sequence[dict] = (),
@@ -82,8 +85,9 @@ def run_optuna(*, space: SearchSpace, store: Store, study: Study, seed: int, ran
     """Ask, evaluate, tell until ``evaluate`` finds the budget used up (returns None).
 
     ``evaluate(params)`` claims a slot in the store, trains, stores, and returns (the stored trial,
-    its scored outcome, its metrics). ``resume()``: run a trial of a dead job if there is one (True):
-    it is not asked for, and reaches the sampler through the store like every other finished trial.
+    its scored outcome, its metrics), None when there is nothing more to do, or ``DROPPED``.
+    ``resume()``: run a trial of a dead job if there is one (True): it is not asked for, and reaches the
+    sampler through the store like every other finished trial.
     ``enqueue``: parameter sets to try first (rank 0 only).
     """
     import optuna
@@ -123,6 +127,9 @@ def run_optuna(*, space: SearchSpace, store: Store, study: Study, seed: int, ran
         pending = []
         trial = ostudy.ask(dists)
         result = evaluate(dict(trial.params))
+        if result is DROPPED:  # not stored this time (it is resumed later): ask again
+            ostudy.tell(trial, state=optuna.trial.TrialState.FAIL)
+            continue
         if result is None:
             ostudy.tell(trial, state=optuna.trial.TrialState.FAIL)
             return

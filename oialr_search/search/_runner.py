@@ -23,6 +23,7 @@ from ._execution import Ran, Trials
 from ._heartbeat import grace_period
 from ._objective import TrialOutcome, run_trial
 from ._objectives import Scored
+from ._optuna_backend import DROPPED
 from ._space import SearchSpace, merge_overrides, same_overrides
 from ._workers import check_ranks_per_trial, split_workers
 
@@ -199,9 +200,12 @@ class _Progress:
               flush=True)
 
 
-def _stored(ran: Ran | None) -> tuple[Trial, Scored, dict | None] | None:
-    """What the Optuna backend's evaluate returns: (stored trial, scored outcome, metrics)."""
-    return ran[1:] if ran is not None else None
+def _stored(ran: Ran | None, trials: Trials) -> object:
+    """What the Optuna backend's evaluate returns: (stored trial, scored outcome, metrics); None when
+    the rank is done (budget taken, or closed); DROPPED for a run that was not stored."""
+    if ran is not None:
+        return ran[1:]
+    return None if trials.full or trials.closed else DROPPED
 
 
 def _once(fn: Callable[[], None] | None) -> Callable[[], None]:
@@ -301,7 +305,7 @@ def run_search(req: SearchRequest, *, objective: Objective = run_trial, quiet: b
 
             run_space = space if backend == "optuna" else dataclasses.replace(space, sampler={"type": "random"})
             run_optuna(space=run_space, store=store, study=study, seed=req.seed + finished, rank=workers.worker,
-                       evaluate=lambda p: _stored(trials.new(p, None, limit=budget)),
+                       evaluate=lambda p: _stored(trials.new(p, None, limit=budget), trials),
                        resume=lambda: trials.resume_dead() is not None, enqueue=start if rank == 0 else (),
                        ready=ready)
         ready()

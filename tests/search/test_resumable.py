@@ -137,3 +137,29 @@ def test_two_jobs_share_a_study(tmp_path):
     assert {r["state"] for r in rows} == {"COMPLETE"}
     assert {r["rank"] for r in rows} >= {0, 1}
     assert "resuming" not in out + second.stdout  # no live trial was taken for a dead one
+
+
+def test_a_transient_storage_error_at_the_end_leaves_the_trial_resumable(tmp_path, monkeypatch, capsys):
+    """A lock timeout when storing the outcome: the trial is released with its checkpoint, and the job's
+    own drain resumes it (replaying its epochs) and stores it, instead of storing it FAILED."""
+    from oialr_search.search import SearchRequest, load_space, run_search
+    from oialr_search.storage import Store
+
+    (tmp_path / "space.yaml").write_text(SPACE.replace("epochs: 30", "epochs: 3").replace("hidden: 256", "hidden: 32"))
+    original, failed = Store.finish_trial, []
+
+    def flaky(self, trial_id, **kw):
+        if not failed:
+            failed.append(trial_id)
+            raise RuntimeError("storage: transaction rolled back") from sqlite3.OperationalError("database is locked")
+        return original(self, trial_id, **kw)
+
+    monkeypatch.setattr(Store, "finish_trial", flaky)
+    url = f"sqlite:///{tmp_path}/oialr_search.db"
+    req = SearchRequest(study="t", storage=url, space=load_space(tmp_path / "space.yaml"), backend="optuna", budget=2)
+    assert run_search(req, quiet=True) == 0
+    err = capsys.readouterr().err
+    assert "is left resumable from its checkpoint" in err
+    rows = trials(tmp_path, "t")
+    assert [r["state"] for r in rows] == ["COMPLETE", "COMPLETE"] and rows[0]["id"] == failed[0]
+    assert _epochs(tmp_path, 0, "t") == [1, 2, 3]
