@@ -8,9 +8,7 @@ import sqlite3
 import urllib.parse
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import datetime
-from datetime import timedelta as datetime_timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ..exceptions import OIALRSearchError
 from . import _writes
 from ._migrate import prepare_schema
+from ._records import Study, Trial, _study, _trial, _trials
 from ._schema import (
     COMPLETE,
     INTERRUPTED,
@@ -29,7 +28,6 @@ from ._schema import (
     STATES,
     EpochRow,
     StudyRow,
-    TrialPayloadRow,
     TrialRow,
 )
 from ._sqlite import (  # noqa: F401 - BUSY_TIMEOUT_MS re-exported
@@ -74,76 +72,6 @@ def _check_writable_file(url: str, db: Path) -> None:
     raise StorageError(f"--storage {url}: folder {db.parent} is read-only, and SQLite needs to create {side[0].name} "
                        f"and {side[1].name} there (the stored trials are intact); make the folder writable, or copy "
                        "the database to a writable place and give that path")
-
-
-@dataclass(frozen=True)
-class Study:
-    id: int
-    name: str
-    space: dict
-    space_path: str
-    metric: str  # the first objective
-    direction: str
-    backend: str
-    seed: int
-    budget: int
-    created: datetime
-    objectives: tuple[dict, ...] = ()  # ({"metric": ..., "direction": ...}, ...), the first is (metric, direction)
-    constraints: dict = field(default_factory=dict)  # {metric: {"min": x, "max": y}}
-
-    @property
-    def minimize(self) -> bool:
-        return self.direction == "minimize"
-
-    @property
-    def multi_objective(self) -> bool:
-        return len(self.objectives) > 1
-
-
-@dataclass(frozen=True)
-class Trial:
-    id: int
-    number: int
-    state: str
-    rank: int
-    island: int | None
-    device: str
-    params: dict
-    value: float | None  # the first objective's value
-    metrics: dict | None
-    config: dict | None  # None unless loaded with full=True
-    rank_trajectory: list | None  # None unless loaded with full=True
-    error: str | None
-    started: datetime
-    finished: datetime | None
-    duration: float | None
-    values: list | None = None  # one raw value per objective
-    feasible: bool | None = None  # None: no constraints were checked (v1 trials, failed trials)
-    last_epoch: int | None = None
-
-
-def _study(row: StudyRow) -> Study:
-    objectives = tuple(row.objectives or ({"metric": row.metric, "direction": row.direction},))
-    return Study(row.id, row.name, row.space, row.space_path, row.metric, row.direction, row.backend, row.seed,
-                 row.budget, row.created, objectives, dict(row.constraints or {}))
-
-
-def _trial(row: TrialRow, payload: TrialPayloadRow | None = None) -> Trial:
-    values = row.objective_values if row.objective_values is not None else (
-        [row.value] if row.value is not None else None)  # a v1 trial: its single objective
-    return Trial(row.id, row.number, row.state, row.rank, row.island, row.device, row.params, row.value, row.metrics,
-                 payload.config if payload else None, payload.rank_trajectory if payload else None, row.error,
-                 row.started, row.finished, row.duration, values, row.feasible, row.last_epoch)
-
-
-def _trials(s: Session, rows: list[TrialRow], *, full: bool) -> list[Trial]:
-    """Trials from rows; ``full`` also loads their configs and rank trajectories (one query)."""
-    if not full:
-        return [_trial(r) for r in rows]
-    ids = [r.id for r in rows]
-    payloads = {p.trial_id: p for p in s.scalars(select(TrialPayloadRow).where(TrialPayloadRow.trial_id.in_(ids)))} \
-        if ids else {}
-    return [_trial(r, payloads.get(r.id)) for r in rows]
 
 
 class Store:
@@ -368,7 +296,7 @@ class Store:
 
     def dead_trials(self, study: Study, *, grace: float) -> int:
         """How many RUNNING trials have no live heartbeat (their jobs died: the next job resumes them)."""
-        cutoff = _now() - datetime_timedelta(seconds=grace)
+        cutoff = _now() - timedelta(seconds=grace)
         with self.session(write=False) as s:
             return s.scalar(select(func.count()).where(
                 TrialRow.study_id == study.id, TrialRow.state == RUNNING,

@@ -705,3 +705,31 @@ def test_schema_check_does_not_wait_for_a_writer(tmp_path, start):
         writer.execute("ROLLBACK")
         writer.close()
         engine.dispose()
+
+
+def test_a_database_of_the_previous_release_v2_is_upgraded_with_every_row(tmp_path):
+    """v1 -> v2 (the previous release's schema, a study with a finished and a RUNNING trial), then this
+    release's `storage upgrade --force`: every row kept, the new columns NULL, the RUNNING trial resumable."""
+    url = make_v1(tmp_path / "v2.db", running=True)
+    engine = _transactional_ddl(create_engine(url))
+    with engine.begin() as conn:
+        command.stamp(_config(conn), "v1")
+        command.upgrade(_config(conn), "v2")
+    engine.dispose()
+    before = dump(tmp_path / "v2.db")
+    proc = run_cli("storage", "upgrade", "--force", "--storage", url, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"upgraded {url}: schema v2 -> v{SCHEMA_VERSION} ")
+    after = dump(tmp_path / "v2.db")
+    assert after.keys() == before.keys()
+    for table, rows in before.items():
+        assert len(after[table]) == len(rows)
+        for old, new in zip(rows, after[table], strict=True):
+            assert {k: new[k] for k in old} == old or table == "oialr_meta"
+            assert all(new[k] is None for k in set(new) - set(old))
+    store = Store(url, create=False)
+    try:
+        study = store.get_study("cifar")
+        assert store.dead_trials(study, grace=60) == 1  # no heartbeat: resumed by the next search
+    finally:
+        store.engine.dispose()
