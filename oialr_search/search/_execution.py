@@ -24,7 +24,7 @@ from ..exceptions import ConfigError
 from ..storage import FAILED, Store, Study, Trial, TrialTakenOver
 from ._devices import Placement
 from ._heartbeat import Heartbeat, grace_period, heartbeat_interval
-from ._objective import TrialOutcome
+from ._objective import TrialOutcome, while_interrupted
 from ._objectives import Scored, score
 from ._preemption import StopRequest
 from ._reporter import EpochReporter
@@ -160,6 +160,8 @@ class Trials:
         except TrialTakenOver:
             return self._taken_over(trial)
         except RuntimeError as exc:
+            if while_interrupted(exc):  # Ctrl-C while storing: the trial stays RUNNING, resumable
+                raise KeyboardInterrupt from exc
             print(f"[rank {self.rank}] trial {trial.number}: storing its outcome failed ({exc}); its values: "
                   f"state {scored.state}, metrics {outcome.metrics}", file=sys.stderr, flush=True)
             if _transient(exc) and checkpoint.exists():

@@ -54,6 +54,20 @@ _FATAL_CUDA = ("device-side assert", "illegal memory access", "illegal instructi
                "uncorrectable ECC error")
 
 
+def while_interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised while a KeyboardInterrupt was being handled: Ctrl-C in the middle of a
+    checkpoint write, for one, surfaces as the writer's RuntimeError. The trial did not fail; the job was
+    interrupted, and the trial must stay RUNNING for the next job to resume."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        if isinstance(link, KeyboardInterrupt):
+            return True
+        seen.add(id(link))
+        link = link.__cause__ or link.__context__
+    return False
+
+
 def device_lost(exc: BaseException) -> bool:
     """Whether ``exc`` is a CUDA error after which this process's CUDA context is unusable."""
     text = str(exc)
@@ -162,6 +176,8 @@ def run_trial(space: SearchSpace, params: dict[str, Any], *, device: str = "auto
     except TrialTimeout as exc:
         return TrialOutcome(FAILED, error=str(exc), seconds=time.perf_counter() - start)
     except BaseException as exc:  # noqa: BLE001 - see the module docstring
+        if while_interrupted(exc):  # Ctrl-C that a library turned into its own error: still Ctrl-C
+            raise KeyboardInterrupt from exc
         tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
         return TrialOutcome(FAILED, error=f"{type(exc).__name__}: {exc}\n{''.join(tb[-4:])}",
                             seconds=time.perf_counter() - start, device_lost=device_lost(exc))

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ..storage import COMPLETE, PRUNED, Store, Study
+from ._objective import while_interrupted
 from ._objectives import Scored, minimize_sense, objectives_from
 from ._scalarization import RescoringPropagator, attach
 from ._space import SearchSpace
@@ -163,6 +164,9 @@ def run_propulate(*, comm, space: SearchSpace, store: Store, study: Study, folde
             raise
         except BaseException as exc:  # noqa: BLE001 - an exception here would hang the other ranks
             from ..storage._sqlite import storage_failure  # here: this clause is all that handles it
+
+            if while_interrupted(exc):  # Ctrl-C that a library turned into its own error
+                raise KeyboardInterrupt from exc
 
             if storage_failure(exc) is not None:  # a full or read-only disk: every later trial would be lost too,
                 raise  # so end the search; the CLI says what is wrong (exit 2) and ends the other ranks

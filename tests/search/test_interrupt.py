@@ -23,7 +23,7 @@ def rows(folder: Path, study: str) -> list[dict]:
     conn = sqlite3.connect(folder / "oialr_search.db", timeout=10)
     conn.row_factory = sqlite3.Row
     try:
-        found = conn.execute("SELECT t.number, t.state, t.value, t.last_epoch, (SELECT count(*) FROM "
+        found = conn.execute("SELECT t.number, t.state, t.value, t.last_epoch, t.error, (SELECT count(*) FROM "
                              "oialr_trial_epochs e WHERE e.trial_id = t.id) AS epochs FROM oialr_trials t JOIN "
                              "oialr_studies s ON s.id = t.study_id WHERE s.name = ? ORDER BY t.number",
                              (study,)).fetchall()

@@ -48,3 +48,29 @@ def test_a_nan_objective_is_failed(space):
 def test_failures_are_outcomes(space, model, reason):
     out = run_trial(space, {"model.name": f"faulty_models_unit:{model}"}, device="cpu", threads=1)
     assert out.state == FAILED and reason in out.error.lower()
+
+
+def test_ctrl_c_that_a_library_turns_into_its_own_error_is_still_ctrl_c(space, monkeypatch):
+    """Ctrl-C in the middle of, say, a checkpoint write surfaces as the writer's RuntimeError (seen under
+    mpiexec in CI): that is an interrupted job, not a failed trial, which must stay RUNNING to be resumed."""
+    from oialr_search.training import Trainer
+
+    def fit(self, **kwargs):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("PytorchStreamWriter failed writing file data/0") from None
+
+    monkeypatch.setattr(Trainer, "fit", fit)
+    with pytest.raises(KeyboardInterrupt):
+        run_trial(space, {"oialr.beta": 0.2}, device="cpu", threads=1)
+
+
+def test_an_error_that_merely_mentions_an_interrupt_is_a_failure(space, monkeypatch):
+    from oialr_search.training import Trainer
+
+    def fit(self, **kwargs):
+        raise RuntimeError("KeyboardInterrupt")
+
+    monkeypatch.setattr(Trainer, "fit", fit)
+    assert run_trial(space, {"oialr.beta": 0.2}, device="cpu", threads=1).state == FAILED
