@@ -23,6 +23,8 @@ class Rotation:
     """The result of one basis update of a factor (see :meth:`LowRankWeight.rotate_`).
 
     ``left`` (r×k) and ``right`` (r×k) map the old Σ onto the new one: Σ' = leftᵀ Σ right.
+    ``stability`` is the paper's (eq. 4, normalized by the old rank r); ``alignment`` is the same trace
+    normalized by the new rank k: how far the directions that were kept moved, 1 when not at all.
     """
 
     old_rank: int
@@ -30,6 +32,7 @@ class Rotation:
     stability: float
     left: Tensor
     right: Tensor
+    alignment: float = 1.0
 
 
 class LowRankWeight(nn.Module):
@@ -103,20 +106,24 @@ class LowRankWeight(nn.Module):
 
         Stability (paper eq. 4) compares the orthogonal factor U Vᵀ with the one left by the
         previous update. After every rotation U Vᵀ *is* the polar factor of W, and the bases have
-        not moved since, so tr(Q_prevᵀ Q) = tr(P_k Q_kᵀ): no copy of the old bases is kept. It is
-        normalized by the previous rank, so 1 means the kept directions did not move.
+        not moved since, so tr(Q_prevᵀ Q) = tr(P_k Q_kᵀ): no copy of the old bases is kept. As in the
+        paper it is normalized by the previous rank, so a rank cut alone lowers it (48 → 37 with no
+        rotation: 37/48 = 0.77); the rotation's ``alignment`` normalizes the same trace by the new
+        rank, so 1 there means the kept directions did not move.
         """
         old_rank = self.rank
         p, s, qh = torch.linalg.svd(self.sigma.detach(), full_matrices=False)
         keep = int((s >= beta * s[0]).sum().item()) if s.numel() else 0
         keep = max(keep, min(min_rank, old_rank))
         p_k, qh_k = p[:, :keep], qh[:keep, :]
-        stability = float(torch.trace(p_k @ qh_k).item()) / old_rank if old_rank else 1.0
+        kept = float(torch.trace(p_k @ qh_k).item())
+        stability = kept / old_rank if old_rank else 1.0
+        alignment = kept / keep if keep else 1.0
         self.U = (self.U @ p_k).contiguous()
         self.Vh = (qh_k @ self.Vh).contiguous()
         self.sigma.data = torch.diag(s[:keep]).contiguous()
         self.sigma.grad = None
-        return Rotation(old_rank, keep, stability, p_k, qh_k.T)
+        return Rotation(old_rank, keep, stability, p_k, qh_k.T, alignment)
 
     @torch.no_grad()
     def resize_(self, rank: int) -> None:

@@ -53,14 +53,19 @@ class UpdateRecord:
     total: int
     original: int
     seconds: float
+    # per layer: Stability normalized by the new rank (1: the kept directions did not move), beside the
+    # paper's ``stability``, normalized by the old rank (which a rank cut alone lowers)
+    alignment: dict[str, float] = field(default_factory=dict)
     trainable_fraction: float = field(init=False)
     compression: float = field(init=False)
     mean_stability: float | None = field(init=False)
+    mean_alignment: float | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.trainable_fraction = self.trainable / self.original
         self.compression = self.total / self.original
         self.mean_stability = (sum(self.stability.values()) / len(self.stability)) if self.stability else None
+        self.mean_alignment = (sum(self.alignment.values()) / len(self.alignment)) if self.alignment else None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -121,22 +126,23 @@ class OIALR:
         count = ceil_layers(self.config.layer_fraction, len(self.factors), self.updates_done)
         chosen = self.factors[len(self.factors) - count:]
         stability: dict[str, float] = {}
+        alignment: dict[str, float] = {}
         for name, factor in chosen:
             old_shape = factor.sigma.shape
             rot = factor.rotate_(self.config.beta, self.config.min_rank)
             rotate_state(self.optimizer, factor.sigma, old_shape, rot.left, rot.right)
-            stability[name] = rot.stability
+            stability[name], alignment[name] = rot.stability, rot.alignment
         record = self._record(step, self.updates_done, [n for n, _ in chosen], stability,
-                              time.perf_counter() - start)
+                              time.perf_counter() - start, alignment)
         self.updates_done += 1
         return record
 
     def _record(self, step: int, update: int, updated: list[str], stability: dict[str, float],
-                seconds: float) -> UpdateRecord:
+                seconds: float, alignment: dict[str, float] | None = None) -> UpdateRecord:
         counts = self.counts()
         rec = UpdateRecord(step=step, update=update, ranks=self.ranks, updated=updated,
                            stability=stability, trainable=counts.trainable, total=counts.total,
-                           original=counts.original, seconds=seconds)
+                           original=counts.original, seconds=seconds, alignment=alignment or {})
         self.records.append(rec)
         return rec
 
@@ -165,5 +171,6 @@ class OIALR:
         self.updates_done = state["updates_done"]
         self.records = []
         for r in state["records"]:
-            r = {k: v for k, v in r.items() if k not in ("trainable_fraction", "compression", "mean_stability")}
+            r = {k: v for k, v in r.items() if k not in ("trainable_fraction", "compression", "mean_stability",
+                                                           "mean_alignment")}
             self.records.append(UpdateRecord(**r))

@@ -71,6 +71,30 @@ def test_stability_is_one_for_an_unchanged_basis():
     assert math.isclose(f.rotate_(beta=0.0).stability, 1.0, abs_tol=1e-6)
 
 
+def test_a_pure_truncation_has_paper_stability_below_one_but_alignment_one():
+    """Σ diagonal (the bases are already its singular vectors): the update only cuts the rank. The paper's
+    Stability, normalized by the old rank, is new/old; the alignment of the kept directions is 1."""
+    f = LowRankWeight(torch.randn(64, 48))
+    s = torch.diagonal(f.sigma.detach())
+    beta = float((s[36] + s[37]) / 2 / s[0])  # keep 37 of 48
+    rot = f.rotate_(beta=beta)
+    assert (rot.old_rank, rot.new_rank) == (48, 37)
+    assert math.isclose(rot.stability, 37 / 48, abs_tol=1e-5)
+    assert math.isclose(rot.alignment, 1.0, abs_tol=1e-5)
+
+
+def test_alignment_is_the_trace_over_the_new_rank():
+    f = _trained_factor(16, 10)
+    f.rotate_(beta=0.0)
+    q_prev = (f.U @ f.Vh).clone()
+    with torch.no_grad():
+        f.sigma.add_(0.2 * torch.randn(f.rank, f.rank))
+    rot = f.rotate_(beta=0.2)
+    trace = torch.trace(q_prev.T @ (f.U @ f.Vh)).item()
+    assert math.isclose(rot.alignment, trace / rot.new_rank, abs_tol=1e-5)
+    assert math.isclose(rot.stability * rot.old_rank, rot.alignment * rot.new_rank, abs_tol=1e-4)
+
+
 def test_cost_model_prefers_dense_near_full_rank_and_factorized_at_low_rank():
     f = LowRankWeight(torch.randn(256, 256))
     assert not f.use_factorized(tokens=2048)

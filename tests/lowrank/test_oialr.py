@@ -78,6 +78,9 @@ def test_records_counts_and_stability():
     upd = events[20]
     assert upd.updated == ["0.factor", "1.factor"] and set(upd.stability) == set(upd.updated)
     assert all(0.0 < s <= 1.0 + 1e-6 for s in upd.stability.values())
+    assert set(upd.alignment) == set(upd.updated)  # beside it, normalized by the new rank: never below it
+    assert all(upd.alignment[n] >= upd.stability[n] - 1e-6 for n in upd.updated)
+    assert upd.mean_alignment == sum(upd.alignment.values()) / 2
     assert upd.trainable_fraction == upd.trainable / original
     assert upd.compression == upd.total / original
     assert upd.seconds >= 0
