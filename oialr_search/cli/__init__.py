@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from ..exceptions import OIALRSearchError
-from . import _query, _search, _storage, _train
+from . import _query, _results, _search, _storage, _train
 from ._common import end_mpi_job, interrupted, storage_failed, warn_network_storage
 
 
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     _train.add_parser(sub)
     _search.add_parsers(sub)
     _query.add_parsers(sub)
+    _results.add_parsers(sub)
     _storage.add_parsers(sub)
     return parser
 

@@ -19,6 +19,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     if out is not None and out.is_dir():
         raise OIALRSearchError(f"--out {out}: is a folder; give a file name such as {out / 'metrics.json'}")
+    plots = None
+    if args.plots:  # checked before training, not after it
+        from ..plots import check_output_dir
+
+        plots = check_output_dir(args.plots, option="--plots")
     log = None if args.quiet else (lambda line: print(line, flush=True))
     trainer = Trainer(config, checkpoint=args.checkpoint, resume=args.resume, log=log)
     if log:
@@ -38,7 +43,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     if out is not None:
         write_atomic(out, json.dumps({**metrics, "config": config_to_dict(config)}, indent=2))
         write_atomic(out.with_name(f"{out.stem}.config.yaml"), dump_config(config))
+    if plots is not None:
+        _write_plots(plots, Path(args.config).stem, metrics)
     return 0
+
+
+def _write_plots(folder: Path, label: str, metrics: dict) -> None:
+    """The run's learning curves and OIALR figures (the same functions as a study's best trials)."""
+    from ..plots import run_data, run_figures, write_figures
+
+    figures, notes = run_figures([run_data(label, "COMPLETE", metrics["epochs"], metrics["oialr_updates"])])
+    for note in notes:
+        print(f"note: {note}")
+    for path in write_figures(figures, folder):
+        print(path)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -50,4 +68,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", help="checkpoint file, written after every epoch")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
+    p.add_argument("--plots", metavar="DIR", help="after training, write the run's learning curves, trainable "
+                                                  "parameters and Stability, lr and rank heat map (PNG) here")
     p.set_defaults(func=cmd_train)
