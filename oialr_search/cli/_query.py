@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -73,8 +79,61 @@ def cmd_studies(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    store = _store(args)
-    study = store.get_study(args.study)
+    if args.watch is None:
+        _status(_store(args), args.study)
+        return 0
+    if not args.watch > 0:  # also NaN
+        raise OIALRSearchError(f"--watch: must be a positive number of seconds, got {args.watch:g}")
+    clear = sys.stdout.isatty()  # a terminal is redrawn; a pipe or a log file gets every refresh in turn
+    with _ctrl_c_between_refreshes() as refreshing:
+        while True:
+            with refreshing():
+                store = _store(args)  # anew: a read-only SQLite opened before the search wrote would not see it
+                try:
+                    if clear:
+                        print("\033[H\033[2J", end="")
+                    done = _status(store, args.study)
+                finally:
+                    store.engine.dispose()
+                sys.stdout.flush()
+            if done:
+                return 0
+            time.sleep(args.watch)
+
+
+@contextlib.contextmanager
+def _ctrl_c_between_refreshes() -> Iterator[Callable[[], contextlib.AbstractContextManager]]:
+    """Ctrl-C during a refresh takes effect when it ends (SQLAlchemy logs a traceback for a KeyboardInterrupt
+    raised while it closes a connection: Ctrl-C is to be quiet); a second Ctrl-C stops the refresh at once."""
+    state = {"refreshing": False, "pending": False}
+
+    def handler(_signum: int, _frame: object) -> None:
+        if state["refreshing"] and not state["pending"]:
+            state["pending"] = True
+            return
+        raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def refreshing() -> Iterator[None]:
+        state["refreshing"] = True
+        try:
+            yield
+        finally:
+            state["refreshing"] = False
+        if state["pending"]:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield refreshing
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _status(store: Store, name: str) -> bool:
+    """Print the study's status; whether its budget is spent (no trial running, every trial of the budget
+    finished), which ends ``status --watch``."""
+    study = store.get_study(name)
     counts = store.counts(study)
     start, end, running = store.time_span(study)
     now = datetime.now(timezone.utc).replace(tzinfo=None)
@@ -92,18 +151,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"trials: {counts.get(COMPLETE, 0)} complete, {counts.get(RUNNING, 0)} running, {counts.get(PRUNED, 0)} "
           f"pruned, {counts.get(FAILED, 0)} failed, {counts.get(INTERRUPTED, 0)} interrupted")
     print(f"elapsed: {elapsed:.0f}s")
+    done = not counts.get(RUNNING, 0) and sum(counts.get(s, 0) for s in (COMPLETE, FAILED, PRUNED)) >= study.budget
     if study.multi_objective:
         front = pareto_front(store, study)
         print(f"Pareto front: {len(front)} trial(s)" + (f" ({', '.join(str(t.number) for t in front)}); "
                                                           f"oialr-search pareto --study {study.name}" if front else ""))
-        return 0
+        return done
     best = store.best_trial(study, full=False)
     if best:
         print(f"best: trial {best.number}  {study.metric} {best.value:.4f}  "
               + "  ".join(f"{k}={_fmt(v)}" for k, v in best.params.items()))
     else:
         print("best: none yet")
-    return 0
+    return done
 
 
 def _value_columns(study: Study) -> list[str]:
@@ -195,25 +255,103 @@ def cmd_best(args: argparse.Namespace) -> int:
     return 0
 
 
+def _outputs(args: argparse.Namespace) -> dict[str, Path]:
+    """The files ``export`` is asked to write, by option; checked before the database is opened."""
+    outputs = {flag: Path(value) for flag, value in (("-o", args.output), ("--weights", args.weights)) if value}
+    if not outputs:
+        raise OIALRSearchError("nothing to export: give -o tuned.yaml (the run config) and/or --weights model.pt "
+                               "(the trained weights; with --compact as a plain PyTorch model)")
+    if args.compact and not args.weights:
+        raise OIALRSearchError("--compact writes the trained model as plain PyTorch layers to the --weights file: "
+                               "give --weights compact.pt2 too")
+    examples = {"-o": "tuned.yaml", "--weights": "model.pt"}
+    for flag, path in outputs.items():
+        if path.is_dir():
+            raise OIALRSearchError(f"{flag} {path}: is a folder; give a file name such as {path / examples[flag]}")
+    if len({p.resolve() for p in outputs.values()}) < len(outputs):
+        raise OIALRSearchError(f"{', '.join(outputs)}: give each a file of its own")
+    return outputs
+
+
+def _kept_weights(args: argparse.Namespace, study: Study, t: Trial) -> tuple[Path, dict]:
+    """The kept weights of trial ``t``: its weights file and the file's payload; else a one-line error saying
+    why there are none."""
+    from ..search._runner import SearchRequest, work_folder
+    from ..search._weights import weights_file
+    from ..training import read_weights
+
+    keep = (study.space.get("raw") or {}).get("keep_weights", "front")
+    if keep == "none":
+        raise OIALRSearchError(f"study {study.name!r} keeps no trained weights (keep_weights: none in its space); "
+                               f"train the trial again from its config: export -o tuned.yaml, then train it")
+    request = SearchRequest(study=study.name, storage=args.storage or default_storage(), workdir=args.workdir)
+    path = weights_file(work_folder(request, study.name), t.number)
+    if not path.is_file():
+        which = ("the Pareto front" if keep == "front" else "the best on each objective") if study.multi_objective \
+            else "the best trial"
+        hint = "" if args.workdir else "; a search run with --workdir DIR needs --workdir DIR here too"
+        raise OIALRSearchError(f"trial {t.number} of study {study.name!r} has no kept weights ({path} missing; "
+                               f"keep_weights: {keep} keeps {which}{hint})")
+    return path, read_weights(path)
+
+
+def _copy_atomic(source: Path, target: Path) -> None:
+    from .._files import atomic_writer
+
+    with atomic_writer(target) as out, open(source, "rb") as src:
+        shutil.copyfileobj(src, out)
+
+
+def _compact(payload: dict, path: Path) -> str:
+    """Write the compact model of ``payload`` to ``path``; the line that says what was written."""
+    import torch
+
+    from ..lowrank import compact_model, dense_parameter_count, export_compact, parameter_count
+    from ..training import build_model, config_from_dict
+
+    model = build_model(config_from_dict(payload["config"]), payload).eval()
+    compact = compact_model(model)
+    args = payload["model_args"]
+    example = torch.randn(2, args["in_chans"], args["img_size"], args["img_size"],
+                          generator=torch.Generator().manual_seed(0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    export_compact(compact, example, path)
+    params, dense = parameter_count(compact), dense_parameter_count(model)
+    source = repr(str(path)) if path.suffix == ".pt2" else f"open({str(path)!r}, 'rb')"  # torch wants .pt2 names
+    return (f"wrote {path}: {params:,} parameters (the dense model has {dense:,}: {100 * params / dense:.1f}%), "
+            f"{path.stat().st_size / 1e6:.2f} MB; plain PyTorch runs it: torch.export.load({source}).module()")
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from ..training import config_from_dict, dump_config
 
     if args.trial is not None and args.pick:
         raise OIALRSearchError("give either --trial or --pick, not both")
-    out = Path(args.output)
-    if out.is_dir():
-        raise OIALRSearchError(f"-o {out}: is a folder; give a file name such as {out / 'tuned.yaml'}")
+    outputs = _outputs(args)
     _conditions(args)  # a bad --pick is reported before the database is opened
     store = _store(args)
     study = store.get_study(args.study)
     t = _chosen(store, study, args)
     config = config_from_dict(t.config)  # validates; device stays "auto"
+    # every check before the first file is written: a refused export writes nothing
+    kept, payload = _kept_weights(args, study, t) if "--weights" in outputs else (None, {})
     values = ", ".join(f"{o['metric']} = {v:.6g}" for o, v in zip(study.objectives, t.values or []))
     how = f", picked by {args.pick!r}" if args.pick else ""
-    header = (f"# exported from study {study.name!r}, trial {t.number}{how}: {values}\n"
-              f"# train it with: oialr-search train {out.name}\n")
-    write_atomic(out, header + dump_config(config))
-    print(f"wrote {out}: trial {t.number}{how}; {values}")
+    lines = []
+    if args.compact:  # first: the one that may fail (a model torch.export cannot take)
+        lines.append(_compact(payload, outputs["--weights"]))
+    elif "--weights" in outputs:
+        _copy_atomic(kept, outputs["--weights"])
+        config_arg = repr(str(outputs["-o"])) if "-o" in outputs else "None"  # None: the copy in the file
+        lines.append(f"wrote {outputs['--weights']}: the trained weights of trial {t.number}; load them with "
+                     f"oialr_search.load_model({config_arg}, {str(outputs['--weights'])!r})")
+    if "-o" in outputs:
+        out = outputs["-o"]
+        header = (f"# exported from study {study.name!r}, trial {t.number}{how}: {values}\n"
+                  f"# train it with: oialr-search train {out.name}\n")
+        write_atomic(out, header + dump_config(config))
+        lines.append(f"wrote {out}: trial {t.number}{how}; {values}")
+    print("\n".join(lines))
     return 0
 
 
@@ -223,6 +361,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_studies)
     p = sub.add_parser("status", help="trials done/running/failed, best so far, elapsed time")
     add_study(p)
+    p.add_argument("--watch", type=float, nargs="?", const=10.0, default=None, metavar="SECONDS",
+                   help="print the status again every SECONDS (default 10) until the study's budget is spent")
     p.set_defaults(func=cmd_status)
     p = sub.add_parser("trials", help="every trial of a study")
     add_study(p)
@@ -240,9 +380,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=("yaml", "json"), default="yaml")
     p.add_argument("--pick", default=None, metavar="CONDITIONS", help=pick_help)
     p.set_defaults(func=cmd_best)
-    p = sub.add_parser("export", help="write a trial's run config, trainable with 'oialr-search train'")
+    p = sub.add_parser("export", help="write a trial's run config (trainable with 'oialr-search train'), its "
+                                      "trained weights and/or its compact model")
     add_study(p)
     p.add_argument("--trial", type=int, default=None, help="trial number (default: the best on the first objective)")
     p.add_argument("--pick", default=None, metavar="CONDITIONS", help=pick_help)
-    p.add_argument("-o", "--output", required=True, help="YAML file to write")
+    p.add_argument("-o", "--output", default=None, help="YAML file to write: the trial's run config")
+    p.add_argument("--weights", default=None, metavar="FILE",
+                   help="copy the trial's kept trained weights to FILE (for oialr_search.load_model)")
+    p.add_argument("--compact", action="store_true",
+                   help="with --weights FILE: write the trained model to FILE as plain PyTorch layers "
+                        "(torch.export), loadable without this package")
+    p.add_argument("--workdir", default=None, metavar="DIR",
+                   help="the study's work folder, as given to run (default: next to a SQLite file, else "
+                        "./oialr_search_work)")
     p.set_defaults(func=cmd_export)

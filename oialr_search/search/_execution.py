@@ -29,9 +29,13 @@ from ._objectives import Scored, score
 from ._preemption import StopRequest
 from ._reporter import EpochReporter
 from ._space import SearchSpace
+from ._weights import KeptWeights, weights_folder
 from ._workers import DONE, Workers
 
 Objective = Callable[..., TrialOutcome]
+
+# A trial is resumed after its run died holding it at most this many times; the next death fails it.
+MAX_CRASHES = 2
 Ran = tuple[dict, Trial, Scored, dict | None]  # (params, stored trial, its scored outcome, its metrics)
 
 
@@ -44,6 +48,8 @@ class Trials:
         self.store, self.study, self.space, self.objective = store, study, space, objective
         self.placement, self.workers, self.rank, self.folder = placement, workers, rank, folder
         self.on_stored = on_stored
+        # the kept weights of the front (or best) trials, beside the trials' folder in the study's work folder
+        self.kept = KeptWeights(store, study, space.keep_weights, weights_folder(folder.parent), rank)
         self.device = placement.device if workers.k == 1 else f"{placement.device} +{workers.k - 1}"
         self.group = {"group": workers.group} if workers.group is not None else {}  # custom objectives need not know
         self.stop = StopRequest()
@@ -95,12 +101,26 @@ class Trials:
         its checkpoint: same number, params and seed. None when there is none (or when closed)."""
         if self.closed:
             return None
-        trial = self.store.claim_dead(self.study, grace=grace_period(), rank=self.rank, device=self.device)
-        if trial is None:
-            return None
+        while True:
+            trial = self.store.claim_dead(self.study, grace=grace_period(), rank=self.rank, device=self.device)
+            if trial is None:
+                return None
+            if trial.crashes <= MAX_CRASHES:
+                break
+            self._give_up(trial)
         where = f"epoch {trial.last_epoch or 0}" if self.checkpoint(trial).exists() else "scratch (no checkpoint)"
         print(f"[rank {self.rank}] resuming trial {trial.number} of an earlier job from {where}", flush=True)
         return self._run(trial, trial.params, trial.config, resume=True)
+
+    def _give_up(self, trial: Trial) -> None:
+        """A trial whose runs died holding it more than MAX_CRASHES times (it kills its process: out of
+        memory, a segfault) is FAILED with the reason, not resumed by every job forever."""
+        error = (f"crashed: {trial.crashes} runs of this trial died while training it (out of memory, a crash, a "
+                 f"node failure; see the jobs' logs); not resumed again after {MAX_CRASHES} resumes")
+        with contextlib.suppress(TrialTakenOver):
+            self.store.finish_trial(trial.id, state=FAILED, error=error, epochs=[])
+        self.checkpoint(trial).unlink(missing_ok=True)
+        print(f"[rank {self.rank}] trial {trial.number}: {error}", file=sys.stderr, flush=True)
 
     def drain(self) -> None:
         """At the end of a job: resume the dead trials, including those that stopped beating but are not
@@ -152,6 +172,7 @@ class Trials:
             return None
         scored = score(outcome.state, outcome.metrics, outcome.error, self.space.objectives, self.space.constraints)
         values = scored.values
+        self.kept.write(trial, scored, outcome.final_weights, outcome.metrics)  # before storing: see _weights.py
         try:
             self.store.finish_trial(trial.id, state=scored.state, value=values[0] if values else None, values=values,
                                     feasible=scored.feasible, metrics=outcome.metrics,
@@ -176,6 +197,7 @@ class Trials:
             scored = Scored(FAILED, None, None, f"storing the outcome failed: {exc}")
             self.store.finish_trial(trial.id, state=FAILED, error=scored.error)
         checkpoint.unlink(missing_ok=True)
+        self.kept.prune(trial)  # the files of trials this one (or another) pushed out of the keep set
         if self.on_stored is not None:
             self.on_stored(trial, scored, outcome.seconds, reporter.pruned_at)
         if outcome.device_lost:

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..exceptions import CheckpointError
 from ..storage import COMPLETE, FAILED, PRUNED, RUNNING
-from ..training import DataBundle, Preempted, Trainer, config_from_dict, load_data
+from ..training import DataBundle, Preempted, Trainer, config_from_dict, load_data, weights_payload
 from ..training._distributed import TrialGroup
 from ._space import SearchSpace
 
@@ -45,6 +45,9 @@ class TrialOutcome:
     seconds: float = 0.0
     device_lost: bool = False  # a CUDA error poisoned this process's context: it can train nothing more
     preempted: bool = False  # stopped by should_stop and checkpointed: the trial is to be resumed, not stored
+    # COMPLETE: builds the weights file's payload from the trained model, called only for trials whose
+    # weights are kept (search/_weights.py); None where there is no model (failed, custom objectives)
+    final_weights: Callable[[], dict] | None = field(default=None, repr=False)
 
 
 # What a CUDA error that poisons the process's context says: after one of these every later kernel
@@ -170,7 +173,8 @@ def run_trial(space: SearchSpace, params: dict[str, Any], *, device: str = "auto
         epochs = metrics.pop("epochs")
         trajectory = metrics.pop("oialr_updates")
         state = PRUNED if metrics.pop("stopped_early") else COMPLETE
-        return TrialOutcome(state, metrics, epochs, trajectory, None, time.perf_counter() - start)
+        final = (lambda: weights_payload(trainer)) if state == COMPLETE else None
+        return TrialOutcome(state, metrics, epochs, trajectory, None, time.perf_counter() - start, final_weights=final)
     except (KeyboardInterrupt, SystemExit):
         raise
     except TrialTimeout as exc:

@@ -8,14 +8,14 @@ import os
 import shutil
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
 from ..exceptions import OIALRSearchError
-from ..storage import COMPLETE, FAILED, PRUNED, Store, Study, Trial
+from ..storage import COMPLETE, FAILED, PRUNED, RUNNING, Store, Study, Trial
 from ..storage._filesystems import sqlite_file
 from ..storage._sqlite import storage_failure
 from ._devices import place
@@ -149,7 +149,17 @@ def _prepare(req: SearchRequest, world_size: int) -> tuple[Study, str, int, int,
         print(f"resume: {dead} trial(s) of earlier jobs stopped running; they are resumed from their checkpoints "
               "first", flush=True)
     finished = store.count(study, (COMPLETE, FAILED, PRUNED))
-    return study, backend, budget, finished, space
+    seed = job_seed(req.seed, finished, store.count(study, (RUNNING,)))
+    return study, backend, budget, finished, space, seed
+
+
+def job_seed(seed: int, finished: int, running: int, env: Mapping[str, str] = os.environ) -> int:
+    """The seed of this job's samplers. ``--seed`` alone would make jobs that run one study at once (the
+    tasks of a job array, a second allocation) propose the same params; the trials finished and running
+    when the job starts, and the job array task id, tell them apart, while a job alone on its study (or
+    the same array task run again) stays reproducible."""
+    task = env.get("SLURM_ARRAY_TASK_ID", "")
+    return seed + finished + 1009 * running + 100_003 * (int(task) + 1 if task.isdigit() else 0)
 
 
 def _shown(space: SearchSpace, values: list | None) -> str:
@@ -250,7 +260,7 @@ def run_search(req: SearchRequest, *, objective: Objective = run_trial, quiet: b
         if rank == 0:
             print(f"oialr-search: error: {error}", file=sys.stderr)
         return code
-    study, backend, budget, finished, space = prepared
+    study, backend, budget, finished, space, seed = prepared
     store = Store(req.storage, create=False)
     placement = place(comm if size > 1 else None)
     try:
@@ -296,7 +306,7 @@ def run_search(req: SearchRequest, *, objective: Objective = run_trial, quiet: b
                     return (ran[0], ran[2]) if ran is not None else None
 
                 run_propulate(comm=comm, space=space, store=store, study=study, folder=folder,
-                              generations=generations, seed=req.seed + finished, evaluate=propulate_evaluate,
+                              generations=generations, seed=seed, evaluate=propulate_evaluate,
                               workers=workers, first=start[0] if start and rank == 0 else None, ready=ready)
             if rank == 0:
                 shutil.rmtree(folder, ignore_errors=True)  # this job's own: the next rebuilds from the database
@@ -304,7 +314,7 @@ def run_search(req: SearchRequest, *, objective: Objective = run_trial, quiet: b
             from ._optuna_backend import run_optuna
 
             run_space = space if backend == "optuna" else dataclasses.replace(space, sampler={"type": "random"})
-            run_optuna(space=run_space, store=store, study=study, seed=req.seed + finished, rank=workers.worker,
+            run_optuna(space=run_space, store=store, study=study, seed=seed, rank=workers.worker,
                        evaluate=lambda p: _stored(trials.new(p, None, limit=budget), trials),
                        resume=lambda: trials.resume_dead() is not None, enqueue=start if rank == 0 else (),
                        ready=ready)

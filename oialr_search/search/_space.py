@@ -38,7 +38,8 @@ from .pruners import BasePruner, create_pruner
 
 SAMPLERS = {"tpe": {"startup_trials"}, "nsga2": {"population_size"}, "random": set()}
 TOP_KEYS = ("base", "set", "objective", "objectives", "constraints", "pruner", "sampler", "params", "trial_timeout",
-            "trial_checkpoint_minutes", "description")
+            "trial_checkpoint_minutes", "keep_weights", "description")
+KEEP_WEIGHTS = ("front", "best", "none")  # which completed trials keep their trained weights (see _weights.py)
 
 
 # Keys the search sets for every rank and trial itself (see SearchSpace.trial_config and run_trial).
@@ -108,6 +109,7 @@ class SearchSpace:
     overrides: tuple[str, ...] = ()  # "key=value" items (run/resume --set), applied to the base after `set`
     space_base: dict | None = None  # the base before the overrides (None: there are none)
     trial_checkpoint_minutes: float | None = None  # None: a running trial is checkpointed every epoch only
+    keep_weights: str = "front"  # front | best | none: see KEEP_WEIGHTS
 
     @property
     def metric(self) -> str:
@@ -386,12 +388,15 @@ def _parse(raw: Any, path: Path, base: dict | None = None, overrides: Sequence[s
     every = raw.get("trial_checkpoint_minutes")
     if every is not None and (isinstance(every, bool) or not isinstance(every, (int, float)) or every <= 0):
         raise _err(path, "trial_checkpoint_minutes", f"expected a positive number of minutes, got {every!r}")
+    keep = raw.get("keep_weights", "front")
+    if keep not in KEEP_WEIGHTS:
+        raise _err(path, "keep_weights", f"must be one of {', '.join(KEEP_WEIGHTS)}, got {keep!r}")
     params = raw.get("params")
     if not isinstance(params, dict) or not params:
         raise _err(path, "params", "expected a non-empty mapping of config keys to dimensions")
     dims = [_dimension(path, str(k), v) for k, v in params.items()]
     space = SearchSpace(str(path), base_cfg, dims, objectives, constraints, pruner, sampler, timeout, raw,
-                        trial_checkpoint_minutes=every)
+                        trial_checkpoint_minutes=every, keep_weights=keep)
     _check_dimensions(space, lambda key, message: _err(path, key, message))
     items = merge_overrides((), overrides)
     if not items:

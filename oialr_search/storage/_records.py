@@ -55,6 +55,7 @@ class Trial:
     values: list | None = None  # one raw value per objective
     feasible: bool | None = None  # None: no constraints were checked (v1 trials, failed trials)
     last_epoch: int | None = None
+    crashes: int = 0  # runs of it that died while holding it (see Store.claim_dead)
 
 
 def _study(row: StudyRow) -> Study:
@@ -68,7 +69,7 @@ def _trial(row: TrialRow, payload: TrialPayloadRow | None = None) -> Trial:
         [row.value] if row.value is not None else None)  # a v1 trial: its single objective
     return Trial(row.id, row.number, row.state, row.rank, row.island, row.device, row.params, row.value, row.metrics,
                  payload.config if payload else None, payload.rank_trajectory if payload else None, row.error,
-                 row.started, row.finished, row.duration, values, row.feasible, row.last_epoch)
+                 row.started, row.finished, row.duration, values, row.feasible, row.last_epoch, row.crashes or 0)
 
 
 def _trials(s: Session, rows: list[TrialRow], *, full: bool) -> list[Trial]:

@@ -8,7 +8,8 @@ from datetime import datetime
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-SCHEMA_VERSION = 3  # v1: the first release; v2: objectives, constraints, per-epoch reports; v3: heartbeats
+SCHEMA_VERSION = 4  # v1: the first release; v2: objectives, constraints, per-epoch reports; v3: heartbeats;
+# v4: deaths of a trial's runs (crashes)
 # (see _migrations)
 
 # Trial states. INTERRUPTED: the job died while the trial was running (set on resume).
@@ -65,6 +66,8 @@ class TrialRow(Base):
     # refreshed every few seconds while the trial runs (v3); a RUNNING trial with an old or NULL one is dead
     heartbeat: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     owner: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the run holding it (v3)
+    # runs of it that died while holding it (its heartbeat went stale, not released): bounded resumes (v4)
+    crashes: Mapped[int] = mapped_column(Integer, server_default="0")
     study: Mapped[StudyRow] = relationship(back_populates="trials")
     epochs: Mapped[list[EpochRow]] = relationship(back_populates="trial", cascade="all, delete-orphan",
                                                   order_by="EpochRow.epoch")

@@ -295,8 +295,9 @@ class Transactions:
 _BEAT = update(TrialRow).where(TrialRow.id == bindparam("tid"), TrialRow.state == RUNNING,
                                TrialRow.owner == bindparam("me"))
 _RELEASE = _BEAT
-_DEAD = (select(TrialRow.id).where(TrialRow.study_id == bindparam("sid"), TrialRow.state == RUNNING,
-                                   or_(TrialRow.heartbeat.is_(None), TrialRow.heartbeat < bindparam("cutoff")))
+_DEAD = (select(TrialRow.id, TrialRow.heartbeat, TrialRow.crashes)
+         .where(TrialRow.study_id == bindparam("sid"), TrialRow.state == RUNNING,
+                or_(TrialRow.heartbeat.is_(None), TrialRow.heartbeat < bindparam("cutoff")))
          .order_by(TrialRow.number).limit(1).with_for_update(skip_locked=True))
 
 
@@ -314,5 +315,8 @@ def claim_dead(tx: Executor, *, study_id: int, grace: float, rank: int, device: 
     found = tx.first(_DEAD, {"sid": study_id, "cutoff": now() - timedelta(seconds=grace)})
     if found is None:
         return None
-    tx.run(_UPDATE_TRIAL, {"tid": found[0], "heartbeat": now(), "rank": rank, "device": device, "owner": owner})
+    # a stale heartbeat: the run died holding it (a released trial, or one of an older release, has none)
+    crashes = (found[2] or 0) + (found[1] is not None)
+    tx.run(_UPDATE_TRIAL, {"tid": found[0], "heartbeat": now(), "rank": rank, "device": device, "owner": owner,
+                           "crashes": crashes})
     return found[0]

@@ -17,7 +17,9 @@ from ._config_io import (
 from ._data import DATASETS, BatchIterator, DataBundle, Loading, load_data, loading_for
 from ._lr import lr_at, steps_from, trainable_coupling
 from ._models import create_model, model_names, register_model
-from ._trainer import EpochCallback, EpochRecord, Preempted, Trainer, TrainingDiverged, TrainResult, train
+from ._results import EpochCallback, EpochRecord, Preempted, TrainingDiverged, TrainResult
+from ._trainer import Trainer, train
+from ._weights import build_model, load_model, read_weights, save_weights, weights_payload
 
 __all__ = [
     "AugmentConfig",
@@ -43,6 +45,7 @@ __all__ = [
     "apply_overrides",
     "apply_values",
     "build_batch_ops",
+    "build_model",
     "config_from_dict",
     "config_to_dict",
     "create_model",
@@ -50,14 +53,18 @@ __all__ = [
     "load_checkpoint",
     "load_config",
     "load_data",
+    "load_model",
     "loading_for",
     "lr_at",
     "model_names",
+    "read_weights",
     "read_yaml",
     "register_model",
     "save_checkpoint",
     "save_config",
+    "save_weights",
     "steps_from",
     "train",
     "trainable_coupling",
+    "weights_payload",
 ]

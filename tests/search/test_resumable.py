@@ -163,3 +163,38 @@ def test_a_transient_storage_error_at_the_end_leaves_the_trial_resumable(tmp_pat
     rows = trials(tmp_path, "t")
     assert [r["state"] for r in rows] == ["COMPLETE", "COMPLETE"] and rows[0]["id"] == failed[0]
     assert _epochs(tmp_path, 0, "t") == [1, 2, 3]
+
+
+def test_a_trial_that_keeps_killing_its_runs_is_failed_not_resumed_forever(tmp_path, capsys):
+    """A trial whose runs died holding it more than MAX_CRASHES times (it runs the node out of memory, say)
+    is FAILED with the reason by the next job, which goes on with the budget, instead of dying on it too."""
+    from oialr_search.search import SearchRequest, load_space, run_search
+    from oialr_search.search._execution import MAX_CRASHES
+
+    (tmp_path / "space.yaml").write_text(SPACE.replace("epochs: 30", "epochs: 2").replace("hidden: 256", "hidden: 32"))
+    url = f"sqlite:///{tmp_path}/oialr_search.db"
+    assert run_search(SearchRequest(study="t", storage=url, space=load_space(tmp_path / "space.yaml"),
+                                    backend="optuna", budget=1), quiet=True) == 0
+    con = sqlite3.connect(tmp_path / "oialr_search.db")
+    with con:  # as a job leaves it when the trial killed it for the MAX_CRASHES + 1st time
+        con.execute("UPDATE oialr_trials SET state = 'RUNNING', heartbeat = '2000-01-01 00:00:00.000000', "
+                    "crashes = ?, finished = NULL WHERE number = 0", (MAX_CRASHES,))
+    con.close()
+    assert run_search(SearchRequest(study="t", storage=url, backend="optuna", budget=2), quiet=True) == 0
+    rows = trials(tmp_path, "t")
+    assert [r["state"] for r in rows] == ["FAILED", "COMPLETE"], rows
+    assert rows[0]["crashes"] == MAX_CRASHES + 1 and rows[0]["error"].startswith("crashed: ")
+    assert f"trial 0: crashed: {MAX_CRASHES + 1} runs" in capsys.readouterr().err
+
+
+def test_jobs_that_share_a_study_get_their_own_sampler_seeds():
+    """Two jobs of one study at once with the same --seed (a job array; a second allocation while the first
+    runs) must not propose the same params; one job alone, or the same array task again, is reproducible."""
+    from oialr_search.search._runner import job_seed
+
+    alone = job_seed(0, 0, 0, {})
+    assert alone == job_seed(0, 0, 0, {}) == 0  # the seed as given on a fresh study
+    assert job_seed(0, 0, 0, {"SLURM_ARRAY_TASK_ID": "1"}) != job_seed(0, 0, 0, {"SLURM_ARRAY_TASK_ID": "2"})
+    assert job_seed(0, 0, 0, {"SLURM_ARRAY_TASK_ID": "0"}) != alone
+    assert job_seed(0, 4, 2, {}) != job_seed(0, 4, 0, {})  # a second job joins while the first runs 2 trials
+    assert job_seed(0, 4, 0, {}) != alone  # resumed later: other seeds than the first run

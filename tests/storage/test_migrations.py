@@ -97,9 +97,10 @@ class V1Meta(V1):
 
 
 NEW_COLUMNS = {"oialr_studies": {"objectives", "constraints"},
-               # heartbeat and owner: v3
-               "oialr_trials": {"objective_values", "feasible", "last_epoch", "heartbeat", "owner"},
+               # heartbeat and owner: v3; crashes: v4
+               "oialr_trials": {"objective_values", "feasible", "last_epoch", "heartbeat", "owner", "crashes"},
                "oialr_trial_epochs": {"compression", "train_seconds"}}
+NEW_DEFAULTS = {"crashes": 0}  # the new columns' values in old rows; None for the others
 PAYLOADS = "oialr_trial_payloads"
 MOVED = {"oialr_trials": ("config", "rank_trajectory")}  # v2 keeps them in PAYLOADS, one row per trial
 TABLES = ("oialr_studies", "oialr_trials", "oialr_trial_epochs", PAYLOADS, "oialr_meta")
@@ -180,7 +181,7 @@ def assert_upgraded(path, before: dict[str, list[dict]]) -> None:
         for old, new in zip(rows, after[table]):
             assert {k: new[k] for k in old if k not in moved} == {k: v for k, v in old.items() if k not in moved}
             assert set(new) == set(old) - set(moved) | NEW_COLUMNS[table]
-            assert all(new[k] is None for k in NEW_COLUMNS[table])
+            assert all(new[k] == NEW_DEFAULTS.get(k) for k in NEW_COLUMNS[table])
     assert after[PAYLOADS] == [{"trial_id": t["id"], **{k: t[k] for k in MOVED["oialr_trials"]}}
                                for t in before["oialr_trials"]]
     assert any(len(t["rank_trajectory"] or "") > 100_000 for t in before["oialr_trials"])  # an overflowing one
@@ -707,29 +708,33 @@ def test_schema_check_does_not_wait_for_a_writer(tmp_path, start):
         engine.dispose()
 
 
-def test_a_database_of_the_previous_release_v2_is_upgraded_with_every_row(tmp_path):
-    """v1 -> v2 (the previous release's schema, a study with a finished and a RUNNING trial), then this
-    release's `storage upgrade --force`: every row kept, the new columns NULL, the RUNNING trial resumable."""
-    url = make_v1(tmp_path / "v2.db", running=True)
+@pytest.mark.parametrize("release", ["v2", "v3"])
+def test_a_database_of_an_earlier_release_is_upgraded_with_every_row(tmp_path, release):
+    """v1 -> v2 or v3 (the schemas of earlier releases, a study with a finished and a RUNNING trial), then
+    this release's `storage upgrade --force`: every row kept, the new columns NULL (crashes 0), the RUNNING
+    trial resumable."""
+    url = make_v1(tmp_path / f"{release}.db", running=True)
     engine = _transactional_ddl(create_engine(url))
     with engine.begin() as conn:
         command.stamp(_config(conn), "v1")
-        command.upgrade(_config(conn), "v2")
+        command.upgrade(_config(conn), release)
     engine.dispose()
-    before = dump(tmp_path / "v2.db")
+    before = dump(tmp_path / f"{release}.db")
     proc = run_cli("storage", "upgrade", "--force", "--storage", url, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith(f"upgraded {url}: schema v2 -> v{SCHEMA_VERSION} ")
-    after = dump(tmp_path / "v2.db")
+    assert proc.stdout.startswith(f"upgraded {url}: schema {release} -> v{SCHEMA_VERSION} ")
+    after = dump(tmp_path / f"{release}.db")
     assert after.keys() == before.keys()
     for table, rows in before.items():
         assert len(after[table]) == len(rows)
         for old, new in zip(rows, after[table], strict=True):
             assert {k: new[k] for k in old} == old or table == "oialr_meta"
-            assert all(new[k] is None for k in set(new) - set(old))
+            assert all(new[k] == NEW_DEFAULTS.get(k) for k in set(new) - set(old))
     store = Store(url, create=False)
     try:
         study = store.get_study("cifar")
         assert store.dead_trials(study, grace=60) == 1  # no heartbeat: resumed by the next search
+        running = store.claim_dead(study, grace=60, rank=0, device="cpu")
+        assert running is not None and running.crashes == 0  # no heartbeat: not a death
     finally:
         store.engine.dispose()

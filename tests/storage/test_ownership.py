@@ -53,3 +53,24 @@ def test_a_released_trial_is_dead_at_once(store_url):
     finally:
         a.engine.dispose()
         b.engine.dispose()
+
+
+def test_claims_count_the_runs_that_died_holding_the_trial(store_url):
+    """A stale heartbeat means the run died (out of memory, a crash): counted. A released trial (its run
+    checkpointed and let go on preemption) was not a death: not counted."""
+    a, b = Store(store_url), Store(store_url)
+    try:
+        study = a.create_study(name="s", space={"raw": {}}, space_path="", metric="val_loss", direction="minimize",
+                               backend="optuna", seed=0, budget=5)
+        trial = a.start_trial(study, params={}, rank=0, island=None, device="cpu")
+        assert trial.crashes == 0
+        time.sleep(0.05)
+        assert b.claim_dead(study, grace=0.01, rank=0, device="cpu").crashes == 1  # a died beating
+        time.sleep(0.05)
+        assert a.claim_dead(study, grace=0.01, rank=0, device="cpu").crashes == 2  # so did b
+        a.release(trial.id)
+        assert b.claim_dead(study, grace=60, rank=0, device="cpu").crashes == 2  # released: no death
+        assert b.get_trial(study, trial.number).crashes == 2
+    finally:
+        a.engine.dispose()
+        b.engine.dispose()

@@ -1,0 +1,245 @@
+"""Kept trained weights: which trials keep them (front / best / none), ``export --weights`` and ``load_model``."""
+
+import pytest
+import torch
+
+from oialr_search import load_model
+from oialr_search.exceptions import WeightsError
+from oialr_search.lowrank import low_rank_factors
+from oialr_search.search._weights import keep_set
+from oialr_search.training import Trainer, config_from_dict
+
+from ._study import SINGLE, cli, kept_files, search, trials, write_space
+
+
+def _minimized(row: dict, directions: list[str]) -> tuple:
+    return tuple(v if d == "minimize" else -v for v, d in zip(row["objective_values"], directions))
+
+
+def expected_keep(rows: list[dict], directions: list[str], mode: str) -> set[int]:
+    """The keep set by brute force over the stored trials (independent of the package's front code)."""
+    points = {r["number"]: _minimized(r, directions) for r in rows
+              if r["state"] == "COMPLETE" and r["feasible"] in (None, 1)}
+    if mode == "none" or not points:
+        return set()
+    best = {min(points, key=lambda n: (points[n][j], n)) for j in range(len(directions))}
+    if mode == "best" or len(directions) == 1:
+        return best
+
+    def dominates(a: tuple, b: tuple) -> bool:
+        return all(x <= y for x, y in zip(a, b)) and a != b
+
+    return best | {n for n, p in points.items() if not any(dominates(q, p) for q in points.values())}
+
+
+def _evaluate(model: torch.nn.Module, config: dict) -> tuple[float, float, float]:
+    """(val_loss, top1, top5) of ``model`` on the trial's validation split, as the trainer computes them."""
+    trainer = Trainer(config_from_dict({**config, "train": {**config["train"], "device": "cpu"}}), log=None)
+    trainer.model = model
+    return trainer.evaluate()
+
+
+def test_the_front_keeps_exactly_its_weights_and_a_trial_pushed_off_loses_them(front_study):
+    rows = trials(front_study, "front")
+    directions = ["maximize", "minimize"]
+    keep = expected_keep(rows, directions, "front")
+    assert keep and kept_files(front_study / "oialr_search.work" / "front") == keep
+    # trials that were kept when they finished (on the front of the trials finished before them), and are not now
+    order = sorted(rows, key=lambda r: (r["finished"], r["number"]))
+    pushed_off = [r["number"] for i, r in enumerate(order)
+                  if r["number"] in expected_keep(order[: i + 1], directions, "front") and r["number"] not in keep]
+    assert pushed_off, "no trial fell off the front in this study: its base config should have been beaten"
+    assert 0 in pushed_off  # the base config's tiny lr: kept first, beaten later
+
+
+def test_exported_weights_load_into_the_trials_model_with_its_val_loss(front_study, tmp_path):
+    rows = {r["number"]: r for r in trials(front_study, "front")}
+    kept = kept_files(front_study / "oialr_search.work" / "front")
+    for number in sorted({min(kept), max(kept)}):
+        weights, config = tmp_path / f"model{number}.pt", tmp_path / f"tuned{number}.yaml"
+        proc = cli(["export", "--study", "front", "--trial", str(number), "--weights", str(weights),
+                    "-o", str(config)], front_study)
+        assert proc.returncode == 0, proc.stderr
+        assert f"wrote {weights}" in proc.stdout and f"wrote {config}" in proc.stdout
+        model = load_model(config, weights)
+        assert not model.training and {p.device.type for p in model.parameters()} == {"cpu"}
+        metrics = rows[number]["metrics"]
+        assert {name: f.rank for name, f in low_rank_factors(model)} == metrics["final_ranks"]
+        val_loss, top1, _ = _evaluate(model, rows[number]["config"])
+        assert val_loss == pytest.approx(metrics["val_loss"], rel=1e-5, abs=1e-6)
+        assert top1 == pytest.approx(metrics["top1"], abs=1e-6)
+        payload = torch.load(weights, weights_only=True)
+        assert payload["format"] == "oialr-search-weights" and payload["version"] == 1
+        assert payload["low_rank"]["ranks"] == metrics["final_ranks"] and payload["trial"] == number
+        assert {"config", "model_args", "state_dict"} <= set(payload)
+
+
+def test_load_model_takes_a_config_dict_a_run_config_or_none_and_refuses_bad_files(front_study, tmp_path):
+    number = min(kept_files(front_study / "oialr_search.work" / "front"))
+    row = {r["number"]: r for r in trials(front_study, "front")}[number]
+    weights = front_study / "oialr_search.work" / "front" / "weights" / f"trial_{number}.pt"
+    x = torch.randn(4, 1, 8, 8)
+    reference = load_model(None, weights)(x)
+    for config in (row["config"], config_from_dict(row["config"])):
+        torch.testing.assert_close(load_model(config, weights)(x), reference, rtol=0, atol=0)
+    with pytest.raises(WeightsError, match="no such weights file"):
+        load_model(None, tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    with pytest.raises(WeightsError, match="unreadable"):
+        load_model(None, tmp_path / "junk.pt")
+    torch.save({"format": 1, "model": {}}, tmp_path / "checkpoint.pt")  # a training checkpoint's shape
+    with pytest.raises(WeightsError, match="not an oialr-search weights file"):
+        load_model(None, tmp_path / "checkpoint.pt")
+    other = {**row["config"], "model": {"name": "mlp", "kwargs": {"hidden": 16, "depth": 1}}}
+    with pytest.raises(WeightsError, match="do not fit the model"):
+        load_model(other, weights)
+
+
+def test_best_keeps_the_best_on_each_objective(tmp_path):
+    write_space(tmp_path, extra="keep_weights: best")
+    search(tmp_path, "s", 5, "--workdir", "wd")
+    expected = expected_keep(trials(tmp_path, "s"), ["maximize", "minimize"], "best")
+    assert kept_files(tmp_path / "wd" / "s") == expected and 1 <= len(expected) <= 2
+    # --workdir as given to run; without it the default folder has no weights, and export says so
+    best = min(expected)
+    proc = cli(["export", "--study", "s", "--trial", str(best), "--weights", "w.pt", "--workdir", "wd"], tmp_path)
+    assert proc.returncode == 0 and (tmp_path / "w.pt").is_file(), proc.stderr
+    proc = cli(["export", "--study", "s", "--trial", str(best), "--weights", "w2.pt"], tmp_path)
+    assert proc.returncode == 2 and "--workdir" in proc.stderr and not (tmp_path / "w2.pt").exists()
+
+
+def test_keep_set_rules():
+    points = [(0, (1.0, 5.0)), (1, (2.0, 2.0)), (2, (3.0, 2.0)), (3, (1.0, 6.0)), (4, (5.0, 1.0))]
+    assert keep_set(points, "front") == {0, 1, 4}  # 2 and 3 are dominated
+    assert keep_set(points, "best") == {0, 4}
+    assert keep_set(points, "none") == set()
+    assert keep_set([(3, (1.0,)), (1, (1.0,)), (2, (0.5,))], "front") == {2}
+    assert keep_set([(3, (1.0,)), (1, (1.0,))], "best") == {1}  # ties: the lower number, as best_trial
+    # a tie on the first objective: the lower number is the best on it, though trial 7 dominates it
+    assert keep_set([(5, (1.0, 3.0)), (7, (1.0, 2.0))], "front") == {5, 7}
+
+
+def _refused(args: list[str], cwd, out_folder, message: str) -> None:
+    """``export ARGS`` exits 2 with one line containing ``message`` and writes nothing into ``out_folder``."""
+    out_folder.mkdir(exist_ok=True)
+    outputs = ["--weights", str(out_folder / "m.pt"), "--compact", "-o", str(out_folder / "t.yaml")]
+    proc = cli(["export", *args, *outputs], cwd)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert proc.stdout == "" and list(out_folder.iterdir()) == []
+
+
+def test_export_refuses_trials_without_kept_weights(front_study, tmp_path):
+    out = tmp_path / "out"
+    rows = trials(front_study, "front")
+    off = [r["number"] for r in rows if r["number"] not in kept_files(front_study / "oialr_search.work" / "front")]
+    assert off
+    _refused(["--study", "front", "--trial", str(off[0])], front_study, out, f"trial {off[0]} of study 'front' has "
+             "no kept weights")
+    _refused(["--study", "front", "--trial", "99"], front_study, out, "has no trial 99")
+
+    # one objective, with ASHA (a trial that is not the best at epoch 1 is stopped there): pruned trials
+    write_space(tmp_path, objectives=SINGLE, extra="pruner: {type: asha, min_epochs: 1, reduction: 4}")
+    search(tmp_path, "asha", 6)
+    rows = trials(tmp_path, "asha")
+    pruned = [r["number"] for r in rows if r["state"] == "PRUNED"]
+    assert pruned, "ASHA pruned no trial in this study"
+    _refused(["--study", "asha", "--trial", str(pruned[0])], tmp_path, out, "is PRUNED, not COMPLETE")
+    kept = kept_files(tmp_path / "oialr_search.work" / "asha")
+    assert kept == expected_keep(rows, ["minimize"], "front") and len(kept) == 1  # one objective: the best only
+    (tmp_path / "oialr_search.work" / "asha" / "weights" / f"trial_{kept.pop()}.pt").unlink()  # weights missing
+    _refused(["--study", "asha"], tmp_path, out, "no kept weights")
+
+    # keep_weights: none keeps nothing
+    write_space(tmp_path, objectives=SINGLE, extra="keep_weights: none", name="none.yaml")
+    proc = cli(["run", "none.yaml", "--study", "none", "--budget", "2", "--backend", "optuna"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (tmp_path / "oialr_search.work" / "none" / "weights").exists()
+    _refused(["--study", "none"], tmp_path, out, "keeps no trained weights (keep_weights: none")
+
+    # failed trials: a data set that is not there
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    write_space(broken, objectives=SINGLE, extra="set: {data.name: cifar10, data.path: /nonexistent/cifar}")
+    search(broken, "failed", 1)
+    assert [r["state"] for r in trials(broken, "failed")] == ["FAILED"]
+    _refused(["--study", "failed", "--trial", "0"], broken, out, "is FAILED, not COMPLETE")
+
+
+def test_keep_weights_is_checked_and_kept_with_the_space(tmp_path):
+    from oialr_search.search import SearchSpace, SpaceError, load_space
+
+    message = "space.yaml: keep_weights: must be one of front, best, none, got 'all'"
+    path = write_space(tmp_path, extra="keep_weights: all")
+    with pytest.raises(SpaceError, match=message):
+        load_space(path)
+    proc = cli(["run", "space.yaml", "--study", "x"], tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["space.yaml"]
+    assert load_space(write_space(tmp_path)).keep_weights == "front"
+    space = load_space(write_space(tmp_path, extra="keep_weights: best"))
+    assert SearchSpace.from_dict(space.to_dict()).keep_weights == "best"  # what resume reads back
+
+
+def test_concurrent_finishes_never_delete_a_kept_file(tmp_path):
+    """Two ranks finishing at once, in the interleavings that matter (see search/_weights.py): a rank whose
+    snapshot predates another trial never deletes that trial's file; the folder ends as the keep set."""
+    from oialr_search.search import Scored
+    from oialr_search.search._weights import KeptWeights
+    from oialr_search.storage import Store
+
+    store = Store(f"sqlite:///{tmp_path / 'k.db'}")
+    objectives = [{"metric": "top1", "direction": "maximize"}, {"metric": "trainable_fraction",
+                                                                 "direction": "minimize"}]
+    study = store.create_study(name="k", space={}, space_path="", metric="top1", direction="maximize",
+                               backend="optuna", seed=0, budget=9, objectives=objectives)
+    folder = tmp_path / "weights"
+    ranks = [KeptWeights(store, study, "front", folder, rank) for rank in (0, 1)]
+
+    def start() -> object:
+        return store.start_trial(study, params={}, rank=0, island=None, device="cpu")
+
+    def finish(trial, values) -> None:
+        store.finish_trial(trial.id, state="COMPLETE", value=values[0], values=values, feasible=True,
+                           metrics={"top1": values[0], "trainable_fraction": values[1]})
+
+    def scored(values) -> Scored:
+        return Scored("COMPLETE", list(values), True, None)
+
+    def weights(number: int):
+        return lambda: {"format": "oialr-search-weights", "version": 1, "trial": number}
+
+    a, b = start(), start()
+    worse, better = (50.0, 0.5), (60.0, 0.4)  # b dominates a
+    # 1. a is written and stored; b is written (its set saw a); a's rank prunes with a snapshot without b
+    ranks[0].write(a, scored(worse), weights(a.number))
+    finish(a, worse)
+    ranks[1].write(b, scored(better), weights(b.number))
+    assert kept_files(tmp_path) == {a.number, b.number}
+    ranks[0].prune(a)
+    assert kept_files(tmp_path) == {a.number, b.number}  # b is not stored yet: its file is left alone
+    finish(b, better)
+    ranks[1].prune(b)
+    assert kept_files(tmp_path) == {b.number}
+    # 2. c and d are written before either is stored (each set saw only itself); d dominates c
+    c, d = start(), start()
+    best, dominated = (70.0, 0.3), (65.0, 0.35)
+    ranks[0].write(c, scored(dominated), weights(c.number))
+    ranks[1].write(d, scored(best), weights(d.number))
+    finish(d, best)
+    ranks[1].prune(d)  # b is now dominated; c is not stored: left to its rank
+    assert kept_files(tmp_path) == {c.number, d.number}
+    finish(c, dominated)
+    ranks[0].prune(c)  # c's own rank sees d, stored before c's prune: c deletes its own file
+    assert kept_files(tmp_path) == {d.number}
+    # 3. a trial that is not kept is never written; one that failed to store (FAILED) loses its file
+    e = start()
+    ranks[0].write(e, scored((10.0, 0.9)), weights(e.number))
+    assert kept_files(tmp_path) == {d.number}
+    f = start()
+    ranks[0].write(f, scored((99.0, 0.01)), weights(f.number))
+    store.finish_trial(f.id, state="FAILED", error="storing the outcome failed")
+    ranks[0].prune(f)
+    assert kept_files(tmp_path) == {d.number}
+    assert torch.load(folder / f"trial_{d.number}.pt", weights_only=True)["study"] == "k"
