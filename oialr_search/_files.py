@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from .exceptions import OIALRSearchError
+
 
 def _default_mode() -> int:
     """The mode ``open()`` would give a new file under the process's umask (mkstemp's is 0600)."""
@@ -23,7 +25,6 @@ def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
     a temporary file in the same folder, flushed to disk, then ``os.replace``\\ d over ``path``. On an error
     (or Ctrl-C) the temporary file is removed and ``path`` is left as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -35,3 +36,24 @@ def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_file_atomic(path: str | Path, data: bytes | str) -> None:
+    """Write ``data`` (text as UTF-8) to ``path`` atomically (see :func:`atomic_writer`); the folder must exist."""
+    with atomic_writer(path) as fh:
+        fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+def output_file(path: str | Path, *, option: str, example: str,
+                error: type[OIALRSearchError] = OIALRSearchError) -> Path:
+    """``path`` as a file a command may write, checked before it writes anything: not a folder, in an existing
+    folder (never created: a typo must not leave a tree of folders), writable. ``example``: a file name to
+    suggest when ``path`` is a folder."""
+    out = Path(path)
+    if out.is_dir():
+        raise error(f"{option} {out}: is a folder; give a file name such as {out / example}")
+    if not out.parent.is_dir():
+        raise error(f"{option} {out}: folder {out.parent} does not exist; create it first")
+    if not os.access(out.parent, os.W_OK) or out.exists() and not os.access(out, os.W_OK):
+        raise error(f"{option} {out}: cannot be written")
+    return out

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .._files import write_file_atomic
 from ..storage import default_storage
 from ..storage._filesystems import network_storage_warning, sqlite_file
 from ..storage._sqlite import storage_failure
@@ -22,10 +23,9 @@ _RANK_0_GRACE_S = 2.0  # on Ctrl-C, how long the other ranks leave rank 0 to rep
 
 
 def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically, creating its folder (``train --out runs/x/metrics.json``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_file_atomic(path, text)
 
 
 def add_storage(p: argparse.ArgumentParser) -> None:

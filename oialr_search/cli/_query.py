@@ -7,7 +7,6 @@ import contextlib
 import csv
 import io
 import json
-import shutil
 import signal
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from .._files import output_file, write_file_atomic
 from ..exceptions import OIALRSearchError
 from ..search import METRICS, pareto_front, parse_pick, pick
 from ..storage import COMPLETE, FAILED, INTERRUPTED, PRUNED, RUNNING, Store, Study, Trial, default_storage
@@ -82,8 +82,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.watch is None:
         _status(_store(args), args.study)
         return 0
-    if not args.watch > 0:  # also NaN
-        raise OIALRSearchError(f"--watch: must be a positive number of seconds, got {args.watch:g}")
+    if not 0 < args.watch < 10**6:  # also NaN and inf
+        raise OIALRSearchError(f"--watch: must be a positive number of seconds (below 10⁶), got {args.watch:g}")
     clear = sys.stdout.isatty()  # a terminal is redrawn; a pipe or a log file gets every refresh in turn
     with _ctrl_c_between_refreshes() as refreshing:
         while True:
@@ -220,8 +220,10 @@ def _chosen(store: Store, study: Study, args: argparse.Namespace) -> Trial:
         if trial.state != COMPLETE:
             raise OIALRSearchError(f"trial {number} of study {study.name!r} is {trial.state}, not COMPLETE")
         return trial
-    if conditions:
-        found = pick(store, study, conditions)
+    if conditions or study.multi_objective:  # (ties on the first objective: the better on the next ones)
+        found = pick(store, study, conditions or [])
+        if found is None and not conditions:
+            raise OIALRSearchError(f"study {study.name!r} has no feasible completed trial yet")
         if found is None:
             raise OIALRSearchError(f"--pick {args.pick!r}: no feasible completed trial of study {study.name!r} "
                                    f"meets it; see 'oialr-search pareto --study {study.name}'")
@@ -264,10 +266,9 @@ def _outputs(args: argparse.Namespace) -> dict[str, Path]:
     if args.compact and not args.weights:
         raise OIALRSearchError("--compact writes the trained model as plain PyTorch layers to the --weights file: "
                                "give --weights compact.pt2 too")
-    examples = {"-o": "tuned.yaml", "--weights": "model.pt"}
+    examples = {"-o": "tuned.yaml", "--weights": "compact.pt2" if args.compact else "model.pt"}
     for flag, path in outputs.items():
-        if path.is_dir():
-            raise OIALRSearchError(f"{flag} {path}: is a folder; give a file name such as {path / examples[flag]}")
+        output_file(path, option=flag, example=examples[flag])
     if len({p.resolve() for p in outputs.values()}) < len(outputs):
         raise OIALRSearchError(f"{', '.join(outputs)}: give each a file of its own")
     return outputs
@@ -292,14 +293,16 @@ def _kept_weights(args: argparse.Namespace, study: Study, t: Trial) -> tuple[Pat
         hint = "" if args.workdir else "; a search run with --workdir DIR needs --workdir DIR here too"
         raise OIALRSearchError(f"trial {t.number} of study {study.name!r} has no kept weights ({path} missing; "
                                f"keep_weights: {keep} keeps {which}{hint})")
-    return path, read_weights(path)
+    try:  # read once: the running search may delete the file any moment (its trial fell off the front)
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise OIALRSearchError(f"trial {t.number} of study {study.name!r} has no kept weights any more (the "
+                               "running search deleted them: a newer trial pushed it out of the kept set)") from None
+    return data, read_weights(path, data)
 
 
-def _copy_atomic(source: Path, target: Path) -> None:
-    from .._files import atomic_writer
-
-    with atomic_writer(target) as out, open(source, "rb") as src:
-        shutil.copyfileobj(src, out)
+class ExportFailed(RuntimeError):
+    """torch.export could not take the model: an internal failure (exit code 1), said in one line."""
 
 
 def _compact(payload: dict, path: Path) -> str:
@@ -314,8 +317,13 @@ def _compact(payload: dict, path: Path) -> str:
     args = payload["model_args"]
     example = torch.randn(2, args["in_chans"], args["img_size"], args["img_size"],
                           generator=torch.Generator().manual_seed(0))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    export_compact(compact, example, path)
+    try:
+        export_compact(compact, example, path)
+    except Exception as exc:  # noqa: BLE001 - torch.export raises many kinds; not the user's to fix
+        raise ExportFailed(f"--compact: torch.export cannot take this model ({type(exc).__name__}: "
+                           f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no message'}); nothing "
+                           "was written; export the weights without --compact and load them with "
+                           "oialr_search.load_model") from None
     params, dense = parameter_count(compact), dense_parameter_count(model)
     source = repr(str(path)) if path.suffix == ".pt2" else f"open({str(path)!r}, 'rb')"  # torch wants .pt2 names
     return (f"wrote {path}: {params:,} parameters (the dense model has {dense:,}: {100 * params / dense:.1f}%), "
@@ -339,9 +347,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     how = f", picked by {args.pick!r}" if args.pick else ""
     lines = []
     if args.compact:  # first: the one that may fail (a model torch.export cannot take)
-        lines.append(_compact(payload, outputs["--weights"]))
+        try:
+            lines.append(_compact(payload, outputs["--weights"]))
+        except ExportFailed as exc:
+            print(f"oialr-search export: error: {exc}", file=sys.stderr)
+            return 1
     elif "--weights" in outputs:
-        _copy_atomic(kept, outputs["--weights"])
+        write_file_atomic(outputs["--weights"], kept)
         config_arg = repr(str(outputs["-o"])) if "-o" in outputs else "None"  # None: the copy in the file
         lines.append(f"wrote {outputs['--weights']}: the trained weights of trial {t.number}; load them with "
                      f"oialr_search.load_model({config_arg}, {str(outputs['--weights'])!r})")

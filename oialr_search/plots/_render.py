@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .._files import output_file, write_file_atomic
 from ..storage import COMPLETE, Store, Study
 from ._common import RenderedFigure, metric_name, pyplot, quiet_optuna, render, style
 from ._data import Curve, RunData
@@ -178,21 +179,12 @@ def check_output_dir(path: str | os.PathLike, *, option: str = "-o") -> Path:
 
 def check_output_file(path: str | os.PathLike, *, option: str = "-o") -> Path:
     """A file to write: not a folder, in an existing writable folder."""
-    out = Path(path)
-    if out.is_dir():
-        raise PlotError(f"{option} {out}: is a folder; give a file name such as {out / 'report.html'}")
-    if not out.parent.is_dir():
-        raise PlotError(f"{option} {out}: folder {out.parent} does not exist; create it first")
-    if not os.access(out.parent, os.W_OK) or out.exists() and not os.access(out, os.W_OK):
-        raise PlotError(f"{option} {out}: cannot be written")
-    return out
+    return output_file(path, option=option, example="report.html", error=PlotError)
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it over: never a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    """Write ``data`` beside ``path``, then rename it over: never a half-written file, no temporary left."""
+    write_file_atomic(path, data)
 
 
 def write_figures(figures: list[RenderedFigure], folder: Path) -> list[Path]:

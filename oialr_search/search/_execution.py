@@ -34,9 +34,11 @@ from ._workers import DONE, Workers
 
 Objective = Callable[..., TrialOutcome]
 
-# A trial is resumed after its run died holding it at most this many times; the next death fails it.
-MAX_CRASHES = 2
 Ran = tuple[dict, Trial, Scored, dict | None]  # (params, stored trial, its scored outcome, its metrics)
+
+# A trial whose runs died holding it this many times in a row without reporting a new epoch in between is
+# resumed no more: the next such death fails it (it kills its process: out of memory, a segfault).
+MAX_CRASHES = 2
 
 
 class Trials:
@@ -113,13 +115,15 @@ class Trials:
         return self._run(trial, trial.params, trial.config, resume=True)
 
     def _give_up(self, trial: Trial) -> None:
-        """A trial whose runs died holding it more than MAX_CRASHES times (it kills its process: out of
-        memory, a segfault) is FAILED with the reason, not resumed by every job forever."""
-        error = (f"crashed: {trial.crashes} runs of this trial died while training it (out of memory, a crash, a "
-                 f"node failure; see the jobs' logs); not resumed again after {MAX_CRASHES} resumes")
+        """A trial whose runs died holding it more than MAX_CRASHES times in a row (it kills its process: out
+        of memory, a segfault) is FAILED with the reason, not resumed by every job forever."""
+        error = (f"crashed: {trial.crashes} runs of this trial in a row died while training it, with no epoch "
+                 f"finished in between (out of memory, a crash, a node failure; see the jobs' logs); not resumed "
+                 f"again after {MAX_CRASHES} resumes")
         with contextlib.suppress(TrialTakenOver):
             self.store.finish_trial(trial.id, state=FAILED, error=error, epochs=[])
         self.checkpoint(trial).unlink(missing_ok=True)
+        self.kept.path(trial.number).unlink(missing_ok=True)  # written by a run that died before storing
         print(f"[rank {self.rank}] trial {trial.number}: {error}", file=sys.stderr, flush=True)
 
     def drain(self) -> None:
@@ -136,6 +140,18 @@ class Trials:
         self.workers.send(DONE)
 
     def _run(self, trial: Trial, params: dict, config: dict | None, *, resume: bool) -> Ran | None:
+        try:
+            return self._train_and_store(trial, params, config, resume=resume)
+        except BaseException:
+            # Ctrl-C, a storage failure, a second signal: the job ends in order with the trial RUNNING. Free
+            # it (as preemption does), so the next job resumes it at once and counts no death of its run
+            if self.heartbeat is not None:
+                self.heartbeat.stop()
+            with contextlib.suppress(Exception):
+                self.store.release(trial.id)
+            raise
+
+    def _train_and_store(self, trial: Trial, params: dict, config: dict | None, *, resume: bool) -> Ran | None:
         checkpoint = self.checkpoint(trial)
         self.workers.send({"params": params, "config": config, "checkpoint": str(checkpoint), "resume": resume})
         max_epochs = (config or {}).get("train", {}).get("epochs", 0)
@@ -157,7 +173,8 @@ class Trials:
             with contextlib.suppress(Exception):
                 reporter.flush()
             raise
-        self.heartbeat.stop()
+        if outcome.preempted:
+            self.heartbeat.stop()
         if outcome.preempted and heartbeat.lost:
             return self._taken_over(trial)
         if outcome.preempted:  # (in a group, maybe a follower's signal: the leader stops taking trials too)
@@ -172,7 +189,10 @@ class Trials:
             return None
         scored = score(outcome.state, outcome.metrics, outcome.error, self.space.objectives, self.space.constraints)
         values = scored.values
-        self.kept.write(trial, scored, outcome.final_weights, outcome.metrics)  # before storing: see _weights.py
+        if not heartbeat.lost:  # a run that lost its trial must not overwrite the new owner's weights
+            # before storing (see _weights.py), still beating: a large model's write may take a while
+            self.kept.write(trial, scored, outcome.final_weights, outcome.metrics)
+        self.heartbeat.stop()
         try:
             self.store.finish_trial(trial.id, state=scored.state, value=values[0] if values else None, values=values,
                                     feasible=scored.feasible, metrics=outcome.metrics,

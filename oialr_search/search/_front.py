@@ -39,9 +39,11 @@ def metric_of(t: Trial, metric: str) -> float | None:
 
 
 def pick(store: Store, study: Study, conditions: Sequence[Condition]) -> Trial | None:
-    """The best trial on the first objective among the feasible COMPLETE ones meeting every condition."""
+    """The best trial on the first objective among the feasible COMPLETE ones meeting every condition;
+    ties go to the better on the next objectives, then to the lower number, so a pick by objectives alone
+    is on the Pareto front (and has kept weights, see _weights.py)."""
     position = {o["metric"]: j for j, o in enumerate(study.objectives)}
-    ranked = sorted(_points(store, study), key=lambda p: (p[2][0], p[0]))  # best first objective first
+    ranked = sorted(_points(store, study), key=lambda p: (p[2], p[0]))  # best first objective first
     if all(c.metric in position for c in conditions):  # decided on the stored values alone
         for number, values, _ in ranked:
             if all(c.holds(values[position[c.metric]]) for c in conditions):

@@ -95,7 +95,8 @@ def run_optuna(*, space: SearchSpace, store: Store, study: Study, seed: int, ran
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     dists = {d.key: _distribution(d) for d in space.dimensions}
     directions = [o.direction for o in space.objectives]
-    ostudy = optuna.create_study(directions=directions, sampler=make_sampler(space, seed * 7919 + rank))
+    sampler = make_sampler(space, (seed * 7919 + rank) % 2**32)  # numpy's RandomState takes [0, 2³²)
+    ostudy = optuna.create_study(directions=directions, sampler=sampler)
     pending = list(enqueue)  # enqueued after the first sync, so a resume does not try them again
     seen: set[int] = set()
     interrupted: dict[int, int] = {}  # id -> number of trials that may still get a result

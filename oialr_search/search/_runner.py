@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from sqlalchemy.engine import make_url
 
 from ..exceptions import OIALRSearchError
@@ -154,12 +155,16 @@ def _prepare(req: SearchRequest, world_size: int) -> tuple[Study, str, int, int,
 
 
 def job_seed(seed: int, finished: int, running: int, env: Mapping[str, str] = os.environ) -> int:
-    """The seed of this job's samplers. ``--seed`` alone would make jobs that run one study at once (the
-    tasks of a job array, a second allocation) propose the same params; the trials finished and running
-    when the job starts, and the job array task id, tell them apart, while a job alone on its study (or
-    the same array task run again) stays reproducible."""
+    """The seed of this job's samplers, in [0, 2³²). ``--seed`` alone would make jobs that run one study at
+    once (the tasks of a job array, a second allocation) propose the same params: the trials running when
+    the job starts and the job array task id tell them apart, while a job alone on its study (or the same
+    array task run again) stays reproducible. Jobs started at the very same moment outside a job array see
+    the same study and get the same seed: give them different ``--seed`` values."""
     task = env.get("SLURM_ARRAY_TASK_ID", "")
-    return seed + finished + 1009 * running + 100_003 * (int(task) + 1 if task.isdigit() else 0)
+    if not running and not task.isdigit():
+        return (seed + finished) % 2**32
+    mixed = np.random.SeedSequence([seed % 2**32, finished, running, int(task) + 1 if task.isdigit() else 0])
+    return int(mixed.generate_state(1)[0])
 
 
 def _shown(space: SearchSpace, values: list | None) -> str:

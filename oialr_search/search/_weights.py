@@ -6,10 +6,12 @@ file, see ``training/_weights.py``); ``oialr-search export --weights`` copies th
 The keep set, computed from the store's feasible COMPLETE trials with finite values:
 
 - ``front``: one objective, the best trial; several, the non-dominated trials plus the best on each
-  objective (with ties on one objective the best by number need not be on the front);
+  objective;
 - ``best``: the best on each objective (one objective: the best);
 - ``none``: nothing.
-"Best" breaks ties by the lower trial number, as ``best_trial`` does.
+"Best" on objective j breaks ties by the other objectives in order, then by the lower trial number, as
+``pick`` does: the best on an objective is then always on the front, and ``export`` without ``--trial``
+(or with a ``--pick`` on objectives) finds the weights it chose.
 
 Several ranks and jobs finish trials at once, with no lock between them; each keeps the folder right
 by itself, in two steps of :class:`KeptWeights`:
@@ -43,6 +45,7 @@ from pathlib import Path
 from ..storage import COMPLETE, Store, Study, Trial
 from ..training import save_weights
 from ._front import _points
+from ._objective import while_interrupted
 from ._objectives import Objective, Scored, objectives_from
 from ._pareto import non_dominated
 
@@ -65,7 +68,10 @@ def keep_set(points: Sequence[tuple[int, Sequence[float]]], mode: str) -> set[in
     if mode == "none" or not points:
         return set()
     objectives = len(points[0][1])
-    keep = {min(points, key=lambda p: (p[1][j], p[0]))[0] for j in range(objectives)}  # best on each
+    def best_on(j: int) -> int:  # ties: the other objectives in order, then the number (as pick)
+        return min(points, key=lambda p: (p[1][j], *p[1][:j], *p[1][j + 1:], p[0]))[0]
+
+    keep = {best_on(j) for j in range(objectives)}
     if mode == "front" and objectives > 1:
         keep.update(points[i][0] for i in non_dominated([p[1] for p in points]))
     return keep
@@ -107,6 +113,8 @@ class KeptWeights:
             save_weights(self.path(trial.number), final_weights() | {"study": self.study.name,
                                                                      "trial": trial.number, "metrics": scalars})
         except Exception as exc:  # noqa: BLE001 - see the class docstring
+            if while_interrupted(exc):  # Ctrl-C inside torch.save: still Ctrl-C
+                raise KeyboardInterrupt from exc
             self._warn(f"trial {trial.number}: keeping its weights failed ({type(exc).__name__}: {exc})")
 
     def prune(self, trial: Trial) -> None:
@@ -126,6 +134,8 @@ class KeptWeights:
                     if time.time() - tmp.stat().st_mtime > STALE_WRITE_SECONDS:
                         tmp.unlink()
         except Exception as exc:  # noqa: BLE001 - see the class docstring
+            if while_interrupted(exc):  # Ctrl-C inside torch.save: still Ctrl-C
+                raise KeyboardInterrupt from exc
             self._warn(f"after trial {trial.number}: deleting weights no longer kept failed "
                        f"({type(exc).__name__}: {exc})")
 

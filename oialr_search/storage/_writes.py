@@ -142,7 +142,8 @@ def _update_owned(tx: Executor, trial_id: int, owner: str | None, fields: dict) 
 
 def report_epochs(tx: Executor, trial_id: int, records: list[dict], owner: str | None = None) -> None:
     tx.many(_INSERT_EPOCH, [epoch_row(trial_id, r) for r in records])
-    _update_owned(tx, trial_id, owner, {"last_epoch": records[-1]["epoch"]})
+    # progress: a death of a run that follows is not one of a trial that kills every run (see claim_dead)
+    _update_owned(tx, trial_id, owner, {"last_epoch": records[-1]["epoch"], "crashes": 0})
 
 
 def finish_trial(tx: Executor, trial_id: int, *, fields: dict, epochs: list[dict] | None,

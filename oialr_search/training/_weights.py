@@ -9,6 +9,7 @@ it from a training checkpoint, which holds far more (optimizer, RNG) and is dele
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,17 +46,19 @@ def weights_payload(trainer: Trainer, **extra: Any) -> dict[str, Any]:
 def save_weights(path: str | Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` to ``path`` atomically (a temporary file in the same folder, then ``os.replace``):
     a reader never sees a half-written file, and a crash leaves the previous one intact."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with atomic_writer(path) as fh:
         torch.save(payload, fh)
 
 
-def read_weights(path: str | Path) -> dict[str, Any]:
-    """The payload of a weights file; :class:`WeightsError` when it is missing, unreadable or not one."""
+def read_weights(path: str | Path, data: bytes | None = None) -> dict[str, Any]:
+    """The payload of a weights file (``data``: its bytes, already read); :class:`WeightsError` when it is
+    missing, unreadable or not one."""
     path = Path(path)
-    if not path.is_file():
+    if data is None and not path.is_file():
         raise WeightsError(f"{path}: no such weights file")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(io.BytesIO(data) if data is not None else path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a damaged or foreign file
         raise WeightsError(f"{path}: unreadable as a weights file ({type(exc).__name__}); a damaged file, or not one "
                            "that 'oialr-search export --weights' wrote") from None

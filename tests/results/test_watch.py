@@ -35,7 +35,7 @@ def test_watch_on_a_finished_study_prints_once_and_exits_0(front_study):
 
 
 def test_watch_must_be_positive(front_study):
-    for value in ("0", "-1"):
+    for value in ("0", "-1", "inf", "nan"):
         proc = cli(["status", "--study", "front", "--watch", value], front_study)
         assert proc.returncode == 2 and proc.stdout == ""
         lines = proc.stderr.strip().splitlines()

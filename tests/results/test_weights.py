@@ -115,8 +115,32 @@ def test_keep_set_rules():
     assert keep_set(points, "none") == set()
     assert keep_set([(3, (1.0,)), (1, (1.0,)), (2, (0.5,))], "front") == {2}
     assert keep_set([(3, (1.0,)), (1, (1.0,))], "best") == {1}  # ties: the lower number, as best_trial
-    # a tie on the first objective: the lower number is the best on it, though trial 7 dominates it
-    assert keep_set([(5, (1.0, 3.0)), (7, (1.0, 2.0))], "front") == {5, 7}
+    # a tie on the first objective goes to the better on the second (trial 7 dominates 5), then the number
+    assert keep_set([(5, (1.0, 3.0)), (7, (1.0, 2.0))], "front") == {7}
+    assert keep_set([(5, (1.0, 3.0)), (7, (1.0, 2.0)), (2, (4.0, 2.0))], "best") == {7}
+    assert keep_set([(5, (1.0, 2.0)), (7, (1.0, 2.0))], "best") == {5}
+
+
+def test_a_pick_on_objectives_lands_on_kept_weights(tmp_path):
+    """Ties on the first objective are common (top-1 on a small validation set): --pick and the default
+    export choose the better on the next objective, which the front keeps weights of (found in review:
+    the lower number was picked, a dominated trial without weights)."""
+    from oialr_search.search import parse_pick, pick
+    from oialr_search.storage import COMPLETE, Store
+
+    store = Store(f"sqlite:///{tmp_path}/t.db")
+    study = store.create_study(name="s", space={"raw": {}}, space_path="", metric="top1", direction="maximize",
+                               backend="optuna", seed=0, budget=3, objectives=[
+                                   {"metric": "top1", "direction": "maximize"},
+                                   {"metric": "trainable_fraction", "direction": "minimize"}])
+    for top1, fraction in ((80.0, 0.5), (73.0, 0.25), (73.0, 0.20)):
+        t = store.start_trial(study, params={}, rank=0, island=None, device="cpu")
+        store.finish_trial(t.id, state=COMPLETE, value=top1, values=[top1, fraction], feasible=True)
+    kept = keep_set([(n, (-v[0], v[1])) for n, v in store.objective_points(study)], "front")
+    assert kept == {0, 2}
+    assert pick(store, study, parse_pick("trainable_fraction<=0.3", ["top1", "trainable_fraction"])).number == 2
+    assert pick(store, study, []).number == 0
+    store.engine.dispose()
 
 
 def _refused(args: list[str], cwd, out_folder, message: str) -> None:
@@ -243,3 +267,41 @@ def test_concurrent_finishes_never_delete_a_kept_file(tmp_path):
     ranks[0].prune(f)
     assert kept_files(tmp_path) == {d.number}
     assert torch.load(folder / f"trial_{d.number}.pt", weights_only=True)["study"] == "k"
+
+
+def test_a_refused_export_writes_none_of_its_files(front_study, tmp_path):
+    """Every output is checked before the first is written: a -o whose folder is a file, or does not exist,
+    leaves no weights file behind (found in review: the weights were written, then -o failed with a
+    traceback), and no folder is created for a mistyped path."""
+    kept = min(kept_files(front_study / "oialr_search.work" / "front"))
+    (tmp_path / "notadir").write_text("")
+    for bad in ("notadir/t.yaml", "missing/t.yaml"):
+        proc = cli(["export", "--study", "front", "--trial", str(kept), "--weights", str(tmp_path / "w.pt"),
+                    "-o", str(tmp_path / bad)], front_study)
+        assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and f"-o {tmp_path / bad}" in proc.stderr, proc.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["notadir"]
+
+
+def test_ctrl_c_while_the_weights_are_written_is_still_ctrl_c(tmp_path, monkeypatch):
+    """torch.save turns a Ctrl-C into its own RuntimeError: the write must not swallow it as a failed write
+    (found in review: the search went on, and the trial was stored COMPLETE without its weights)."""
+    from oialr_search.search import _weights
+    from oialr_search.search._objectives import Scored
+    from oialr_search.storage import Store
+
+    def interrupted_save(path, payload):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos") from None
+
+    monkeypatch.setattr(_weights, "save_weights", interrupted_save)
+    store = Store(f"sqlite:///{tmp_path}/t.db")
+    study = store.create_study(name="s", space={"raw": {}}, space_path="", metric="val_loss", direction="minimize",
+                               backend="optuna", seed=0, budget=3)
+    trial = store.start_trial(study, params={}, rank=0, island=None, device="cpu")
+    kept = _weights.KeptWeights(store, study, "front", tmp_path / "weights", 0)
+    with pytest.raises(KeyboardInterrupt):
+        kept.write(trial, Scored("COMPLETE", [0.5], True, None), lambda: {"model": {}})
+    store.engine.dispose()

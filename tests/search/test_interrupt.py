@@ -23,8 +23,9 @@ def rows(folder: Path, study: str) -> list[dict]:
     conn = sqlite3.connect(folder / "oialr_search.db", timeout=10)
     conn.row_factory = sqlite3.Row
     try:
-        found = conn.execute("SELECT t.number, t.state, t.value, t.last_epoch, t.error, (SELECT count(*) FROM "
-                             "oialr_trial_epochs e WHERE e.trial_id = t.id) AS epochs FROM oialr_trials t JOIN "
+        found = conn.execute("SELECT t.number, t.state, t.value, t.last_epoch, t.error, t.heartbeat, t.crashes, "
+                             "(SELECT count(*) FROM oialr_trial_epochs e WHERE e.trial_id = t.id) AS epochs "
+                             "FROM oialr_trials t JOIN "
                              "oialr_studies s ON s.id = t.study_id WHERE s.name = ? ORDER BY t.number",
                              (study,)).fetchall()
     except sqlite3.OperationalError:  # the schema is being made
@@ -110,7 +111,10 @@ def test_ctrl_c_ends_a_one_process_search_with_130_and_one_line(tmp_path):
     assert proc.returncode == 130, err[-3000:]
     assert err.splitlines() == ["oialr-search: interrupted"], err[-3000:]
     assert seconds < 15, f"{seconds:.1f}s from Ctrl-C to the exit"
-    check_kept(before, rows(tmp_path, study))
+    after = rows(tmp_path, study)
+    check_kept(before, after)
+    # released, as on preemption: the next job resumes it at once and counts no death of its run
+    assert all(r["heartbeat"] is None and r["crashes"] == 0 for r in after if r["state"] == "RUNNING"), after
 
 
 @pytest.mark.parametrize("launch", [["-m", "mpi4py"], []], ids=["python -m mpi4py", "python"])

@@ -189,12 +189,16 @@ def test_a_trial_that_keeps_killing_its_runs_is_failed_not_resumed_forever(tmp_p
 
 def test_jobs_that_share_a_study_get_their_own_sampler_seeds():
     """Two jobs of one study at once with the same --seed (a job array; a second allocation while the first
-    runs) must not propose the same params; one job alone, or the same array task again, is reproducible."""
+    runs) must not propose the same params; one job alone, or the same array task again, is reproducible;
+    every seed is one numpy takes (below 2³²), whatever the task id or --seed."""
     from oialr_search.search._runner import job_seed
 
     alone = job_seed(0, 0, 0, {})
     assert alone == job_seed(0, 0, 0, {}) == 0  # the seed as given on a fresh study
-    assert job_seed(0, 0, 0, {"SLURM_ARRAY_TASK_ID": "1"}) != job_seed(0, 0, 0, {"SLURM_ARRAY_TASK_ID": "2"})
-    assert job_seed(0, 0, 0, {"SLURM_ARRAY_TASK_ID": "0"}) != alone
+    tasks = [job_seed(0, 0, 0, {"SLURM_ARRAY_TASK_ID": str(t)}) for t in range(1000)]
+    assert len(set(tasks)) == 1000 and alone not in tasks
+    assert tasks[7] == job_seed(0, 0, 0, {"SLURM_ARRAY_TASK_ID": "7"})
     assert job_seed(0, 4, 2, {}) != job_seed(0, 4, 0, {})  # a second job joins while the first runs 2 trials
     assert job_seed(0, 4, 0, {}) != alone  # resumed later: other seeds than the first run
+    seeds = tasks + [job_seed(2**40, 3, 0, {}), job_seed(-5, 0, 1, {}), job_seed(2**31, 10**6, 10**6, {})]
+    assert all(0 <= s < 2**32 for s in seeds)

@@ -71,6 +71,10 @@ def test_claims_count_the_runs_that_died_holding_the_trial(store_url):
         a.release(trial.id)
         assert b.claim_dead(study, grace=60, rank=0, device="cpu").crashes == 2  # released: no death
         assert b.get_trial(study, trial.number).crashes == 2
+        b.report_epochs(trial.id, [EPOCH])  # progress: the deaths so far were not the trial's doing
+        assert b.get_trial(study, trial.number).crashes == 0
+        time.sleep(0.05)
+        assert a.claim_dead(study, grace=0.01, rank=0, device="cpu").crashes == 1
     finally:
         a.engine.dispose()
         b.engine.dispose()
