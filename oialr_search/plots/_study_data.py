@@ -111,9 +111,9 @@ def trade_off(study: Study, rows: list[TrialSummary]) -> TradeOff:
 
 def learning_curves(store: Store, study: Study) -> list[Curve]:
     """The per-epoch values of every trial that reported an epoch, by number."""
-    out = []
+    out, reported = [], store.study_epochs(study)
     for t in store.trials(study):
-        epochs = store.epochs(t.id)
+        epochs = reported.get(t.id)
         if epochs:
             out.append(curve_from_epochs(f"trial {t.number}", t.state, epochs, number=t.number))
     return out
