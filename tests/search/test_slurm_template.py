@@ -1,0 +1,73 @@
+"""launch/slurm_search.sbatch as SLURM runs it, with stand-ins for srun and scontrol (no SLURM here): the
+search runs through srun, and the job requeues itself only while the study has work left."""
+
+import os
+import sqlite3
+import stat
+import sys
+from pathlib import Path
+
+from .._processes import run_killable
+from .test_search_cli import write_space
+
+ROOT = Path(__file__).resolve().parents[2]
+SBATCH = ROOT / "launch" / "slurm_search.sbatch"
+
+# srun: drop srun's own options, run the command (one task); scontrol: note what it was asked
+SRUN = """#!/usr/bin/env bash
+while [[ "$1" == --* ]]; do shift; done
+[[ -n "${FAKE_SRUN_SKIP:-}" ]] && exit 0  # the allocation ended before the search took a trial
+exec "$@"
+"""
+SCONTROL = """#!/usr/bin/env bash
+echo "$@" >> "$SCONTROL_LOG"
+"""
+
+
+def _job(tmp_path: Path, budget: int, **env: str):
+    bin_dir = tmp_path / "slurm-bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name, text in (("srun", SRUN), ("scontrol", SCONTROL)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(stat.S_IRWXU)
+    write_space(tmp_path)
+    return run_killable(["bash", str(SBATCH)], cwd=tmp_path, timeout=240, env={
+        **os.environ, "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "SPACE": "space.yaml", "STUDY": "slurm", "BUDGET": str(budget), "SLURM_JOB_ID": "4242",
+        "OIALR_SEARCH_STORAGE": f"sqlite:///{tmp_path}/search.db", "WORKDIR": str(tmp_path / "work"),
+        "SCONTROL_LOG": str(tmp_path / "scontrol.log"), "OMP_NUM_THREADS": "1", **env})
+
+
+def _states(tmp_path: Path) -> list[str]:
+    con = sqlite3.connect(tmp_path / "search.db")
+    try:
+        return [r[0] for r in con.execute("SELECT state FROM oialr_trials ORDER BY number")]
+    finally:
+        con.close()
+
+
+def test_a_job_that_spends_the_budget_does_not_requeue_itself(tmp_path):
+    proc = _job(tmp_path, 2)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert _states(tmp_path) == ["COMPLETE", "COMPLETE"]
+    assert not (tmp_path / "scontrol.log").exists()
+
+
+def test_a_job_that_leaves_work_requeues_itself(tmp_path):
+    """The study exists with budget left (the last allocation ended first): requeue; then a job that
+    finishes the budget does not."""
+    assert _job(tmp_path, 1).returncode == 0
+    proc = _job(tmp_path, 3, FAKE_SRUN_SKIP="1")  # --budget 3 is stored only by the search itself...
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not (tmp_path / "scontrol.log").exists()  # ...so with its budget of 1 spent, nothing is left
+    proc = _job(tmp_path, 3)
+    assert proc.returncode == 0 and _states(tmp_path) == ["COMPLETE"] * 3, proc.stderr[-2000:]
+    con = sqlite3.connect(tmp_path / "search.db")
+    with con:  # as an allocation that ended while trial 3 ran leaves it: RUNNING and released
+        con.execute("UPDATE oialr_studies SET budget = 4")
+        con.execute("INSERT INTO oialr_trials (study_id, number, state, rank, device, params, started, crashes) "
+                    "SELECT study_id, 3, 'RUNNING', 0, 'cpu', params, started, 0 FROM oialr_trials WHERE number = 0")
+    con.close()
+    proc = _job(tmp_path, 4, FAKE_SRUN_SKIP="1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
