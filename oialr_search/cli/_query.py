@@ -331,7 +331,7 @@ def _compact(payload: dict, path: Path) -> str:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ..training import config_from_dict, dump_config
+    from ..training import config_from_dict, dump_config, stored_run_config
 
     if args.trial is not None and args.pick:
         raise OIALRSearchError("give either --trial or --pick, not both")
@@ -340,7 +340,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     store = _store(args)
     study = store.get_study(args.study)
     t = _chosen(store, study, args)
-    config = config_from_dict(t.config)  # validates; device stays "auto"
+    config = config_from_dict(stored_run_config(t.config))  # validates; device stays "auto"
     # every check before the first file is written: a refused export writes nothing
     kept, payload = _kept_weights(args, study, t) if "--weights" in outputs else (None, {})
     values = ", ".join(f"{o['metric']} = {v:.6g}" for o, v in zip(study.objectives, t.values or []))

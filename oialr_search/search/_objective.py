@@ -18,7 +18,15 @@ from typing import Any
 
 from ..exceptions import CheckpointError
 from ..storage import COMPLETE, FAILED, PRUNED, RUNNING
-from ..training import DataBundle, Preempted, Trainer, config_from_dict, load_data, weights_payload
+from ..training import (
+    DataBundle,
+    Preempted,
+    Trainer,
+    config_from_dict,
+    load_data,
+    stored_run_config,
+    weights_payload,
+)
 from ..training._distributed import TrialGroup
 from ._space import SearchSpace
 
@@ -154,7 +162,8 @@ def run_trial(space: SearchSpace, params: dict[str, Any], *, device: str = "auto
         timeout = None
     try:
         with time_limit(timeout):
-            data = dict(config) if config is not None else space.trial_config(params, threads=threads)
+            data = stored_run_config(dict(config)) if config is not None else space.trial_config(params,
+                                                                                                   threads=threads)
             data["train"] = {**data["train"], "device": device}
             cfg = config_from_dict(data)
             trainer = _trainer(cfg, group, checkpoint, resume, save)

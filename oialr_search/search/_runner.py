@@ -19,6 +19,7 @@ from ..exceptions import OIALRSearchError
 from ..storage import COMPLETE, FAILED, PRUNED, RUNNING, Store, Study, Trial
 from ..storage._filesystems import sqlite_file
 from ..storage._sqlite import storage_failure
+from ..training import stored_run_config
 from ._devices import place
 from ._execution import Ran, Trials
 from ._heartbeat import grace_period
@@ -142,6 +143,11 @@ def _prepare(req: SearchRequest, world_size: int) -> tuple[Study, str, int, int,
         store.update_study(req.study, space=space.to_dict())
         study = dataclasses.replace(study, space=space.to_dict())
         print(f"resume: the base config is now overridden by {_shown_overrides(space.overrides)}", flush=True)
+    if existing is not None and "precision" not in space.base.get("train", {}) and _trained_before_precision(
+            store, study):
+        space = dataclasses.replace(space, base=stored_run_config(space.base))
+        print("resume: this study's trials trained in fp32 (an earlier release, before train.precision): its new "
+              "trials do too; resume with --set train.precision=auto (or bf16) to change that", flush=True)
     budget = req.budget or study.budget
     if budget != study.budget:
         store.update_study(req.study, budget=budget)
@@ -152,6 +158,16 @@ def _prepare(req: SearchRequest, world_size: int) -> tuple[Study, str, int, int,
     finished = store.count(study, (COMPLETE, FAILED, PRUNED))
     seed = job_seed(req.seed, finished, store.count(study, (RUNNING,)))
     return study, backend, budget, finished, space, seed
+
+
+def _trained_before_precision(store: Store, study: Study) -> bool:
+    """Whether the study's first trial was trained by a release before ``train.precision`` (whose resolved
+    configs lack the key; it trained in fp32, where the new default ``auto`` would take bf16 on a GPU)."""
+    first = store.trials_numbered(study, [0])
+    if not first:
+        return False
+    config = store.get_trial(study, 0).config or {}
+    return isinstance(config.get("train"), dict) and "precision" not in config["train"]
 
 
 def job_seed(seed: int, finished: int, running: int, env: Mapping[str, str] = os.environ) -> int:

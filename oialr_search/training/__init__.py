@@ -13,6 +13,7 @@ from ._config_io import (
     load_config,
     read_yaml,
     save_config,
+    stored_run_config,
 )
 from ._data import DATASETS, BatchIterator, DataBundle, Loading, load_data, loading_for
 from ._lr import lr_at, steps_from, trainable_coupling
@@ -64,6 +65,7 @@ __all__ = [
     "save_config",
     "save_weights",
     "steps_from",
+    "stored_run_config",
     "train",
     "trainable_coupling",
     "weights_payload",

@@ -87,6 +87,17 @@ def config_from_dict(data: dict) -> RunConfig:
     return _build(RunConfig, data or {}, "").validate()
 
 
+def stored_run_config(data: dict) -> dict:
+    """A resolved run config (every key explicit, as a trial's is stored) with, where an earlier release
+    stored it, the values that release trained with where this release's defaults differ:
+    ``train.precision`` came with default ``auto`` (bf16 on CUDA), and a trial from before it trained in
+    fp32, which resuming it, or training its exported config, must go on doing."""
+    train = data.get("train") if isinstance(data, dict) else None
+    if isinstance(train, dict) and "precision" not in train:
+        return {**data, "train": {**train, "precision": "fp32"}}
+    return data
+
+
 def config_to_dict(config: RunConfig) -> dict:
     return dataclasses.asdict(config)
 

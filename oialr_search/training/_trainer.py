@@ -95,10 +95,13 @@ def _normalized(stored: dict) -> dict | None:
 def _portable(config: dict | None) -> dict | None:
     """A config without its device and thread count: a checkpoint resumes on another GPU or rank (a trial
     resumed by another job), nor the data loading settings, which change how, not what, is computed
-    (and whose defaults changed). (CPU float sums depend on the threads: an exact resume needs the same.)"""
+    (and whose defaults changed). (CPU float sums depend on the threads: an exact resume needs the same.)
+    Nor its precision, which goes with the device (a checkpoint of the release before it, fp32, resumes in
+    fp32 under the search, whose stored trial configs say so: see stored_run_config)."""
     if config is None:
         return None
-    return {**config, "train": {k: v for k, v in config["train"].items() if k not in ("device", "threads")},
+    return {**config, "train": {k: v for k, v in config["train"].items() if k not in ("device", "threads",
+                                                                                       "precision")},
             "data": {k: v for k, v in config["data"].items() if k not in ("num_workers", "on_device")}}
 
 
