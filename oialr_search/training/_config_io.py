@@ -120,10 +120,12 @@ def apply_values(data: dict, values: dict[str, Any]) -> dict:
     for key, value in values.items():
         parts = key.strip().split(".")
         node = data
-        for part in parts[:-1]:
+        for i, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"{key}: {part!r} is not a section")
+            if not isinstance(node, dict):  # e.g. data.augment: false, the shorthand of a whole section
+                section, rest = ".".join(parts[:i + 1]), ".".join(parts[i + 1:])
+                raise ConfigError(f"{key}: {section} is {node!r} in this config, not a section; set the section "
+                                  f"as a whole, e.g. {section}={{{rest}: {value!r}}}")
         node[parts[-1]] = _copy_tree(value)
     return data
 

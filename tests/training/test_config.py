@@ -77,3 +77,16 @@ def test_file_errors_name_the_file(tmp_path):
 def test_to_dict_is_plain_data():
     d = config_to_dict(RunConfig())
     assert d["oialr"]["beta"] == 0.1 and isinstance(d["model"]["kwargs"], dict)
+
+
+def test_a_key_under_a_shorthand_section_says_how_to_set_the_section():
+    """data.augment: false is the shorthand of a whole section: a key under it cannot be set alone, and the
+    error says what to type instead, which works."""
+    from oialr_search.training import apply_overrides
+
+    with pytest.raises(ConfigError) as err:
+        apply_overrides({"data": {"augment": False}}, ["data.augment.hflip=0.5"])
+    assert str(err.value) == ("data.augment.hflip: data.augment is False in this config, not a section; set the "
+                              "section as a whole, e.g. data.augment={hflip: 0.5}")
+    fixed = apply_overrides({"data": {"augment": False}}, ["data.augment={hflip: 0.5}"])
+    assert config_from_dict(fixed).data.augment.hflip == 0.5 and config_from_dict(fixed).data.augment.enabled
