@@ -28,7 +28,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ..plots import check_output_file, study_report, write_bytes_atomic
+    from .._files import write_file_atomic
+    from ..plots import check_output_file, study_report
 
     out = check_output_file(args.output)
     store = _store(args)
@@ -36,7 +37,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     text, notes = study_report(store, study, top=args.top)
     for note in notes:
         print(f"note: {note}")
-    write_bytes_atomic(out, text.encode("utf-8"))
+    write_file_atomic(out, text)
     print(out)
     return 0
 

@@ -26,7 +26,6 @@ from ._render import (
     check_output_file,
     run_figures,
     study_figures,
-    write_bytes_atomic,
     write_figures,
 )
 from ._report import study_report
@@ -88,6 +87,5 @@ __all__ = [
     "trade_off_figure",
     "trainable_series",
     "trajectory_from_records",
-    "write_bytes_atomic",
     "write_figures",
 ]

@@ -182,17 +182,12 @@ def check_output_file(path: str | os.PathLike, *, option: str = "-o") -> Path:
     return output_file(path, option=option, example="report.html", error=PlotError)
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` beside ``path``, then rename it over: never a half-written file, no temporary left."""
-    write_file_atomic(path, data)
-
-
 def write_figures(figures: list[RenderedFigure], folder: Path) -> list[Path]:
     """Write every figure as ``folder/<name>.png`` (the folder is created if needed); returns the paths."""
     folder.mkdir(exist_ok=True)
     paths = []
     for f in figures:
         path = folder / f"{f.name}.png"
-        write_bytes_atomic(path, f.png)
+        write_file_atomic(path, f.png)
         paths.append(path)
     return paths

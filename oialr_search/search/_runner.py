@@ -163,10 +163,10 @@ def _prepare(req: SearchRequest, world_size: int) -> tuple[Study, str, int, int,
 def _trained_before_precision(store: Store, study: Study) -> bool:
     """Whether the study's first trial was trained by a release before ``train.precision`` (whose resolved
     configs lack the key; it trained in fp32, where the new default ``auto`` would take bf16 on a GPU)."""
-    first = store.trials_numbered(study, [0])
-    if not first:
+    try:
+        config = store.get_trial(study, 0).config or {}
+    except OIALRSearchError:  # no trial yet
         return False
-    config = store.get_trial(study, 0).config or {}
     return isinstance(config.get("train"), dict) and "precision" not in config["train"]
 
 
