@@ -7,7 +7,7 @@ categoricals as int indices (see ``Dimension``); the loss function never raises 
 failures to +inf; islands have at least two workers (MPICH hangs a single-worker island at its
 checkpoint); ``summarize()`` is never called. Propulate's own checkpoints (one non-atomic pickle per
 island, not recoverable when truncated, crashing when the rank count changes) are never trusted on
-start: before every run rank 0 rebuilds each island's population from the database, which holds
+start, nor written: before every run rank 0 rebuilds each island's population from the database, which holds
 every completed trial, so resuming after a crash or with another rank count just works.
 
 Early stopping does not use Propulate's own mechanism (a generator loss function and a surrogate
@@ -117,6 +117,15 @@ def _set_traits(individual, space: SearchSpace, limits: dict, params: dict) -> N
         individual[f"p{i}"] = type(limits[f"p{i}"][0])(d.encode(params[d.key]))
 
 
+def _skip_checkpoints(propulator) -> None:  # noqa: ANN001
+    """Propulate pickles its island's whole population after every generation of one worker in turn, only
+    to resume from it; we never read those files (``rebuild_checkpoints`` restores every island from the
+    database), and the pickle grows with the study: at 8 ranks it was a third of Propulate's own time per
+    trial. Without its token the turn never passes on, so no message is left unreceived."""
+    propulator._dump_checkpoint = lambda: None
+    propulator._dump_final_checkpoint = lambda: None
+
+
 def run_propulate(*, comm, space: SearchSpace, store: Store, study: Study, folder: Path, generations: int,  # noqa: ANN001
                   seed: int, evaluate: RunTrial, workers: Workers | None = None, first: dict | None = None,
                   ready: Callable[[], None] | None = None) -> None:
@@ -180,6 +189,7 @@ def run_propulate(*, comm, space: SearchSpace, store: Store, study: Study, folde
                           # emigrants chosen by the working loss would be the best on the first objective
                           # only, stripping each island of one end of its front
                           emigration_propagator=SelectMin if len(space.objectives) == 1 else SelectUniform)
+    _skip_checkpoints(islands.propulator)
     if ready is not None:
         ready()
     islands.propulate(logging_interval=10**9, debug=0)

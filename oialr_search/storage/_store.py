@@ -284,6 +284,9 @@ class Store:
         """Atomically take over the lowest-numbered RUNNING trial whose heartbeat is older than ``grace``
         seconds (or NULL): its heartbeat becomes now, its rank and device this rank's. None if there is
         none. Two jobs never claim the same trial: the check and the update are one write transaction."""
+        with self._tx.read() as tx:  # every rank asks before every trial; almost always there is none
+            if not _writes.any_dead(tx, study_id=study.id, grace=grace):
+                return None
         owner = uuid.uuid4().hex
         with self._tx.write() as tx:
             trial_id = _writes.claim_dead(tx, study_id=study.id, grace=grace, rank=rank, device=device, owner=owner)

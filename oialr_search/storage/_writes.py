@@ -26,7 +26,7 @@ from sqlalchemy.sql import Executable
 
 from ..exceptions import OIALRSearchError
 from ._schema import INTERRUPTED, RUNNING, EpochRow, StudyRow, TrialPayloadRow, TrialRow
-from ._sqlite import _begin_immediate
+from ._sqlite import _READ_ONLY, _begin_immediate
 
 
 class TrialTakenOver(OIALRSearchError):
@@ -259,6 +259,25 @@ class Transactions:
         self._cache: dict = {}
 
     @contextmanager
+    def read(self) -> Iterator[Executor]:
+        """A read outside any write transaction: on SQLite each statement reads its own snapshot and never
+        waits for, or blocks, the write lock (hot-path checks that usually find nothing use it)."""
+        if not self.raw:
+            try:
+                with self.engine.connect().execution_options(**{_READ_ONLY: True}) as conn:
+                    yield CoreExecutor(conn)
+            except SQLAlchemyError as exc:
+                raise RuntimeError(f"storage {self.url}: read failed: {exc}") from exc
+            return
+        pooled = self.engine.raw_connection()
+        try:
+            yield SQLiteExecutor(pooled.driver_connection, self._cache, self.engine.dialect)
+        except sqlite3.Error as exc:
+            raise RuntimeError(f"storage {self.url}: read failed: ({exc.__class__.__name__}) {exc}") from exc
+        finally:
+            pooled.close()
+
+    @contextmanager
     def write(self) -> Iterator[Executor]:
         if not self.raw:
             try:
@@ -300,6 +319,9 @@ _DEAD = (select(TrialRow.id, TrialRow.heartbeat, TrialRow.crashes)
          .where(TrialRow.study_id == bindparam("sid"), TrialRow.state == RUNNING,
                 or_(TrialRow.heartbeat.is_(None), TrialRow.heartbeat < bindparam("cutoff")))
          .order_by(TrialRow.number).limit(1).with_for_update(skip_locked=True))
+_ANY_DEAD = (select(TrialRow.id)
+             .where(TrialRow.study_id == bindparam("sid"), TrialRow.state == RUNNING,
+                    or_(TrialRow.heartbeat.is_(None), TrialRow.heartbeat < bindparam("cutoff"))).limit(1))
 
 
 def beat(tx: Executor, trial_id: int, owner: str) -> bool:
@@ -309,6 +331,11 @@ def beat(tx: Executor, trial_id: int, owner: str) -> bool:
 
 def release(tx: Executor, trial_id: int, owner: str) -> None:
     tx.run(_RELEASE, {"tid": trial_id, "me": owner, "heartbeat": None})
+
+
+def any_dead(tx: Executor, *, study_id: int, grace: float) -> bool:
+    """Whether the study has a dead trial now (a read: the claim that follows re-checks under the lock)."""
+    return tx.first(_ANY_DEAD, {"sid": study_id, "cutoff": now() - timedelta(seconds=grace)}) is not None
 
 
 def claim_dead(tx: Executor, *, study_id: int, grace: float, rank: int, device: str, owner: str) -> int | None:

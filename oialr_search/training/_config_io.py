@@ -99,7 +99,19 @@ def stored_run_config(data: dict) -> dict:
 
 
 def config_to_dict(config: RunConfig) -> dict:
-    return dataclasses.asdict(config)
+    """The config as plain dicts, lists and scalars: ``dataclasses.asdict`` without its deep copy of
+    every leaf (the leaves are immutable scalars), which made it half of a trial's bookkeeping."""
+    return _plain(config)
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {name: _plain(getattr(value, name)) for name in _schema(type(value))[1]}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value
 
 
 def _copy_tree(value: Any) -> Any:

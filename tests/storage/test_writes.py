@@ -101,3 +101,27 @@ def test_a_failed_write_rolls_back_and_says_so(tmp_path, request, db, core):
     assert store.get_trial(study, 0).last_epoch == 1
     store.finish_trial(t.id, state=COMPLETE, value=1.0, epochs=[_epoch(1), _epoch(2)])  # the store still works
     assert [e["epoch"] for e in store.epochs(t.id)] == [1, 2]
+
+
+@pytest.mark.parametrize("core", [True, False])
+def test_looking_for_dead_trials_never_waits_for_the_write_lock(tmp_path, monkeypatch, core):
+    """Every rank asks before every trial: with none dead it reads, so a writer holding the lock (here
+    for good) does not stall it; a dead one is still claimed once the lock is free."""
+    monkeypatch.setattr("oialr_search.storage._sqlite.BUSY_TIMEOUT_MS", 500)  # a wait fails fast, not in 60 s
+    path = tmp_path / "db.sqlite"
+    store = Store(f"sqlite:///{path}")
+    store._tx = Transactions(store.engine, store.url, core=core)
+    study = store.create_study(name="s", space={"raw": {}}, space_path="", metric="top1", direction="maximize",
+                               backend="optuna", seed=0, budget=3)
+    t = store.start_trial(study, params={}, rank=0, island=None, device="cpu")
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        assert store.claim_dead(study, grace=3600, rank=1, device="cpu") is None  # no lock wanted
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    store.release(t.id)  # dead at once
+    claimed = store.claim_dead(study, grace=3600, rank=1, device="cpu")
+    assert claimed is not None and claimed.id == t.id and claimed.rank == 1
+    assert store.claim_dead(study, grace=3600, rank=1, device="cpu") is None
