@@ -19,6 +19,7 @@ from ..storage._sqlite import storage_failure
 # Where launchers put a process's rank before MPI starts: MPICH/Intel MPI (and srun with PMI), Open MPI,
 # PMIx, SLURM.
 _RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID")
+_FORWARD_S = 0.5  # see end_mpi_job
 _RANK_0_GRACE_S = 2.0  # on Ctrl-C, how long the other ranks leave rank 0 to report it and end the job
 
 
@@ -106,4 +107,8 @@ def end_mpi_job(code: int) -> None:
         return
     sys.stdout.flush()
     sys.stderr.flush()
+    # mpiexec forwards a rank's output through pipes, and MPI_Abort kills the job at once: what it had not
+    # read yet is lost (seen under load: the error line never reached the terminal). Give it a moment.
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C again: end now
+        time.sleep(_FORWARD_S)
     world.Abort(code)

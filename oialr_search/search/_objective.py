@@ -7,6 +7,7 @@ other rank, and a NaN corrupts its selection.
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import sys
 import time
@@ -27,7 +28,7 @@ from ..training import (
     stored_run_config,
     weights_payload,
 )
-from ..training._distributed import TrialGroup
+from ..training._distributed import TrialGroup, group_max
 from ._space import SearchSpace
 
 # report(epoch record as a dict) -> whether the trial goes on; the runner stores it and asks the pruner.
@@ -155,9 +156,9 @@ def run_trial(space: SearchSpace, params: dict[str, Any], *, device: str = "auto
     """
     start = time.perf_counter()
     on_epoch = (lambda record: report(asdict(record))) if report is not None else None
-    timeout, stop = space.trial_timeout, should_stop
+    timeout, stop, deadline = space.trial_timeout, should_stop, math.inf
     if group is not None and timeout:  # no SIGALRM: every rank of the group must stop at the same step
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout  # the group's latest, once the trainer is built (below)
         stop = (lambda: time.monotonic() > deadline or (should_stop is not None and should_stop()))  # noqa: E731
         timeout = None
     try:
@@ -167,6 +168,11 @@ def run_trial(space: SearchSpace, params: dict[str, Any], *, device: str = "auto
             data["train"] = {**data["train"], "device": device}
             cfg = config_from_dict(data)
             trainer = _trainer(cfg, group, checkpoint, resume, save)
+            if stop is not should_stop:
+                # One deadline for the group (its ranks share a node, so a monotonic clock): the ranks stop
+                # together when any asks, and then each tells a timeout from a preemption by the deadline; a
+                # rank that started a moment later must not take the group's timeout for a preemption
+                deadline = group_max(deadline, group, trainer.device)
             try:
                 if _replay(trainer, on_epoch):  # the dead job's last epochs, as it would have reported them
                     result = trainer.fit(on_epoch=on_epoch, should_stop=stop, checkpoint_every=checkpoint_every)
@@ -174,7 +180,7 @@ def run_trial(space: SearchSpace, params: dict[str, Any], *, device: str = "auto
                     result = trainer.result()
                     result.stopped_early = True
             except Preempted:
-                if stop is not should_stop and time.monotonic() > deadline:
+                if time.monotonic() > deadline:
                     raise TrialTimeout(f"timeout: the trial ran longer than {space.trial_timeout:g}s") from None
                 return TrialOutcome(RUNNING, epochs=[asdict(e) for e in trainer.history],
                                     seconds=time.perf_counter() - start, preempted=True)

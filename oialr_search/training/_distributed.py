@@ -84,6 +84,14 @@ def all_reduce_sum(t: torch.Tensor, group: TrialGroup | None) -> torch.Tensor:
     return t
 
 
+def group_max(value: float, group: TrialGroup, device: torch.device) -> float:
+    """The largest of the group's values, on every rank (float64, so a monotonic clock reading keeps
+    sub-microsecond resolution)."""
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
 def wrap(model: nn.Module, device: torch.device, group: TrialGroup | None) -> nn.Module:
     """The module to run training forwards through: DDP over the group (broadcasting the first rank's
     parameters and buffers), or the model itself."""

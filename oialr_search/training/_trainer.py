@@ -309,9 +309,9 @@ class Trainer:
 
         ``on_epoch(record)`` is called after every epoch (after the checkpoint is written); when it
         returns False before the last epoch the run stops there and the result has ``stopped_early``
-        set (a pruned trial). ``should_stop()`` is asked after every step (in a
-        group, every 50 steps, all ranks agreeing); when it says so the run is checkpointed where it is
-        (when there is a checkpoint file) and :class:`Preempted` is raised. ``checkpoint_every`` seconds:
+        set (a pruned trial). ``should_stop()`` is asked after every step (in a group, every 50 steps
+        and after every epoch, all ranks agreeing); when it says so the run is checkpointed where it
+        is (when there is a checkpoint file) and :class:`Preempted` is raised. ``checkpoint_every`` seconds:
         also checkpoint within an epoch when that long has passed since the last checkpoint.
         """
         tc = self.config.train
@@ -387,6 +387,11 @@ class Trainer:
                 last_save = time.monotonic()
             if on_epoch is not None:  # called for the last epoch too, so every epoch reaches the caller
                 stopped = not on_epoch(rec) and self.epoch < tc.epochs
+            if self.group is not None and should_stop is not None and not stopped and self.epoch < last \
+                    and self._stop_or_save(should_stop, False, True)[0]:
+                # a group asks only every FINITE_CHECK_EVERY steps within an epoch, so also here: shorter
+                # epochs would never stop for a timeout or a preemption. The epoch is checkpointed already
+                raise Preempted(f"stopped after epoch {self.epoch}, checkpointed to {self.checkpoint_path}")
         result = self.result()
         result.stopped_early = stopped
         return result

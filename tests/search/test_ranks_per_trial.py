@@ -2,10 +2,13 @@
 time of 2 ranks each, on both backends; only a trial's first rank writes to the store."""
 
 import json
+import os
+import sys
 
 import pytest
 
-from .test_search_cli import run, trials, write_space
+from .._processes import run_killable
+from .test_search_cli import MPIEXEC, run, trials, write_space
 
 ASHA = "pruner: {type: asha, min_epochs: 1, reduction: 2}"
 
@@ -63,3 +66,42 @@ def test_a_rank_whose_device_is_lost_takes_no_more_trials(tmp_path, backend, ran
     assert len(rows) == (ranks or 1)  # one failed trial per rank, then nothing more
     assert all(r["state"] == "FAILED" and "device-side assert" in r["error"] for r in rows)
     assert proc.stderr.count("this rank takes no more trials") == (ranks or 1)
+
+
+TIMEOUT_WORKER = r'''
+import json, sys, time
+from pathlib import Path
+
+import torch
+from mpi4py import MPI
+
+from oialr_search.search import load_space
+from oialr_search.search._objective import run_trial
+from oialr_search.training._distributed import init_trial_group
+
+torch.set_num_threads(1)
+comm = MPI.COMM_WORLD
+group = init_trial_group(comm, "cpu")
+space = load_space(Path(sys.argv[1]))
+if comm.Get_rank() == 0:
+    time.sleep(1.5)  # the leader starts later: its own clock would reach the timeout 1.5 s after the other's
+out = run_trial(space, space.start_params(), device="cpu", threads=1, group=group, should_stop=lambda: False)
+outs = comm.gather({"state": out.state, "error": out.error, "preempted": out.preempted}, root=0)
+if comm.Get_rank() == 0:
+    print("RESULT " + json.dumps(outs), flush=True)
+'''
+
+
+def test_a_group_times_out_together_even_when_its_ranks_started_apart(tmp_path):
+    """The ranks of a trial stop at the step any of them asks; each must then see the timeout, not a
+    preemption (which would release the trial and end the job), and short epochs must stop too."""
+    write_space(tmp_path, epochs=400, extra="trial_timeout: 3")  # epochs of 12 steps: shorter than a check window
+    (tmp_path / "worker.py").write_text(TIMEOUT_WORKER)
+    cmd = [str(MPIEXEC), "-n", "2", sys.executable, "-m", "mpi4py", str(tmp_path / "worker.py"),
+           str(tmp_path / "space.yaml")]
+    proc = run_killable(cmd, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    outs = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))[len("RESULT "):])
+    for out in outs:
+        assert out["state"] == "FAILED" and not out["preempted"], outs
+        assert out["error"] == "timeout: the trial ran longer than 3s", outs
