@@ -60,6 +60,7 @@ class Trials:
         self.heartbeat = Heartbeat(store) if workers.leader else None
         minutes = space.trial_checkpoint_minutes
         self.checkpoint_every = 60.0 * minutes if minutes else None
+        self._look_for_dead = 0.0  # monotonic time of the next look (see resume_dead)
 
     def close(self) -> None:
         """The end of the job on this rank: no more heartbeats, the signal handlers restored."""
@@ -98,14 +99,19 @@ class Trials:
             return None
         return self._run(trial, params, config, resume=False)
 
-    def resume_dead(self) -> Ran | None:
+    def resume_dead(self, *, now: bool = False) -> Ran | None:
         """Resume one RUNNING trial of a dead job (its heartbeat is older than the grace period), from
-        its checkpoint: same number, params and seed. None when there is none (or when closed)."""
-        if self.closed:
+        its checkpoint: same number, params and seed. None when there is none (or when closed).
+
+        Looks at most once per heartbeat interval unless ``now``: a trial is dead only after six
+        intervals without a beat, so looking before every trial of a fast search finds nothing more,
+        one interval later at most, and costs every trial a query."""
+        if self.closed or not now and time.monotonic() < self._look_for_dead:
             return None
         while True:
             trial = self.store.claim_dead(self.study, grace=grace_period(), rank=self.rank, device=self.device)
             if trial is None:
+                self._look_for_dead = time.monotonic() + heartbeat_interval()
                 return None
             if trial.crashes <= MAX_CRASHES:
                 break
@@ -132,7 +138,7 @@ class Trials:
         trials of other jobs are left to them. Then release the followers."""
         interval = heartbeat_interval()
         while not self.closed:
-            if self.resume_dead() is not None:
+            if self.resume_dead(now=True) is not None:
                 continue
             if not self.store.dead_trials(self.study, grace=2 * interval):
                 break
