@@ -179,10 +179,9 @@ def _timed(fn, reps: int = 10) -> float:  # noqa: ANN001
 
 
 def storage_figures(folder: Path, n: int = 10_000, trajectory_kb: int = 100) -> None:
-    import argparse as ap
     import random
 
-    from oialr_search.cli import _query
+    from oialr_search.cli import build_parser
     from oialr_search.storage import COMPLETE, PRUNED, Store
 
     url = f"sqlite:///{folder}/storage.db"
@@ -208,14 +207,14 @@ def storage_figures(folder: Path, n: int = 10_000, trajectory_kb: int = 100) -> 
                            rank_trajectory=trajectory)
     record_ms = (time.perf_counter() - start) / n * 1e3
     size_mb = (folder / "storage.db").stat().st_size / 2**20
-    args = ap.Namespace(storage=url, study="big", format="table", pick=None, trial=None)
     print(f"\n== Storage: {n} trials (2 objectives, a third pruned, 10 epochs each), "
           f"{trajectory_kb} KB rank trajectory each ({size_mb:.0f} MB), SQLite WAL")
     print(f"recording a trial (start + finish with its epochs): {record_ms:.2f} ms")
-    for verb, fn in (("status", _query.cmd_status), ("best", _query.cmd_best), ("pareto", _query.cmd_pareto),
-                     ("best --pick", lambda a: _query.cmd_best(ap.Namespace(**{**vars(a), "pick":
-                                                                                 "trainable_fraction<=0.1"})))):
-        print(f"{verb:>12}: {_timed(lambda fn=fn: fn(args)):7.1f} ms")
+    parser = build_parser()  # the verbs' own arguments, as a user's command line gives them
+    for verb, extra in (("status", []), ("best", []), ("pareto", []), ("best", ["--pick", "trainable_fraction<=0.1"])):
+        args = parser.parse_args([verb, "--study", "big", "--storage", url, *extra])
+        label = " ".join([verb, *extra[:1]])
+        print(f"{label:>12}: {_timed(lambda args=args: args.func(args)):7.1f} ms")
 
 
 def fixed(args: argparse.Namespace, folder: Path) -> None:
