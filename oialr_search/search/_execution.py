@@ -11,6 +11,7 @@ RUNNING, but dead at once) and the rank takes no more trials; the next job resum
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import signal
 import sqlite3
 import sys
@@ -103,9 +104,10 @@ class Trials:
         """Resume one RUNNING trial of a dead job (its heartbeat is older than the grace period), from
         its checkpoint: same number, params and seed. None when there is none (or when closed).
 
-        Looks at most once per heartbeat interval unless ``now``: a trial is dead only after six
-        intervals without a beat, so looking before every trial of a fast search finds nothing more,
-        one interval later at most, and costs every trial a query."""
+        Looks at most once per heartbeat interval unless ``now``: a trial becomes dead six intervals
+        after its last beat, or at once when its job released it (preempted, stopped), and looking once
+        per interval finds either at most one interval later, where looking before every trial of a
+        fast search cost every trial a query. The end-of-job drain looks every time."""
         if self.closed or not now and time.monotonic() < self._look_for_dead:
             return None
         while True:
@@ -179,6 +181,9 @@ class Trials:
             with contextlib.suppress(Exception):
                 reporter.flush()
             raise
+        broken, cause = self.workers.after_trial(error=outcome.error, broken=outcome.group_broken)
+        if broken and outcome.error and cause and outcome.group_broken:  # the cause, not the wait for it
+            outcome = dataclasses.replace(outcome, error=f"{cause}\n(the other ranks: {outcome.error})")
         if outcome.preempted:
             self.heartbeat.stop()
         if outcome.preempted and heartbeat.lost:
@@ -231,6 +236,11 @@ class Trials:
             print(f"[rank {self.rank}] {self.placement.device} is unusable after trial {trial.number} "
                   f"({(scored.error or '').splitlines()[0]}): this rank takes no more trials; resume the study in a "
                   f"new job to use it again", file=sys.stderr, flush=True)
+        elif broken:
+            self.lost = True
+            print(f"[rank {self.rank}] the ranks of trial {trial.number} lost their connection (a collective failed; "
+                  f"{(scored.error or '').splitlines()[0]}): these ranks take no more trials; resume the study in a "
+                  f"new job to use them again", file=sys.stderr, flush=True)
         return params, trial, scored, outcome.metrics
 
     def _taken_over(self, trial: Trial) -> None:
@@ -244,10 +254,12 @@ class Trials:
         """Train the leader's next trial with it: "trained", "none" or "done" (see Workers.follow)."""
 
         def train(task: dict, report: Callable[[dict], bool]) -> TrialOutcome:
-            return self.objective(self.space, task["params"], device=self.placement.device,
-                                  threads=self.placement.threads, report=report, config=task["config"],
-                                  checkpoint=Path(task["checkpoint"]), resume=task["resume"], save=False,
-                                  should_stop=self.stop, checkpoint_every=self.checkpoint_every, **self.group)
+            outcome = self.objective(self.space, task["params"], device=self.placement.device,
+                                     threads=self.placement.threads, report=report, config=task["config"],
+                                     checkpoint=Path(task["checkpoint"]), resume=task["resume"], save=False,
+                                     should_stop=self.stop, checkpoint_every=self.checkpoint_every, **self.group)
+            self.workers.after_trial(error=outcome.error, broken=outcome.group_broken)  # see Workers.after_trial
+            return outcome
 
         return self.workers.follow(train)
 

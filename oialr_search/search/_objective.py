@@ -28,7 +28,7 @@ from ..training import (
     stored_run_config,
     weights_payload,
 )
-from ..training._distributed import TrialGroup, group_max
+from ..training._distributed import TrialGroup, collective_failed, group_max
 from ._space import SearchSpace
 
 # report(epoch record as a dict) -> whether the trial goes on; the runner stores it and asks the pruner.
@@ -53,6 +53,7 @@ class TrialOutcome:
     error: str | None = None
     seconds: float = 0.0
     device_lost: bool = False  # a CUDA error poisoned this process's context: it can train nothing more
+    group_broken: bool = False  # a collective of the trial's ranks failed: their process group is unusable
     preempted: bool = False  # stopped by should_stop and checkpointed: the trial is to be resumed, not stored
     # COMPLETE: builds the weights file's payload from the trained model, called only for trials whose
     # weights are kept (search/_weights.py); None where there is no model (failed, custom objectives)
@@ -199,4 +200,5 @@ def run_trial(space: SearchSpace, params: dict[str, Any], *, device: str = "auto
             raise KeyboardInterrupt from exc
         tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
         return TrialOutcome(FAILED, error=f"{type(exc).__name__}: {exc}\n{''.join(tb[-4:])}",
-                            seconds=time.perf_counter() - start, device_lost=device_lost(exc))
+                            seconds=time.perf_counter() - start, device_lost=device_lost(exc),
+                            group_broken=group is not None and collective_failed(exc))

@@ -122,6 +122,8 @@ def _skip_checkpoints(propulator) -> None:  # noqa: ANN001
     to resume from it; we never read those files (``rebuild_checkpoints`` restores every island from the
     database), and the pickle grows with the study: at 8 ranks it was a third of Propulate's own time per
     trial. Without its token the turn never passes on, so no message is left unreceived."""
+    assert hasattr(propulator, "_dump_checkpoint") and hasattr(propulator, "_dump_final_checkpoint"), \
+        "Propulate renamed its checkpoint methods: update _skip_checkpoints"
     propulator._dump_checkpoint = lambda: None
     propulator._dump_final_checkpoint = lambda: None
 

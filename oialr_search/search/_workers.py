@@ -38,6 +38,18 @@ class Workers:
         """Leader: send ``value`` to the group's other ranks. Followers: receive it. Collective."""
         return value if self.group_comm is None else self.group_comm.bcast(value, root=0)
 
+    def after_trial(self, *, error: str | None, broken: bool) -> tuple[bool, str | None]:
+        """Every rank of a group, once after each trial it ran (collective over MPI, not the trial's own
+        process group): whether a rank's run broke the group's communication, and the error of the first
+        rank that failed otherwise (the cause the others waited for in a collective). A rank that fails
+        alone leaves the others waiting until their collective times out; this is where the group learns
+        of it, so the leader stops taking trials instead of failing every later one at once."""
+        if self.group_comm is None:
+            return False, None
+        reports = self.group_comm.allgather((broken, error))
+        cause = next((f"rank {i} of the trial failed: {e}" for i, (b, e) in enumerate(reports) if e and not b), None)
+        return any(b for b, _ in reports), cause
+
     def follow(self, train: Callable[[dict, Callable[[dict], bool]], object]) -> str:
         """Follower: train what the leader sends next (``train(task, report)``, ``task`` the dict the
         leader sent). Returns "trained", "none" (the leader had nothing this time) or "done" (the

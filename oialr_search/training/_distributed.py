@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import gc
+import os
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -28,8 +29,26 @@ from torch import nn
 from ..exceptions import ConfigError
 from ..lowrank import LowRankWeight
 
-# A collective that waits longer than this fails instead of hanging the job (a rank of the trial died).
+# A collective that waits longer than this fails instead of hanging the job (a rank of the trial died or
+# failed alone); ``OIALR_SEARCH_COLLECTIVE_TIMEOUT`` (seconds) changes it.
 COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=10)
+
+# What torch.distributed says when a group's communication broke (a collective timed out, a peer went
+# away): a process group does not recover from that, so every later collective of it fails at once.
+_BROKEN = ("gloo/transport", "pair closure", "Connection closed by peer", "Connection reset by peer", "NCCL")
+
+
+def collective_timeout() -> datetime.timedelta:
+    try:
+        seconds = float(os.environ.get("OIALR_SEARCH_COLLECTIVE_TIMEOUT", ""))
+    except ValueError:
+        return COLLECTIVE_TIMEOUT
+    return datetime.timedelta(seconds=seconds) if seconds > 0 else COLLECTIVE_TIMEOUT
+
+
+def collective_failed(exc: BaseException) -> bool:
+    """Whether ``exc`` says that the group's communication broke (see _BROKEN)."""
+    return isinstance(exc, dist.DistError) or any(marker in str(exc) for marker in _BROKEN)
 
 
 @dataclass(frozen=True)
@@ -64,7 +83,7 @@ def init_trial_group(comm: Any, device: str) -> TrialGroup | None:  # noqa: ANN4
     port = comm.bcast(_free_port() if comm.Get_rank() == 0 else None, root=0)
     backend = "nccl" if device.startswith("cuda") else "gloo"
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=comm.Get_rank(),
-                            world_size=comm.Get_size(), timeout=COLLECTIVE_TIMEOUT)
+                            world_size=comm.Get_size(), timeout=collective_timeout())
     return TrialGroup(comm.Get_rank(), comm.Get_size())
 
 

@@ -387,8 +387,8 @@ class Trainer:
                 last_save = time.monotonic()
             if on_epoch is not None:  # called for the last epoch too, so every epoch reaches the caller
                 stopped = not on_epoch(rec) and self.epoch < tc.epochs
-            if self.group is not None and should_stop is not None and not stopped and self.epoch < last \
-                    and self._stop_or_save(should_stop, False, True)[0]:
+            if self.group is not None and not stopped and self.epoch < last \
+                    and self._stop_or_save(should_stop, False, True)[0]:  # on every rank, whatever it was given
                 # a group asks only every FINITE_CHECK_EVERY steps within an epoch, so also here: shorter
                 # epochs would never stop for a timeout or a preemption. The epoch is checkpointed already
                 raise Preempted(f"stopped after epoch {self.epoch}, checkpointed to {self.checkpoint_path}")

@@ -105,3 +105,55 @@ def test_a_group_times_out_together_even_when_its_ranks_started_apart(tmp_path):
     for out in outs:
         assert out["state"] == "FAILED" and not out["preempted"], outs
         assert out["error"] == "timeout: the trial ran longer than 3s", outs
+
+
+ALONE = '''
+from pathlib import Path
+
+import torch.distributed as dist
+from torch import nn
+
+from oialr_search.training._models import create_model
+
+
+class _FailsAlone(nn.Module):
+    """Fails on one rank of the trial, once per run (a marker file says it has), at its 3rd forward."""
+
+    def __init__(self, inner, rank, marker):
+        super().__init__()
+        self.inner, self.rank, self.marker, self.calls = inner, rank, Path(marker), 0
+
+    def forward(self, x):
+        self.calls += 1
+        if dist.get_rank() == self.rank and self.calls == 3 and not self.marker.exists():
+            self.marker.write_text("failed")
+            raise MemoryError("out of memory on this rank alone")
+        return self.inner(x)
+
+
+def fails_alone_model(*, rank, marker, **kwargs):
+    return _FailsAlone(create_model("mlp", **kwargs), rank, marker)
+'''
+
+
+@pytest.mark.parametrize("failing", [0, 1], ids=["leader", "follower"])
+def test_a_rank_that_fails_alone_stops_its_group_instead_of_failing_every_later_trial(tmp_path, failing):
+    """The other rank waits in a collective until it times out (5 s here); then the process group is unusable,
+    so the group takes no more trials (the job ends cleanly) and the trial's error names the failing rank."""
+    (tmp_path / "alone.py").write_text(ALONE)
+    write_space(tmp_path, epochs=2, extra="set: {model.name: 'alone:fails_alone_model', "
+                                          f"model.kwargs: {{hidden: 24, depth: 1, rank: {failing}, "
+                                          f"marker: '{tmp_path / 'failed'}'}}}}")
+    env = {"PYTHONPATH": str(tmp_path), "OIALR_SEARCH_COLLECTIVE_TIMEOUT": "5"}
+    proc = run(["run", "space.yaml", "--study", "alone", "--budget", "3", "--ranks-per-trial", "2"], tmp_path,
+               ranks=2, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = trials(tmp_path, "alone")
+    assert [r["state"] for r in rows] == ["FAILED"], [(r["state"], r["error"]) for r in rows]
+    assert "MemoryError: out of memory on this rank alone" in rows[0]["error"]
+    if failing:  # the leader only waited: the stored error is the follower's
+        assert rows[0]["error"].startswith("rank 1 of the trial failed: MemoryError"), rows[0]["error"]
+    assert proc.stderr.count("these ranks take no more trials") == 1, proc.stderr[-3000:]
+    resumed = run(["resume", "--study", "alone", "--ranks-per-trial", "2"], tmp_path, ranks=2, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [r["state"] for r in trials(tmp_path, "alone")][1:] == ["COMPLETE"] * 2  # a new job trains again

@@ -3,6 +3,7 @@
 import sqlite3
 
 import pytest
+from sqlalchemy import text
 
 from oialr_search.storage import COMPLETE, FAILED, PRUNED, Store
 from oialr_search.storage._writes import Transactions
@@ -125,3 +126,21 @@ def test_looking_for_dead_trials_never_waits_for_the_write_lock(tmp_path, monkey
     claimed = store.claim_dead(study, grace=3600, rank=1, device="cpu")
     assert claimed is not None and claimed.id == t.id and claimed.rank == 1
     assert store.claim_dead(study, grace=3600, rank=1, device="cpu") is None
+
+
+def test_looking_for_dead_trials_reads_on_postgres_too(postgres_schema_url):
+    """The read path on PostgreSQL (Core, no write transaction): none found while the trial beats, the
+    released one claimed, and no transaction left open on the connection."""
+    store = Store(postgres_schema_url)
+    study = store.create_study(name="s", space={"raw": {}}, space_path="", metric="top1", direction="maximize",
+                               backend="optuna", seed=0, budget=3)
+    t = store.start_trial(study, params={}, rank=0, island=None, device="cpu")
+    assert store.claim_dead(study, grace=3600, rank=1, device="cpu") is None
+    store.release(t.id)
+    claimed = store.claim_dead(study, grace=3600, rank=1, device="cpu")
+    assert claimed is not None and claimed.id == t.id and claimed.rank == 1
+    with store.engine.connect() as conn:
+        open_tx = conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                    "AND state LIKE 'idle in transaction%'")).scalar()
+    assert open_tx == 0
+    store.engine.dispose()
