@@ -176,14 +176,18 @@ class Trials:
                                      checkpoint=checkpoint, resume=resume,
                                      should_stop=lambda: self.stop() or heartbeat.lost,
                                      checkpoint_every=self.checkpoint_every, **self.group)
-        except BaseException:  # interrupted: keep the epochs it reached; the trial stays RUNNING (resumable)
+        except BaseException as exc:  # interrupted: keep the epochs it reached; the trial stays RUNNING (resumable)
             self.heartbeat.stop()
             with contextlib.suppress(Exception):
                 reporter.flush()
+            if isinstance(exc, Exception):  # a custom objective's error: the followers must not wait for OVER
+                self.workers.after_trial(error=f"{type(exc).__name__}: {exc}", broken=False)
             raise
         broken, cause = self.workers.after_trial(error=outcome.error, broken=outcome.group_broken)
-        if broken and outcome.error and cause and outcome.group_broken:  # the cause, not the wait for it
-            outcome = dataclasses.replace(outcome, error=f"{cause}\n(the other ranks: {outcome.error})")
+        if broken:  # before any early return below: the trial's process group is unusable
+            self._group_lost(trial, outcome.error if outcome.group_broken else None)
+            if outcome.error and cause and outcome.group_broken:  # store the cause, not the wait for it
+                outcome = dataclasses.replace(outcome, error=f"{cause}\n(the other ranks: {outcome.error})")
         if outcome.preempted:
             self.heartbeat.stop()
         if outcome.preempted and heartbeat.lost:
@@ -236,12 +240,14 @@ class Trials:
             print(f"[rank {self.rank}] {self.placement.device} is unusable after trial {trial.number} "
                   f"({(scored.error or '').splitlines()[0]}): this rank takes no more trials; resume the study in a "
                   f"new job to use it again", file=sys.stderr, flush=True)
-        elif broken:
-            self.lost = True
-            print(f"[rank {self.rank}] the ranks of trial {trial.number} lost their connection (a collective failed; "
-                  f"{(scored.error or '').splitlines()[0]}): these ranks take no more trials; resume the study in a "
-                  f"new job to use them again", file=sys.stderr, flush=True)
         return params, trial, scored, outcome.metrics
+
+    def _group_lost(self, trial: Trial, error: str | None) -> None:
+        self.lost = True
+        first = (error or "").partition("\n")[0] or "on another rank of the trial"
+        print(f"[rank {self.rank}] the ranks of trial {trial.number} lost their connection (a collective failed: "
+              f"{first}): these ranks take no more trials; resume the study in a new job to use them again",
+              file=sys.stderr, flush=True)
 
     def _taken_over(self, trial: Trial) -> None:
         """Another job claimed this trial while we ran it (our heartbeat looked dead to it): it is theirs
@@ -254,10 +260,14 @@ class Trials:
         """Train the leader's next trial with it: "trained", "none" or "done" (see Workers.follow)."""
 
         def train(task: dict, report: Callable[[dict], bool]) -> TrialOutcome:
-            outcome = self.objective(self.space, task["params"], device=self.placement.device,
-                                     threads=self.placement.threads, report=report, config=task["config"],
-                                     checkpoint=Path(task["checkpoint"]), resume=task["resume"], save=False,
-                                     should_stop=self.stop, checkpoint_every=self.checkpoint_every, **self.group)
+            try:
+                outcome = self.objective(self.space, task["params"], device=self.placement.device,
+                                         threads=self.placement.threads, report=report, config=task["config"],
+                                         checkpoint=Path(task["checkpoint"]), resume=task["resume"], save=False,
+                                         should_stop=self.stop, checkpoint_every=self.checkpoint_every, **self.group)
+            except Exception as exc:  # a custom objective's error: the leader must not wait for this rank
+                self.workers.after_trial(error=f"{type(exc).__name__}: {exc}", broken=False)
+                raise
             self.workers.after_trial(error=outcome.error, broken=outcome.group_broken)  # see Workers.after_trial
             return outcome
 

@@ -4,7 +4,8 @@ training one trial at a time with DistributedDataParallel (see training/_distrib
 A group's first rank, its leader, is the worker the backends see: it gets the proposals, claims the
 trial in the store, reports the epochs, asks the pruner and stores the outcome. The other ranks
 follow: for every trial the leader sends them the parameters (None: nothing to train) and, after
-every epoch, the pruner's decision, so all K ranks train the same trial and stop at the same epoch.
+every epoch, the pruner's decision, so all K ranks train the same trial and stop at the same epoch;
+after the trial it sends OVER, and the ranks exchange how their runs ended (``after_trial``).
 With K = 1 every rank is its own leader and nothing is sent.
 """
 
@@ -18,6 +19,7 @@ from ..exceptions import OIALRSearchError
 from ..training._distributed import TrialGroup, init_trial_group
 
 DONE = "done"  # the leader's last message to its followers
+OVER = "over"  # the leader's message after every trial, whatever the followers were waiting for
 
 
 @dataclass
@@ -29,6 +31,7 @@ class Workers:
     workers: int  # how many groups
     group_comm: Any = None  # the MPI sub-communicator of this rank's group (None when k == 1)
     group: TrialGroup | None = None  # the torch.distributed view of it
+    _over: bool = False  # a follower received OVER in place of an epoch decision
 
     @property
     def leader(self) -> bool:
@@ -46,6 +49,12 @@ class Workers:
         of it, so the leader stops taking trials instead of failing every later one at once."""
         if self.group_comm is None:
             return False, None
+        if self.leader:
+            self.group_comm.bcast(OVER, root=0)
+        elif not self._over:  # epoch decisions the leader sent after this rank's run ended are dropped
+            while self.group_comm.bcast(None, root=0) != OVER:
+                pass
+        self._over = False
         reports = self.group_comm.allgather((broken, error))
         cause = next((f"rank {i} of the trial failed: {e}" for i, (b, e) in enumerate(reports) if e and not b), None)
         return any(b for b, _ in reports), cause
@@ -57,8 +66,17 @@ class Workers:
         task = self.send(None)
         if task is None or task == DONE:
             return "done" if task == DONE else "none"
-        train(task, lambda _record: self.send(None))  # each epoch: the leader's keep/stop decision
+        train(task, self._decision)
         return "trained"
+
+    def _decision(self, _record: dict) -> bool:
+        """Follower, after each epoch: the leader's keep/stop decision. OVER in its place means the
+        leader's run ended there (it failed after the epoch's last collective): stop too."""
+        decision = self.send(None)
+        if decision == OVER:
+            self._over = True
+            return False
+        return decision
 
 
 def check_ranks_per_trial(k: int, world_size: int) -> None:

@@ -33,9 +33,10 @@ from ..lowrank import LowRankWeight
 # failed alone); ``OIALR_SEARCH_COLLECTIVE_TIMEOUT`` (seconds) changes it.
 COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=10)
 
-# What torch.distributed says when a group's communication broke (a collective timed out, a peer went
-# away): a process group does not recover from that, so every later collective of it fails at once.
-_BROKEN = ("gloo/transport", "pair closure", "Connection closed by peer", "Connection reset by peer", "NCCL")
+# What gloo says when a group's communication broke (a collective timed out, a peer went away): a process
+# group does not recover from that, so every later collective of it fails at once. torch raises DistError
+# (DistBackendError for NCCL) for the rest; an ordinary error merely mentioning a connection is not one.
+_BROKEN = ("gloo/transport", "pair closure")
 
 
 def collective_timeout() -> datetime.timedelta:
@@ -48,7 +49,7 @@ def collective_timeout() -> datetime.timedelta:
 
 def collective_failed(exc: BaseException) -> bool:
     """Whether ``exc`` says that the group's communication broke (see _BROKEN)."""
-    return isinstance(exc, dist.DistError) or any(marker in str(exc) for marker in _BROKEN)
+    return isinstance(exc, dist.DistError) or isinstance(exc, RuntimeError) and any(m in str(exc) for m in _BROKEN)
 
 
 @dataclass(frozen=True)

@@ -157,3 +157,50 @@ def test_a_rank_that_fails_alone_stops_its_group_instead_of_failing_every_later_
     resumed = run(["resume", "--study", "alone", "--ranks-per-trial", "2"], tmp_path, ranks=2, env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert [r["state"] for r in trials(tmp_path, "alone")][1:] == ["COMPLETE"] * 2  # a new job trains again
+
+
+SAVE_FAILS = '''
+import sys
+from pathlib import Path
+
+import torch.distributed as dist
+from torch import nn
+
+from oialr_search.training._models import create_model
+
+
+class _SaveFails(nn.Module):
+    """The leader's first epoch checkpoint fails (a full disk), after the epoch's last collective."""
+
+    def __init__(self, inner, marker):
+        super().__init__()
+        self.inner, self.marker = inner, Path(marker)
+
+    def forward(self, x):
+        return self.inner(x)
+
+    def state_dict(self, *args, **kwargs):
+        if sys._getframe(1).f_code.co_name == "_save" and dist.get_rank() == 0 and not self.marker.exists():
+            self.marker.write_text("failed")
+            raise OSError(28, "No space left on device")
+        return super().state_dict(*args, **kwargs)
+
+
+def save_fails_model(*, marker, **kwargs):
+    return _SaveFails(create_model("mlp", **kwargs), marker)
+'''
+
+
+def test_a_leader_that_fails_between_epochs_does_not_strand_its_followers(tmp_path):
+    """The followers wait for the epoch's keep/stop decision; the leader's OVER stops them instead, and the
+    group, whose collectives are intact, goes on with the next trials (found in review: it hung for good)."""
+    (tmp_path / "savefail.py").write_text(SAVE_FAILS)
+    write_space(tmp_path, epochs=2, extra="set: {model.name: 'savefail:save_fails_model', model.kwargs: "
+                                          f"{{hidden: 24, depth: 1, marker: '{tmp_path / 'failed'}'}}}}")
+    proc = run(["run", "space.yaml", "--study", "save", "--budget", "3", "--ranks-per-trial", "2"], tmp_path,
+               ranks=2, env={"PYTHONPATH": str(tmp_path), "OIALR_SEARCH_COLLECTIVE_TIMEOUT": "5"}, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = trials(tmp_path, "save")
+    assert [r["state"] for r in rows] == ["FAILED", "COMPLETE", "COMPLETE"], [(r["state"], r["error"]) for r in rows]
+    assert "No space left on device" in rows[0]["error"]
+    assert "take no more trials" not in proc.stderr
