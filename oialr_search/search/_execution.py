@@ -171,19 +171,15 @@ class Trials:
         assert heartbeat is not None
         heartbeat.start(trial.id)
         try:
-            outcome = self.objective(self.space, params, device=self.placement.device,
-                                     threads=self.placement.threads, report=report, config=config,
-                                     checkpoint=checkpoint, resume=resume,
-                                     should_stop=lambda: self.stop() or heartbeat.lost,
-                                     checkpoint_every=self.checkpoint_every, **self.group)
-        except BaseException as exc:  # interrupted: keep the epochs it reached; the trial stays RUNNING (resumable)
+            outcome, broken, cause = self.workers.trial(lambda: self.objective(
+                self.space, params, device=self.placement.device, threads=self.placement.threads, report=report,
+                config=config, checkpoint=checkpoint, resume=resume, should_stop=lambda: self.stop() or heartbeat.lost,
+                checkpoint_every=self.checkpoint_every, **self.group))
+        except BaseException:  # interrupted: keep the epochs it reached; the trial stays RUNNING (resumable)
             self.heartbeat.stop()
             with contextlib.suppress(Exception):
                 reporter.flush()
-            if isinstance(exc, Exception):  # a custom objective's error: the followers must not wait for OVER
-                self.workers.after_trial(error=f"{type(exc).__name__}: {exc}", broken=False)
             raise
-        broken, cause = self.workers.after_trial(error=outcome.error, broken=outcome.group_broken)
         if broken:  # before any early return below: the trial's process group is unusable
             self._group_lost(trial, outcome.error if outcome.group_broken else None)
             if outcome.error and cause and outcome.group_broken:  # store the cause, not the wait for it
@@ -260,16 +256,10 @@ class Trials:
         """Train the leader's next trial with it: "trained", "none" or "done" (see Workers.follow)."""
 
         def train(task: dict, report: Callable[[dict], bool]) -> TrialOutcome:
-            try:
-                outcome = self.objective(self.space, task["params"], device=self.placement.device,
-                                         threads=self.placement.threads, report=report, config=task["config"],
-                                         checkpoint=Path(task["checkpoint"]), resume=task["resume"], save=False,
-                                         should_stop=self.stop, checkpoint_every=self.checkpoint_every, **self.group)
-            except Exception as exc:  # a custom objective's error: the leader must not wait for this rank
-                self.workers.after_trial(error=f"{type(exc).__name__}: {exc}", broken=False)
-                raise
-            self.workers.after_trial(error=outcome.error, broken=outcome.group_broken)  # see Workers.after_trial
-            return outcome
+            return self.workers.trial(lambda: self.objective(
+                self.space, task["params"], device=self.placement.device, threads=self.placement.threads,
+                report=report, config=task["config"], checkpoint=Path(task["checkpoint"]), resume=task["resume"],
+                save=False, should_stop=self.stop, checkpoint_every=self.checkpoint_every, **self.group))[0]
 
         return self.workers.follow(train)
 

@@ -5,7 +5,7 @@ A group's first rank, its leader, is the worker the backends see: it gets the pr
 trial in the store, reports the epochs, asks the pruner and stores the outcome. The other ranks
 follow: for every trial the leader sends them the parameters (None: nothing to train) and, after
 every epoch, the pruner's decision, so all K ranks train the same trial and stop at the same epoch;
-after the trial it sends OVER, and the ranks exchange how their runs ended (``after_trial``).
+after the trial it sends OVER, and the ranks exchange how their runs ended (``Workers.trial``).
 With K = 1 every rank is its own leader and nothing is sent.
 """
 
@@ -41,12 +41,23 @@ class Workers:
         """Leader: send ``value`` to the group's other ranks. Followers: receive it. Collective."""
         return value if self.group_comm is None else self.group_comm.bcast(value, root=0)
 
-    def after_trial(self, *, error: str | None, broken: bool) -> tuple[bool, str | None]:
-        """Every rank of a group, once after each trial it ran (collective over MPI, not the trial's own
-        process group): whether a rank's run broke the group's communication, and the error of the first
-        rank that failed otherwise (the cause the others waited for in a collective). A rank that fails
-        alone leaves the others waiting until their collective times out; this is where the group learns
-        of it, so the leader stops taking trials instead of failing every later one at once."""
+    def trial(self, run: Callable[[], Any]) -> tuple[Any, bool, str | None]:
+        """Every rank of a group runs each trial through this: ``run()`` (returning a TrialOutcome), then
+        ``_after_trial`` with how it ended, also when ``run`` raises an Exception (a custom objective's),
+        so no rank waits for one that left. Returns (outcome, broken, cause) as ``_after_trial`` does."""
+        try:
+            outcome = run()
+        except Exception as exc:
+            self._after_trial(error=f"{type(exc).__name__}: {exc}", broken=False)
+            raise
+        return (outcome, *self._after_trial(error=outcome.error, broken=outcome.group_broken))
+
+    def _after_trial(self, *, error: str | None, broken: bool) -> tuple[bool, str | None]:
+        """Collective over MPI, not the trial's own process group: whether a rank's run broke the group's
+        communication, and the error of the first rank that failed otherwise (the cause the others waited
+        for in a collective). A rank that fails alone leaves the others waiting until their collective
+        times out; this is where the group learns of it, so the leader stops taking trials instead of
+        failing every later one at once."""
         if self.group_comm is None:
             return False, None
         if self.leader:
