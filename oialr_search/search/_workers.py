@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..exceptions import OIALRSearchError
-from ..training._distributed import TrialGroup, init_trial_group
+from ..training._distributed import TrialGroup, close_trial_group, init_trial_group
 
 DONE = "done"  # the leader's last message to its followers
 OVER = "over"  # the leader's message after every trial, whatever the followers were waiting for
@@ -32,6 +32,7 @@ class Workers:
     group_comm: Any = None  # the MPI sub-communicator of this rank's group (None when k == 1)
     group: TrialGroup | None = None  # the torch.distributed view of it
     _over: bool = False  # a follower received OVER in place of an epoch decision
+    broken: bool = False  # a collective of the group's process group failed: it no longer communicates
 
     @property
     def leader(self) -> bool:
@@ -68,7 +69,13 @@ class Workers:
         self._over = False
         reports = self.group_comm.allgather((broken, error))
         cause = next((f"rank {i} of the trial failed: {e}" for i, (b, e) in enumerate(reports) if e and not b), None)
+        self.broken = self.broken or any(b for b, _ in reports)
         return any(b for b, _ in reports), cause
+
+    def close(self) -> None:
+        """At the end of the job, on every rank of the group once the leader sent DONE: end the trials'
+        process group (see close_trial_group)."""
+        close_trial_group(self.group, broken=self.broken)
 
     def follow(self, train: Callable[[dict, Callable[[dict], bool]], object]) -> str:
         """Follower: train what the leader sends next (``train(task, report)``, ``task`` the dict the

@@ -88,6 +88,21 @@ def init_trial_group(comm: Any, device: str) -> TrialGroup | None:  # noqa: ANN4
     return TrialGroup(comm.Get_rank(), comm.Get_size())
 
 
+def close_trial_group(group: TrialGroup | None, *, broken: bool = False) -> None:
+    """End torch.distributed on this rank, on the path where every rank of the group gets here
+    (collective). Left to interpreter shutdown, a gloo worker thread may still be dropping a finished
+    collective's tensors, which needs the GIL that the exiting interpreter no longer gives: the process
+    aborts ("terminate called without an active exception", exit 134) after a successful run. The
+    barrier makes every earlier collective finish; destroying the group joins the worker threads.
+    A ``broken`` group's communication no longer works: it is only destroyed."""
+    if group is None or not dist.is_initialized():
+        return
+    gc.collect()  # a DDP wrapper left in a reference cycle keeps the group alive
+    if not broken:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
 def shard(x: torch.Tensor, group: TrialGroup | None) -> torch.Tensor:
     """This rank's rows of a global batch (rank r takes rows r, r+K, …)."""
     return x if group is None else x[group.rank::group.size]
@@ -125,7 +140,7 @@ def wrap(model: nn.Module, device: torch.device, group: TrialGroup | None) -> nn
     frozen = [name for name, module in model.named_modules() if isinstance(module, LowRankWeight)
               for name in (f"{name}.U", f"{name}.Vh")]
     nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, frozen)
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=True)
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)  # buffers sync before every forward by default
 
 
 def sync_after_event(model: nn.Module, optimizer: torch.optim.Optimizer, ranks: dict[str, int],

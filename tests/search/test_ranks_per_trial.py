@@ -77,7 +77,7 @@ from mpi4py import MPI
 
 from oialr_search.search import load_space
 from oialr_search.search._objective import run_trial
-from oialr_search.training._distributed import init_trial_group
+from oialr_search.training._distributed import close_trial_group, init_trial_group
 
 torch.set_num_threads(1)
 comm = MPI.COMM_WORLD
@@ -89,6 +89,7 @@ out = run_trial(space, space.start_params(), device="cpu", threads=1, group=grou
 outs = comm.gather({"state": out.state, "error": out.error, "preempted": out.preempted}, root=0)
 if comm.Get_rank() == 0:
     print("RESULT " + json.dumps(outs), flush=True)
+close_trial_group(group)
 '''
 
 

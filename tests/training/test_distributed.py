@@ -17,7 +17,7 @@ import json, sys
 import torch
 from mpi4py import MPI
 from oialr_search.training import Trainer, config_from_dict
-from oialr_search.training._distributed import init_trial_group
+from oialr_search.training._distributed import close_trial_group, init_trial_group
 
 torch.set_num_threads(1)
 comm = MPI.COMM_WORLD
@@ -54,6 +54,7 @@ if comm.Get_rank() == 0:
         "single": [single.val_loss, single.top1], "ranks": [res.final_ranks, single.final_ranks],
         "train_loss": [[e.train_loss for e in res.epochs], [e.train_loss for e in single.epochs]],
         "updates": [len(res.oialr_updates), len(single.oialr_updates)]}), flush=True)
+close_trial_group(group)
 '''
 
 
