@@ -344,7 +344,7 @@ def run_search(req: SearchRequest, *, objective: Objective = run_trial, quiet: b
             trials.drain()
         else:
             trials.follow_to_the_end()
-        workers.close()
+        workers.close(lost=trials.lost)
     finally:
         trials.close()
         store.engine.dispose()  # SQLite folds its WAL into the database file when the last connection closes

@@ -11,6 +11,7 @@ With K = 1 every rank is its own leader and nothing is sent.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -72,10 +73,18 @@ class Workers:
         self.broken = self.broken or any(b for b, _ in reports)
         return any(b for b, _ in reports), cause
 
-    def close(self) -> None:
+    def close(self, *, lost: bool = False) -> None:
         """At the end of the job, on every rank of the group once the leader sent DONE: end the trials'
-        process group (see close_trial_group)."""
-        close_trial_group(self.group, broken=self.broken)
+        process group (see close_trial_group). ``lost``: this rank's device is unusable. Failing to end
+        it cleanly costs a warning, never the job's result."""
+        if self.group_comm is None:
+            return
+        skip = any(self.group_comm.allgather(self.broken or lost))  # the group agrees: no rank waits alone
+        try:
+            close_trial_group(self.group, skip_barrier=skip)
+        except Exception as exc:  # noqa: BLE001 - every trial is stored by now
+            print(f"[worker {self.worker}] could not end the trials' process group cleanly ({type(exc).__name__}: "
+                  f"{str(exc).splitlines()[0] if str(exc) else ''})", file=sys.stderr, flush=True)
 
     def follow(self, train: Callable[[dict, Callable[[dict], bool]], object]) -> str:
         """Follower: train what the leader sends next (``train(task, report)``, ``task`` the dict the

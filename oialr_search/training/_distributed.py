@@ -58,6 +58,7 @@ class TrialGroup:
 
     rank: int
     size: int
+    device: str = "cpu"
 
     @property
     def leader(self) -> bool:
@@ -83,23 +84,33 @@ def init_trial_group(comm: Any, device: str) -> TrialGroup | None:  # noqa: ANN4
                           "place consecutive ranks on the same node (e.g. srun --distribution=block)")
     port = comm.bcast(_free_port() if comm.Get_rank() == 0 else None, root=0)
     backend = "nccl" if device.startswith("cuda") else "gloo"
+    # Imported before the group exists: its functions' default arguments would otherwise hold the group
+    # for good (DDP imports it on first use), so destroying the group could not join its worker threads
+    import torch.distributed.nn.functional  # noqa: F401
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=comm.Get_rank(),
                             world_size=comm.Get_size(), timeout=collective_timeout())
-    return TrialGroup(comm.Get_rank(), comm.Get_size())
+    return TrialGroup(comm.Get_rank(), comm.Get_size(), device)
 
 
-def close_trial_group(group: TrialGroup | None, *, broken: bool = False) -> None:
+def close_trial_group(group: TrialGroup | None, *, skip_barrier: bool = False) -> None:
     """End torch.distributed on this rank, on the path where every rank of the group gets here
     (collective). Left to interpreter shutdown, a gloo worker thread may still be dropping a finished
     collective's tensors, which needs the GIL that the exiting interpreter no longer gives: the process
     aborts ("terminate called without an active exception", exit 134) after a successful run. The
-    barrier makes every earlier collective finish; destroying the group joins the worker threads.
-    A ``broken`` group's communication no longer works: it is only destroyed."""
+    barrier makes every earlier collective finish; destroying the group then joins its worker threads
+    (init_trial_group makes sure nothing else keeps the group alive). ``skip_barrier``: the group's
+    communication or a rank's device is broken; the group is only destroyed."""
     if group is None or not dist.is_initialized():
         return
-    gc.collect()  # a DDP wrapper left in a reference cycle keeps the group alive
-    if not broken:
-        dist.barrier()
+    gc.collect()  # a DDP wrapper left in a reference cycle would keep the group, and its threads, alive
+    if not skip_barrier:
+        device = torch.device(group.device)
+        # NCCL's barrier runs on the current CUDA device unless told: a group that trained nothing in this
+        # job never set it, and all its ranks would meet on cuda:0
+        if device.type == "cuda":
+            dist.barrier(device_ids=[device.index or 0])
+        else:
+            dist.barrier()
     dist.destroy_process_group()
 
 

@@ -69,7 +69,7 @@ def test_a_rank_whose_device_is_lost_takes_no_more_trials(tmp_path, backend, ran
 
 
 TIMEOUT_WORKER = r'''
-import json, sys, time
+import json, os, sys, time
 from pathlib import Path
 
 import torch
@@ -86,16 +86,18 @@ space = load_space(Path(sys.argv[1]))
 if comm.Get_rank() == 0:
     time.sleep(1.5)  # the leader starts later: its own clock would reach the timeout 1.5 s after the other's
 out = run_trial(space, space.start_params(), device="cpu", threads=1, group=group, should_stop=lambda: False)
-outs = comm.gather({"state": out.state, "error": out.error, "preempted": out.preempted}, root=0)
+close_trial_group(group)
+threads = sorted(Path(f"/proc/self/task/{t}/comm").read_text().strip() for t in os.listdir("/proc/self/task"))
+outs = comm.gather({"state": out.state, "error": out.error, "preempted": out.preempted, "threads": threads}, root=0)
 if comm.Get_rank() == 0:
     print("RESULT " + json.dumps(outs), flush=True)
-close_trial_group(group)
 '''
 
 
 def test_a_group_times_out_together_even_when_its_ranks_started_apart(tmp_path):
     """The ranks of a trial stop at the step any of them asks; each must then see the timeout, not a
-    preemption (which would release the trial and end the job), and short epochs must stop too."""
+    preemption (which would release the trial and end the job), and short epochs must stop too. Then
+    closing the group ends its threads (Linux: read from /proc)."""
     write_space(tmp_path, epochs=400, extra="trial_timeout: 3")  # epochs of 12 steps: shorter than a check window
     (tmp_path / "worker.py").write_text(TIMEOUT_WORKER)
     cmd = [str(MPIEXEC), "-n", "2", sys.executable, "-m", "mpi4py", str(tmp_path / "worker.py"),
@@ -106,6 +108,8 @@ def test_a_group_times_out_together_even_when_its_ranks_started_apart(tmp_path):
     for out in outs:
         assert out["state"] == "FAILED" and not out["preempted"], outs
         assert out["error"] == "timeout: the trial ran longer than 3s", outs
+        # the group is gone with its worker threads: none is left to abort the interpreter's exit
+        assert not [t for t in out["threads"] if t.startswith(("pt_gloo", "gloo_"))], out["threads"]
 
 
 ALONE = '''
