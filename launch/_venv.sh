@@ -21,7 +21,10 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   TORCH_INDEX=()
   [ -n "${OIALR_TORCH_INDEX:-}" ] && TORCH_INDEX=(--index-url "$OIALR_TORCH_INDEX")
   "$VENV/bin/python" -m pip install -q ${TORCH_INDEX[@]+"${TORCH_INDEX[@]}"} -c "$ROOT/launch/constraints.txt" torch torchvision
-  "$VENV/bin/python" -m pip install -q -c "$ROOT/launch/constraints.txt" -e "$ROOT[dev,mpich,postgres]"
+  # setuptools warns about every editable install with a 10-line banner (a folder named like the package
+  # in the working directory could shadow it): nothing a newcomer has to act on
+  PYTHONWARNINGS="ignore:Editable installation" \
+    "$VENV/bin/python" -m pip install -q -c "$ROOT/launch/constraints.txt" -e "$ROOT[dev,mpich,postgres]"
   echo "$WANT" > "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"

@@ -256,10 +256,12 @@ class Trials:
         """Train the leader's next trial with it: "trained", "none" or "done" (see Workers.follow)."""
 
         def train(task: dict, report: Callable[[dict], bool]) -> TrialOutcome:
-            return self.workers.trial(lambda: self.objective(
+            outcome = self.workers.trial(lambda: self.objective(
                 self.space, task["params"], device=self.placement.device, threads=self.placement.threads,
                 report=report, config=task["config"], checkpoint=Path(task["checkpoint"]), resume=task["resume"],
                 save=False, should_stop=self.stop, checkpoint_every=self.checkpoint_every, **self.group))[0]
+            self.lost = self.lost or outcome.device_lost  # the group's closing barrier skips a lost device
+            return outcome
 
         return self.workers.follow(train)
 

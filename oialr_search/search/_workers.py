@@ -83,8 +83,9 @@ class Workers:
         try:
             close_trial_group(self.group, skip_barrier=skip)
         except Exception as exc:  # noqa: BLE001 - every trial is stored by now
-            print(f"[worker {self.worker}] could not end the trials' process group cleanly ({type(exc).__name__}: "
-                  f"{str(exc).splitlines()[0] if str(exc) else ''})", file=sys.stderr, flush=True)
+            what = ": ".join([type(exc).__name__, *str(exc).splitlines()[:1]])
+            print(f"[rank {self.worker * self.k + self.group.rank}] could not end the trials' process group cleanly "
+                  f"({what}); the results are stored", file=sys.stderr, flush=True)
 
     def follow(self, train: Callable[[dict, Callable[[dict], bool]], object]) -> str:
         """Follower: train what the leader sends next (``train(task, report)``, ``task`` the dict the

@@ -97,21 +97,30 @@ def close_trial_group(group: TrialGroup | None, *, skip_barrier: bool = False) -
     (collective). Left to interpreter shutdown, a gloo worker thread may still be dropping a finished
     collective's tensors, which needs the GIL that the exiting interpreter no longer gives: the process
     aborts ("terminate called without an active exception", exit 134) after a successful run. The
-    barrier makes every earlier collective finish; destroying the group then joins its worker threads
-    (init_trial_group makes sure nothing else keeps the group alive). ``skip_barrier``: the group's
-    communication or a rank's device is broken; the group is only destroyed."""
+    barrier makes every earlier collective finish; destroying the group then joins its worker threads,
+    provided nothing else holds the group (DDP's helper module would: see init_trial_group; so would
+    an exception kept from inside a DDP forward). ``skip_barrier``: the group's communication or a
+    rank's device is broken; the group is only destroyed. The group is destroyed even when the barrier
+    fails."""
     if group is None or not dist.is_initialized():
         return
     gc.collect()  # a DDP wrapper left in a reference cycle would keep the group, and its threads, alive
-    if not skip_barrier:
-        device = torch.device(group.device)
-        # NCCL's barrier runs on the current CUDA device unless told: a group that trained nothing in this
-        # job never set it, and all its ranks would meet on cuda:0
-        if device.type == "cuda":
-            dist.barrier(device_ids=[device.index or 0])
-        else:
-            dist.barrier()
-    dist.destroy_process_group()
+    try:
+        if not skip_barrier:
+            device = torch.device(group.device)
+            # NCCL's barrier runs on the current CUDA device unless told: a group that trained nothing in
+            # this job never set it, and all its ranks would meet on cuda:0
+            if device.type == "cuda":
+                dist.barrier(device_ids=[_index(device)])
+            else:
+                dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def _index(device: torch.device) -> int:
+    """A CUDA device's index (a bare "cuda" is the current device)."""
+    return device.index if device.index is not None else torch.cuda.current_device()
 
 
 def shard(x: torch.Tensor, group: TrialGroup | None) -> torch.Tensor:
@@ -143,8 +152,7 @@ def wrap(model: nn.Module, device: torch.device, group: TrialGroup | None) -> nn
     parameters and buffers), or the model itself."""
     if group is None:
         return model
-    ids = [device.index if device.index is not None else torch.cuda.current_device()] \
-        if device.type == "cuda" else None
+    ids = [_index(device)] if device.type == "cuda" else None
     # The frozen bases U and Vᵀ are buffers: DDP would broadcast all of them before every forward (about
     # the model's size near full rank). They only change at OIALR events, after which this wrapper is
     # rebuilt, and building it broadcasts them once. BatchNorm statistics keep their per-forward sync.
