@@ -150,8 +150,12 @@ def run_propulate(*, comm, space: SearchSpace, store: Store, study: Study, folde
     rng = random.Random(seed * 7919 + worker)
     np.random.seed((seed * 7919 + worker) % 2**32)
     limits = limits_of(space)
+    # Propulate's own defaults (a breeding population of 4 at 2 workers, mutation sigma 5% of a range) spent
+    # budgets of tens of trials recombining the first few random ones, one or two traits at a time: with
+    # 8 and 15% the front's hypervolume at 24 trials went from 0.83 ± 0.14 to 0.90 ± 0.07 and the best
+    # got better too (bench/search_quality.py --task digits, 15 seeds; see the README)
     propagator = RescoringPropagator(
-        get_default_propagator(pop_size=max(4, 2 * n_workers), limits=limits, rng=rng),
+        get_default_propagator(pop_size=max(8, 2 * n_workers), limits=limits, rng=rng, sigma_factor=0.15),
         n_objectives=len(space.objectives), rank=worker, world_size=n_workers)
 
     pending = [first] if first else []
