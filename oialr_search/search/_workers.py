@@ -70,8 +70,9 @@ class Workers:
         self._over = False
         reports = self.group_comm.allgather((broken, error))
         cause = next((f"rank {i} of the trial failed: {e}" for i, (b, e) in enumerate(reports) if e and not b), None)
-        self.broken = self.broken or any(b for b, _ in reports)
-        return any(b for b, _ in reports), cause
+        broken = any(b for b, _ in reports)
+        self.broken = self.broken or broken
+        return broken, cause
 
     def close(self, *, lost: bool = False) -> None:
         """At the end of the job, on every rank of the group once the leader sent DONE: end the trials'
