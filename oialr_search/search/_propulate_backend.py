@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ..storage import COMPLETE, PRUNED, Store, Study
+from ._design import DesignInit, worker_share
 from ._objective import while_interrupted
 from ._objectives import Scored, minimize_sense, objectives_from
 from ._scalarization import RescoringPropagator, attach
@@ -130,23 +131,25 @@ def _skip_checkpoints(propulator) -> None:  # noqa: ANN001
 
 def run_propulate(*, comm, space: SearchSpace, store: Store, study: Study, folder: Path, generations: int,  # noqa: ANN001
                   seed: int, evaluate: RunTrial, workers: Workers | None = None, first: dict | None = None,
-                  ready: Callable[[], None] | None = None) -> None:
+                  fresh: bool = False, ready: Callable[[], None] | None = None) -> None:
     """Run this rank's share (``generations`` evaluations) of the search. Collective.
 
     ``workers``: the ranks in groups that train one trial each (Propulate's ``ranks_per_worker``);
     the islands are made of workers. ``first``: parameters this rank evaluates instead of its first
     proposal (the run config's own values, so a fresh search starts from a known-good point; its
-    traits become the individual's).
+    traits become the individual's). ``fresh``: nothing is stored yet, so each island's first breeding
+    population is a Latin hypercube (see _design) instead of uniform draws; a resumed island, rebuilt
+    from the database, would only repeat the design's points.
     """
     from propulate import Islands
-    from propulate.propagators import SelectMin, SelectUniform
+    from propulate.propagators import InitUniform, SelectMin, SelectUniform
     from propulate.utils import get_default_propagator
 
     logging.getLogger("propulate").setLevel(logging.WARNING)
     worker, n_workers, k = (workers.worker, workers.workers, workers.k) if workers else \
         (comm.Get_rank(), comm.Get_size(), 1)
     sizes = island_sizes(n_workers)
-    island, _ = island_of(worker, sizes)
+    island, local = island_of(worker, sizes)
     rng = random.Random(seed * 7919 + worker)
     np.random.seed((seed * 7919 + worker) % 2**32)
     limits = limits_of(space)
@@ -154,9 +157,15 @@ def run_propulate(*, comm, space: SearchSpace, store: Store, study: Study, folde
     # budgets of tens of trials recombining the first few random ones, one or two traits at a time: with
     # 8 and 15% the front's hypervolume at 24 trials went from 0.83 ± 0.14 to 0.90 ± 0.07 and the best
     # got better too (bench/search_quality.py --task digits, 15 seeds; see the README)
-    propagator = RescoringPropagator(
-        get_default_propagator(pop_size=max(8, 2 * n_workers), limits=limits, rng=rng, sigma_factor=0.15),
-        n_objectives=len(space.objectives), rank=worker, world_size=n_workers)
+    pop_size = max(8, 2 * n_workers)  # on a fresh search the first pop_size come from a Latin hypercube
+    breeding = get_default_propagator(pop_size=pop_size, limits=limits, rng=rng, sigma_factor=0.15)
+    if fresh:
+        assert isinstance(getattr(breeding, "false_prop", None), InitUniform), \
+            "Propulate's default propagator changed shape: update the initial design"
+        breeding.false_prop = DesignInit(worker_share(limits, pop_size, seed=seed, island=island, worker=local,
+                                                      island_size=sizes[island]), limits, breeding.false_prop)
+    propagator = RescoringPropagator(breeding, n_objectives=len(space.objectives), rank=worker,
+                                     world_size=n_workers)
 
     pending = [first] if first else []
 

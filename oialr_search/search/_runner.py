@@ -328,7 +328,8 @@ def run_search(req: SearchRequest, *, objective: Objective = run_trial, quiet: b
 
                 run_propulate(comm=comm, space=space, store=store, study=study, folder=folder,
                               generations=generations, seed=seed, evaluate=propulate_evaluate,
-                              workers=workers, first=start[0] if start and rank == 0 else None, ready=ready)
+                              workers=workers, first=start[0] if start and rank == 0 else None,
+                              fresh=finished == 0, ready=ready)
             if rank == 0:
                 shutil.rmtree(folder, ignore_errors=True)  # this job's own: the next rebuilds from the database
         elif workers.leader:

@@ -4,6 +4,7 @@ A hang fails the test (the whole process group is killed) instead of hanging CI.
 """
 
 import json
+import math
 import os
 import signal
 import sqlite3
@@ -108,6 +109,13 @@ def test_propulate_search_stores_every_trial(tmp_path, ranks):
     assert {r["rank"] for r in rows} == set(range(ranks))
     if ranks == 4:
         assert {r["island"] for r in rows} == {0, 1}
+    else:  # one island of 2 workers, breeding population 8: the first 8 trials are its Latin hypercube (one
+        # of them replaced by the run config's own values), one in each eighth of every float range (log
+        # ranges in log space); uniform draws would do that for both ranges with probability 0.5%
+        first = [json.loads(r["params"]) for r in rows[:8]]
+        for key, lo, hi in (("oialr.beta", 0.05, 0.5), ("optim.lr", 1e-3, 1e-2)):
+            slices = {min(7, int(math.log(p[key] / lo) / math.log(hi / lo) * 8)) for p in first}
+            assert len(slices) >= 7, (key, [p[key] for p in first])
     assert all(json.loads(r["rank_trajectory"]) for r in rows)
     status = run(["status", "--study", "p"], tmp_path)
     assert status.returncode == 0 and "complete" in status.stdout and "best: trial" in status.stdout
