@@ -1,7 +1,8 @@
 """Search quality: do the backends beat random search, and what does early stopping save?
 
     python bench/search_quality.py [--task mnist|digits] [--seeds 3] [--budgets 24 48] [--ranks 2]
-                                   [--parts abc] [--epochs N] [--min-epochs 1] [--reduction 3]
+                                   [--parts abc] [--backends ...] [--epochs N] [--min-epochs 1]
+                                   [--reduction 3]
 
 Every search is a real ``oialr-search run`` under the venv's mpiexec (``--ranks`` ranks), on a space
 built from ``search_spaces/mnist_quick.yaml`` (``--task mnist``: the mini-ViT on embedded MNIST, ~14 s
@@ -118,6 +119,7 @@ def main() -> None:
     ap.add_argument("--budgets", type=int, nargs="+", default=[24, 48])
     ap.add_argument("--ranks", type=int, default=2)
     ap.add_argument("--parts", default="abc", help="which parts to run: any of a, b, c")
+    ap.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS), help="parts a and b")
     ap.add_argument("--epochs", type=int, default=None, help="epochs per trial (default: the space's, 4 for mnist)")
     ap.add_argument("--min-epochs", type=int, default=1, help="ASHA's first rung, part (c)")
     ap.add_argument("--reduction", type=int, default=3, help="ASHA's reduction factor, part (c)")
@@ -136,7 +138,7 @@ def main() -> None:
     if "a" in args.parts:
         print("\n(a) best val_loss (lower is better), mean ± sd over seeds")
         for budget in args.budgets:
-            for backend in BACKENDS:
+            for backend in args.backends:
                 values = [best_value(search(single, folder, f"a-{backend}-{budget}-{s}", backend, s, budget,
                                             args.ranks), f"a-{backend}-{budget}-{s}") for s in seeds]
                 print(f"  {budget:3d} trials  {backend:>9}: {fmt(values)}   ({', '.join(f'{v:.4f}' for v in values)})",
@@ -144,7 +146,7 @@ def main() -> None:
     if "b" in args.parts:
         print("\n(b) hypervolume of the (top1, trainable_fraction) front, normalized (higher is better)")
         for budget in args.budgets:
-            for backend in BACKENDS:
+            for backend in args.backends:
                 values = [normalized_hypervolume(search(front, folder, f"b-{backend}-{budget}-{s}", backend, s,
                                                         budget, args.ranks), f"b-{backend}-{budget}-{s}")
                           for s in seeds]

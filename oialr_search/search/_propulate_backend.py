@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ..storage import COMPLETE, PRUNED, Store, Study
-from ._design import DesignInit, worker_share
+from ._design import DesignInit, anchor, sliced_latin_hypercube
 from ._objective import while_interrupted
 from ._objectives import Scored, minimize_sense, objectives_from
 from ._scalarization import RescoringPropagator, attach
@@ -90,15 +90,15 @@ def rebuild_checkpoints(store: Store, study: Study, space: SearchSpace, folder: 
         return 0
     limits = limits_of(space)
     sizes = island_sizes(workers)
+    populations = []
     for idx, size in enumerate(sizes):
         population = []
         for k in range(max(len(trials), size)):
             t = trials[k % len(trials)]
             try:
-                position = {f"p{i}": d.encode(t.params[d.key]) for i, d in enumerate(space.dimensions)}
+                position = _traits(space, limits, t.params)
             except (KeyError, ValueError):
                 continue  # a trial from an older version of the space
-            position = {key: type(limits[key][0])(v) for key, v in position.items()}
             ind = Individual(position, limits, generation=-1, rank=k % size)
             ind.loss = attach(ind, minimize_sense(t.values, objectives), t.state, t.feasible)
             ind.active, ind.island, ind.current = True, idx, k % size
@@ -106,16 +106,23 @@ def rebuild_checkpoints(store: Store, study: Study, space: SearchSpace, folder: 
             ind.evaltime, ind.evalperiod = time.time(), float(t.duration or 0.0)
             population.append(ind)
         if len({ind.rank for ind in population}) < size:
-            return 0  # not enough usable trials for every worker: start fresh
+            return 0  # not enough usable trials for every worker: every island starts fresh (nothing written)
+        populations.append(population)
+    for idx, population in enumerate(populations):
         tmp = folder / f".island_{idx}_ckpt.tmp"
         tmp.write_bytes(pickle.dumps(population))
         tmp.replace(folder / f"island_{idx}_ckpt.pickle")
     return len(trials)
 
 
+def _traits(space: SearchSpace, limits: dict, params: dict) -> dict:
+    """``params`` in Propulate's encoding (the inverse of :func:`decode`)."""
+    return {f"p{i}": type(limits[f"p{i}"][0])(d.encode(params[d.key])) for i, d in enumerate(space.dimensions)}
+
+
 def _set_traits(individual, space: SearchSpace, limits: dict, params: dict) -> None:  # noqa: ANN001
-    for i, d in enumerate(space.dimensions):
-        individual[f"p{i}"] = type(limits[f"p{i}"][0])(d.encode(params[d.key]))
+    for key, value in _traits(space, limits, params).items():  # key by key: Propulate's Individual.update raises
+        individual[key] = value
 
 
 def _skip_checkpoints(propulator) -> None:  # noqa: ANN001
@@ -131,15 +138,15 @@ def _skip_checkpoints(propulator) -> None:  # noqa: ANN001
 
 def run_propulate(*, comm, space: SearchSpace, store: Store, study: Study, folder: Path, generations: int,  # noqa: ANN001
                   seed: int, evaluate: RunTrial, workers: Workers | None = None, first: dict | None = None,
-                  fresh: bool = False, ready: Callable[[], None] | None = None) -> None:
+                  fresh: bool = False, trials: int | None = None, ready: Callable[[], None] | None = None) -> None:
     """Run this rank's share (``generations`` evaluations) of the search. Collective.
 
     ``workers``: the ranks in groups that train one trial each (Propulate's ``ranks_per_worker``);
-    the islands are made of workers. ``first``: parameters this rank evaluates instead of its first
-    proposal (the run config's own values, so a fresh search starts from a known-good point; its
-    traits become the individual's). ``fresh``: nothing is stored yet, so each island's first breeding
-    population is a Latin hypercube (see _design) instead of uniform draws; a resumed island, rebuilt
-    from the database, would only repeat the design's points.
+    the islands are made of workers. ``first``: the run config's own values (the same on every rank),
+    which rank 0 evaluates instead of its first proposal, so a fresh search starts from a known-good
+    point. ``fresh``: no island was rebuilt from stored trials, so the islands' first breeding
+    populations come from one sliced Latin hypercube (see _design) instead of uniform draws.
+    ``trials``: how many trials this job runs in all (default: ``generations`` per worker).
     """
     from propulate import Islands
     from propulate.propagators import InitUniform, SelectMin, SelectUniform
@@ -160,14 +167,19 @@ def run_propulate(*, comm, space: SearchSpace, store: Store, study: Study, folde
     pop_size = max(8, 2 * n_workers)  # on a fresh search the first pop_size come from a Latin hypercube
     breeding = get_default_propagator(pop_size=pop_size, limits=limits, rng=rng, sigma_factor=0.15)
     if fresh:
-        assert isinstance(getattr(breeding, "false_prop", None), InitUniform), \
-            "Propulate's default propagator changed shape: update the initial design"
-        breeding.false_prop = DesignInit(worker_share(limits, pop_size, seed=seed, island=island, worker=local,
-                                                      island_size=sizes[island]), limits, breeding.false_prop)
+        if not isinstance(getattr(breeding, "false_prop", None), InitUniform):
+            raise RuntimeError("Propulate's default propagator changed shape: update search/_design.py")
+        # as many points per island as it breeds from, or as the smallest island's share of the trials if
+        # fewer, so every point is run
+        per_island = (trials if trials is not None else generations * n_workers) * min(sizes) // n_workers
+        design = sliced_latin_hypercube(limits, max(1, min(pop_size, per_island)), len(sizes), seed)
+        if first:
+            anchor(design, limits, _traits(space, limits, first))
+        breeding.false_prop = DesignInit(design[island][local::sizes[island]], limits, breeding.false_prop)
     propagator = RescoringPropagator(breeding, n_objectives=len(space.objectives), rank=worker,
                                      world_size=n_workers)
 
-    pending = [first] if first else []
+    pending = [first] if first and comm.Get_rank() == 0 else []
 
     def loss_fn(individual, _worker_comm=None) -> float:  # noqa: ANN001 - Propulate passes it when k > 1
         try:

@@ -311,11 +311,10 @@ def run_search(req: SearchRequest, *, objective: Objective = run_trial, quiet: b
             from ._propulate_backend import rebuild_checkpoints, run_propulate
 
             folder = propulate_folder(req, study.name, comm)
-            if rank == 0:
-                seeded = rebuild_checkpoints(store, study, space, folder, workers.workers)
-                if seeded:
-                    print(f"propulate: population rebuilt from {seeded} stored trial(s)", flush=True)
-            comm.Barrier()
+            seeded = rebuild_checkpoints(store, study, space, folder, workers.workers) if rank == 0 else None
+            if rank == 0 and seeded:
+                print(f"propulate: population rebuilt from {seeded} stored trial(s)", flush=True)
+            seeded = comm.bcast(seeded, root=0)  # also the barrier: no rank reads the files before they exist
             generations = math.ceil(remaining / workers.workers)
             if generations:
 
@@ -328,8 +327,8 @@ def run_search(req: SearchRequest, *, objective: Objective = run_trial, quiet: b
 
                 run_propulate(comm=comm, space=space, store=store, study=study, folder=folder,
                               generations=generations, seed=seed, evaluate=propulate_evaluate,
-                              workers=workers, first=start[0] if start and rank == 0 else None,
-                              fresh=finished == 0, ready=ready)
+                              workers=workers, first=start[0] if start else None, fresh=not seeded, trials=remaining,
+                              ready=ready)
             if rank == 0:
                 shutil.rmtree(folder, ignore_errors=True)  # this job's own: the next rebuilds from the database
         elif workers.leader:
