@@ -138,7 +138,7 @@ def _skip_checkpoints(propulator) -> None:  # noqa: ANN001
 
 def run_propulate(*, comm, space: SearchSpace, store: Store, study: Study, folder: Path, generations: int,  # noqa: ANN001
                   seed: int, evaluate: RunTrial, workers: Workers | None = None, first: dict | None = None,
-                  fresh: bool = False, trials: int | None = None, ready: Callable[[], None] | None = None) -> None:
+                  trials: int, fresh: bool = False, ready: Callable[[], None] | None = None) -> None:
     """Run this rank's share (``generations`` evaluations) of the search. Collective.
 
     ``workers``: the ranks in groups that train one trial each (Propulate's ``ranks_per_worker``);
@@ -146,7 +146,7 @@ def run_propulate(*, comm, space: SearchSpace, store: Store, study: Study, folde
     which rank 0 evaluates instead of its first proposal, so a fresh search starts from a known-good
     point. ``fresh``: no island was rebuilt from stored trials, so the islands' first breeding
     populations come from one sliced Latin hypercube (see _design) instead of uniform draws.
-    ``trials``: how many trials this job runs in all (default: ``generations`` per worker).
+    ``trials``: how many trials this job runs in all.
     """
     from propulate import Islands
     from propulate.propagators import InitUniform, SelectMin, SelectUniform
@@ -171,7 +171,7 @@ def run_propulate(*, comm, space: SearchSpace, store: Store, study: Study, folde
             raise RuntimeError("Propulate's default propagator changed shape: update search/_design.py")
         # as many points per island as it breeds from, or as the smallest island's share of the trials if
         # fewer, so every point is run
-        per_island = (trials if trials is not None else generations * n_workers) * min(sizes) // n_workers
+        per_island = trials * min(sizes) // n_workers
         design = sliced_latin_hypercube(limits, max(1, min(pop_size, per_island)), len(sizes), seed)
         if first:
             anchor(design, limits, _traits(space, limits, first))
