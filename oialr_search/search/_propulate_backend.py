@@ -1,9 +1,9 @@
 """Propulate backend: asynchronous evolutionary search with islands over MPI.
 
 Guards for Propulate 1.2.2 (DESIGN.md §4): the objectives are minimized (maximized metrics are
-negated) and scalarized per proposal (see ``_scalarization``); float limits are always float
-tuples, log scales are searched in log10 space and
-categoricals as int indices (see ``Dimension``); the loss function never raises and maps NaN and
+negated), and several are ranked in NSGA-II's order before every breeding (see ``_scalarization``);
+float limits are always float tuples, log scales are searched in log10 space and categoricals as
+int indices (see ``Dimension``); the loss function never raises and maps NaN and
 failures to +inf; islands have at least two workers (MPICH hangs a single-worker island at its
 checkpoint); ``summarize()`` is never called. Propulate's own checkpoints (one non-atomic pickle per
 island, not recoverable when truncated, crashing when the rank count changes) are never trusted on
@@ -176,8 +176,7 @@ def run_propulate(*, comm, space: SearchSpace, store: Store, study: Study, folde
         if first:
             anchor(design, limits, _traits(space, limits, first))
         breeding.false_prop = DesignInit(design[island][local::sizes[island]], limits, breeding.false_prop)
-    propagator = RescoringPropagator(breeding, n_objectives=len(space.objectives), rank=worker,
-                                     world_size=n_workers)
+    propagator = RescoringPropagator(breeding, n_objectives=len(space.objectives), pop_size=pop_size)
 
     pending = [first] if first and comm.Get_rank() == 0 else []
 

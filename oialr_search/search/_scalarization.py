@@ -4,31 +4,35 @@ Every evaluated individual carries its raw objective values (minimize sense) and
 attributes, which travel with it to the other workers of its island and, when it migrates, to other
 islands. Its ``loss`` is only provisional: before each breeding, :class:`RescoringPropagator` scores
 the whole population again — on copies, because Propulate matches individuals across workers by
-their loss — with an augmented Chebyshev scalarization
+their loss — in NSGA-II's order (Deb et al. 2002): by non-dominated front (0, 1, 2, ...), and within
+a front the more isolated first (larger crowding distance; each front's extremes first of all):
 
-    s(f) = max_j w_j n_j(f) + rho * sum_j w_j n_j(f),   n_j = (f_j - min_j) / (max_j - min_j)
+    s = front + 0.9 / (1 + crowding)
 
-normalized by the completed individuals the island holds now, under a weight vector that changes with
-every proposal (a golden-ratio sequence over the simplex, offset per rank). So every island
-explores every trade-off over time, migrants and trials rebuilt from the database are scored for the
-island that receives them. With one objective the provisional loss (the value, with infeasible
-and PRUNED trials pushed behind) already is the ranking, so nothing is rescored. Completed trials
-that violate the study's constraints rank after every feasible one, PRUNED trials after those (each
-group by its own score), failed ones are +inf.
+Propulate breeds from the ``pop_size`` individuals with the lowest loss, so its parents are the
+best fronts, spread along them, with both ends of the trade-off always among them. (An augmented
+Chebyshev scalarization under a weight vector that changed with every proposal came first: its
+breeding population gathered around one trade-off late in a search, and it reached a lower front
+hypervolume; see the README.) Migrants and trials rebuilt from the database are scored for the
+island that receives them. With one objective the provisional loss (the value, with infeasible and
+PRUNED trials pushed behind) already is the ranking, so nothing is rescored. Completed trials that
+violate the study's constraints rank after every feasible one, PRUNED trials after those (each group
+in its own NSGA-II order), failed ones are +inf.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import random
 from collections.abc import Sequence
 
+from ._pareto import non_dominated
+
 VALUES, STATE, FEASIBLE = "oialr_values", "oialr_state", "oialr_feasible"  # attributes on Propulate individuals
-_GOLDEN = (math.sqrt(5) - 1) / 2
-# Completed feasible scores lie in [0, 1 + rho]; infeasible completed ones rank after all of them,
-# pruned ones after those (each group ordered by its own score).
-INFEASIBLE_OFFSET, PRUNED_OFFSET = 2.0, 4.0
+# Feasible completed scores lie below the number of points; infeasible completed ones rank after all of
+# them, pruned ones after those (each group in its own order).
+_TIER_OFFSET = (0.0, 1e6, 2e6)
+_BEHIND = 5e5  # the points of a tier left unordered (see nsga_scores' keep), behind its ordered ones
 PROVISIONAL_STEP = 1e9  # the same order on raw values (a loss, -accuracy, seconds, fractions)
 
 
@@ -47,57 +51,62 @@ def attach(individual, values: Sequence[float] | None, state: str, feasible: boo
     return float(values[0]) + PROVISIONAL_STEP * _tier(state, feasible)
 
 
-def weights(k: int, n_objectives: int, *, offset: float = 0.0) -> tuple[float, ...]:
-    """The k-th weight vector: evenly spread over [0, 1] for two objectives, random on the simplex beyond."""
-    if n_objectives == 1:
-        return (1.0,)
-    if n_objectives == 2:
-        t = (offset + k * _GOLDEN) % 1.0
-        return (t, 1.0 - t)
-    rng = random.Random(k * 1_000_003 + int(offset * 1e6))
-    raw = [rng.expovariate(1.0) for _ in range(n_objectives)]
-    return tuple(x / sum(raw) for x in raw)
+def crowding(points: Sequence[tuple[float, ...]]) -> list[float]:
+    """NSGA-II's crowding distance of each point of one front: per objective, the gap between its two
+    neighbours over the front's range, summed; the extremes of each objective get +inf."""
+    out = [0.0] * len(points)
+    for j in range(len(points[0]) if points else 0):
+        order = sorted(range(len(points)), key=lambda i: points[i][j])
+        lo, hi = points[order[0]][j], points[order[-1]][j]
+        out[order[0]] = out[order[-1]] = math.inf
+        if hi > lo:
+            for a, b, c in zip(order, order[1:], order[2:]):
+                out[b] += (points[c][j] - points[a][j]) / (hi - lo)
+    return out
 
 
-def chebyshev(points: Sequence[tuple[float, ...] | None], states: Sequence[str], w: Sequence[float], *,
-              feasible: Sequence[bool | None] | None = None, rho: float = 0.05) -> list[float]:
-    """Scores of ``points`` (minimize sense), normalized over the feasible COMPLETE finite ones."""
+def nsga_scores(points: Sequence[tuple[float, ...] | None], states: Sequence[str], *,
+                feasible: Sequence[bool | None] | None = None, keep: int | None = None) -> list[float]:
+    """Scores of ``points`` (minimize sense) in NSGA-II's order, lower first: front index, then larger
+    crowding distance; infeasible completed points after every feasible one, pruned after those.
+
+    ``keep``: only the order of the best ``keep`` matters (Propulate breeds from them), so fronts are
+    peeled off until that many are scored, and the rest share one score behind them all; this bounds
+    the work on a large population whose points form many fronts."""
     feasible = feasible if feasible is not None else [None] * len(points)
-    done = [p for p, s, f in zip(points, states, feasible)
-            if s == "COMPLETE" and f is not False and p is not None and all(map(math.isfinite, p))]
-    m = len(w)
-    lo = [min((p[j] for p in done), default=0.0) for j in range(m)]
-    hi = [max((p[j] for p in done), default=1.0) for j in range(m)]
-    out = []
-    for p, s, f in zip(points, states, feasible):
-        if p is None or s not in ("COMPLETE", "PRUNED") or not all(map(math.isfinite, p)):
-            out.append(math.inf)
-            continue
-        tier = _tier(s, f)
-        n = [(p[j] - lo[j]) / (hi[j] - lo[j]) if hi[j] > lo[j] else 0.0 for j in range(m)]
-        # pruned and infeasible values may lie outside that range: clip, their tier sets the order
-        n = [min(max(x, 0.0), 1.0) if tier else x for x in n]
-        score = max(wj * nj for wj, nj in zip(w, n)) + rho * sum(wj * nj for wj, nj in zip(w, n))
-        out.append(score + (0.0, INFEASIBLE_OFFSET, PRUNED_OFFSET)[tier])
+    keep = len(points) if keep is None else keep
+    out = [math.inf] * len(points)
+    tiers: dict[int, list[int]] = {}
+    for i, (p, s, f) in enumerate(zip(points, states, feasible)):
+        if p is not None and s in ("COMPLETE", "PRUNED") and all(map(math.isfinite, p)):
+            tiers.setdefault(_tier(s, f), []).append(i)
+    scored = 0
+    for tier in sorted(tiers):
+        rest, front_index = tiers[tier], 0
+        while rest:
+            if scored >= keep:
+                for i in rest:
+                    out[i] = _TIER_OFFSET[tier] + _BEHIND
+                break
+            front = [rest[k] for k in non_dominated([points[i] for i in rest])]
+            for i, c in zip(front, crowding([points[i] for i in front])):
+                out[i] = _TIER_OFFSET[tier] + front_index + 0.9 / (1.0 + c)
+            scored += len(front)
+            on_front = set(front)
+            rest = [i for i in rest if i not in on_front]
+            front_index += 1
     return out
 
 
 class RescoringPropagator:
     """Wraps a Propulate propagator: rescore copies of the population, then breed from them."""
 
-    def __init__(self, inner, *, n_objectives: int, rank: int, world_size: int) -> None:  # noqa: ANN001
-        self.inner, self.n_objectives = inner, n_objectives
-        self.rank, self.world_size = rank, world_size
-        self.offset = rank / max(1, world_size)  # ranks start at different trade-offs
-        self.proposals = 0
-        self.last_weights: tuple[float, ...] = ()
+    def __init__(self, inner, *, n_objectives: int, pop_size: int | None = None) -> None:  # noqa: ANN001
+        self.inner, self.n_objectives, self.pop_size = inner, n_objectives, pop_size
 
     def __call__(self, individuals: list):  # noqa: ANN204
         if self.n_objectives == 1:
             return self.inner(individuals)
-        w = weights(self.proposals, self.n_objectives, offset=self.offset)
-        self.proposals += 1
-        self.last_weights = w
         # shallow copies suffice: Propulate's operators deep-copy a parent before changing it
         scored = [copy.copy(ind) for ind in individuals]
         points = [getattr(ind, VALUES, None) for ind in scored]
@@ -106,6 +115,6 @@ class RescoringPropagator:
         # an individual without recorded values (not ours) keeps its loss as a single objective
         points = [p if p is not None or not math.isfinite(ind.loss) else (ind.loss,) * self.n_objectives
                   for p, ind in zip(points, scored)]
-        for ind, s in zip(scored, chebyshev(points, states, w, feasible=feasible)):
+        for ind, s in zip(scored, nsga_scores(points, states, feasible=feasible, keep=self.pop_size)):
             ind.loss = s
         return self.inner(scored)
