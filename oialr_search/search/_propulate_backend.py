@@ -152,6 +152,8 @@ def run_propulate(*, comm, space: SearchSpace, store: Store, study: Study, folde
     from propulate.propagators import InitUniform, SelectMin, SelectUniform
     from propulate.utils import get_default_propagator
 
+    from ._selection import SelectBestShare
+
     logging.getLogger("propulate").setLevel(logging.WARNING)
     worker, n_workers, k = (workers.worker, workers.workers, workers.k) if workers else \
         (comm.Get_rank(), comm.Get_size(), 1)
@@ -166,9 +168,12 @@ def run_propulate(*, comm, space: SearchSpace, store: Store, study: Study, folde
     # got better too (bench/search_quality.py --task digits, 15 seeds; see the README)
     pop_size = max(8, 2 * n_workers)  # on a fresh search the first pop_size come from a Latin hypercube
     breeding = get_default_propagator(pop_size=pop_size, limits=limits, rng=rng, sigma_factor=0.15)
+    operators = getattr(getattr(breeding, "true_prop", None), "propagators", None)
+    if not isinstance(getattr(breeding, "false_prop", None), InitUniform) or not operators \
+            or type(operators[0]) is not SelectMin or operators[0].offspring != pop_size:
+        raise RuntimeError("Propulate's default propagator changed shape: update search/_propulate_backend.py")
+    operators[0] = SelectBestShare(pop_size)  # breed from the best third, not all pop_size (see _selection)
     if fresh:
-        if not isinstance(getattr(breeding, "false_prop", None), InitUniform):
-            raise RuntimeError("Propulate's default propagator changed shape: update search/_design.py")
         # as many points per island as it breeds from, or as the smallest island's share of the trials if
         # fewer, so every point is run
         per_island = trials * min(sizes) // n_workers

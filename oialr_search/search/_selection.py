@@ -1,0 +1,34 @@
+"""Which individuals Propulate breeds from: the best share of the island's population, up to its
+breeding population.
+
+Propulate's default propagator breeds from the ``pop_size`` individuals with the lowest loss, two
+parents drawn uniformly among them. At the budgets our users afford, that is no selection at all
+for a long while: the island's first breeding after its ``pop_size`` initial points draws its
+parents from all of them, and at 24 trials on two workers the breeding population is a third of
+the whole search. Breeding from the best third of the population instead (never fewer than two,
+never more than ``pop_size``) exploits from the first breeding on and is Propulate's own rule once
+the population is three times its breeding size. On the digits task (2 ranks, 20 seeds) the best
+val_loss went from 0.2059 ± 0.0117 to 0.1988 ± 0.0093 at 24 trials (better on 16 seeds of 20) and
+from 0.1950 ± 0.0119 to 0.1904 ± 0.0056 at 48; the front's hypervolume did not change beyond its
+spread (bench/search_quality.py; see the README).
+"""
+
+from __future__ import annotations
+
+import math
+
+from propulate.propagators import SelectMin
+
+
+class SelectBestShare(SelectMin):
+    """The best ``share`` of the individuals by loss, at least 2 and at most ``offspring``."""
+
+    def __init__(self, offspring: int, *, share: float = 1 / 3) -> None:
+        if not 0 < share <= 1:
+            raise ValueError(f"share must be in (0, 1], got {share}")
+        super().__init__(offspring)
+        self.share = share
+
+    def __call__(self, inds: list) -> list:  # noqa: D102 - see the class
+        k = min(self.offspring, max(2, math.ceil(len(inds) * self.share)))
+        return sorted(inds, key=lambda ind: float(ind.loss))[:k]  # as SelectMin, which needs offspring or more
