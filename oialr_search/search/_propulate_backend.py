@@ -149,10 +149,9 @@ def run_propulate(*, comm, space: SearchSpace, store: Store, study: Study, folde
     ``trials``: how many trials this job runs in all.
     """
     from propulate import Islands
-    from propulate.propagators import InitUniform, SelectMin, SelectUniform
-    from propulate.utils import get_default_propagator
+    from propulate.propagators import SelectMin, SelectUniform
 
-    from ._selection import SelectBestShare
+    from ._selection import default_breeding
 
     logging.getLogger("propulate").setLevel(logging.WARNING)
     worker, n_workers, k = (workers.worker, workers.workers, workers.k) if workers else \
@@ -167,12 +166,7 @@ def run_propulate(*, comm, space: SearchSpace, store: Store, study: Study, folde
     # 8 and 15% the front's hypervolume at 24 trials went from 0.83 ± 0.14 to 0.90 ± 0.07 and the best
     # got better too (bench/search_quality.py --task digits, 15 seeds; see the README)
     pop_size = max(8, 2 * n_workers)  # on a fresh search the first pop_size come from a Latin hypercube
-    breeding = get_default_propagator(pop_size=pop_size, limits=limits, rng=rng, sigma_factor=0.15)
-    operators = getattr(getattr(breeding, "true_prop", None), "propagators", None)
-    if not isinstance(getattr(breeding, "false_prop", None), InitUniform) or not operators \
-            or type(operators[0]) is not SelectMin or operators[0].offspring != pop_size:
-        raise RuntimeError("Propulate's default propagator changed shape: update search/_propulate_backend.py")
-    operators[0] = SelectBestShare(pop_size)  # breed from the best third, not all pop_size (see _selection)
+    breeding = default_breeding(limits, pop_size=pop_size, rng=rng, sigma_factor=0.15)  # see _selection
     if fresh:
         # as many points per island as it breeds from, or as the smallest island's share of the trials if
         # fewer, so every point is run

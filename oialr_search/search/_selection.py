@@ -16,8 +16,10 @@ spread (bench/search_quality.py; see the README).
 from __future__ import annotations
 
 import math
+import random
 
-from propulate.propagators import SelectMin
+from propulate.propagators import Conditional, InitUniform, SelectMin, SelectUniform
+from propulate.utils import get_default_propagator
 
 
 class SelectBestShare(SelectMin):
@@ -32,3 +34,20 @@ class SelectBestShare(SelectMin):
     def __call__(self, inds: list) -> list:  # noqa: D102 - see the class
         k = min(self.offspring, max(2, math.ceil(len(inds) * self.share)))
         return sorted(inds, key=lambda ind: float(ind.loss))[:k]  # as SelectMin, which needs offspring or more
+
+
+def default_breeding(limits: dict, *, pop_size: int, rng: random.Random, sigma_factor: float) -> Conditional:
+    """Propulate's default propagator, breeding from :class:`SelectBestShare` instead of ``SelectMin``.
+
+    Raises RuntimeError when Propulate's default propagator does not have the shape this (and the
+    initial design, which replaces its ``false_prop``) relies on, rather than searching with
+    something else than documented."""
+    breeding = get_default_propagator(pop_size=pop_size, limits=limits, rng=rng, sigma_factor=sigma_factor)
+    operators = getattr(getattr(breeding, "true_prop", None), "propagators", None)
+    if not isinstance(getattr(breeding, "false_prop", None), InitUniform) or not operators or len(operators) < 2 \
+            or type(operators[0]) is not SelectMin or operators[0].offspring != pop_size \
+            or not isinstance(operators[1], SelectUniform) or operators[1].offspring != 2:
+        raise RuntimeError("Propulate's default propagator changed shape: update search/_selection.py "
+                           "and search/_design.py")
+    operators[0] = SelectBestShare(pop_size)
+    return breeding

@@ -49,6 +49,32 @@ def test_crowding_puts_each_fronts_ends_and_its_isolated_points_first():
     assert set(order[:2]) == {0, 4} and order[2] == 3 and order[-1] == 5
 
 
+def test_crowding_is_normalized_per_objective_and_summed_over_them():
+    front = [(0.0, 1.0), (0.1, 0.8), (0.5, 0.7), (0.6, 0.1), (1.0, 0.0)]
+    c = crowding(front)
+    # per objective, the neighbours' gap over that objective's range, summed over the objectives
+    assert math.isclose(c[1], 0.5 / 1.0 + 0.3 / 1.0) and math.isclose(c[2], 0.5 + 0.7)
+    assert math.isclose(c[3], 0.5 + 0.7)
+    scaled = crowding([(x * 1000.0, y) for x, y in front])  # units do not matter
+    assert all(math.isclose(a, b) for a, b in zip(c, scaled))
+    assert crowding([(-1.5e308, 1.5e308), (0.0, 0.0), (1.5e308, -1.5e308)])[1] == 2.0  # no overflow to NaN
+
+
+def test_an_objective_constant_over_the_front_decides_nothing():
+    points = [(0.5, 0.1 * i, 1 - 0.1 * i) for i in range(5)]
+    for order in ([0, 1, 2, 3, 4], [2, 0, 4, 1, 3]):
+        c = crowding([points[i] for i in order])
+        c = [c[order.index(i)] for i in range(5)]
+        assert c[0] == c[4] == math.inf and all(math.isclose(x, 2 * 0.2 / 0.4) for x in c[1:4])
+
+
+def test_copies_of_a_point_rank_behind_the_rest_of_its_front():
+    points = [(0.0, 1.0), (0.0, 1.0), (0.0, 1.0), (0.5, 0.5), (1.0, 0.0), (0.6, 0.6)]
+    scores = nsga_scores(points, ["COMPLETE"] * 6)
+    best3 = sorted(range(6), key=scores.__getitem__)[:3]
+    assert set(best3) == {0, 3, 4} and max(scores[1], scores[2]) < scores[5]  # still before the next front
+
+
 def test_the_breeding_population_spans_the_whole_front():
     # a population gathered around one trade-off, with one trial at each end: a breeding population
     # of 4 keeps both ends (a weight aimed at the crowd would have bred from the crowd alone)
@@ -59,7 +85,7 @@ def test_the_breeding_population_spans_the_whole_front():
     assert {0, 6} <= set(best4) and set(best4) <= set(non_dominated(points))
 
 
-def test_keep_orders_only_the_best_and_bounds_the_work():
+def test_keep_orders_only_the_best_and_bounds_the_work(monkeypatch):
     rng = random.Random(1)
     points = [(rng.random(), rng.random()) for _ in range(200)]
     full = nsga_scores(points, ["COMPLETE"] * 200)
@@ -67,9 +93,13 @@ def test_keep_orders_only_the_best_and_bounds_the_work():
     best = sorted(range(200), key=full.__getitem__)[:16]
     assert sorted(range(200), key=kept.__getitem__)[:16] == best
     assert all(kept[i] > max(kept[j] for j in best) for i in range(200) if i not in best and kept[i] != full[i])
+    from oialr_search.search import _scalarization
+
+    peeled = []
+    monkeypatch.setattr(_scalarization, "non_dominated", lambda pts: peeled.append(len(pts)) or non_dominated(pts))
     chain = [(i, i) for i in range(20_000)]  # 20,000 fronts of one point: only the first 8 are peeled off
     scores = nsga_scores(chain, ["COMPLETE"] * len(chain), keep=8)
-    assert sorted(range(len(chain)), key=scores.__getitem__)[:8] == list(range(8))
+    assert sorted(range(len(chain)), key=scores.__getitem__)[:8] == list(range(8)) and len(peeled) == 8
 
 
 def test_pruned_rank_after_every_completed_and_failed_are_inf():

@@ -36,3 +36,44 @@ def test_a_share_outside_zero_to_one_is_refused():
     with pytest.raises(ValueError, match="share"):
         SelectBestShare(8, share=0.0)
     assert len(SelectBestShare(8, share=1.0)(_population(5))) == 5
+
+
+def _limits():
+    return {"p0": (0.0, 1.0), "p1": (-3.0, -1.0), "p2": (1, 10)}
+
+
+def test_the_default_breeding_draws_its_parents_from_the_best_third():
+    from propulate.population import Individual
+
+    from oialr_search.search._selection import default_breeding
+
+    breeding = default_breeding(_limits(), pop_size=8, rng=random.Random(0), sigma_factor=0.15)
+    assert isinstance(breeding.true_prop.propagators[0], SelectBestShare)
+    rng = random.Random(2)
+    population = []
+    for k in range(12):
+        ind = Individual({"p0": rng.random(), "p1": -2.0, "p2": 5}, _limits(), generation=k, rank=0)
+        ind.loss = float(k)
+        population.append(ind)
+    # crossover, mutations and random restarts off: a child is a copy of a parent, one of the best 4 of 12
+    for op in breeding.true_prop.propagators[2:]:
+        op.probability = 0.0
+    best, drawn = {ind["p0"] for ind in population[:4]}, set()
+    for _ in range(60):
+        drawn.add(breeding(population)["p0"])
+    assert drawn <= best and len(drawn) > 1
+
+
+def test_a_propulate_whose_default_propagator_changed_shape_is_refused(monkeypatch):
+    import propulate.utils
+    from propulate.propagators import Compose, Conditional, InitUniform, SelectMin
+
+    from oialr_search.search import _selection
+
+    def reshaped(pop_size, limits, rng, **_):
+        return Conditional(pop_size, Compose([SelectMin(pop_size)]), InitUniform(limits, rng=rng))
+
+    monkeypatch.setattr(_selection, "get_default_propagator", reshaped)
+    assert propulate.utils.get_default_propagator is not reshaped
+    with pytest.raises(RuntimeError, match="changed shape"):
+        _selection.default_breeding(_limits(), pop_size=8, rng=random.Random(0), sigma_factor=0.15)
