@@ -11,8 +11,7 @@ the population is three times its breeding size. A small gain, measured on the d
 40 seeds): best val_loss 0.2055 ± 0.0109 -> 0.2035 ± 0.0115 at 24 trials and 0.1951 ± 0.0100 ->
 0.1938 ± 0.0065 at 48 (the spread is what shrank most); an equivalent first version measured 0.1988
 and 0.1904 on 20 of those seeds, so repeated runs move these means by about 0.005. The front's
-hypervolume did not change
-beyond its spread (bench/search_quality.py; see the README).
+hypervolume did not change beyond its spread (bench/search_quality.py; see the README).
 """
 
 from __future__ import annotations
