@@ -52,8 +52,8 @@ def attach(individual, values: Sequence[float] | None, state: str, feasible: boo
 def crowding(points: Sequence[tuple[float, ...]]) -> list[float]:
     """NSGA-II's crowding distance of each point of one front (distinct points): per objective, the
     gap between its two neighbours over the front's range, summed; the two ends of each objective
-    that varies get +inf (an objective constant over the front adds nothing, so no point wins by its
-    place in the list)."""
+    that varies get +inf (an objective constant over the front adds nothing, rather than handing +inf to
+    whichever points come first and last in the list)."""
     out = [0.0] * len(points)
     for j in range(len(points[0]) if points else 0):
         order = sorted(range(len(points)), key=lambda i: points[i][j])
@@ -61,9 +61,10 @@ def crowding(points: Sequence[tuple[float, ...]]) -> list[float]:
         if not hi > lo:
             continue
         out[order[0]] = out[order[-1]] = math.inf
-        span = hi / 2 - lo / 2  # halves: a range wider than the largest float must not overflow to inf/inf
+        half = not math.isfinite(hi - lo)  # a range wider than the largest float: in halves, not inf/inf
+        span = hi / 2 - lo / 2 if half else hi - lo
         for a, b, c in zip(order, order[1:], order[2:]):
-            out[b] += (points[c][j] / 2 - points[a][j] / 2) / span
+            out[b] += ((points[c][j] / 2 - points[a][j] / 2) if half else (points[c][j] - points[a][j])) / span
     return out
 
 

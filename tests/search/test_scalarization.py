@@ -58,6 +58,7 @@ def test_crowding_is_normalized_per_objective_and_summed_over_them():
     scaled = crowding([(x * 1000.0, y) for x, y in front])  # units do not matter
     assert all(math.isclose(a, b) for a, b in zip(c, scaled))
     assert crowding([(-1.5e308, 1.5e308), (0.0, 0.0), (1.5e308, -1.5e308)])[1] == 2.0  # no overflow to NaN
+    assert crowding([(-5e-324, 1.0), (0.0, 0.5), (5e-324, 0.0)])[1] == 2.0  # the smallest range there is
 
 
 def test_an_objective_constant_over_the_front_decides_nothing():

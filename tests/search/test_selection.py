@@ -64,16 +64,20 @@ def test_the_default_breeding_draws_its_parents_from_the_best_third():
     assert drawn <= best and len(drawn) > 1
 
 
-def test_a_propulate_whose_default_propagator_changed_shape_is_refused(monkeypatch):
-    import propulate.utils
-    from propulate.propagators import Compose, Conditional, InitUniform, SelectMin
+@pytest.mark.parametrize("shape", ["one operator", "not SelectMin first", "another breeding size",
+                                   "no SelectUniform(2) second"])
+def test_a_propulate_whose_default_propagator_changed_shape_is_refused(monkeypatch, shape):
+    from propulate.propagators import Compose, Conditional, InitUniform, SelectMax, SelectMin, SelectUniform
 
     from oialr_search.search import _selection
 
     def reshaped(pop_size, limits, rng, **_):
-        return Conditional(pop_size, Compose([SelectMin(pop_size)]), InitUniform(limits, rng=rng))
+        operators = {"one operator": [SelectMin(pop_size)],
+                     "not SelectMin first": [SelectMax(pop_size), SelectUniform(2, rng=rng)],
+                     "another breeding size": [SelectMin(pop_size + 1), SelectUniform(2, rng=rng)],
+                     "no SelectUniform(2) second": [SelectMin(pop_size), SelectUniform(3, rng=rng)]}[shape]
+        return Conditional(pop_size, Compose(operators), InitUniform(limits, rng=rng))
 
     monkeypatch.setattr(_selection, "get_default_propagator", reshaped)
-    assert propulate.utils.get_default_propagator is not reshaped
     with pytest.raises(RuntimeError, match="changed shape"):
         _selection.default_breeding(_limits(), pop_size=8, rng=random.Random(0), sigma_factor=0.15)
