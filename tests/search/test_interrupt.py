@@ -1,6 +1,7 @@
 """Ctrl-C ends the whole search: exit code 130 and one line, the running trials stay RUNNING with the epochs
 they reported (the next job resumes them), no completed trial is lost; under mpiexec every rank ends."""
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -49,9 +50,12 @@ def processes_with(token: str) -> list[int]:
     return pids
 
 
-def start(cmd: list[str], folder: Path) -> subprocess.Popen:
+def start(cmd: list[str], folder: Path, *, stacks: bool = False) -> subprocess.Popen:
+    """``stacks``: a process that outlives its Ctrl-C prints every thread's stack when ``interrupt`` gives up
+    on it (faulthandler on SIGABRT; not under mpiexec, whose ranks abort on purpose)."""
+    env = {**os.environ, "OIALR_SEARCH_STORAGE": "", **({"PYTHONFAULTHANDLER": "1"} if stacks else {})}
     return subprocess.Popen(cmd, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, env={**os.environ, "OIALR_SEARCH_STORAGE": ""})
+                            start_new_session=True, env=env)
 
 
 def wait_for(proc: subprocess.Popen, folder: Path, study: str, ready) -> list[dict]:  # noqa: ANN001
@@ -75,11 +79,15 @@ def interrupt(proc: subprocess.Popen, token: str, limit: float) -> tuple[str, st
     try:
         out, err = proc.communicate(timeout=limit)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        # where it is stuck, for the failure message (see start's stacks)
+        os.killpg(proc.pid, signal.SIGABRT)
+        time.sleep(2)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         for pid in processes_with(token):
             os.kill(pid, signal.SIGKILL)
         out, err = proc.communicate()
-        pytest.fail(f"still running {limit}s after Ctrl-C:\n{out[-2000:]}\n{err[-2000:]}")
+        pytest.fail(f"still running {limit}s after Ctrl-C:\n{out[-2000:]}\n{err[-6000:]}")
     return out, err, time.monotonic() - sent
 
 
@@ -104,7 +112,7 @@ def test_ctrl_c_ends_a_one_process_search_with_130_and_one_line(tmp_path):
     write_space(tmp_path, epochs=300)  # a few seconds a trial: epochs are stored once a second
     study = f"ctrl-c-{os.getpid()}"
     proc = start([sys.executable, "-m", "oialr_search", "run", "space.yaml", "--study", study, "--budget", "50",
-                  "--backend", "optuna"], tmp_path)
+                  "--backend", "optuna"], tmp_path, stacks=True)
     before = wait_for(proc, tmp_path, study, lambda found: any(r["state"] == "COMPLETE" for r in found) and any(
         r["state"] == "RUNNING" and r["epochs"] for r in found))
     out, err, seconds = interrupt(proc, study, 60)
