@@ -71,9 +71,12 @@ def anchor(design: list[list[dict]], limits: Mapping[str, tuple], start: Mapping
         if key not in start:
             continue
         target = _position(lo, hi, start[key])
-        part = min(m - 1, int(target * m))
+
+        def part(x: float) -> int:  # which m-th of the range
+            return min(m - 1, int(x * m))
+
         other = min(first, key=lambda p, key=key, lo=lo, hi=hi: (
-            min(m - 1, int(_position(lo, hi, p[key]) * m)) != part, abs(_position(lo, hi, p[key]) - target)))
+            part(_position(lo, hi, p[key])) != part(target), abs(_position(lo, hi, p[key]) - target)))
         other[key], first[0][key] = first[0][key], start[key]
 
 

@@ -96,10 +96,10 @@ def nsga_scores(points: Sequence[tuple[float, ...] | None], states: Sequence[str
                 break
             front = [rest[k] for k in non_dominated([points[i] for i in rest])]
             distinct = list({tuple(points[i]): i for i in reversed(front)}.values())  # the first of equal points
-            for i in front:  # copies: behind the distinct points, whose scores are at most front_index + 0.9
-                out[i] = offset + front_index + 0.95
             for i, c in zip(distinct, crowding([points[i] for i in distinct])):
                 out[i] = offset + front_index + 0.9 / (1.0 + c)
+            for i in set(front).difference(distinct):  # copies: behind the distinct points (at most + 0.9)
+                out[i] = offset + front_index + 0.95
             scored += len(front)
             on_front = set(front)
             rest = [i for i in rest if i not in on_front]
