@@ -59,6 +59,26 @@ def test_non_dominated_matches_brute_force(m, seed):
     assert non_dominated(pts) == brute_front(pts)
 
 
+@pytest.mark.parametrize("levels", [2, 3, 5])
+def test_non_dominated_3d_sweep_matches_brute_force_with_many_ties(levels):
+    # the staircase of the three-objective sweep: equal y or z with the steps it keeps or replaces
+    rng = random.Random(levels)
+    for _ in range(150):
+        pts = random_points(rng, rng.randrange(1, 60), 3, levels=levels)
+        assert non_dominated(pts) == brute_front(pts)
+
+
+def test_non_dominated_10k_points_3d_one_front():
+    # every point on one plane: the whole population on the front (a Python loop over it took 18 s)
+    rng = random.Random(1)
+    pts = []
+    for _ in range(10_000):
+        w = [rng.random() + 1e-9 for _ in range(3)]
+        pts.append(tuple(x / sum(w) for x in w))
+    pts.append((2.0, 2.0, 2.0))  # dominated by all of them
+    assert non_dominated(pts) == list(range(10_000))
+
+
 def test_non_dominated_10k_points_2d():
     rng = random.Random(0)
     pts = [(1.0 + rng.random(), 1.0 + rng.random()) for _ in range(10_000)]  # each dominated by the line
