@@ -15,7 +15,8 @@ digits``, ~1 s a trial). Prints mean ± sd over seeds of:
   (c) with and without ASHA (``--min-epochs``, ``--reduction``; default 1 and 3) at equal trial
       count (Propulate): training epochs spent, the best val_loss reached, and the best val_loss of
       the unpruned search once it had spent as many epochs as the pruned one (trials counted in the
-      order they finished).
+      order they finished); and, over the unpruned searches' trials, how well each epoch's val_loss
+      ranks the trials by their final val_loss (Spearman's rho): a rung prunes well only where it is high.
 """
 
 from __future__ import annotations
@@ -108,6 +109,28 @@ def epochs_and_curve(url: str, study: str) -> tuple[int, list[tuple[int, float |
     return spent, curve
 
 
+def curves(url: str, study: str) -> list[dict[int, float]]:
+    """val_loss by epoch of each completed trial."""
+    store, s, trials = _trials(url, study)
+    by_id = store.study_epochs(s)
+    done = {t.id for t in trials if t.state == "COMPLETE"}
+    return [{e["epoch"]: e["val_loss"] for e in by_id.get(i, []) if e["val_loss"] is not None} for i in done]
+
+
+def rank_correlations(runs: list[dict[int, float]]) -> dict[int, tuple[float, int]]:
+    """Per epoch before the last, Spearman's rho of the trials' val_loss then and at their last epoch
+    (and how many trials): how well a rung at that epoch ranks trials by their final value."""
+    from scipy.stats import spearmanr
+
+    last = max((max(r) for r in runs if r), default=0)
+    out = {}
+    for epoch in range(1, last):
+        pairs = [(r[epoch], r[last]) for r in runs if epoch in r and last in r]
+        if len(pairs) > 2:
+            out[epoch] = (float(spearmanr(*zip(*pairs))[0]), len(pairs))
+    return out
+
+
 def fmt(xs: list[float]) -> str:
     return f"{statistics.mean(xs):.4f} ± {statistics.stdev(xs) if len(xs) > 1 else 0.0:.4f}"
 
@@ -156,9 +179,10 @@ def main() -> None:
         budget = args.budgets[0]
         print(f"\n(c) ASHA (min_epochs {args.min_epochs}, reduction {args.reduction}) vs no pruning, Propulate, "
               f"{budget} trials each")
-        rows = []
+        rows, runs = [], []
         for s in seeds:
             plain_url = search(single, folder, f"c-none-{s}", "propulate", s, budget, args.ranks)
+            runs += curves(plain_url, f"c-none-{s}")
             asha_url = search(asha, folder, f"c-asha-{s}", "propulate", s, budget, args.ranks)
             plain_epochs, plain_curve = epochs_and_curve(plain_url, f"c-none-{s}")
             asha_epochs, _ = epochs_and_curve(asha_url, f"c-asha-{s}")
@@ -171,6 +195,9 @@ def main() -> None:
         print(f"  epochs spent, ASHA / none: {fmt([r[1] / r[0] for r in rows])}")
         print(f"  best val_loss, none: {fmt([r[2] for r in rows])}; ASHA: {fmt([r[3] for r in rows])}")
         print(f"  best val_loss at ASHA's epochs, none: {fmt([r[4] for r in rows])}")
+        # a rung prunes well only where a trial's value then ranks it as its final value does
+        print("  Spearman's rho of val_loss at an epoch with the final val_loss, unpruned trials: " + ", ".join(
+            f"epoch {e} {rho:.2f}" for e, (rho, _) in rank_correlations(runs).items()) + f" ({len(runs)} trials)")
 
 
 if __name__ == "__main__":
