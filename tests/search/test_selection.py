@@ -64,8 +64,31 @@ def test_the_default_breeding_draws_its_parents_from_the_best_third():
     assert drawn <= best and len(drawn) > 1
 
 
+@pytest.mark.parametrize(("n_floats", "moved"), [(9, 3), (4, 2), (1, 1)])
+def test_the_default_breeding_moves_a_third_of_the_float_traits_of_a_child(n_floats, moved):
+    from propulate.population import Individual
+
+    from oialr_search.search._selection import default_breeding
+
+    limits = {**{f"f{i}": (0.0, 1.0) for i in range(n_floats)}, "n": (1, 10), "c": ("a", "b")}
+    breeding = default_breeding(limits, pop_size=8, rng=random.Random(0), sigma_factor=0.15)
+    parent = {**{f"f{i}": 0.5 for i in range(n_floats)}, "n": 5, "c": "a"}
+    population = []
+    for k in range(12):  # identical parents: crossover changes nothing
+        ind = Individual(dict(parent), limits, generation=k, rank=0)
+        ind.loss = float(k)
+        population.append(ind)
+    for op in breeding.true_prop.propagators[2:]:  # only the Gaussian nudge on
+        if type(op).__name__ != "IntervalMutationNormal":
+            op.probability = 0.0
+    for _ in range(20):
+        child = breeding(population)
+        assert sum(child[k] != v for k, v in parent.items()) == moved
+        assert all(0.0 <= child[f"f{i}"] <= 1.0 for i in range(n_floats))
+
+
 @pytest.mark.parametrize("shape", ["one operator", "not SelectMin first", "another breeding size",
-                                   "no SelectUniform(2) second"])
+                                   "no SelectUniform(2) second", "no Gaussian nudge"])
 def test_a_propulate_whose_default_propagator_changed_shape_is_refused(monkeypatch, shape):
     from propulate.propagators import Compose, Conditional, InitUniform, SelectMax, SelectMin, SelectUniform
 
@@ -75,7 +98,8 @@ def test_a_propulate_whose_default_propagator_changed_shape_is_refused(monkeypat
         operators = {"one operator": [SelectMin(pop_size)],
                      "not SelectMin first": [SelectMax(pop_size), SelectUniform(2, rng=rng)],
                      "another breeding size": [SelectMin(pop_size + 1), SelectUniform(2, rng=rng)],
-                     "no SelectUniform(2) second": [SelectMin(pop_size), SelectUniform(3, rng=rng)]}[shape]
+                     "no SelectUniform(2) second": [SelectMin(pop_size), SelectUniform(3, rng=rng)],
+                     "no Gaussian nudge": [SelectMin(pop_size), SelectUniform(2, rng=rng)]}[shape]
         return Conditional(pop_size, Compose(operators), InitUniform(limits, rng=rng))
 
     monkeypatch.setattr(_selection, "get_default_propagator", reshaped)
