@@ -118,14 +118,13 @@ def curves(url: str, study: str) -> list[dict[int, float]]:
 
 
 def rank_correlations(runs: list[dict[int, float]]) -> dict[int, tuple[float, int]]:
-    """Per epoch before the last, Spearman's rho of the trials' val_loss then and at their last epoch
-    (and how many trials): how well a rung at that epoch ranks trials by their final value."""
+    """Per epoch, Spearman's rho of the val_loss then and at the trial's own last epoch, over the trials
+    that went on past it (and how many): how well a rung at that epoch ranks trials by their final value."""
     from scipy.stats import spearmanr
 
-    last = max((max(r) for r in runs if r), default=0)
     out = {}
-    for epoch in range(1, last):
-        pairs = [(r[epoch], r[last]) for r in runs if epoch in r and last in r]
+    for epoch in range(1, max((max(r) for r in runs if r), default=0)):
+        pairs = [(r[epoch], r[max(r)]) for r in runs if epoch in r and max(r) > epoch]
         if len(pairs) > 2:
             out[epoch] = (float(spearmanr(*zip(*pairs))[0]), len(pairs))
     return out

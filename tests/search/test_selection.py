@@ -88,9 +88,18 @@ def test_the_default_breeding_moves_a_third_of_the_float_traits_of_a_child(n_flo
 
 
 @pytest.mark.parametrize("shape", ["one operator", "not SelectMin first", "another breeding size",
-                                   "no SelectUniform(2) second", "no Gaussian nudge"])
+                                   "no SelectUniform(2) second", "no Gaussian nudge", "a nudge of two traits"])
 def test_a_propulate_whose_default_propagator_changed_shape_is_refused(monkeypatch, shape):
-    from propulate.propagators import Compose, Conditional, InitUniform, SelectMax, SelectMin, SelectUniform
+    from propulate.propagators import (
+        Compose,
+        Conditional,
+        CrossoverUniform,
+        InitUniform,
+        IntervalMutationNormal,
+        SelectMax,
+        SelectMin,
+        SelectUniform,
+    )
 
     from oialr_search.search import _selection
 
@@ -99,7 +108,10 @@ def test_a_propulate_whose_default_propagator_changed_shape_is_refused(monkeypat
                      "not SelectMin first": [SelectMax(pop_size), SelectUniform(2, rng=rng)],
                      "another breeding size": [SelectMin(pop_size + 1), SelectUniform(2, rng=rng)],
                      "no SelectUniform(2) second": [SelectMin(pop_size), SelectUniform(3, rng=rng)],
-                     "no Gaussian nudge": [SelectMin(pop_size), SelectUniform(2, rng=rng)]}[shape]
+                     "no Gaussian nudge": [SelectMin(pop_size), SelectUniform(2, rng=rng)],
+                     "a nudge of two traits": [SelectMin(pop_size), SelectUniform(2, rng=rng),
+                                               CrossoverUniform(rng=rng),
+                                               IntervalMutationNormal(limits, points=2, rng=rng)]}[shape]
         return Conditional(pop_size, Compose(operators), InitUniform(limits, rng=rng))
 
     monkeypatch.setattr(_selection, "get_default_propagator", reshaped)
