@@ -10,8 +10,14 @@ from ._common import add_storage
 
 
 def _check(args: argparse.Namespace) -> None:
+    """What can be refused before anything is opened or written."""
+    from ..search._heartbeat import heartbeat_interval
+    from ..training._distributed import collective_timeout
+
     if args.budget is not None and args.budget < 1:
         raise OIALRSearchError(f"--budget: must be at least 1 trial, got {args.budget}")
+    heartbeat_interval()  # the environment's settings, read again where they are used
+    collective_timeout()
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -11,21 +11,18 @@ another for a dead one, as Optuna's heartbeats do for its RDB storage.
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 
+from .._environment import seconds_from_env
 from ..storage import Store
 
 DEFAULT_INTERVAL = 10.0
 
 
 def heartbeat_interval() -> float:
-    try:
-        value = float(os.environ.get("OIALR_SEARCH_HEARTBEAT", DEFAULT_INTERVAL))
-    except ValueError:
-        return DEFAULT_INTERVAL
-    return value if value > 0 else DEFAULT_INTERVAL
+    """Seconds between heartbeats; raises EnvironmentSettingError for a malformed ``OIALR_SEARCH_HEARTBEAT``."""
+    return seconds_from_env("OIALR_SEARCH_HEARTBEAT", DEFAULT_INTERVAL)
 
 
 def grace_period() -> float:

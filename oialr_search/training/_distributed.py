@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime
 import gc
-import os
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .._environment import seconds_from_env
 from ..exceptions import ConfigError
 from ..lowrank import LowRankWeight
 
@@ -40,11 +40,9 @@ _BROKEN = ("gloo/transport", "pair closure")
 
 
 def collective_timeout() -> datetime.timedelta:
-    try:
-        seconds = float(os.environ.get("OIALR_SEARCH_COLLECTIVE_TIMEOUT", ""))
-    except ValueError:
-        return COLLECTIVE_TIMEOUT
-    return datetime.timedelta(seconds=seconds) if seconds > 0 else COLLECTIVE_TIMEOUT
+    """Raises EnvironmentSettingError for a malformed ``OIALR_SEARCH_COLLECTIVE_TIMEOUT``."""
+    return datetime.timedelta(seconds=seconds_from_env("OIALR_SEARCH_COLLECTIVE_TIMEOUT",
+                                                       COLLECTIVE_TIMEOUT.total_seconds()))
 
 
 def collective_failed(exc: BaseException) -> bool:

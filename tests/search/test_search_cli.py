@@ -246,6 +246,21 @@ def test_bad_input_exits_2_with_one_line_and_changes_nothing(tmp_path, args, mes
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
+@pytest.mark.parametrize(("variable", "value"), [("OIALR_SEARCH_HEARTBEAT", "10s"), ("OIALR_SEARCH_HEARTBEAT", "0"),
+                                               ("OIALR_SEARCH_COLLECTIVE_TIMEOUT", "nan")])
+@pytest.mark.parametrize("verb", ["run", "resume"])
+def test_a_malformed_environment_setting_exits_2_before_anything_is_written(tmp_path, variable, value, verb):
+    write_space(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    args = ["run", "space.yaml"] if verb == "run" else ["resume"]
+    proc = run([*args, "--study", "x", "--storage", f"sqlite:///{tmp_path}/x.db"], tmp_path, env={variable: value})
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"oialr-search {verb}: error: {variable}={value!r}: expected a positive number of seconds, "
+        f"e.g. {variable}={10 if 'HEARTBEAT' in variable else 600}, or leave it unset"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
 def test_unknown_study_in_existing_storage(tmp_path):
     write_space(tmp_path)
     assert run(["run", "space.yaml", "--study", "real", "--budget", "1"], tmp_path).returncode == 0
