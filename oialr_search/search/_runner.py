@@ -156,7 +156,7 @@ def _prepare(req: SearchRequest, world_size: int) -> tuple[Study, str, int, int,
         print(f"resume: {dead} trial(s) of earlier jobs stopped running; they are resumed from their checkpoints "
               "first", flush=True)
     finished = store.count(study, (COMPLETE, FAILED, PRUNED))
-    seed = job_seed(req.seed, finished, store.count(study, (RUNNING,)))
+    seed = job_seed(req.seed, finished, store.count(study, (RUNNING,)), job=store.start_job(study))
     return study, backend, budget, finished, space, seed
 
 
@@ -170,16 +170,17 @@ def _trained_before_precision(store: Store, study: Study) -> bool:
     return isinstance(config.get("train"), dict) and "precision" not in config["train"]
 
 
-def job_seed(seed: int, finished: int, running: int, env: Mapping[str, str] = os.environ) -> int:
+def job_seed(seed: int, finished: int, running: int, env: Mapping[str, str] = os.environ, *, job: int = 0) -> int:
     """The seed of this job's samplers, in [0, 2³²). ``--seed`` alone would make jobs that run one study at
-    once (the tasks of a job array, a second allocation) propose the same params: the trials running when
-    the job starts and the job array task id tell them apart, while a job alone on its study (or the same
-    array task run again) stays reproducible. Jobs started at the very same moment outside a job array see
-    the same study and get the same seed: give them different ``--seed`` values."""
+    once (the tasks of a job array, two submissions of one script, a second allocation) propose the same
+    params: ``job``, how many jobs were started on the study before this one (counted in the database,
+    so jobs started at the same moment differ), the trials running and finished when it starts and the
+    job array task id tell them apart, while the same history gives the same seed (a study's first job
+    alone keeps ``--seed`` as given)."""
     task = env.get("SLURM_ARRAY_TASK_ID", "")
-    if not running and not task.isdigit():
+    if not running and not task.isdigit() and not job:
         return (seed + finished) % 2**32
-    mixed = np.random.SeedSequence([seed % 2**32, finished, running, int(task) + 1 if task.isdigit() else 0])
+    mixed = np.random.SeedSequence([seed % 2**32, finished, running, int(task) + 1 if task.isdigit() else 0, job])
     return int(mixed.generate_state(1)[0])
 
 

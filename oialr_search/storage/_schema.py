@@ -8,8 +8,8 @@ from datetime import datetime
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-SCHEMA_VERSION = 4  # v1: the first release; v2: objectives, constraints, per-epoch reports; v3: heartbeats;
-# v4: deaths of a trial's runs (crashes)
+SCHEMA_VERSION = 5  # v1: the first release; v2: objectives, constraints, per-epoch reports; v3: heartbeats;
+# v4: deaths of a trial's runs (crashes); v5: jobs started on a study
 # (see _migrations)
 
 # Trial states. INTERRUPTED: the job died while the trial was running (set on resume).
@@ -37,6 +37,8 @@ class StudyRow(Base):
     seed: Mapped[int] = mapped_column(Integer, default=0)
     budget: Mapped[int] = mapped_column(Integer, default=0)
     created: Mapped[datetime] = mapped_column(DateTime)
+    # search jobs started on the study (v5): each takes the next count, so jobs started at once seed apart
+    jobs: Mapped[int] = mapped_column(Integer, server_default="0")
     trials: Mapped[list[TrialRow]] = relationship(back_populates="study", cascade="all, delete-orphan")
 
 

@@ -187,6 +187,13 @@ class Store:
             for key, value in fields.items():
                 setattr(row, key, value)
 
+    def start_job(self, study: Study) -> int:
+        """Count a search job started on ``study``; returns how many were started before it (0 for the
+        first). One write transaction: jobs starting at the same moment get different numbers."""
+        with self.session() as s:
+            s.execute(update(StudyRow).where(StudyRow.id == study.id).values(jobs=StudyRow.jobs + 1))
+            return s.scalar(select(StudyRow.jobs).where(StudyRow.id == study.id)) - 1
+
     def find_study(self, name: str) -> Study | None:
         with self.session(write=False) as s:
             row = s.scalar(select(StudyRow).where(StudyRow.name == name))

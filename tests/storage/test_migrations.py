@@ -96,11 +96,11 @@ class V1Meta(V1):
     value: Mapped[str] = mapped_column(Text)
 
 
-NEW_COLUMNS = {"oialr_studies": {"objectives", "constraints"},
+NEW_COLUMNS = {"oialr_studies": {"objectives", "constraints", "jobs"},  # jobs: v5
                # heartbeat and owner: v3; crashes: v4
                "oialr_trials": {"objective_values", "feasible", "last_epoch", "heartbeat", "owner", "crashes"},
                "oialr_trial_epochs": {"compression", "train_seconds"}}
-NEW_DEFAULTS = {"crashes": 0}  # the new columns' values in old rows; None for the others
+NEW_DEFAULTS = {"crashes": 0, "jobs": 0}  # the new columns' values in old rows; None for the others
 PAYLOADS = "oialr_trial_payloads"
 MOVED = {"oialr_trials": ("config", "rank_trajectory")}  # v2 keeps them in PAYLOADS, one row per trial
 TABLES = ("oialr_studies", "oialr_trials", "oialr_trial_epochs", PAYLOADS, "oialr_meta")

@@ -18,10 +18,10 @@ def test_a_claimed_trial_belongs_to_its_claimer_alone(store_url):
                                backend="optuna", seed=0, budget=5)
         trial = a.start_trial(study, params={"x": 1}, rank=0, island=None, device="cpu", config={"c": 1})
         assert a.beat(trial.id) and b.claim_dead(study, grace=60, rank=1, device="cpu") is None  # alive
-        time.sleep(0.05)
-        taken = b.claim_dead(study, grace=0.01, rank=1, device="cuda:1")  # A looks dead to B: B takes it
+        time.sleep(1.0)  # A's beat is older than the grace below, B's claim will be far younger (even under load)
+        taken = b.claim_dead(study, grace=0.5, rank=1, device="cuda:1")  # A looks dead to B: B takes it
         assert taken.number == trial.number and taken.params == {"x": 1} and taken.config == {"c": 1}
-        assert c.claim_dead(study, grace=0.01, rank=2, device="cpu") is None  # B's claim made it alive
+        assert c.claim_dead(study, grace=0.5, rank=2, device="cpu") is None  # B's claim made it alive
         assert not a.beat(trial.id)  # A learns it lost the trial ...
         with pytest.raises(TrialTakenOver):
             a.report_epochs(trial.id, [EPOCH])  # ... and cannot write to it
