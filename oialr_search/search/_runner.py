@@ -95,7 +95,7 @@ def _shown_overrides(items: tuple[str, ...] | list[str]) -> str:
     return " ".join(f"--set {item}" for item in items) or "no --set"
 
 
-def _prepare(req: SearchRequest, world_size: int) -> tuple[Study, str, int, int, SearchSpace]:
+def _prepare(req: SearchRequest, world_size: int) -> tuple[Study, str, int, int, SearchSpace, int]:
     """Rank 0: open storage, create or load the study, count the trials to resume, pick the backend.
 
     Every check of the user's input comes before the first write (bad ``--set`` even before the
@@ -156,8 +156,7 @@ def _prepare(req: SearchRequest, world_size: int) -> tuple[Study, str, int, int,
         print(f"resume: {dead} trial(s) of earlier jobs stopped running; they are resumed from their checkpoints "
               "first", flush=True)
     finished = store.count(study, (COMPLETE, FAILED, PRUNED))
-    seed = job_seed(req.seed, finished, store.count(study, (RUNNING,)), job=store.start_job(study))
-    return study, backend, budget, finished, space, seed
+    return study, backend, budget, finished, space, store.count(study, (RUNNING,))
 
 
 def _trained_before_precision(store: Store, study: Study) -> bool:
@@ -282,7 +281,7 @@ def run_search(req: SearchRequest, *, objective: Objective = run_trial, quiet: b
         if rank == 0:
             print(f"oialr-search: error: {error}", file=sys.stderr)
         return code
-    study, backend, budget, finished, space, seed = prepared
+    study, backend, budget, finished, space, running = prepared
     store = Store(req.storage, create=False)
     placement = place(comm if size > 1 else None)
     try:
@@ -305,8 +304,15 @@ def run_search(req: SearchRequest, *, objective: Objective = run_trial, quiet: b
                     workers=workers, rank=rank, folder=trial_folder(req, study.name),
                     on_stored=progress.trial if progress else None)
     trials.stop.install()
+    # counted once the set-up succeeded, so a job that failed to start does not shift the next one's seed
+    job = store.start_job(study) if rank == 0 else None
+    if comm is not None and size > 1:
+        job = comm.bcast(job, root=0)
+    seed = job_seed(req.seed, finished, running, job=job)
     remaining = max(0, budget - finished)
-    start = [space.start_params()] if finished == 0 and backend != "random" and space.start_params() else []
+    # the run config's own values: once per study, not once per job that finds no trial finished
+    start = [space.start_params()] if finished == 0 and job == 0 and backend != "random" and space.start_params() \
+        else []
     try:
         if backend == "propulate":
             from ._propulate_backend import rebuild_checkpoints, run_propulate

@@ -229,6 +229,7 @@ def test_export_then_train_reproduces_the_trial(tmp_path):
         (["run", "bad.yaml", "--study", "x"], "bad.yaml: params.oialr.beta: low must be below high"),
         (["run", "missing.yaml", "--study", "x"], "missing.yaml: no such search-space file"),
         (["run", "space.yaml", "--study", "x", "--budget", "0"], "--budget: must be at least 1"),
+        (["run", "space.yaml", "--study", "x", "--workdir", "bad.yaml"], "--workdir bad.yaml: not a folder"),
         (["status", "--study", "nope"], "no such database file"),
         (["resume", "--study", "nope"], "no such database file"),
         (["export", "--study", "nope", "-o", "t.yaml"], "no such database file"),
@@ -247,7 +248,9 @@ def test_bad_input_exits_2_with_one_line_and_changes_nothing(tmp_path, args, mes
 
 
 @pytest.mark.parametrize(("variable", "value"), [("OIALR_SEARCH_HEARTBEAT", "10s"), ("OIALR_SEARCH_HEARTBEAT", "0"),
-                                               ("OIALR_SEARCH_COLLECTIVE_TIMEOUT", "nan")])
+                                               ("OIALR_SEARCH_HEARTBEAT", "1e10"), ("OIALR_SEARCH_HEARTBEAT", "1e-9"),
+                                               ("OIALR_SEARCH_COLLECTIVE_TIMEOUT", "nan"),
+                                               ("OIALR_SEARCH_COLLECTIVE_TIMEOUT", "1e14")])
 @pytest.mark.parametrize("verb", ["run", "resume"])
 def test_a_malformed_environment_setting_exits_2_before_anything_is_written(tmp_path, variable, value, verb):
     write_space(tmp_path)
@@ -256,9 +259,35 @@ def test_a_malformed_environment_setting_exits_2_before_anything_is_written(tmp_
     proc = run([*args, "--study", "x", "--storage", f"sqlite:///{tmp_path}/x.db"], tmp_path, env={variable: value})
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [
-        f"oialr-search {verb}: error: {variable}={value!r}: expected a positive number of seconds, "
+        f"oialr-search {verb}: error: {variable}={value!r}: expected a number of seconds from 0.1 to 1000000, "
         f"e.g. {variable}={10 if 'HEARTBEAT' in variable else 600}, or leave it unset"]
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_only_a_studys_first_job_tries_the_run_configs_own_values(tmp_path):
+    """Every job is counted in the study; one that finds another counted before it (two submissions at
+    the same moment, both finding no trial finished) proposes from its own seed, not the run config."""
+    from oialr_search.storage import Store
+
+    text = (SPACE % {"epochs": 1, "extra": "", "more": ""}).replace(
+        "delay: 0.3}", "delay: 0.3, beta: 0.1, update_frequency: 5}\n  optim: {lr: 5.0e-3}")
+    (tmp_path / "space.yaml").write_text(text)
+    own = {"oialr.beta": 0.1, "optim.lr": 0.005, "oialr.update_frequency": 5, "model.kwargs.hidden": 24}
+    assert load_space(tmp_path / "space.yaml").start_params() == own
+    url = f"sqlite:///{tmp_path}/oialr_search.db"
+    store = Store(url)
+    space = load_space(tmp_path / "space.yaml")
+    other = store.create_study(name="second", space=space.to_dict(), space_path=space.path, metric="val_loss",
+                               direction="minimize", backend="optuna", seed=0, budget=1)
+    assert store.start_job(other) == 0  # a job of that study that counted itself first
+    for study in ("first", "second"):
+        proc = run(["run", "space.yaml", "--study", study, "--budget", "1", "--backend", "optuna"], tmp_path)
+        assert proc.returncode == 0, proc.stderr
+    first, second = (json.loads(trials(tmp_path, s)[0]["params"]) for s in ("first", "second"))
+    assert first == own and second != own
+    jobs = dict(sqlite3.connect(tmp_path / "oialr_search.db").execute("SELECT name, jobs FROM oialr_studies"))
+    assert jobs == {"first": 1, "second": 2}
+    store.engine.dispose()
 
 
 def test_unknown_study_in_existing_storage(tmp_path):

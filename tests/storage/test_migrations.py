@@ -708,10 +708,10 @@ def test_schema_check_does_not_wait_for_a_writer(tmp_path, start):
         engine.dispose()
 
 
-@pytest.mark.parametrize("release", ["v2", "v3"])
+@pytest.mark.parametrize("release", ["v2", "v3", "v4"])
 def test_a_database_of_an_earlier_release_is_upgraded_with_every_row(tmp_path, release):
-    """v1 -> v2 or v3 (the schemas of earlier releases, a study with a finished and a RUNNING trial), then
-    this release's `storage upgrade --force`: every row kept, the new columns NULL (crashes 0), the RUNNING
+    """v1 -> v2, v3 or v4 (the schemas of earlier releases, a study with a finished and a RUNNING trial), then
+    this release's `storage upgrade --force`: every row kept, the new columns NULL (crashes, jobs 0), the RUNNING
     trial resumable."""
     url = make_v1(tmp_path / f"{release}.db", running=True)
     engine = _transactional_ddl(create_engine(url))
