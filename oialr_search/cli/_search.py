@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ..exceptions import OIALRSearchError
 from ..storage import default_storage
@@ -19,8 +18,6 @@ def _check(args: argparse.Namespace) -> None:
         raise OIALRSearchError(f"--budget: must be at least 1 trial, got {args.budget}")
     heartbeat_interval()  # the environment's settings, read again where they are used
     collective_timeout()
-    if args.workdir is not None and Path(args.workdir).exists() and not Path(args.workdir).is_dir():
-        raise OIALRSearchError(f"--workdir {args.workdir}: not a folder; give a folder (it is made if missing)")
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from ..exceptions import OIALRSearchError
 from ..storage import COMPLETE, FAILED, PRUNED, RUNNING, Store, Study, Trial
@@ -84,6 +86,20 @@ def trial_folder(req: SearchRequest, study: str) -> Path:
     return folder
 
 
+def _unusable_folder(folder: Path) -> str | None:
+    """Why ``folder`` could not be made and written (None: it could), found without making anything."""
+    existing = folder
+    while not existing.exists():
+        if existing.is_symlink():
+            return f"{existing} is a broken link"
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
+
+
 def propulate_folder(req: SearchRequest, study: str, comm) -> Path:  # noqa: ANN001
     """This job's own Propulate folder (jobs of one study may run at once; each rebuilds its islands
     from the database), removed when the job ends. Collective."""
@@ -95,13 +111,20 @@ def _shown_overrides(items: tuple[str, ...] | list[str]) -> str:
     return " ".join(f"--set {item}" for item in items) or "no --set"
 
 
-def _prepare(req: SearchRequest, world_size: int) -> tuple[Study, str, int, int, SearchSpace, int]:
-    """Rank 0: open storage, create or load the study, count the trials to resume, pick the backend.
+def _prepare(req: SearchRequest, world_size: int) -> tuple[Study, str, int, int, SearchSpace, int, int]:
+    """Rank 0: open storage, create or load the study, count the trials to resume, pick the backend,
+    count this job and seed it.
 
     Every check of the user's input comes before the first write (bad ``--set`` even before the
     storage is opened), so a refused command changes nothing."""
     check_ranks_per_trial(req.ranks_per_trial, world_size)
     space = req.space.with_overrides(req.overrides) if req.space is not None and req.overrides else req.space
+    with contextlib.suppress(ArgumentError):  # a malformed --storage: the Store says so just below
+        folder = work_folder(req, req.study) / "trials"
+        why = _unusable_folder(folder)
+        if why is not None:
+            raise OIALRSearchError(f"{'--workdir ' + req.workdir if req.workdir is not None else 'work folder'}: "
+                                   f"cannot make {folder} ({why}); give --workdir a folder you can write")
     store = Store(req.storage)
     existing = store.find_study(req.study)
     new_overrides = False
@@ -156,7 +179,9 @@ def _prepare(req: SearchRequest, world_size: int) -> tuple[Study, str, int, int,
         print(f"resume: {dead} trial(s) of earlier jobs stopped running; they are resumed from their checkpoints "
               "first", flush=True)
     finished = store.count(study, (COMPLETE, FAILED, PRUNED))
-    return study, backend, budget, finished, space, store.count(study, (RUNNING,))
+    running = store.count(study, (RUNNING,))
+    job = store.start_job(study)  # the set-up's last write, after every check of the input
+    return study, backend, budget, finished, space, job_seed(req.seed, finished, running, job=job), job
 
 
 def _trained_before_precision(store: Store, study: Study) -> bool:
@@ -281,7 +306,7 @@ def run_search(req: SearchRequest, *, objective: Objective = run_trial, quiet: b
         if rank == 0:
             print(f"oialr-search: error: {error}", file=sys.stderr)
         return code
-    study, backend, budget, finished, space, running = prepared
+    study, backend, budget, finished, space, seed, job = prepared
     store = Store(req.storage, create=False)
     placement = place(comm if size > 1 else None)
     try:
@@ -304,11 +329,6 @@ def run_search(req: SearchRequest, *, objective: Objective = run_trial, quiet: b
                     workers=workers, rank=rank, folder=trial_folder(req, study.name),
                     on_stored=progress.trial if progress else None)
     trials.stop.install()
-    # counted once the set-up succeeded, so a job that failed to start does not shift the next one's seed
-    job = store.start_job(study) if rank == 0 else None
-    if comm is not None and size > 1:
-        job = comm.bcast(job, root=0)
-    seed = job_seed(req.seed, finished, running, job=job)
     remaining = max(0, budget - finished)
     # the run config's own values: once per study, not once per job that finds no trial finished
     start = [space.start_params()] if finished == 0 and job == 0 and backend != "random" and space.start_params() \
