@@ -89,10 +89,13 @@ def trial_folder(req: SearchRequest, study: str) -> Path:
 def _unusable_folder(folder: Path) -> str | None:
     """Why ``folder`` could not be made and written (None: it could), found without making anything."""
     existing = folder
-    while not existing.exists():
-        if existing.is_symlink():
-            return f"{existing} is a broken link"
-        existing = existing.parent
+    try:
+        while not existing.exists():
+            if existing.is_symlink():
+                return f"{existing} is a broken link"
+            existing = existing.parent
+    except OSError as exc:  # a folder on the way that cannot be searched, a name too long
+        return f"{existing}: {exc.strerror}"
     if not existing.is_dir():
         return f"{existing} is not a folder"
     if not os.access(existing, os.W_OK | os.X_OK):

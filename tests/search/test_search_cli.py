@@ -231,6 +231,7 @@ def test_export_then_train_reproduces_the_trial(tmp_path):
         (["run", "space.yaml", "--study", "x", "--budget", "0"], "--budget: must be at least 1"),
         (["run", "space.yaml", "--study", "x", "--workdir", "bad.yaml"], "bad.yaml is not a folder"),
         (["run", "space.yaml", "--study", "x", "--workdir", "bad.yaml/sub"], "bad.yaml is not a folder"),
+        (["run", "space.yaml", "--study", "x", "--workdir", "w" * 300], "File name too long"),
         (["status", "--study", "nope"], "no such database file"),
         (["resume", "--study", "nope"], "no such database file"),
         (["export", "--study", "nope", "-o", "t.yaml"], "no such database file"),
