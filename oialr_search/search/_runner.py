@@ -21,6 +21,7 @@ from ..exceptions import OIALRSearchError
 from ..storage import COMPLETE, FAILED, PRUNED, RUNNING, Store, Study, Trial
 from ..storage._filesystems import sqlite_file
 from ..storage._sqlite import storage_failure
+from ..storage._store import check_writer_storage
 from ..training import stored_run_config
 from ._devices import place
 from ._execution import Ran, Trials
@@ -123,6 +124,7 @@ def _prepare(req: SearchRequest, world_size: int) -> tuple[Study, str, int, int,
     check_ranks_per_trial(req.ranks_per_trial, world_size)
     space = req.space.with_overrides(req.overrides) if req.space is not None and req.overrides else req.space
     with contextlib.suppress(ArgumentError):  # a malformed --storage: the Store says so just below
+        check_writer_storage(req.storage)  # the storage's own faults first, worded as the Store words them
         folder = work_folder(req, req.study) / "trials"
         why = _unusable_folder(folder)
         if why is not None:

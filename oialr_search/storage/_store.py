@@ -55,6 +55,25 @@ def default_storage() -> str:
     return os.environ.get("OIALR_SEARCH_STORAGE") or DEFAULT_STORAGE
 
 
+def _check_sqlite_path(url: str, db: Path) -> None:
+    if db.is_dir():
+        raise StorageError(f"--storage {url}: {db} is a folder; give a database file in it, e.g. "
+                           f"sqlite:///{db / 'oialr_search.db'}")
+    if not db.parent.exists():
+        raise StorageError(f"--storage {url}: folder {db.parent} does not exist")
+
+
+def check_writer_storage(url: str) -> None:
+    """What a writing Store refuses about a SQLite path before it opens (or creates) anything, checked
+    alone: StorageError for a folder given as the file, a missing folder, a read-only file or folder.
+    Nothing for other databases; a malformed URL raises sqlalchemy's ArgumentError."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        db = Path(parsed.database)
+        _check_sqlite_path(url, db)
+        _check_writable_file(url, db)
+
+
 def _check_writable_file(url: str, db: Path) -> None:
     """A writer's SQLite file and folder must be writable: refused here, before SQLite opens it, because a
     read-only connection would leave -wal and -shm files behind (it may not delete them on close). access(2)
@@ -94,13 +113,9 @@ class Store:
         db: Path | None = None  # the SQLite file, named in the errors
         if sqlite and parsed.database not in (None, "", ":memory:"):
             db = Path(parsed.database)
-            if db.is_dir():
-                raise StorageError(f"--storage {self.url}: {db} is a folder; give a database file in it, e.g. "
-                                   f"sqlite:///{db / 'oialr_search.db'}")
             if not create and not db.exists():
                 raise StorageError(f"--storage {self.url}: no such database file")
-            if not db.parent.exists():
-                raise StorageError(f"--storage {self.url}: folder {db.parent} does not exist")
+            _check_sqlite_path(self.url, db)
             if read_only:
                 # With no -wal file no connection has the database open (the last one to close removes
                 # it): read it as immutable, which creates no -wal/-shm files — a query leaves nothing
