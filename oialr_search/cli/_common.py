@@ -53,7 +53,10 @@ def warn_network_storage(command: str, storage: str | None) -> None:
     """Rank 0 of ``run``/``resume``: one warning line when the SQLite database is on a network filesystem."""
     if launcher_rank() != 0:
         return
-    warning = network_storage_warning(storage or default_storage())
+    try:
+        warning = network_storage_warning(storage or default_storage())
+    except OSError:  # a path that cannot be looked at: the storage's own checks say what is wrong with it
+        return
     if warning:
         print(f"oialr-search {command}: warning: {warning}", file=sys.stderr, flush=True)
 

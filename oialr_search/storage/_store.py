@@ -63,6 +63,16 @@ def _check_sqlite_path(url: str, db: Path) -> None:
         raise StorageError(f"--storage {url}: folder {db.parent} does not exist")
 
 
+@contextlib.contextmanager
+def _path_errors(url: str, db: Path) -> Iterator[None]:
+    """An OSError while looking at the path (a folder that may not be searched, a name too long) becomes
+    the one-line StorageError."""
+    try:
+        yield
+    except OSError as exc:
+        raise StorageError(f"--storage {url}: {db}: {exc.strerror or exc}") from None
+
+
 def check_writer_storage(url: str) -> None:
     """What a writing Store refuses about a SQLite path before it opens (or creates) anything, checked
     alone: StorageError for a folder given as the file, a missing folder, a read-only file or folder.
@@ -70,8 +80,9 @@ def check_writer_storage(url: str) -> None:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         db = Path(parsed.database)
-        _check_sqlite_path(url, db)
-        _check_writable_file(url, db)
+        with _path_errors(url, db):
+            _check_sqlite_path(url, db)
+            _check_writable_file(url, db)
 
 
 def _check_writable_file(url: str, db: Path) -> None:
@@ -113,9 +124,10 @@ class Store:
         db: Path | None = None  # the SQLite file, named in the errors
         if sqlite and parsed.database not in (None, "", ":memory:"):
             db = Path(parsed.database)
-            if not create and not db.exists():
-                raise StorageError(f"--storage {self.url}: no such database file")
-            _check_sqlite_path(self.url, db)
+            with _path_errors(self.url, db):
+                if not create and not db.exists():
+                    raise StorageError(f"--storage {self.url}: no such database file")
+                _check_sqlite_path(self.url, db)
             if read_only:
                 # With no -wal file no connection has the database open (the last one to close removes
                 # it): read it as immutable, which creates no -wal/-shm files — a query leaves nothing
@@ -124,7 +136,8 @@ class Store:
                 mode = "immutable=1" if not db.with_name(db.name + "-wal").exists() else "mode=ro"
                 connect_url = f"sqlite:///file:{urllib.parse.quote(str(db.resolve()))}?{mode}&uri=true"
             else:
-                _check_writable_file(self.url, db)
+                with _path_errors(self.url, db):
+                    _check_writable_file(self.url, db)
         try:
             # READ COMMITTED on PostgreSQL whatever the server's default: start_trial's statements after the
             # study's row lock must see what the previous holder committed (see _writes.start_trial)

@@ -232,6 +232,8 @@ def test_export_then_train_reproduces_the_trial(tmp_path):
         (["run", "space.yaml", "--study", "x", "--workdir", "bad.yaml"], "bad.yaml is not a folder"),
         (["run", "space.yaml", "--study", "x", "--workdir", "bad.yaml/sub"], "bad.yaml is not a folder"),
         (["run", "space.yaml", "--study", "x", "--workdir", "w" * 300], "File name too long"),
+        (["run", "space.yaml", "--study", "x", "--storage", f"sqlite:///{'d' * 300}.db"], "File name too long"),
+        (["status", "--study", "x", "--storage", f"sqlite:///{'d' * 300}.db"], "File name too long"),
         (["status", "--study", "nope"], "no such database file"),
         (["resume", "--study", "nope"], "no such database file"),
         (["export", "--study", "nope", "-o", "t.yaml"], "no such database file"),
