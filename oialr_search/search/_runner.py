@@ -20,8 +20,8 @@ from sqlalchemy.exc import ArgumentError
 from ..exceptions import OIALRSearchError
 from ..storage import COMPLETE, FAILED, PRUNED, RUNNING, Store, Study, Trial
 from ..storage._filesystems import sqlite_file
+from ..storage._paths import check_writer_storage
 from ..storage._sqlite import storage_failure
-from ..storage._store import check_writer_storage
 from ..training import stored_run_config
 from ._devices import place
 from ._execution import Ran, Trials
@@ -80,10 +80,11 @@ def work_folder(req: SearchRequest, study: str) -> Path:
     return Path("oialr_search_work") / study
 
 
-def trial_folder(req: SearchRequest, study: str) -> Path:
-    """Where the study's running trials keep their checkpoints (``trial_<number>.ckpt``)."""
+def trial_folder(req: SearchRequest, study: str, *, make: bool = True) -> Path:
+    """Where the study's running trials keep their checkpoints (``trial_<number>.ckpt``), made unless not ``make``."""
     folder = work_folder(req, study) / "trials"
-    folder.mkdir(parents=True, exist_ok=True)
+    if make:
+        folder.mkdir(parents=True, exist_ok=True)
     return folder
 
 
@@ -125,7 +126,7 @@ def _prepare(req: SearchRequest, world_size: int) -> tuple[Study, str, int, int,
     space = req.space.with_overrides(req.overrides) if req.space is not None and req.overrides else req.space
     with contextlib.suppress(ArgumentError):  # a malformed --storage: the Store says so just below
         check_writer_storage(req.storage)  # the storage's own faults first, worded as the Store words them
-        folder = work_folder(req, req.study) / "trials"
+        folder = trial_folder(req, req.study, make=False)
         why = _unusable_folder(folder)
         if why is not None:
             raise OIALRSearchError(f"{'--workdir ' + req.workdir if req.workdir is not None else 'work folder'}: "

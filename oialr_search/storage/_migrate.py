@@ -22,6 +22,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError, ProgrammingError
 
 from ..exceptions import OIALRSearchError
+from ._errors import StorageError
 from ._filesystems import sqlite_file
 from ._schema import RUNNING, SCHEMA_VERSION, Base, EpochRow, MetaRow, StudyRow, TrialRow
 from ._sqlite import storage_failure
@@ -209,7 +210,6 @@ def _open(url: str, *, write: bool = False) -> Engine:
     engine changes a SQLite file: it is the Store's, which switches the file to WAL and whose BEGIN makes
     the DDL transactional (pysqlite's own BEGIN does not)."""
     from ._sqlite import _sqlite_engine
-    from ._store import StorageError  # _store imports this module
 
     try:
         parsed = make_url(url)
@@ -229,7 +229,6 @@ def upgrade(url: str, *, force: bool = False) -> tuple[int, int]:
     no such database or no oialr-search tables in it, :class:`SchemaTooNew` when it is newer, and
     :class:`TrialsRunning` when it has RUNNING trials (a job of the older release may be using it),
     unless ``force`` (their job died: the next search of their study resumes them)."""
-    from ._store import StorageError
 
     engine = _open(url)
     try:

@@ -19,7 +19,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ..exceptions import OIALRSearchError
 from . import _writes
+from ._errors import StorageError, StudyNotFound
 from ._migrate import prepare_schema
+from ._paths import check_sqlite_path, check_writable_file, path_errors
 from ._records import Study, Trial, _study, _trial, _trials
 from ._schema import (
     COMPLETE,
@@ -43,65 +45,8 @@ from ._writes import now as _now
 DEFAULT_STORAGE = "sqlite:///oialr_search.db"
 
 
-class StorageError(OIALRSearchError):
-    """The storage URL is invalid or the database cannot be opened."""
-
-
-class StudyNotFound(OIALRSearchError):
-    """No study of that name in the storage."""
-
-
 def default_storage() -> str:
     return os.environ.get("OIALR_SEARCH_STORAGE") or DEFAULT_STORAGE
-
-
-def _check_sqlite_path(url: str, db: Path) -> None:
-    if db.is_dir():
-        raise StorageError(f"--storage {url}: {db} is a folder; give a database file in it, e.g. "
-                           f"sqlite:///{db / 'oialr_search.db'}")
-    if not db.parent.exists():
-        raise StorageError(f"--storage {url}: folder {db.parent} does not exist")
-
-
-@contextlib.contextmanager
-def _path_errors(url: str, db: Path) -> Iterator[None]:
-    """An OSError while looking at the path (a folder that may not be searched, a name too long) becomes
-    the one-line StorageError."""
-    try:
-        yield
-    except OSError as exc:
-        raise StorageError(f"--storage {url}: {db}: {exc.strerror or exc}") from None
-
-
-def check_writer_storage(url: str) -> None:
-    """What a writing Store refuses about a SQLite path before it opens (or creates) anything, checked
-    alone: StorageError for a folder given as the file, a missing folder, a read-only file or folder.
-    Nothing for other databases; a malformed URL raises sqlalchemy's ArgumentError."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        db = Path(parsed.database)
-        with _path_errors(url, db):
-            _check_sqlite_path(url, db)
-            _check_writable_file(url, db)
-
-
-def _check_writable_file(url: str, db: Path) -> None:
-    """A writer's SQLite file and folder must be writable: refused here, before SQLite opens it, because a
-    read-only connection would leave -wal and -shm files behind (it may not delete them on close). access(2)
-    sees read-only mounts and immutable files even for root; the no-op write of ``check_writable`` catches
-    what it cannot (a server that refuses writes it allowed, a ``mode=ro`` URI)."""
-    if db.exists() and not os.access(db, os.W_OK):
-        raise StorageError(f"--storage {url}: the database is read-only: {db} cannot be written (its stored trials "
-                           "are intact); make it writable, or copy it to a writable place and give that path")
-    side = [db.with_name(db.name + suffix) for suffix in ("-wal", "-shm")]
-    if os.access(db.parent, os.W_OK) or db.exists() and all(p.exists() and os.access(p, os.W_OK) for p in side):
-        return
-    if not db.exists():
-        raise StorageError(f"--storage {url}: folder {db.parent} is read-only: cannot create {db.name} there; give a "
-                           "path in a writable folder")
-    raise StorageError(f"--storage {url}: folder {db.parent} is read-only, and SQLite needs to create {side[0].name} "
-                       f"and {side[1].name} there (the stored trials are intact); make the folder writable, or copy "
-                       "the database to a writable place and give that path")
 
 
 class Store:
@@ -124,10 +69,10 @@ class Store:
         db: Path | None = None  # the SQLite file, named in the errors
         if sqlite and parsed.database not in (None, "", ":memory:"):
             db = Path(parsed.database)
-            with _path_errors(self.url, db):
+            with path_errors(self.url, db):
                 if not create and not db.exists():
                     raise StorageError(f"--storage {self.url}: no such database file")
-                _check_sqlite_path(self.url, db)
+                check_sqlite_path(self.url, db)
             if read_only:
                 # With no -wal file no connection has the database open (the last one to close removes
                 # it): read it as immutable, which creates no -wal/-shm files — a query leaves nothing
@@ -136,8 +81,8 @@ class Store:
                 mode = "immutable=1" if not db.with_name(db.name + "-wal").exists() else "mode=ro"
                 connect_url = f"sqlite:///file:{urllib.parse.quote(str(db.resolve()))}?{mode}&uri=true"
             else:
-                with _path_errors(self.url, db):
-                    _check_writable_file(self.url, db)
+                with path_errors(self.url, db):
+                    check_writable_file(self.url, db)
         try:
             # READ COMMITTED on PostgreSQL whatever the server's default: start_trial's statements after the
             # study's row lock must see what the previous holder committed (see _writes.start_trial)

@@ -1,0 +1,62 @@
+"""What a SQLite path must be before SQLite opens it: a file (not a folder) in a folder that exists,
+writable by a writer, looked at without an OSError. Refused with a one-line StorageError."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+from ._errors import StorageError
+
+
+def check_sqlite_path(url: str, db: Path) -> None:
+    if db.is_dir():
+        raise StorageError(f"--storage {url}: {db} is a folder; give a database file in it, e.g. "
+                           f"sqlite:///{db / 'oialr_search.db'}")
+    if not db.parent.exists():
+        raise StorageError(f"--storage {url}: folder {db.parent} does not exist")
+
+
+@contextlib.contextmanager
+def path_errors(url: str, db: Path) -> Iterator[None]:
+    """An OSError while looking at the path (a folder that may not be searched, a name too long) becomes
+    the one-line StorageError."""
+    try:
+        yield
+    except OSError as exc:
+        raise StorageError(f"--storage {url}: {db}: {exc.strerror or exc}") from None
+
+
+def check_writer_storage(url: str) -> None:
+    """What a writing Store refuses about a SQLite path before it opens (or creates) anything, checked
+    alone: StorageError for a folder given as the file, a missing folder, a read-only file or folder.
+    Nothing for other databases; a malformed URL raises sqlalchemy's ArgumentError."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        db = Path(parsed.database)
+        with path_errors(url, db):
+            check_sqlite_path(url, db)
+            check_writable_file(url, db)
+
+
+def check_writable_file(url: str, db: Path) -> None:
+    """A writer's SQLite file and folder must be writable: refused here, before SQLite opens it, because a
+    read-only connection would leave -wal and -shm files behind (it may not delete them on close). access(2)
+    sees read-only mounts and immutable files even for root; the no-op write of ``check_writable`` catches
+    what it cannot (a server that refuses writes it allowed, a ``mode=ro`` URI)."""
+    if db.exists() and not os.access(db, os.W_OK):
+        raise StorageError(f"--storage {url}: the database is read-only: {db} cannot be written (its stored trials "
+                           "are intact); make it writable, or copy it to a writable place and give that path")
+    side = [db.with_name(db.name + suffix) for suffix in ("-wal", "-shm")]
+    if os.access(db.parent, os.W_OK) or db.exists() and all(p.exists() and os.access(p, os.W_OK) for p in side):
+        return
+    if not db.exists():
+        raise StorageError(f"--storage {url}: folder {db.parent} is read-only: cannot create {db.name} there; give a "
+                           "path in a writable folder")
+    raise StorageError(f"--storage {url}: folder {db.parent} is read-only, and SQLite needs to create {side[0].name} "
+                       f"and {side[1].name} there (the stored trials are intact); make the folder writable, or copy "
+                       "the database to a writable place and give that path")
