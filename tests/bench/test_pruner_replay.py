@@ -1,0 +1,51 @@
+"""bench/pruner_replay.py replays the study's real pruner classes on stored curves: where every epoch
+ranks the trials as their final values do, no pruner loses the best trial, and the epochs it saves show."""
+
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+from oialr_search.storage import COMPLETE, Store
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _unpruned_study(url: str, name: str, n: int = 12, epochs: int = 4) -> float:
+    store = Store(url)
+    study = store.create_study(name=name, space={"raw": {}}, space_path="", metric="val_loss", direction="minimize",
+                               backend="random", seed=0, budget=n)
+    rng = random.Random(name)
+    finals = []
+    for _ in range(n):
+        base = rng.uniform(0.2, 1.0)  # every epoch ranks the trials as the last one does
+        curve = [{"epoch": e, "val_loss": base + 0.1 * (epochs - e), "seconds": 1.0} for e in range(1, epochs + 1)]
+        t = store.start_trial(study, params={}, rank=0, island=None, device="cpu")
+        store.finish_trial(t.id, state=COMPLETE, value=base, values=[base], metrics={"val_loss": base},
+                           epochs=curve)
+        finals.append(base)
+    return min(finals)
+
+
+def test_replay_on_curves_that_rank_alike_loses_nothing(tmp_path):
+    url = f"sqlite:///{tmp_path}/db.sqlite"
+    _unpruned_study(url, "a")
+    _unpruned_study(url, "b")
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "pruner_replay.py"), "--storage", url,
+                           "--pruner", "{type: asha, min_epochs: 1, reduction: 3}", "--pruner", "none"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 unpruned studies, 24 trials (minimize val_loss)" in proc.stdout
+    asha = next(line for line in proc.stdout.splitlines() if line.startswith("{type: asha"))
+    epochs, _, _, best = asha[len("{type: asha, min_epochs: 1, reduction: 3}"):].split()[:4]
+    assert float(epochs) < 0.8 and best == "+0.0000", asha  # saved epochs, kept the best
+    none = next(line for line in proc.stdout.splitlines() if line.startswith("none"))
+    assert none.split()[1:5] == ["1.00", "±", "0.00", "+0.0000"], none
+
+
+def test_replay_says_when_there_is_nothing_to_replay_on(tmp_path):
+    url = f"sqlite:///{tmp_path}/db.sqlite"
+    Store(url)
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "pruner_replay.py"), "--storage", url],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stderr.strip().startswith("no unpruned study"), proc.stderr
