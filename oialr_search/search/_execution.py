@@ -22,7 +22,7 @@ from pathlib import Path
 from sqlalchemy.exc import OperationalError
 
 from ..exceptions import ConfigError
-from ..storage import FAILED, Store, Study, Trial, TrialTakenOver
+from ..storage import FAILED, PRUNED, Store, Study, Trial, TrialTakenOver
 from ._devices import Placement
 from ._heartbeat import Heartbeat, grace_period, heartbeat_interval
 from ._objective import TrialOutcome, while_interrupted
@@ -47,7 +47,7 @@ class Trials:
 
     def __init__(self, *, store: Store, study: Study, space: SearchSpace, objective: Objective,
                  placement: Placement, workers: Workers, rank: int, folder: Path,
-                 on_stored: Callable[[Trial, Scored, float, int | None], None] | None = None) -> None:
+                 on_stored: Callable[[Trial, Scored, float], None] | None = None) -> None:
         self.store, self.study, self.space, self.objective = store, study, space, objective
         self.placement, self.workers, self.rank, self.folder = placement, workers, rank, folder
         self.on_stored = on_stored
@@ -199,6 +199,9 @@ class Trials:
                   f"study resumes it", file=sys.stderr, flush=True)
             return None
         scored = score(outcome.state, outcome.metrics, outcome.error, self.space.objectives, self.space.constraints)
+        if scored.state == PRUNED:
+            reached = max((e["epoch"] for e in outcome.epochs or ()), default=None)
+            scored = dataclasses.replace(scored, stopped_at=reporter.pruned_at or reached)
         values = scored.values
         if not heartbeat.lost:  # a run that lost its trial must not overwrite the new owner's weights
             # before storing (see _weights.py), still beating: a large model's write may take a while
@@ -230,7 +233,7 @@ class Trials:
         checkpoint.unlink(missing_ok=True)
         self.kept.prune(trial)  # the files of trials this one (or another) pushed out of the keep set
         if self.on_stored is not None:
-            self.on_stored(trial, scored, outcome.seconds, reporter.pruned_at)
+            self.on_stored(trial, scored, outcome.seconds)
         if outcome.device_lost:
             self.lost = True
             print(f"[rank {self.rank}] {self.placement.device} is unusable after trial {trial.number} "

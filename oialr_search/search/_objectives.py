@@ -81,12 +81,14 @@ def feasible(metrics: Mapping, constraints: Sequence[Constraint]) -> bool:
 
 @dataclass(frozen=True)
 class Scored:
-    """A trial's outcome as stored: its state, one raw value per objective, feasibility, error."""
+    """A trial's outcome as stored: its state, one raw value per objective, feasibility, error, and for
+    a PRUNED trial the epoch it stopped at (its values are that epoch's)."""
 
     state: str
     values: list[float | None] | None
     feasible: bool | None
     error: str | None
+    stopped_at: int | None = None
 
     def minimized(self, objectives: Sequence[Objective]) -> tuple[float, ...] | None:
         return minimize_sense(self.values, objectives) if self.values is not None else None

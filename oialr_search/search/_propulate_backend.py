@@ -14,7 +14,7 @@ Early stopping does not use Propulate's own mechanism (a generator loss function
 whose ``cancel()`` stops the run): its surrogate sees only what its island synchronized, not the
 trials of other islands and earlier jobs, and the same rule must hold under the Optuna backend. The
 trial's epochs are judged by the study's pruner inside the loss function (``EpochReporter``), and a
-pruned trial comes back to Propulate as a PRUNED individual.
+pruned trial comes back to Propulate ranked by its projection to the end of training (``_projection``).
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ from ..storage import COMPLETE, PRUNED, Store, Study
 from ._design import DesignInit, anchor, sliced_latin_hypercube
 from ._objective import while_interrupted
 from ._objectives import Scored, minimize_sense, objectives_from
-from ._scalarization import RescoringPropagator, attach
+from ._projection import projected_values
+from ._scalarization import PROJECTED, RescoringPropagator, attach
 from ._space import SearchSpace
 from ._workers import Workers
 
@@ -90,6 +91,9 @@ def rebuild_checkpoints(store: Store, study: Study, space: SearchSpace, folder: 
         return 0
     limits = limits_of(space)
     sizes = island_sizes(workers)
+    curves: dict = {}  # stop epoch -> the completed curves to project with, read once
+    working = {t.id: ranked_as(store, study, objectives, minimize_sense(t.values, objectives), t.state, t.feasible,
+                               t.last_epoch, cache=curves) for t in trials}
     populations = []
     for idx, size in enumerate(sizes):
         population = []
@@ -100,7 +104,7 @@ def rebuild_checkpoints(store: Store, study: Study, space: SearchSpace, folder: 
             except (KeyError, ValueError):
                 continue  # a trial from an older version of the space
             ind = Individual(position, limits, generation=-1, rank=k % size)
-            ind.loss = attach(ind, minimize_sense(t.values, objectives), t.state, t.feasible)
+            ind.loss = attach(ind, *working[t.id])
             ind.active, ind.island, ind.current = True, idx, k % size
             ind.migration_steps, ind.migration_history = 0, str(idx)
             ind.evaltime, ind.evalperiod = time.time(), float(t.duration or 0.0)
@@ -113,6 +117,18 @@ def rebuild_checkpoints(store: Store, study: Study, space: SearchSpace, folder: 
         tmp.write_bytes(pickle.dumps(population))
         tmp.replace(folder / f"island_{idx}_ckpt.pickle")
     return len(trials)
+
+
+def ranked_as(store: Store, study: Study, objectives, values: tuple[float, ...] | None, state: str,  # noqa: ANN001
+              feasible: bool | None, stopped_at: int | None, *,
+              cache: dict | None = None) -> tuple[tuple[float, ...] | None, str, bool | None]:
+    """(values, state, feasibility) as Propulate ranks a trial: a PRUNED one by its projection to the end
+    of training where the study has completed trials to project with (see _projection)."""
+    if state == PRUNED and values is not None:
+        projected = projected_values(store, study, objectives, stopped_at, values, cache=cache)
+        if projected is not None:
+            return projected, PROJECTED, None
+    return values, state, feasible
 
 
 def _traits(space: SearchSpace, limits: dict, params: dict) -> dict:
@@ -191,7 +207,8 @@ def run_propulate(*, comm, space: SearchSpace, store: Store, study: Study, folde
             if params != proposed:  # a resumed trial of a dead job ran instead: the individual becomes it
                 with contextlib.suppress(KeyError, ValueError):  # a trial from an older version of the space
                     _set_traits(individual, space, limits, params)
-            return attach(individual, scored.minimized(space.objectives), scored.state, scored.feasible)
+            return attach(individual, *ranked_as(store, study, space.objectives, scored.minimized(space.objectives),
+                                                 scored.state, scored.feasible, scored.stopped_at))
         except (KeyboardInterrupt, SystemExit):
             # Ctrl-C ends the whole search, not this one trial (which stays RUNNING for the next job): the CLI
             # exits 130 and ends the other ranks with this one (MPI_Abort), so none is left waiting

@@ -227,12 +227,12 @@ class _Progress:
     def __init__(self, store: Store, study: Study, space: SearchSpace, budget: int) -> None:
         self.store, self.study, self.space, self.budget = store, study, space, budget
 
-    def trial(self, trial: Trial, scored: Scored, seconds: float, pruned_at: int | None) -> None:
+    def trial(self, trial: Trial, scored: Scored, seconds: float) -> None:
         counts = self.store.counts(self.study)
         finished = sum(counts.get(s, 0) for s in (COMPLETE, FAILED, PRUNED))
         what = _shown(self.space, scored.values) if scored.state == COMPLETE else scored.state
         if scored.state == PRUNED:
-            what = f"PRUNED at epoch {pruned_at} ({_shown(self.space, scored.values)})"
+            what = f"PRUNED at epoch {scored.stopped_at} ({_shown(self.space, scored.values)})"
         if scored.feasible is False:
             what += " infeasible"
         tail = f"{counts.get(PRUNED, 0)} pruned, " if self.space.pruner.name != "none" else ""

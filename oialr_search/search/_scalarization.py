@@ -18,8 +18,10 @@ order reached the larger front hypervolume at 48 trials on 17 seeds of 20 (level
 README). Migrants and trials rebuilt from the database are scored for the island that receives them,
 since the whole population is scored again at every breeding. With one objective the provisional
 loss (the value, with infeasible and PRUNED trials pushed behind) already is the ranking, so nothing
-is rescored. Completed trials that violate the study's constraints rank after every feasible one,
-PRUNED trials after those (each group in its own NSGA-II order), failed ones are +inf.
+is rescored. A PRUNED trial is ranked by its projection to the end of training (``PROJECTED``, see
+``_projection``) together with the completed ones. Completed trials that violate the study's
+constraints rank after every feasible one, PRUNED trials with nothing to project with after those (each
+group in its own NSGA-II order), failed ones are +inf.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from ._pareto import non_dominated
 
 VALUES, STATE, FEASIBLE = "oialr_values", "oialr_state", "oialr_feasible"  # attributes on Propulate individuals
 PROVISIONAL_STEP = 1e9  # the same order on raw values (a loss, -accuracy, seconds, fractions)
+PROJECTED = "PROJECTED"  # the state of a PRUNED trial whose values are its projection (ranked as completed)
+_RANKED = ("COMPLETE", "PRUNED", PROJECTED)
 
 
 def _tier(state: str, feasible: bool | None) -> int:
@@ -40,11 +44,12 @@ def _tier(state: str, feasible: bool | None) -> int:
 
 def attach(individual, values: Sequence[float] | None, state: str, feasible: bool | None = None) -> float:  # noqa: ANN001
     """Record the outcome on the individual; returns its provisional loss (first objective, with
-    infeasible and pruned trials behind every feasible completed one)."""
+    infeasible and pruned trials behind every feasible completed one). ``state``: the trial's, or
+    ``PROJECTED`` for a pruned trial given with its projected values."""
     setattr(individual, VALUES, tuple(values) if values is not None else None)
     setattr(individual, STATE, state)
     setattr(individual, FEASIBLE, feasible)
-    if values is None or state not in ("COMPLETE", "PRUNED") or not all(math.isfinite(v) for v in values):
+    if values is None or state not in _RANKED or not all(math.isfinite(v) for v in values):
         return math.inf
     return float(values[0]) + PROVISIONAL_STEP * _tier(state, feasible)
 
@@ -71,7 +76,8 @@ def crowding(points: Sequence[tuple[float, ...]]) -> list[float]:
 def nsga_scores(points: Sequence[tuple[float, ...] | None], states: Sequence[str], *,
                 feasible: Sequence[bool | None] | None = None, keep: int | None = None) -> list[float]:
     """Scores of ``points`` (minimize sense) in NSGA-II's order, lower first: front index, then larger
-    crowding distance; infeasible completed points after every feasible one, pruned after those.
+    crowding distance; infeasible completed points after every feasible one, pruned ones (``PRUNED``; a
+    ``PROJECTED`` one ranks as completed) after those.
     A point equal to an earlier one of its front ranks behind every distinct point of the front, so
     copies do not take the breeding places of the rest of the front.
 
@@ -84,7 +90,7 @@ def nsga_scores(points: Sequence[tuple[float, ...] | None], states: Sequence[str
     out = [math.inf] * len(points)
     tiers: dict[int, list[int]] = {}
     for i, (p, s, f) in enumerate(zip(points, states, feasible)):
-        if p is not None and s in ("COMPLETE", "PRUNED") and all(map(math.isfinite, p)):
+        if p is not None and s in _RANKED and all(map(math.isfinite, p)):
             tiers.setdefault(_tier(s, f), []).append(i)
     scored = 0
     for tier in sorted(tiers):

@@ -342,6 +342,17 @@ class Store:
                 q = q.where(EpochRow.trial_id != exclude_trial)
             return [tuple(r) for r in s.execute(q).all()]
 
+    def completed_curves_at(self, study: Study, epoch: int, metrics: tuple[str, ...]) -> list[tuple[tuple, list]]:
+        """(the metrics at ``epoch``, the stored objective values) of every COMPLETE trial of the study
+        that reached ``epoch``: how trials went on from there (Propulate's estimate for pruned trials)."""
+        columns = [getattr(EpochRow, m) for m in metrics]
+        with self.session(write=False) as s:
+            rows = s.execute(select(TrialRow.objective_values, TrialRow.value, *columns)
+                             .join(EpochRow, TrialRow.id == EpochRow.trial_id)
+                             .where(TrialRow.study_id == study.id, TrialRow.state == COMPLETE,
+                                    EpochRow.epoch == epoch)).all()
+        return [(tuple(r[2:]), r[0] if r[0] is not None else [r[1]]) for r in rows]
+
     def best_trial(self, study: Study, *, full: bool = True) -> Trial | None:
         """The feasible COMPLETE trial with the best first-objective value."""
         order = TrialRow.value.asc() if study.minimize else TrialRow.value.desc()

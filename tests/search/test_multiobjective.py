@@ -99,7 +99,7 @@ def _scripted(curves):
 
 
 @pytest.mark.parametrize("objectives", ["[{metric: top1}]", "[{metric: top1}, {metric: trainable_fraction}]"])
-def test_the_service_prunes_exactly_by_the_rule(tmp_path, objectives):
+def test_the_service_prunes_exactly_by_the_rule(tmp_path, objectives, capsys):
     """Sequential trials with scripted curves: every decision equals the ASHA rule applied to the epochs
     stored before it (single-objective quantile, multi-objective dominance share)."""
     (tmp_path / "space.yaml").write_text(
@@ -118,7 +118,8 @@ def test_the_service_prunes_exactly_by_the_rule(tmp_path, objectives):
         return objective(space, {"x": params["train.seed"]}, **kw)
 
     assert run_search(SearchRequest(study="s", storage=url, space=space, backend="random", budget=12),
-                      objective=by_seed, quiet=True) == 0
+                      objective=by_seed, quiet=False) == 0
+    progress = capsys.readouterr().out
     store = Store(url, create=False)
     study = store.get_study("s")
     trials = store.trials(study)
@@ -142,6 +143,7 @@ def test_the_service_prunes_exactly_by_the_rule(tmp_path, objectives):
                 break
         assert t.last_epoch == (expected_stop or 9), t.number
         assert t.state == ("PRUNED" if expected_stop else COMPLETE)
+        assert (f"[trial {t.number}] PRUNED at epoch {expected_stop} (" in progress) == bool(expected_stop)
         pruned_any |= expected_stop is not None
     assert pruned_any and kept_best
 
