@@ -52,13 +52,15 @@ DEFAULT_PRUNERS = (
 
 @dataclass
 class Run:
-    """One completed trial of an unpruned study, in minimize sense."""
+    """One trial of an unpruned study, in minimize sense. Trials that did not complete (failed, still
+    running) have no final values but were the others' peers, as in the real runner."""
 
     curve: dict[int, tuple[float, ...]]  # epoch -> objective values at that epoch
-    final: tuple[float, ...]  # the stored objective values
+    final: tuple[float, ...]  # the stored objective values (+inf for a trial that did not complete)
     reached: dict[int, float]  # epoch -> seconds since the search began, when the trial finished it
     finished: float
-    feasible: bool
+    feasible: bool  # completed and within the study's constraints
+    complete: bool
 
 
 def load_runs(store, study) -> list[Run]:  # noqa: ANN001
@@ -66,27 +68,31 @@ def load_runs(store, study) -> list[Run]:  # noqa: ANN001
     from oialr_search.search._objectives import minimize_sense, objective_values
 
     objectives = [Objective(o["metric"], o["direction"]) for o in study.objectives]
-    trials = [t for t in store.trials(study, states=("COMPLETE",)) if t.values is not None]
+    trials = store.trials(study)
     epochs = store.study_epochs(study)
     t0 = min((t.started for t in trials), default=None)
     runs = []
     for t in trials:
         records = sorted(epochs.get(t.id, []), key=lambda r: r["epoch"])
         if not records or [r["epoch"] for r in records] != list(range(1, len(records) + 1)):
-            continue  # a trial resumed from a checkpoint without its earlier epochs: no whole curve
+            continue  # no epoch, or resumed from a checkpoint without its earlier epochs: no whole curve
         clock, reached, curve = (t.started - t0).total_seconds(), {}, {}
         for r in records:
             clock += r.get("seconds") or 0.0
             reached[r["epoch"]] = clock
             curve[r["epoch"]] = minimize_sense(objective_values(r, objectives), objectives)
-        runs.append(Run(curve, minimize_sense(t.values, objectives), reached,
-                        (t.finished - t0).total_seconds(), t.feasible is not False))
+        complete = t.state == "COMPLETE" and t.values is not None
+        final = minimize_sense(t.values, objectives) if complete else (math.inf,) * len(objectives)
+        finished = (t.finished - t0).total_seconds() if t.finished is not None else clock
+        runs.append(Run(curve, final, reached, finished, complete and t.feasible is not False, complete))
     return runs
 
 
 def replay(runs: list[Run], pruner) -> tuple[list[int], list[bool]]:  # noqa: ANN001
-    """Epochs each trial spends, and whether it completed, under ``pruner``."""
-    max_epochs = max(len(r.curve) for r in runs)
+    """Epochs each trial spends, and whether it went on to its end, under ``pruner``. As the runner
+    (search/_reporter.py) asks it: at each decision epoch, against the same-epoch values of every other
+    trial that reported that epoch before, whatever became of it; never at the last epoch."""
+    max_epochs = max(len(r.curve) for r in runs if r.complete)
     events = sorted((r.reached[e], i, e) for i, r in enumerate(runs) for e in r.curve)
     stopped: dict[int, int] = {}
     seen: dict[int, list[tuple[float, ...]]] = {}  # epoch -> values of the trials that reached it so far
@@ -114,19 +120,19 @@ def _hv(runs: list[Run], reference: tuple[float, ...]) -> float:
 
 
 def score(runs: list[Run], pruner) -> dict[str, float]:  # noqa: ANN001
-    spent, completed = replay(runs, pruner)
+    spent, went_on = replay(runs, pruner)
     total = sum(len(r.curve) for r in runs)
-    kept = [r for r, c in zip(runs, completed) if c]
+    kept = [r for r, on in zip(runs, went_on) if on]
     out = {"epochs": sum(spent) / total, "best": _best(kept) - _best(runs)}
     budget, used, prefix = sum(spent), 0, []
-    for r in sorted(runs, key=lambda r: r.finished):  # the unpruned search, until it spent as many epochs
-        if used >= budget:
+    for r in sorted(runs, key=lambda r: r.finished):  # the unpruned search, within as many epochs
+        if used + len(r.curve) > budget:
             break
         used += len(r.curve)
         prefix.append(r)
     out["at_equal"] = _best(kept) - _best(prefix)
     if len(runs[0].final) > 1:
-        finite = [r.final for r in runs if all(map(math.isfinite, r.final))]
+        finite = [r.final for r in runs if r.feasible and all(map(math.isfinite, r.final))]
         reference = tuple(max(p[j] for p in finite) for j in range(len(runs[0].final)))
         whole = _hv(runs, reference)
         out["hv"] = _hv(kept, reference) / whole if whole > 0 else math.nan
@@ -157,16 +163,19 @@ def main() -> None:
     for url in args.storage:
         try:
             store = Store(url, create=False, read_only=True)
-            if args.study:
-                studies = [s for s, _ in store.studies() if s.name in args.study]
-            else:
-                studies = [s for s, counts in store.studies() if not counts.get(PRUNED)]
+            studies = [(s, counts) for s, counts in store.studies() if not args.study or s.name in args.study]
         except OIALRSearchError as exc:
             sys.exit(str(exc))
-        for study in studies:
+        for study, counts in studies:
+            if counts.get(PRUNED):
+                if args.study:
+                    print(f"skipped {study.name}: {counts[PRUNED]} PRUNED trials; a replay needs an unpruned "
+                          f"search", file=sys.stderr)
+                continue
             runs = load_runs(store, study)
-            if len(runs) < args.min_trials or len({len(r.curve) for r in runs}) != 1:
-                print(f"skipped {study.name}: {len(runs)} complete trials with whole curves "
+            complete = [r for r in runs if r.complete]
+            if len(complete) < args.min_trials or len({len(r.curve) for r in complete}) != 1:
+                print(f"skipped {study.name}: {len(complete)} complete trials with whole curves "
                       f"(need {args.min_trials}, all of one length)", file=sys.stderr)
                 continue
             key = f"{url}#{study.name}"
@@ -174,13 +183,13 @@ def main() -> None:
             metrics[key] = ", ".join(f"{o['direction']} {o['metric']}" for o in study.objectives)
     if not data:
         sys.exit(f"no unpruned study with {args.min_trials}+ whole curves to replay on in {', '.join(args.storage)}")
-    groups: dict[int, list[str]] = {}
-    for name, runs in data.items():
-        groups.setdefault(len(runs[0].final), []).append(name)
-    for n_obj, names in sorted(groups.items()):
+    groups: dict[str, list[str]] = {}  # studies of the same objectives: their values share units
+    for name in data:
+        groups.setdefault(metrics[name], []).append(name)
+    for kind, names in sorted(groups.items()):
+        n_obj = len(data[names[0]][0].final)
         trials = sum(len(data[n]) for n in names)
-        kinds = "; ".join(sorted({metrics[n] for n in names}))
-        print(f"== {len(names)} unpruned studies, {trials} trials ({kinds})")
+        print(f"== {len(names)} unpruned studies, {trials} trials ({kind})")
         header = f"{'pruner':46} {'epochs':>15} {'best (+ = lost)':>17} {'at equal epochs':>17}"
         print(header + (f" {'hv / unpruned':>15}" if n_obj > 1 else ""))
         for spec in args.pruner or DEFAULT_PRUNERS:

@@ -35,7 +35,7 @@ from ..storage import COMPLETE, PRUNED, Store, Study
 from ._design import DesignInit, anchor, sliced_latin_hypercube
 from ._objective import while_interrupted
 from ._objectives import Scored, minimize_sense, objectives_from
-from ._projection import projected_values
+from ._projection import projected_feasible, projected_values
 from ._scalarization import PROJECTED, RescoringPropagator, attach
 from ._space import SearchSpace
 from ._workers import Workers
@@ -91,8 +91,8 @@ def rebuild_checkpoints(store: Store, study: Study, space: SearchSpace, folder: 
         return 0
     limits = limits_of(space)
     sizes = island_sizes(workers)
-    curves: dict = {}  # stop epoch -> the completed curves to project with, read once
-    working = {t.id: ranked_as(store, study, objectives, minimize_sense(t.values, objectives), t.state, t.feasible,
+    curves: dict = {}  # stop epoch -> the projection's offsets, read once
+    working = {t.id: ranked_as(store, study, space, minimize_sense(t.values, objectives), t.state, t.feasible,
                                t.last_epoch, cache=curves) for t in trials}
     populations = []
     for idx, size in enumerate(sizes):
@@ -119,15 +119,15 @@ def rebuild_checkpoints(store: Store, study: Study, space: SearchSpace, folder: 
     return len(trials)
 
 
-def ranked_as(store: Store, study: Study, objectives, values: tuple[float, ...] | None, state: str,  # noqa: ANN001
+def ranked_as(store: Store, study: Study, space: SearchSpace, values: tuple[float, ...] | None, state: str,
               feasible: bool | None, stopped_at: int | None, *,
               cache: dict | None = None) -> tuple[tuple[float, ...] | None, str, bool | None]:
     """(values, state, feasibility) as Propulate ranks a trial: a PRUNED one by its projection to the end
     of training where the study has completed trials to project with (see _projection)."""
     if state == PRUNED and values is not None:
-        projected = projected_values(store, study, objectives, stopped_at, values, cache=cache)
+        projected = projected_values(store, study, space.objectives, stopped_at, values, cache=cache)
         if projected is not None:
-            return projected, PROJECTED, None
+            return projected, PROJECTED, projected_feasible(projected, space.objectives, space.constraints)
     return values, state, feasible
 
 
@@ -207,7 +207,7 @@ def run_propulate(*, comm, space: SearchSpace, store: Store, study: Study, folde
             if params != proposed:  # a resumed trial of a dead job ran instead: the individual becomes it
                 with contextlib.suppress(KeyError, ValueError):  # a trial from an older version of the space
                     _set_traits(individual, space, limits, params)
-            return attach(individual, *ranked_as(store, study, space.objectives, scored.minimized(space.objectives),
+            return attach(individual, *ranked_as(store, study, space, scored.minimized(space.objectives),
                                                  scored.state, scored.feasible, scored.stopped_at))
         except (KeyboardInterrupt, SystemExit):
             # Ctrl-C ends the whole search, not this one trial (which stays RUNNING for the next job): the CLI

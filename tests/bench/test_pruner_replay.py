@@ -49,3 +49,45 @@ def test_replay_says_when_there_is_nothing_to_replay_on(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "pruner_replay.py"), "--storage", url],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and proc.stderr.strip().startswith("no unpruned study"), proc.stderr
+
+
+def _bench():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pruner_replay", ROOT / "bench" / "pruner_replay.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_replay_counts_failed_trials_as_peers_as_the_runner_does():
+    from oialr_search.search import ASHAPruner
+
+    bench = _bench()
+    inf = float("inf")
+
+    def run(at, value, complete=True):  # one epoch of two, reached at time ``at``
+        return bench.Run({1: (value,), 2: (value,)} if complete else {1: (inf,)}, (value,) if complete else (inf,),
+                         {1: at, 2: at + 10} if complete else {1: at}, at + 10, complete, complete)
+
+    failed = [run(t, 0, complete=False) for t in range(6)]
+    done = [run(6, 1.0), run(7, 2.0), run(8, 3.0)]
+    _, went_on = bench.replay(failed + done, ASHAPruner(min_epochs=1, reduction=3))
+    # at epoch 1 the second completed trial is second of 8 (6 diverged), the third third of 9: both go on
+    assert went_on[6:] == [True, True, True]
+    _, went_on = bench.replay(done, ASHAPruner(min_epochs=1, reduction=3))
+    assert went_on == [True, False, False]
+
+
+def test_replay_refuses_a_named_study_that_was_pruned(tmp_path):
+    url = f"sqlite:///{tmp_path}/db.sqlite"
+    _unpruned_study(url, "a")
+    store = Store(url)
+    study = store.get_study("a")
+    t = store.start_trial(study, params={}, rank=0, island=None, device="cpu")
+    store.finish_trial(t.id, state="PRUNED", value=1.0, values=[1.0], metrics={"val_loss": 1.0},
+                       epochs=[{"epoch": 1, "val_loss": 1.0, "seconds": 1.0}])
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "pruner_replay.py"), "--storage", url, "--study", "a"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "skipped a: 1 PRUNED trials; a replay needs an unpruned search" in proc.stderr

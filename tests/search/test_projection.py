@@ -60,10 +60,34 @@ def test_projected_values_read_only_the_completed_trials_that_reached_the_epoch(
     assert projected_values(store, study, objectives, 4, (-85.0, 1.5)) is None  # no completed trial got there
     assert projected_values(store, study, objectives, None, (-85.0, 1.5)) is None
     # Propulate's view: projected and ranked with the completed trials, or as stored where nothing projects
-    assert ranked_as(store, study, objectives, (-85.0, 1.5), PRUNED, None, 1) == \
+    space = _space(tmp_path, "objectives: [{metric: top1}, {metric: val_loss}]")
+    assert ranked_as(store, study, space, (-85.0, 1.5), PRUNED, None, 1) == \
         (pytest.approx((-95.0, 0.5)), PROJECTED, None)
-    assert ranked_as(store, study, objectives, (-85.0, 1.5), PRUNED, None, 4) == ((-85.0, 1.5), PRUNED, None)
-    assert ranked_as(store, study, objectives, (-90.0, 1.0), COMPLETE, True, 3) == ((-90.0, 1.0), COMPLETE, True)
+    assert ranked_as(store, study, space, (-85.0, 1.5), PRUNED, None, 4) == ((-85.0, 1.5), PRUNED, None)
+    assert ranked_as(store, study, space, (-90.0, 1.0), COMPLETE, True, 3) == ((-90.0, 1.0), COMPLETE, True)
+    # with constraints, the projection is judged by them: on objectives by its projected values, on any
+    # other metric (not projected) as violated, so it never ranks ahead of an infeasible completed trial
+    for constraints, feasible in [("{top1: {min: 90}}", True), ("{top1: {min: 96}}", False),
+                                  ("{val_loss: {max: 0.4}}", False), ("{trainable_fraction: {max: 1}}", False)]:
+        space = _space(tmp_path, f"objectives: [{{metric: top1}}, {{metric: val_loss}}]\nconstraints: {constraints}")
+        assert ranked_as(store, study, space, (-85.0, 1.5), PRUNED, None, 1)[1:] == (PROJECTED, feasible), constraints
+    # a resume projects many trials with one query per stop epoch
+    cache = {}
+    reads = []
+    real = store.completed_curves_at
+    store.completed_curves_at = lambda *a: reads.append(a[1]) or real(*a)
+    for values in [(-85.0, 1.5), (-80.0, 2.0)]:
+        projected_values(store, study, objectives, 1, values, cache=cache)
+    assert reads == [1] and cache[1] == pytest.approx((-10.0, -1.0))
+
+
+def _space(tmp_path, objectives):
+    from oialr_search.search import load_space
+
+    (tmp_path / "space.yaml").write_text("base: {model: {name: mlp}, data: {name: digits}, train: {epochs: 3}}\n"
+                                         f"{objectives}\n"
+                                         "params: {optim.lr: {type: float, low: 0.001, high: 0.1}}\n")
+    return load_space(tmp_path / "space.yaml")
 
 
 def test_a_projected_trial_ranks_among_the_completed_ones():
@@ -80,14 +104,10 @@ def test_a_projected_trial_ranks_among_the_completed_ones():
 def test_a_resumed_search_rebuilds_pruned_trials_with_their_projection(tmp_path):
     import pickle
 
-    from oialr_search.search import load_space
     from oialr_search.search._propulate_backend import rebuild_checkpoints
     from oialr_search.search._scalarization import STATE
 
-    (tmp_path / "space.yaml").write_text("base: {model: {name: mlp}, data: {name: digits}, train: {epochs: 3}}\n"
-                                         "objective: {metric: val_loss, direction: minimize}\n"
-                                         "params: {optim.lr: {type: float, low: 0.001, high: 0.1}}\n")
-    space = load_space(tmp_path / "space.yaml")
+    space = _space(tmp_path, "objective: {metric: val_loss, direction: minimize}")
     store = Store(f"sqlite:///{tmp_path}/db.sqlite")
     study = store.create_study(name="s", space={"raw": {}}, space_path="", metric="val_loss", direction="minimize",
                                backend="propulate", seed=0, budget=10)
