@@ -133,9 +133,11 @@ def score(runs: list[Run], pruner) -> dict[str, float]:  # noqa: ANN001
     out["at_equal"] = _best(kept) - _best(prefix)
     if len(runs[0].final) > 1:
         finite = [r.final for r in runs if r.feasible and all(map(math.isfinite, r.final))]
-        reference = tuple(max(p[j] for p in finite) for j in range(len(runs[0].final)))
-        whole = _hv(runs, reference)
-        out["hv"] = _hv(kept, reference) / whole if whole > 0 else math.nan
+        out["hv"] = math.nan  # no feasible completed trial: no front to compare
+        if finite:
+            reference = tuple(max(p[j] for p in finite) for j in range(len(runs[0].final)))
+            whole = _hv(runs, reference)
+            out["hv"] = _hv(kept, reference) / whole if whole > 0 else math.nan
     return out
 
 

@@ -91,3 +91,14 @@ def test_replay_refuses_a_named_study_that_was_pruned(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "pruner_replay.py"), "--storage", url, "--study", "a"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "skipped a: 1 PRUNED trials; a replay needs an unpruned search" in proc.stderr
+
+
+def test_replay_of_a_front_with_no_feasible_trial_has_no_hypervolume():
+    import math
+
+    from oialr_search.search import NopPruner
+
+    bench = _bench()
+    runs = [bench.Run({1: (v, 0.5), 2: (v, 0.5)}, (v, 0.5), {1: v, 2: v + 1}, v + 1, False, True) for v in (1.0, 2.0)]
+    scores = bench.score(runs, NopPruner())
+    assert scores["epochs"] == 1.0 and math.isnan(scores["hv"])  # (it raised on an empty reference)
