@@ -52,7 +52,10 @@ def offsets(curves: Sequence[Curve]) -> tuple[float, ...] | None:
 
 def project(values: Sequence[float], curves: Sequence[Curve]) -> tuple[float, ...] | None:
     """``values`` (minimize sense, at the epoch a trial stopped) plus :func:`offsets` of ``curves``."""
-    shift = offsets(curves)
+    return _shifted(values, offsets(curves))
+
+
+def _shifted(values: Sequence[float], shift: tuple[float, ...] | None) -> tuple[float, ...] | None:
     return tuple(v + d for v, d in zip(values, shift, strict=True)) if shift is not None else None
 
 
@@ -71,7 +74,7 @@ def projected_values(store: Store, study: Study, objectives: Sequence[Objective]
                          for then, final in rows if final is not None and len(final) == len(objectives)])
         if cache is not None:
             cache[epoch] = shift
-    return tuple(v + d for v, d in zip(values, shift, strict=True)) if shift is not None else None
+    return _shifted(values, shift)
 
 
 def projected_feasible(projected: Sequence[float], objectives: Sequence[Objective],

@@ -91,9 +91,9 @@ def rebuild_checkpoints(store: Store, study: Study, space: SearchSpace, folder: 
         return 0
     limits = limits_of(space)
     sizes = island_sizes(workers)
-    curves: dict = {}  # stop epoch -> the projection's offsets, read once
+    offsets: dict = {}  # stop epoch -> the projection's offsets, read once
     working = {t.id: ranked_as(store, study, space, minimize_sense(t.values, objectives), t.state, t.feasible,
-                               t.last_epoch, cache=curves) for t in trials}
+                               t.last_epoch, cache=offsets) for t in trials}
     populations = []
     for idx, size in enumerate(sizes):
         population = []
