@@ -64,10 +64,9 @@ class Run:
 
 
 def load_runs(store, study) -> list[Run]:  # noqa: ANN001
-    from oialr_search.search import Objective
-    from oialr_search.search._objectives import minimize_sense, objective_values
+    from oialr_search.search._objectives import minimize_sense, objective_values, objectives_from
 
-    objectives = [Objective(o["metric"], o["direction"]) for o in study.objectives]
+    objectives = objectives_from(study.objectives)
     trials = store.trials(study)
     epochs = store.study_epochs(study)
     t0 = min((t.started for t in trials), default=None)
@@ -112,10 +111,15 @@ def _best(runs: list[Run]) -> float:
     return min((r.final[0] for r in runs if r.feasible), default=math.inf)
 
 
+def _points(runs: list[Run]) -> list[tuple[float, ...]]:
+    """The final values of the feasible completed runs (all finite)."""
+    return [r.final for r in runs if r.feasible and all(map(math.isfinite, r.final))]
+
+
 def _hv(runs: list[Run], reference: tuple[float, ...]) -> float:
     from oialr_search.search import hypervolume, non_dominated
 
-    points = [r.final for r in runs if r.feasible and all(map(math.isfinite, r.final))]
+    points = _points(runs)
     return hypervolume([points[i] for i in non_dominated(points)], reference) if points else 0.0
 
 
@@ -132,7 +136,7 @@ def score(runs: list[Run], pruner) -> dict[str, float]:  # noqa: ANN001
         prefix.append(r)
     out["at_equal"] = _best(kept) - _best(prefix)
     if len(runs[0].final) > 1:
-        finite = [r.final for r in runs if r.feasible and all(map(math.isfinite, r.final))]
+        finite = _points(runs)
         out["hv"] = math.nan  # no feasible completed trial: no front to compare
         if finite:
             reference = tuple(max(p[j] for p in finite) for j in range(len(runs[0].final)))
