@@ -43,6 +43,11 @@ class LowRankWeight(nn.Module):
     """
 
     forward_mode: str | None = None
+    # The factorized product's inner dimension (the rank) is zero-padded to a multiple of ``align``:
+    # None means 8 on CUDA devices, where a bf16/fp16/tf32 GEMM with an inner dimension that is not a
+    # multiple of 8 falls off the tensor-core kernels (measured on an H100: rank 39 and 77 of a
+    # 768x3072 layer ran as slowly as the dense product), and 1 (none) elsewhere. Zeros change nothing.
+    align: int | None = None
 
     def __init__(self, weight: Tensor) -> None:
         super().__init__()
@@ -88,11 +93,32 @@ class LowRankWeight(nn.Module):
         left, right = self.split()
         return left @ right
 
+    def padded_split(self, pad: int) -> tuple[Tensor, Tensor]:
+        """:meth:`split` with the rank padded by ``pad`` zero columns (left) and rows (right).
+
+        Σ is padded (r², tiny) and merged as usual; the frozen basis on the other side is padded once
+        and kept until it changes (a rotation or a load replaces or rewrites it), so a step pays one
+        small pad instead of a copy of a basis."""
+        if self.out_features <= self.in_features:
+            return self.U @ F.pad(self.sigma, (0, pad)), self._padded_basis("Vh", (0, 0, 0, pad))
+        return self._padded_basis("U", (0, pad)), F.pad(self.sigma, (0, 0, 0, pad)) @ self.Vh
+
+    def _padded_basis(self, name: str, pad: tuple[int, ...]) -> Tensor:
+        basis = getattr(self, name)
+        cached = self.__dict__.get("_padded")
+        # identity and version: a new tensor after a rotation or .to(), an in-place load or broadcast
+        if cached is None or cached[0] is not basis or cached[1] != basis._version or cached[2] != pad:
+            cached = (basis, basis._version, pad, F.pad(basis, pad))
+            self.__dict__["_padded"] = cached
+        return cached[3]
+
     def linear(self, x: Tensor, bias: Tensor | None) -> Tensor:
         """``F.linear(x, W, bias)`` by the cheaper of the two paths."""
         tokens = x.numel() // self.in_features if x.numel() else 0
         if self.use_factorized(tokens):
-            left, right = self.split()
+            align = self.align if self.align is not None else (8 if x.is_cuda else 1)
+            pad = -self.rank % align
+            left, right = self.padded_split(pad) if pad else self.split()
             return F.linear(F.linear(x, right), left, bias)
         return F.linear(x, self.materialize(), bias)
 

@@ -109,3 +109,49 @@ def test_ceil_layers():
     assert ceil_layers(0.01, 10, 0) == 1  # p·L < 1 selects one layer, not all
     assert ceil_layers(0.5, 10, 5) == 10
     assert ceil_layers(1.0, 7, 0) == 7
+
+
+def test_padding_the_rank_for_tensor_cores_changes_neither_output_nor_gradients(monkeypatch):
+    # On CUDA the factorized product pads the rank to a multiple of 8 (align=None); here align is
+    # forced, so the padded path is checked on the CPU against the unpadded one, on both sides of
+    # the split (Σ merged into U for a wide weight, into Vᵀ for a tall one).
+    padded = []
+    pad = torch.nn.functional.pad
+    monkeypatch.setattr(torch.nn.functional, "pad", lambda t, p, *a, **k: padded.append(p) or pad(t, p, *a, **k))
+    for m, n in ((12, 20), (20, 12)):
+        f = _trained_factor(m, n)
+        f.rotate_(beta=1.0, min_rank=5)  # rank 5: padded to 8
+        f.forward_mode = "factorized"
+        x = torch.randn(7, n, requires_grad=True)
+        outputs, grads = [], []
+        for align in (1, 8):
+            f.align = align
+            f.sigma.grad, x.grad = None, None
+            out = f.linear(x, torch.ones(m))
+            (out * torch.arange(m)).sum().backward()
+            outputs.append(out.detach())
+            grads.append((f.sigma.grad.clone(), x.grad.clone()))
+        assert f.rank == 5 and outputs[1].shape == (7, m)
+        torch.testing.assert_close(outputs[1], outputs[0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=0)
+        assert f.sigma.grad.shape == (5, 5)
+    assert padded == [(0, 3), (0, 0, 0, 3)] * 2  # align 8 padded both sides, align 1 neither
+
+
+def test_the_padded_basis_is_kept_until_the_basis_changes(monkeypatch):
+    pads = []
+    pad = torch.nn.functional.pad
+    monkeypatch.setattr(torch.nn.functional, "pad", lambda t, p, *a, **k: pads.append(p) or pad(t, p, *a, **k))
+    f, other = _trained_factor(12, 20, seed=0), _trained_factor(12, 20, seed=1)
+    for g in (f, other):
+        g.rotate_(beta=1.0, min_rank=5)
+        g.forward_mode, g.align = "factorized", 8
+    x = torch.randn(3, 20)
+    f.linear(x, None)
+    f.linear(x, None)
+    assert pads == [(0, 3), (0, 0, 0, 3), (0, 3)]  # the second call pads Σ only
+    f.load_state_dict(other.state_dict())  # copies in place: the same tensors, new contents
+    torch.testing.assert_close(f.linear(x, None), other.linear(x, None), atol=1e-6, rtol=0)
+    f.rotate_(beta=0.5)  # new bases
+    want = f.materialize() @ torch.ones(20)
+    torch.testing.assert_close(f.linear(torch.ones(1, 20), None)[0], want, atol=1e-5, rtol=0)
