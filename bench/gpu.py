@@ -1,20 +1,26 @@
 """The GPU paths, checked on one node: the one command to run on a GPU machine (DESIGN.md §8).
 
-    python bench/gpu.py [--ranks N] [--batch 256] [--vit-batch 64] [--rounds 5] [--steps 5]
+    python bench/gpu.py [--ranks N] [--batch 256] [--vit-batch 64] [--rounds 5] [--steps 5] [--parts 1,2,3,4,5]
     python bench/gpu.py --device cpu --smoke     (tiny sizes: checks that the script runs)
 
 Prints, side by side in one run (medians of interleaved rounds, the device synchronized around
 every timed region):
-  1. placement: N ranks under the venv's mpiexec, each rank's device and threads (distinct GPUs);
+  1. placement: N ranks under the venv's mpiexec (else the one on PATH), each rank's device and
+     threads (distinct GPUs);
   2. precision: fp32 vs bf16 (and fp16) step time of the paper's Table-3 CIFAR-10 mini-ViT
-     (patch 8, depth 6, heads 6, width 768, 32 px) and the bf16 speed-up, with peak memory;
+     (patch 8, depth 6, heads 6, width 768, 32 px) and the bf16 speed-up, with peak memory, beside
+     the same step in a plain PyTorch loop (what the trainer's own loop costs);
   3. OIALR vs full rank at forced ranks (every factor cut to a fraction of its full rank), for the
      Table-3 model and ViT-B/16 at 224 px, in the default precision: step-time ratio, trainable
-     fraction and the FLOP ratio of the factorized layers, as bench/trainer.py does on CPU;
+     fraction and the FLOP ratio of the factorized layers, as bench/trainer.py does on CPU, and at
+     10 % the same ranks without padding them to a multiple of 8 for tensor cores;
   4. the SVD-update share: one OIALR update of every layer at full rank, against the training time
-     between two updates at the recipe's update frequency;
+     between two updates at the bundled recipe's update frequency;
   5. the cost model: for every factor shape of part 3, whether ``use_factorized`` picks the faster
-     of the dense and the factorized product on this device (forward + backward timed).
+     of the layer's dense and factorized products on this device (forward + backward; on a GPU by
+     the kernels' time).
+"GPU busy" is the share of the wall time the GPU spends in kernels (from the profiler): far below
+100 %, the host (Python, kernel launches) sets the pace, and a faster kernel changes nothing.
 Synthetic images (no data set is read); the numbers are the training step's, not the loader's.
 """
 
@@ -23,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -39,16 +46,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from trainer import flop_ratio, force_ranks  # noqa: E402
 
-from oialr_search.training import Trainer, config_from_dict  # noqa: E402
+from oialr_search.training import Trainer, config_from_dict, load_config, resolve_config_path  # noqa: E402
 from oialr_search.training._data import DataBundle  # noqa: E402
 
-# The paper's models (Table 3 and Table 1); --smoke shrinks them to seconds on a CPU.
+
+def _recipe_update_frequency(name: str) -> int:
+    """The bundled recipe's oialr.update_frequency, so part 4 follows the shipped file."""
+    return load_config(resolve_config_path(name)).oialr.update_frequency
+
+
+# The paper's models (Table 3 and Table 1), updated as their bundled recipes say; --smoke shrinks them
+# to seconds on a CPU.
 MODELS = {
     "table3-mini-vit": {"model": {"name": "mini_vit", "kwargs": {"embed_dim": 768, "depth": 6, "num_heads": 6,
                                                                  "patch_size": 8}},
-                        "img": 32, "classes": 10, "update_frequency": 1000},
+                        "img": 32, "classes": 10, "update_frequency": _recipe_update_frequency("cifar10_mini_vit")},
     "vit-b16": {"model": {"name": "vit_base_patch16_224", "kwargs": {}}, "img": 224, "classes": 1000,
-                "update_frequency": 1000},
+                "update_frequency": _recipe_update_frequency("imagenet_vit_b16")},
 }
 SMOKE = {
     "table3-mini-vit": {"model": {"name": "mini_vit", "kwargs": {"embed_dim": 48, "depth": 2, "num_heads": 2,
@@ -111,6 +125,28 @@ def peak_memory(device: torch.device, fn: Callable[[], None]) -> str:
     return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
 
 
+def gpu_seconds(device: torch.device, fn: Callable[[], None], calls: int) -> float | None:
+    """Seconds of GPU kernels (and copies) per call of fn, from the profiler; None off CUDA.
+
+    Against the wall time per call it says whether the GPU or the host sets the pace: a step whose
+    kernels take far less than its wall time is bound by the host (Python and kernel launches)."""
+    if device.type != "cuda":
+        return None
+    fn()
+    sync(device)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        sync(device)
+    cuda = torch.autograd.DeviceType.CUDA
+    micros = sum(e.self_device_time_total for e in prof.key_averages() if e.device_type == cuda)
+    return micros / 1e6 / calls
+
+
+def busy(gpu: float | None, wall: float) -> str:
+    return "-" if gpu is None else f"{min(1.0, gpu / wall):.0%}"
+
+
 # -- 1. placement ---------------------------------------------------------------------------------------
 
 def placement_worker() -> None:
@@ -132,11 +168,20 @@ def placement_worker() -> None:
 
 
 def placement(ranks: int) -> None:
-    mpiexec = Path(sys.executable).parent / "mpiexec"
-    cmd = [str(mpiexec), "-n", str(ranks), sys.executable, "-m", "mpi4py", __file__, "--placement-worker"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    # The venv's mpiexec (the mpich extra), else the one on PATH (a cluster's own MPI)
+    beside = Path(sys.executable).parent / "mpiexec"
+    mpiexec = str(beside) if beside.exists() else shutil.which("mpiexec")
+    print(f"\n== 1. Placement: {ranks} ranks under {mpiexec or 'mpiexec'}")
+    if mpiexec is None:
+        print("  skipped: no mpiexec beside this Python or on PATH (pip install mpich, or load your MPI module)")
+        return
+    cmd = [mpiexec, "-n", str(ranks), sys.executable, "-m", "mpi4py", __file__, "--placement-worker"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired:
+        print("  failed: the ranks did not finish within 600 s")
+        return
     line = next((x for x in proc.stdout.splitlines() if x.startswith("PLACEMENT ")), None)
-    print(f"\n== 1. Placement: {ranks} ranks under {mpiexec.name}")
     if line is None:
         print(f"  failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}")
         return
@@ -153,24 +198,56 @@ def placement(ranks: int) -> None:
 
 # -- 2. precision -----------------------------------------------------------------------------------------
 
+def plain_step(t: Trainer) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """A plain PyTorch step on a fresh copy of ``t``'s model, as timm's train.py --amp takes it (fused
+    AdamW, autocast, the same loss and clipping): what the trainer's own loop costs shows against it."""
+    from oialr_search.training import create_model
+
+    cfg = t.config
+    model = create_model(cfg.model.name, num_classes=t.data.num_classes, in_chans=t.data.in_chans,
+                         img_size=t.data.img_size, **cfg.model.kwargs).to(t.device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+                            fused=t.device.type == "cuda" or None)
+    amp = t.precision
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        with amp.autocast():
+            loss = F.cross_entropy(model(x), y, label_smoothing=cfg.train.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.train.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip, foreach=True)
+        opt.step()
+
+    return step
+
+
 def precision(spec: dict, device: str, batch: int, rounds: int, steps: int) -> None:
-    variants = {"fp32": None, "bf16": None, "fp16": None}
+    variants: dict[str, Trainer] = {}
     fns = {}
-    for name in variants:
+    for name in ("fp32", "bf16", "fp16"):
         t = make_trainer(spec, device=device, batch=batch, precision=name, oialr=False)
         x, y = batch_on_device(t)
         variants[name] = t
         fns[name] = (lambda t=t, x=x, y=y: t.train_step(x, y))
+    for name in ("fp32", "bf16"):  # the same step without the trainer around it
+        t = variants[name]
+        x, y = batch_on_device(t)
+        step = plain_step(t)
+        fns[f"plain {name}"] = (lambda step=step, x=x, y=y: step(x, y))
     dev = variants["fp32"].device
     times = time_interleaved(fns, dev, rounds, steps)
-    print(f"\n== 2. Precision: Table-3 mini-ViT, batch {batch}, full rank (median of {rounds} x {steps} steps)")
-    print(f"{'precision':>10} {'step s':>9} {'images/s':>10} {'vs fp32':>8} {'peak memory':>12}")
-    for name, t in variants.items():
-        x, y = batch_on_device(t)
-        mem = peak_memory(dev, lambda t=t, x=x, y=y: t.train_step(x, y))
+    print(f"\n== 2. Precision: Table-3 mini-ViT, batch {batch}, full rank (median of {rounds} x {steps} steps; "
+          "plain: the same step in a plain PyTorch loop)")
+    print(f"{'precision':>10} {'step s':>9} {'images/s':>10} {'vs fp32':>8} {'GPU busy':>9} {'peak memory':>12}")
+    for name, fn in fns.items():
+        mem = peak_memory(dev, fn)
+        gpu = gpu_seconds(dev, fn, steps)
         print(f"{name:>10} {times[name]:9.4f} {batch / times[name]:10.0f} {times['fp32'] / times[name]:7.2f}x "
-              f"{mem:>12}")
-    print(f"bf16 speed-up over fp32: {times['fp32'] / times['bf16']:.2f}x")
+              f"{busy(gpu, times[name]):>9} {mem:>12}")
+    print(f"bf16 speed-up over fp32: {times['fp32'] / times['bf16']:.2f}x (plain loop: "
+          f"{times['plain fp32'] / times['plain bf16']:.2f}x); trainer vs plain loop, bf16: "
+          f"{times['bf16'] / times['plain bf16']:.2f}x the step time")
 
 
 # -- 3. OIALR vs full rank, 5. the cost model ------------------------------------------------------------------
@@ -183,6 +260,12 @@ def forced_ranks(label: str, spec: dict, device: str, batch: int, rounds: int, s
         t = make_trainer(spec, device=device, batch=batch, precision="auto", oialr=True)
         force_ranks(t, frac)
         variants[f"rank {frac:.0%}"] = t
+    if 0.1 in fractions:  # the same ranks without padding them for tensor cores (LowRankWeight.align)
+        t = make_trainer(spec, device=device, batch=batch, precision="auto", oialr=True)
+        force_ranks(t, 0.1)
+        for _, f in t.oialr.factors:
+            f.align = 1
+        variants["10% unpadded"] = t
     full = variants["full-rank"]
     x, y = batch_on_device(full)
     model = full.model
@@ -193,20 +276,29 @@ def forced_ranks(label: str, spec: dict, device: str, batch: int, rounds: int, s
     times = time_interleaved(fns, full.device, rounds, steps)
     print(f"\n== 3. OIALR vs full rank at forced ranks: {label}, batch {batch}, {full.precision.name}, "
           f"{tokens} tokens (median of {rounds} x {steps} steps)")
-    print(f"{'variant':>12} {'step s':>9} {'ratio':>7} {'trainable':>10} {'FLOP ratio':>11} {'peak memory':>12}")
+    print(f"{'variant':>12} {'step s':>9} {'ratio':>7} {'trainable':>10} {'FLOP ratio':>11} {'GPU busy':>9} "
+          f"{'GPU ratio':>9} {'peak memory':>12}")
     shapes = set()
+    gpu = {name: gpu_seconds(full.device, fn, steps) for name, fn in fns.items()}
     for name, t in variants.items():
         ratio = times[name] / times["full-rank"]
         trainable = t.oialr.counts().trainable_fraction
         flops = flop_ratio(t.oialr.factors, tokens) if t.oialr.factors else 1.0
         mem = peak_memory(t.device, lambda t=t: t.train_step(x, y))
-        print(f"{name:>12} {times[name]:9.4f} {ratio:7.3f} {100 * trainable:9.1f}% {flops:11.3f} {mem:>12}")
+        gpu_ratio = "-" if gpu[name] is None else f"{gpu[name] / gpu['full-rank']:.3f}"
+        print(f"{name:>12} {times[name]:9.4f} {ratio:7.3f} {100 * trainable:9.1f}% {flops:11.3f} "
+              f"{busy(gpu[name], times[name]):>9} {gpu_ratio:>9} {mem:>12}")
         shapes |= {(f.out_features, f.in_features, f.rank, tokens) for _, f in t.oialr.factors}
     return sorted(shapes)
 
 
 def cost_model(shapes: list[tuple[int, int, int, int]], device: str, rounds: int, steps: int) -> None:
-    """Times dense (build W, one product) vs factorized (two products) forward + backward per shape."""
+    """Times the layer's dense path (build W, one product) against its factorized one (two products,
+    the rank padded for tensor cores on CUDA) and the factorized one unpadded, forward + backward.
+
+    On a GPU the kernels' time decides: launched alone, every product's wall time is its launch cost,
+    which says nothing about a training step where the GPU is busy (the step's GPU-busy share, part 3)."""
+    from oialr_search.lowrank import LowRankWeight
     from oialr_search.training._precision import Precision
     from oialr_search.training._trainer import resolve_device
 
@@ -215,31 +307,35 @@ def cost_model(shapes: list[tuple[int, int, int, int]], device: str, rounds: int
     agree, rows = 0, []
     for m, n, r, tokens in shapes:
         x = torch.randn(tokens, n, device=dev, requires_grad=True)
-        u, s, vh = (torch.randn(m, r, device=dev), torch.randn(r, r, device=dev, requires_grad=True),
-                    torch.randn(r, n, device=dev))
+        f = LowRankWeight(torch.randn(m, n, device=dev))
+        f.rotate_(beta=1.0, min_rank=r)  # rank r exactly
+        chose = f.use_factorized(tokens)
 
-        def dense(x=x, u=u, s=s, vh=vh) -> None:
-            with amp.autocast():
-                out = F.linear(x, (u @ s) @ vh)
-            out.sum().backward()
+        def run(mode: str, align: int | None, f=f, x=x) -> Callable[[], None]:
+            def product() -> None:
+                f.forward_mode, f.align = mode, align
+                with amp.autocast():
+                    out = f.linear(x, None)
+                out.sum().backward()
+            return product
 
-        def factorized(x=x, u=u, s=s, vh=vh) -> None:
-            with amp.autocast():
-                out = F.linear(F.linear(x, vh), u @ s)
-            out.sum().backward()
-
-        t = time_interleaved({"dense": dense, "factorized": factorized}, dev, rounds, steps)
-        chose = tokens * r * (m + n) < m * n * (tokens + r)  # LowRankWeight.use_factorized
+        fns = {"dense": run("dense", None), "factorized": run("factorized", None), "unpadded": run("factorized", 1)}
+        t = time_interleaved(fns, dev, rounds, steps)
+        if dev.type == "cuda":  # the kernels' time: the wall time of one product is mostly its launches
+            t = {name: gpu_seconds(dev, fn, steps) for name, fn in fns.items()}
         faster = t["factorized"] < t["dense"]
         agree += chose == faster
-        rows.append((m, n, r, tokens, t["dense"], t["factorized"], chose, faster))
-    print(f"\n== 5. Cost model on {dev} ({amp.name}): does use_factorized pick the faster product?")
-    print(f"{'m x n':>12} {'rank':>5} {'tokens':>7} {'dense s':>9} {'factor. s':>9} {'picks':>10} {'faster':>10}")
-    for m, n, r, tokens, d, f, chose, faster in rows:
+        rows.append((m, n, r, tokens, t["dense"], t["factorized"], t["unpadded"], chose, faster))
+    timed = "GPU kernel time" if dev.type == "cuda" else "wall time"
+    print(f"\n== 5. Cost model on {dev} ({amp.name}): does use_factorized pick the faster product? ({timed} of "
+          "forward + backward; unpadded: the factorized product without the rank padded to a multiple of 8)")
+    print(f"{'m x n':>12} {'rank':>5} {'tokens':>7} {'dense s':>9} {'factor. s':>9} {'unpadded':>9} {'picks':>10} "
+          f"{'faster':>10}")
+    for m, n, r, tokens, d, fa, un, chose, faster in rows:
         mark = "" if chose == faster else "  <- wrong"
-        print(f"{f'{m}x{n}':>12} {r:5d} {tokens:7d} {d:9.5f} {f:9.5f} {'factorized' if chose else 'dense':>10} "
-              f"{'factorized' if faster else 'dense':>10}{mark}")
-    worst = max(((min(d, f) and max(d, f) / min(d, f)) for *_, d, f, c, fa in rows if c != fa), default=1.0)
+        print(f"{f'{m}x{n}':>12} {r:5d} {tokens:7d} {d:9.5f} {fa:9.5f} {un:9.5f} "
+              f"{'factorized' if chose else 'dense':>10} {'factorized' if faster else 'dense':>10}{mark}")
+    worst = max(((min(d, fa) and max(d, fa) / min(d, fa)) for *_, d, fa, _, c, fst in rows if c != fst), default=1.0)
     print(f"right choice for {agree}/{len(rows)} shapes; the worst wrong choice costs {worst:.2f}x "
           "(calibrate LowRankWeight.use_factorized for this device if that is large)")
 
@@ -278,6 +374,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5, help="steps per variant per round")
     ap.add_argument("--fractions", default="1.0,0.5,0.25,0.1,0.05")
     ap.add_argument("--smoke", action="store_true", help="tiny models and batches: check that the script runs")
+    ap.add_argument("--parts", default="1,2,3,4,5", help="which parts to run, e.g. 2,3 (part 5 times part 3's shapes)")
     args = ap.parse_args()
     if args.placement_worker:
         placement_worker()
@@ -291,18 +388,26 @@ def main() -> None:
     name = torch.cuda.get_device_name() if gpus else "cpu"
     print(f"torch {torch.__version__}, device {args.device} ({name}), {gpus} GPU(s), "
           f"{os.cpu_count()} CPUs, {torch.get_num_threads()} threads")
-    placement(args.ranks or max(1, gpus) if not args.smoke else 2)
-    precision(models["table3-mini-vit"], args.device, args.batch, args.rounds, args.steps)
+    try:
+        parts = {int(p) for p in args.parts.split(",")}
+    except ValueError:
+        sys.exit(f"bench/gpu.py: --parts takes part numbers such as 2,3, got {args.parts!r}")
+    if 1 in parts:
+        placement(args.ranks or max(1, gpus) if not args.smoke else 2)
+    if 2 in parts:
+        precision(models["table3-mini-vit"], args.device, args.batch, args.rounds, args.steps)
     fractions = [float(f) for f in args.fractions.split(",")]
-    shapes = forced_ranks("Table-3 mini-ViT", models["table3-mini-vit"], args.device, args.batch, args.rounds,
-                          args.steps, fractions)
-    shapes += forced_ranks("ViT-B/16", models["vit-b16"], args.device, args.vit_batch, args.rounds, args.steps,
-                           fractions)
-    for label, key, batch in (("Table-3 mini-ViT", "table3-mini-vit", args.batch),
-                              ("ViT-B/16", "vit-b16", args.vit_batch)):
-        svd_share(label, models[key], args.device, batch, args.rounds, args.steps)
-    cost_model(sorted(set(shapes)), args.device, args.rounds, max(3, args.steps))
-
+    if parts & {3, 5}:
+        shapes = forced_ranks("Table-3 mini-ViT", models["table3-mini-vit"], args.device, args.batch, args.rounds,
+                              args.steps, fractions)
+        shapes += forced_ranks("ViT-B/16", models["vit-b16"], args.device, args.vit_batch, args.rounds, args.steps,
+                               fractions)
+    if 4 in parts:
+        for label, key, batch in (("Table-3 mini-ViT", "table3-mini-vit", args.batch),
+                                  ("ViT-B/16", "vit-b16", args.vit_batch)):
+            svd_share(label, models[key], args.device, batch, args.rounds, args.steps)
+    if 5 in parts:
+        cost_model(sorted(set(shapes)), args.device, args.rounds, max(3, args.steps))
 
 if __name__ == "__main__":
     main()
