@@ -13,10 +13,11 @@ digits``, ~1 s a trial). Prints mean ± sd over seeds of:
   (b) the hypervolume of the (top1 ↑, trainable_fraction ↓) front, normalized to [0, 1] with the
       reference point (top1 0, trainable_fraction 1), for the same three;
   (c) with and without ASHA (``--min-epochs``, ``--reduction``; default 1 and 3) at equal trial
-      count (Propulate): training epochs spent, the best val_loss reached, and the best val_loss of
-      the unpruned search once it had spent as many epochs as the pruned one (trials counted in the
-      order they finished); and, over the unpruned searches' trials, how well each epoch's val_loss
-      ranks the trials by their final val_loss (Spearman's rho): a rung prunes well only where it is high.
+      count (Propulate; ``--pruning-backend`` picks another): training epochs spent, the best
+      val_loss reached, and the best val_loss of the unpruned search once it had spent as many
+      epochs as the pruned one (trials counted in the order they finished); and, over the unpruned
+      searches' trials, how well each epoch's val_loss ranks the trials by their final val_loss
+      (Spearman's rho): a rung prunes well only where it is high.
 """
 
 from __future__ import annotations
@@ -142,6 +143,7 @@ def main() -> None:
     ap.add_argument("--ranks", type=int, default=2)
     ap.add_argument("--parts", default="abc", help="which parts to run: any of a, b, c")
     ap.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS), help="parts a and b")
+    ap.add_argument("--pruning-backend", choices=BACKENDS, default="propulate", help="part c's backend")
     ap.add_argument("--epochs", type=int, default=None, help="epochs per trial (default: the space's, 4 for mnist)")
     ap.add_argument("--min-epochs", type=int, default=1, help="ASHA's first rung, part (c)")
     ap.add_argument("--reduction", type=int, default=3, help="ASHA's reduction factor, part (c)")
@@ -176,13 +178,14 @@ def main() -> None:
                       flush=True)
     if "c" in args.parts:
         budget = args.budgets[0]
-        print(f"\n(c) ASHA (min_epochs {args.min_epochs}, reduction {args.reduction}) vs no pruning, Propulate, "
+        backend = args.pruning_backend
+        print(f"\n(c) ASHA (min_epochs {args.min_epochs}, reduction {args.reduction}) vs no pruning, {backend}, "
               f"{budget} trials each")
         rows, runs = [], []
         for s in seeds:
-            plain_url = search(single, folder, f"c-none-{s}", "propulate", s, budget, args.ranks)
+            plain_url = search(single, folder, f"c-none-{s}", backend, s, budget, args.ranks)
             runs += curves(plain_url, f"c-none-{s}")
-            asha_url = search(asha, folder, f"c-asha-{s}", "propulate", s, budget, args.ranks)
+            asha_url = search(asha, folder, f"c-asha-{s}", backend, s, budget, args.ranks)
             plain_epochs, plain_curve = epochs_and_curve(plain_url, f"c-none-{s}")
             asha_epochs, _ = epochs_and_curve(asha_url, f"c-asha-{s}")
             within = [v for spent, v in plain_curve if spent <= asha_epochs and v is not None]
