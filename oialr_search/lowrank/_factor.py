@@ -47,6 +47,9 @@ class LowRankWeight(nn.Module):
     # None means 8 on CUDA devices, where a bf16/fp16/tf32 GEMM with an inner dimension that is not a
     # multiple of 8 falls off the tensor-core kernels (measured on an H100: rank 39 and 77 of a
     # 768x3072 layer ran as slowly as the dense product), and 1 (none) elsewhere. Zeros change nothing.
+    # The padding is made anew in every forward (a Σ and a basis pad, both small against the
+    # activations): a cached copy would have to follow every change of the bases, inference tensors
+    # and torch.compile's graphs.
     align: int | None = None
 
     def __init__(self, weight: Tensor) -> None:
@@ -70,17 +73,24 @@ class LowRankWeight(nn.Module):
     def full_rank(self) -> int:
         return min(self.out_features, self.in_features)
 
-    def use_factorized(self, tokens: int) -> bool:
+    def use_factorized(self, tokens: int, *, align: int = 1) -> bool:
         """Whether x → Vᵀ → Σ → U is cheaper than materializing W for ``tokens`` input rows.
 
         Per forward, the dense path costs tokens·m·n + m·n·r (building W), the factorized path
-        tokens·r·(m+n); the r² merge of Σ into one side is common to both. The backward pass has
-        the same proportions.
+        tokens·r'·(m+n), r' the rank padded to a multiple of ``align``; the r² merge of Σ into one
+        side is common to both. The backward pass has the same proportions.
         """
         if self.forward_mode is not None:
             return self.forward_mode == "factorized"
         m, n, r = self.out_features, self.in_features, self.rank
-        return tokens * r * (m + n) < m * n * (tokens + r)
+        return tokens * -(-r // align) * align * (m + n) < m * n * (tokens + r)
+
+    def alignment(self, device: torch.device) -> int:
+        """The multiple the factorized product pads the rank to on ``device`` (see ``align``)."""
+        align = self.align if self.align is not None else (8 if device.type == "cuda" else 1)
+        if align < 1:
+            raise ValueError(f"LowRankWeight.align must be a positive integer or None, got {align!r}")
+        return align
 
     # -- products --------------------------------------------------------------------------------
     def split(self) -> tuple[Tensor, Tensor]:
@@ -93,32 +103,22 @@ class LowRankWeight(nn.Module):
         left, right = self.split()
         return left @ right
 
-    def padded_split(self, pad: int) -> tuple[Tensor, Tensor]:
-        """:meth:`split` with the rank padded by ``pad`` zero columns (left) and rows (right).
-
-        Σ is padded (r², tiny) and merged as usual; the frozen basis on the other side is padded once
-        and kept until it changes (a rotation or a load replaces or rewrites it), so a step pays one
-        small pad instead of a copy of a basis."""
+    def aligned_split(self, align: int) -> tuple[Tensor, Tensor]:
+        """:meth:`split` with the rank padded by zeros to a multiple of ``align``: zero columns on the
+        left, zero rows on the right, so the product and every gradient are unchanged."""
+        pad = -self.rank % align
+        if not pad:
+            return self.split()
         if self.out_features <= self.in_features:
-            return self.U @ F.pad(self.sigma, (0, pad)), self._padded_basis("Vh", (0, 0, 0, pad))
-        return self._padded_basis("U", (0, pad)), F.pad(self.sigma, (0, 0, 0, pad)) @ self.Vh
-
-    def _padded_basis(self, name: str, pad: tuple[int, ...]) -> Tensor:
-        basis = getattr(self, name)
-        cached = self.__dict__.get("_padded")
-        # identity and version: a new tensor after a rotation or .to(), an in-place load or broadcast
-        if cached is None or cached[0] is not basis or cached[1] != basis._version or cached[2] != pad:
-            cached = (basis, basis._version, pad, F.pad(basis, pad))
-            self.__dict__["_padded"] = cached
-        return cached[3]
+            return self.U @ F.pad(self.sigma, (0, pad)), F.pad(self.Vh, (0, 0, 0, pad))
+        return F.pad(self.U, (0, pad)), F.pad(self.sigma, (0, 0, 0, pad)) @ self.Vh
 
     def linear(self, x: Tensor, bias: Tensor | None) -> Tensor:
         """``F.linear(x, W, bias)`` by the cheaper of the two paths."""
         tokens = x.numel() // self.in_features if x.numel() else 0
-        if self.use_factorized(tokens):
-            align = self.align if self.align is not None else (8 if x.is_cuda else 1)
-            pad = -self.rank % align
-            left, right = self.padded_split(pad) if pad else self.split()
+        align = self.alignment(x.device)
+        if self.use_factorized(tokens, align=align):
+            left, right = self.aligned_split(align)
             return F.linear(F.linear(x, right), left, bias)
         return F.linear(x, self.materialize(), bias)
 

@@ -75,9 +75,10 @@ class LowRankConv(nn.Module):
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             padding = 0
         batch = x.shape[0] if x.dim() == self.dims + 2 else 1
-        if not self.factor.use_factorized(batch * self._out_positions(x)):
+        align = self.factor.alignment(x.device)  # the r intermediate channels, padded for tensor cores
+        if not self.factor.use_factorized(batch * self._out_positions(x), align=align):
             return self._conv(x, self.weight, self.bias, self.stride, padding, self.dilation)
-        left, right = self.factor.split()
+        left, right = self.factor.aligned_split(align)
         h = self._conv(x, right.reshape(-1, self.in_channels, *self.kernel_size), None, self.stride, padding,
                        self.dilation)
         return self._conv(h, left.reshape(self.out_channels, -1, *([1] * self.dims)), self.bias)

@@ -138,20 +138,32 @@ def test_padding_the_rank_for_tensor_cores_changes_neither_output_nor_gradients(
     assert padded == [(0, 3), (0, 0, 0, 3)] * 2  # align 8 padded both sides, align 1 neither
 
 
-def test_the_padded_basis_is_kept_until_the_basis_changes(monkeypatch):
-    pads = []
-    pad = torch.nn.functional.pad
-    monkeypatch.setattr(torch.nn.functional, "pad", lambda t, p, *a, **k: pads.append(p) or pad(t, p, *a, **k))
-    f, other = _trained_factor(12, 20, seed=0), _trained_factor(12, 20, seed=1)
-    for g in (f, other):
-        g.rotate_(beta=1.0, min_rank=5)
-        g.forward_mode, g.align = "factorized", 8
-    x = torch.randn(3, 20)
-    f.linear(x, None)
-    f.linear(x, None)
-    assert pads == [(0, 3), (0, 0, 0, 3), (0, 3)]  # the second call pads Σ only
-    f.load_state_dict(other.state_dict())  # copies in place: the same tensors, new contents
-    torch.testing.assert_close(f.linear(x, None), other.linear(x, None), atol=1e-6, rtol=0)
-    f.rotate_(beta=0.5)  # new bases
-    want = f.materialize() @ torch.ones(20)
-    torch.testing.assert_close(f.linear(torch.ones(1, 20), None)[0], want, atol=1e-5, rtol=0)
+def test_padded_conv_and_inference_mode_and_the_cost_model():
+    import pytest
+    from torch import nn
+
+    from oialr_search.lowrank import convert_to_low_rank
+
+    conv = nn.Sequential(nn.Conv2d(6, 12, 3, padding=1))
+    x = torch.randn(2, 6, 8, 8)
+    with torch.no_grad():
+        dense = conv(x)
+    (factor,) = [f for _, f in convert_to_low_rank(conv)]
+    factor.forward_mode = "factorized"
+    assert factor.rank == 12  # 12 filters over 6·3·3 inputs: padded to 16 intermediate channels
+    outputs = []
+    for align in (1, 8):
+        factor.align = align
+        with torch.inference_mode():  # a padded product under inference mode, then training again
+            outputs.append(conv(x))
+        conv(x).sum().backward()
+    torch.testing.assert_close(outputs[1], outputs[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(outputs[0], dense, atol=1e-4, rtol=0)
+    assert factor.sigma.grad is not None
+    # the cost model prices the padded rank: rank 1 costs what rank 8 does once padded
+    f = LowRankWeight(torch.randn(14, 14))
+    f.rotate_(beta=1.0, min_rank=1)
+    assert f.use_factorized(1000, align=1) and not f.use_factorized(1000, align=8)
+    f.align = 0
+    with pytest.raises(ValueError, match="align must be a positive integer"):
+        f.linear(torch.randn(3, 64), None)
