@@ -49,20 +49,14 @@ from trainer import flop_ratio, force_ranks  # noqa: E402
 from oialr_search.training import Trainer, config_from_dict, load_config, resolve_config_path  # noqa: E402
 from oialr_search.training._data import DataBundle  # noqa: E402
 
-
-def _recipe_update_frequency(name: str) -> int:
-    """The bundled recipe's oialr.update_frequency, so part 4 follows the shipped file."""
-    return load_config(resolve_config_path(name)).oialr.update_frequency
-
-
-# The paper's models (Table 3 and Table 1), updated as their bundled recipes say; --smoke shrinks them
-# to seconds on a CPU.
+# The paper's models (Table 3 and Table 1), updated as their bundled recipes say (part 4 reads the
+# recipe's oialr.update_frequency); --smoke shrinks them to seconds on a CPU.
 MODELS = {
     "table3-mini-vit": {"model": {"name": "mini_vit", "kwargs": {"embed_dim": 768, "depth": 6, "num_heads": 6,
                                                                  "patch_size": 8}},
-                        "img": 32, "classes": 10, "update_frequency": _recipe_update_frequency("cifar10_mini_vit")},
+                        "img": 32, "classes": 10, "recipe": "cifar10_mini_vit"},
     "vit-b16": {"model": {"name": "vit_base_patch16_224", "kwargs": {}}, "img": 224, "classes": 1000,
-                "update_frequency": _recipe_update_frequency("imagenet_vit_b16")},
+                "recipe": "imagenet_vit_b16"},
 }
 SMOKE = {
     "table3-mini-vit": {"model": {"name": "mini_vit", "kwargs": {"embed_dim": 48, "depth": 2, "num_heads": 2,
@@ -79,12 +73,18 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def update_frequency(spec: dict) -> int:
+    if "recipe" in spec:  # the shipped file's value, so part 4 follows it
+        return load_config(resolve_config_path(spec["recipe"])).oialr.update_frequency
+    return spec["update_frequency"]
+
+
 def make_trainer(spec: dict, *, device: str, batch: int, precision: str, oialr: bool) -> Trainer:
     cfg = config_from_dict({
         "model": spec["model"],
         "data": {"name": "digits"},  # replaced by the synthetic bundle below
         "train": {"epochs": 1, "batch_size": batch, "device": device, "precision": precision, "seed": 0},
-        "oialr": {"enabled": oialr, "delay": 10**9 if oialr else 0.1, "update_frequency": spec["update_frequency"]},
+        "oialr": {"enabled": oialr, "delay": 10**9 if oialr else 0.1, "update_frequency": update_frequency(spec)},
     })
     n, img = 2 * batch, spec["img"]
     images, labels = torch.randn(n, 3, img, img), torch.randint(0, spec["classes"], (n,))
@@ -309,7 +309,7 @@ def cost_model(shapes: list[tuple[int, int, int, int]], device: str, rounds: int
         x = torch.randn(tokens, n, device=dev, requires_grad=True)
         f = LowRankWeight(torch.randn(m, n, device=dev))
         f.rotate_(beta=1.0, min_rank=r)  # rank r exactly
-        chose = f.use_factorized(tokens)
+        chose = f.use_factorized(tokens, align=f.alignment(dev))
 
         def run(mode: str, align: int | None, f=f, x=x) -> Callable[[], None]:
             def product() -> None:
@@ -319,13 +319,15 @@ def cost_model(shapes: list[tuple[int, int, int, int]], device: str, rounds: int
                 out.sum().backward()
             return product
 
-        fns = {"dense": run("dense", None), "factorized": run("factorized", None), "unpadded": run("factorized", 1)}
-        t = time_interleaved(fns, dev, rounds, steps)
+        fns = {"dense": run("dense", None), "factorized": run("factorized", None)}
         if dev.type == "cuda":  # the kernels' time: the wall time of one product is mostly its launches
+            fns["unpadded"] = run("factorized", 1)  # (off CUDA nothing is padded)
             t = {name: gpu_seconds(dev, fn, steps) for name, fn in fns.items()}
+        else:
+            t = time_interleaved(fns, dev, rounds, steps)
         faster = t["factorized"] < t["dense"]
         agree += chose == faster
-        rows.append((m, n, r, tokens, t["dense"], t["factorized"], t["unpadded"], chose, faster))
+        rows.append((m, n, r, tokens, t["dense"], t["factorized"], t.get("unpadded"), chose, faster))
     timed = "GPU kernel time" if dev.type == "cuda" else "wall time"
     print(f"\n== 5. Cost model on {dev} ({amp.name}): does use_factorized pick the faster product? ({timed} of "
           "forward + backward; unpadded: the factorized product without the rank padded to a multiple of 8)")
@@ -333,7 +335,8 @@ def cost_model(shapes: list[tuple[int, int, int, int]], device: str, rounds: int
           f"{'faster':>10}")
     for m, n, r, tokens, d, fa, un, chose, faster in rows:
         mark = "" if chose == faster else "  <- wrong"
-        print(f"{f'{m}x{n}':>12} {r:5d} {tokens:7d} {d:9.5f} {fa:9.5f} {un:9.5f} "
+        unpadded = "-" if un is None else f"{un:9.5f}"
+        print(f"{f'{m}x{n}':>12} {r:5d} {tokens:7d} {d:9.5f} {fa:9.5f} {unpadded:>9} "
               f"{'factorized' if chose else 'dense':>10} {'factorized' if faster else 'dense':>10}{mark}")
     worst = max(((min(d, fa) and max(d, fa) / min(d, fa)) for *_, d, fa, _, c, fst in rows if c != fst), default=1.0)
     print(f"right choice for {agree}/{len(rows)} shapes; the worst wrong choice costs {worst:.2f}x "
@@ -357,7 +360,7 @@ def svd_share(label: str, spec: dict, device: str, batch: int, rounds: int, step
         times.append(time.perf_counter() - start)
         t.train_step(x, y)
     update = statistics.median(times)
-    f = spec["update_frequency"]
+    f = update_frequency(spec)
     print(f"\n== 4. SVD updates: {label}, {len(t.oialr.factors)} layers at full rank")
     print(f"one update of every layer: {update:.4f}s; one full-rank step: {step:.4f}s; every {f} steps the "
           f"updates take {100 * update / (update + f * step):.2f}% of training time")
@@ -391,7 +394,9 @@ def main() -> None:
     try:
         parts = {int(p) for p in args.parts.split(",")}
     except ValueError:
-        sys.exit(f"bench/gpu.py: --parts takes part numbers such as 2,3, got {args.parts!r}")
+        parts = set()
+    if not parts or not parts <= {1, 2, 3, 4, 5}:
+        sys.exit(f"bench/gpu.py: --parts takes part numbers from 1 to 5 such as 2,3, got {args.parts!r}")
     if 1 in parts:
         placement(args.ranks or max(1, gpus) if not args.smoke else 2)
     if 2 in parts:
