@@ -414,5 +414,6 @@ def main() -> None:
     if 5 in parts:
         cost_model(sorted(set(shapes)), args.device, args.rounds, max(3, args.steps))
 
+
 if __name__ == "__main__":
     main()

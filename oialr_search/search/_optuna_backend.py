@@ -8,7 +8,9 @@ resume just rebuilds the study from the database.
 
 Multi-objective studies use Optuna's native support (TPE by default, NSGA-II with ``sampler:
 nsga2``); constraints reach the sampler through each trial's constraints (Optuna 5's ``set_constraint``);
-a pruned trial is told PRUNED. A trial another job's start marked INTERRUPTED while it still ran
+a pruned trial is told PRUNED, with its value at the epoch it stopped at as its last intermediate value
+(single-objective), which is what TPE ranks pruned trials by: the later they stopped, then the better
+that value (without it, every pruned trial tied). A trial another job's start marked INTERRUPTED while it still ran
 (two jobs on one study) is looked at again, and added once it has a result.
 """
 
@@ -71,8 +73,21 @@ def _frozen(t: Trial, dists: dict, space: SearchSpace):  # noqa: ANN202
     if ok:
         return optuna.trial.create_trial(params=t.params, distributions=dists, values=list(t.values),
                                          state=optuna.trial.TrialState.COMPLETE, **extra)
-    state = optuna.trial.TrialState.PRUNED if t.state == PRUNED else optuna.trial.TrialState.FAIL
-    return optuna.trial.create_trial(params=t.params, distributions=dists, state=state, **extra)
+    if t.state == PRUNED:
+        steps = _last_step(t.last_epoch, t.values, n)
+        return optuna.trial.create_trial(params=t.params, distributions=dists, state=optuna.trial.TrialState.PRUNED,
+                                         intermediate_values=steps, **extra)
+    return optuna.trial.create_trial(params=t.params, distributions=dists, state=optuna.trial.TrialState.FAIL,
+                                     **extra)
+
+
+def _last_step(epoch: int | None, values: Sequence[float | None] | None, objectives: int) -> dict[int, float]:
+    """A pruned trial's intermediate values for Optuna: {stop epoch: its value then}; none for several
+    objectives (Optuna keeps intermediate values for single-objective studies only) or without a
+    finite value."""
+    if objectives != 1 or epoch is None or not values or values[0] is None or not math.isfinite(values[0]):
+        return {}
+    return {int(epoch): float(values[0])}
 
 
 DROPPED = object()  # what ``evaluate`` returns for a trial that ran but was not stored (see run_optuna)
@@ -141,6 +156,8 @@ def run_optuna(*, space: SearchSpace, store: Store, study: Study, seed: int, ran
         if scored.state == COMPLETE:
             ostudy.tell(trial, list(scored.values))
         elif scored.state == PRUNED:
+            for step, value in _last_step(scored.stopped_at, scored.values, len(directions)).items():
+                trial.report(value, step)
             ostudy.tell(trial, state=optuna.trial.TrialState.PRUNED)
         else:
             ostudy.tell(trial, state=optuna.trial.TrialState.FAIL)

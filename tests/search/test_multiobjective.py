@@ -9,7 +9,7 @@ import pytest
 
 from oialr_search.search import SearchRequest, TrialOutcome, dominates, load_space, run_search
 from oialr_search.search.pruners import ASHAPruner
-from oialr_search.storage import COMPLETE, Store
+from oialr_search.storage import COMPLETE, PRUNED, Store
 
 from .test_search_cli import run, write_space
 
@@ -218,12 +218,13 @@ def test_bad_pick_exits_2_with_one_line(tmp_path):
 PARAMS = {"oialr.beta": 0.1, "optim.lr": 0.005, "oialr.update_frequency": 3, "model.kwargs.hidden": 16}
 
 
-def _optuna_told(tmp_path, monkeypatch, before, meanwhile):
-    """Run the Optuna backend for two trials of its own in a study that ``before(store, study)``
-    prepared; ``meanwhile(store)`` runs while its first trial trains. Returns the values it was told."""
+def _optuna_run(tmp_path, monkeypatch, before, finish, meanwhile=None, own=2):
+    """Run the Optuna backend for ``own`` trials of its own in a study that ``before(store, study)``
+    prepared; ``finish(store, trial)`` stores each of them and returns its (Scored, metrics);
+    ``meanwhile(store)`` runs while the first one trains. Returns the backend's Optuna study."""
     import optuna
 
-    from oialr_search.search import Scored, _optuna_backend
+    from oialr_search.search import _optuna_backend
 
     write_space(tmp_path)
     space = load_space(tmp_path / "space.yaml")
@@ -237,16 +238,29 @@ def _optuna_told(tmp_path, monkeypatch, before, meanwhile):
 
     def evaluate(p):
         calls.append(p)
-        if len(calls) == 1:
+        if len(calls) == 1 and meanwhile is not None:
             meanwhile(store)
-        if len(calls) == 3:
+        if len(calls) > own:
             return None
         mine = store.start_trial(study, params=p, rank=0, island=None, device="cpu")
-        store.finish_trial(mine.id, state=COMPLETE, value=1.0, values=[1.0])
-        return mine, Scored(COMPLETE, [1.0], None, None), {"val_loss": 1.0}
+        return (mine, *finish(store, mine))
 
     _optuna_backend.run_optuna(space=space, store=store, study=study, seed=0, rank=0, evaluate=evaluate)
-    return sorted(t.values[0] for t in studies[0].trials if t.state == optuna.trial.TrialState.COMPLETE)
+    return studies[0]
+
+
+def _optuna_told(tmp_path, monkeypatch, before, meanwhile):
+    """The values the Optuna backend was told, its own two trials completing at 1.0."""
+    import optuna
+
+    from oialr_search.search import Scored
+
+    def finish(store, mine):
+        store.finish_trial(mine.id, state=COMPLETE, value=1.0, values=[1.0])
+        return Scored(COMPLETE, [1.0], None, None), {"val_loss": 1.0}
+
+    ostudy = _optuna_run(tmp_path, monkeypatch, before, finish, meanwhile)
+    return sorted(t.values[0] for t in ostudy.trials if t.state == optuna.trial.TrialState.COMPLETE)
 
 
 def test_an_optuna_process_learns_from_a_trial_that_finished_after_a_later_one(tmp_path, monkeypatch):
@@ -273,6 +287,28 @@ def test_a_trial_another_job_marked_interrupted_reaches_the_sampler_once_it_comp
     told = _optuna_told(tmp_path, monkeypatch, before, lambda store: store.finish_trial(
         trials["live"].id, state=COMPLETE, value=0.25, values=[0.25]))  # the first job finishes it
     assert told == [0.25, 1.0, 1.0]
+
+
+def test_optuna_ranks_pruned_trials_by_where_they_stopped(tmp_path, monkeypatch):
+    """Pruned trials reach TPE with their value at the stop epoch as the last intermediate value (read
+    from the store for another rank's trial, reported live for its own): TPE orders pruned trials by
+    it, and without it they all tied."""
+    import optuna
+
+    from oialr_search.search import Scored
+
+    def before(store, study):
+        other = store.start_trial(study, params=PARAMS, rank=1, island=None, device="cpu")
+        store.finish_trial(other.id, state=PRUNED, value=0.7, values=[0.7],
+                           epochs=[{"epoch": 1, "val_loss": 0.8}, {"epoch": 2, "val_loss": 0.7}])
+
+    def finish(store, mine):
+        store.finish_trial(mine.id, state=PRUNED, value=0.9, values=[0.9], epochs=[{"epoch": 1, "val_loss": 0.9}])
+        return Scored(PRUNED, [0.9], True, None, stopped_at=1), {"val_loss": 0.9}
+
+    ostudy = _optuna_run(tmp_path, monkeypatch, before, finish, own=1)
+    pruned = [t for t in ostudy.trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert sorted(list(t.intermediate_values.items()) for t in pruned) == [[(1, 0.9)], [(2, 0.7)]]
 
 
 SLOW = '''
