@@ -260,7 +260,7 @@ def forced_ranks(label: str, spec: dict, device: str, batch: int, rounds: int, s
         t = make_trainer(spec, device=device, batch=batch, precision="auto", oialr=True)
         force_ranks(t, frac)
         variants[f"rank {frac:.0%}"] = t
-    if 0.1 in fractions:  # the same ranks without padding them for tensor cores (LowRankWeight.align)
+    if 0.1 in fractions and torch.device(device).type == "cuda":  # the same ranks unpadded (off CUDA: none is)
         t = make_trainer(spec, device=device, batch=batch, precision="auto", oialr=True)
         force_ranks(t, 0.1)
         for _, f in t.oialr.factors:
@@ -283,7 +283,7 @@ def forced_ranks(label: str, spec: dict, device: str, batch: int, rounds: int, s
     for name, t in variants.items():
         ratio = times[name] / times["full-rank"]
         trainable = t.oialr.counts().trainable_fraction
-        flops = flop_ratio(t.oialr.factors, tokens) if t.oialr.factors else 1.0
+        flops = flop_ratio(t.oialr.factors, tokens, t.device) if t.oialr.factors else 1.0
         mem = peak_memory(t.device, lambda t=t: t.train_step(x, y))
         gpu_ratio = "-" if gpu[name] is None else f"{gpu[name] / gpu['full-rank']:.3f}"
         print(f"{name:>12} {times[name]:9.4f} {ratio:7.3f} {100 * trainable:9.1f}% {flops:11.3f} "

@@ -27,13 +27,16 @@ from oialr_search.lowrank._optim_state import rotate_state  # noqa: E402
 from oialr_search.training import Trainer, config_from_dict, train  # noqa: E402
 
 
-def flop_ratio(factors, tokens: int) -> float:
-    """Multiply-adds of the factorized layers per token, relative to their dense products."""
+def flop_ratio(factors, tokens: int, device: torch.device | None = None) -> float:
+    """Multiply-adds of the factorized layers per token, relative to their dense products, for the
+    path each layer takes on ``device`` (on CUDA the factorized product's rank is padded)."""
     dense = chosen = 0.0
     for _, f in factors:
         m, n, r = f.out_features, f.in_features, f.rank
+        align = f.alignment(device) if device is not None else 1
         dense += m * n
-        chosen += r * (m + n) if f.use_factorized(tokens) else m * n * (1 + r / tokens)
+        padded = -(-r // align) * align
+        chosen += padded * (m + n) if f.use_factorized(tokens, align=align) else m * n * (1 + r / tokens)
     return chosen / dense
 
 

@@ -88,7 +88,7 @@ class LowRankWeight(nn.Module):
     def alignment(self, device: torch.device) -> int:
         """The multiple the factorized product pads the rank to on ``device`` (see ``align``)."""
         align = self.align if self.align is not None else (8 if device.type == "cuda" else 1)
-        if align < 1:
+        if isinstance(align, bool) or not isinstance(align, int) or align < 1:
             raise ValueError(f"LowRankWeight.align must be a positive integer or None, got {align!r}")
         return align
 

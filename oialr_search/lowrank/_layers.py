@@ -60,12 +60,15 @@ class LowRankConv(nn.Module):
     def weight(self) -> Tensor:
         return self.factor.materialize().reshape(self.out_channels, self.in_channels, *self.kernel_size)
 
-    def _out_positions(self, x: Tensor) -> int:
+    def _out_positions(self, x: Tensor, padding: str | tuple[int, ...] | int) -> int:
+        """Output positions per image of the convolution of ``x`` with ``padding`` (0 once ``x`` was
+        padded by hand for a non-zeros padding mode)."""
         spatial = x.shape[-self.dims :]
-        if isinstance(self.padding, str):  # "same" keeps the size, "valid" only shrinks it a bit
+        if isinstance(padding, str):  # "same" keeps the size, "valid" only shrinks it a bit
             return math.prod(max(1, s // st) for s, st in zip(spatial, self.stride))
+        padding = (padding,) * self.dims if isinstance(padding, int) else padding
         out = 1
-        for s, k, st, p, d in zip(spatial, self.kernel_size, self.stride, self.padding, self.dilation):
+        for s, k, st, p, d in zip(spatial, self.kernel_size, self.stride, padding, self.dilation):
             out *= max(1, (s + 2 * p - d * (k - 1) - 1) // st + 1)
         return out
 
@@ -76,7 +79,7 @@ class LowRankConv(nn.Module):
             padding = 0
         batch = x.shape[0] if x.dim() == self.dims + 2 else 1
         align = self.factor.alignment(x.device)  # the r intermediate channels, padded for tensor cores
-        if not self.factor.use_factorized(batch * self._out_positions(x), align=align):
+        if not self.factor.use_factorized(batch * self._out_positions(x, padding), align=align):
             return self._conv(x, self.weight, self.bias, self.stride, padding, self.dilation)
         left, right = self.factor.aligned_split(align)
         h = self._conv(x, right.reshape(-1, self.in_channels, *self.kernel_size), None, self.stride, padding,

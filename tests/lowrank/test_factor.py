@@ -138,32 +138,62 @@ def test_padding_the_rank_for_tensor_cores_changes_neither_output_nor_gradients(
     assert padded == [(0, 3), (0, 0, 0, 3)] * 2  # align 8 padded both sides, align 1 neither
 
 
-def test_padded_conv_and_inference_mode_and_the_cost_model():
+def test_padded_conv_and_inference_mode_and_the_cost_model(monkeypatch):
     import pytest
     from torch import nn
 
     from oialr_search.lowrank import convert_to_low_rank
 
-    conv = nn.Sequential(nn.Conv2d(6, 12, 3, padding=1))
-    x = torch.randn(2, 6, 8, 8)
-    with torch.no_grad():
-        dense = conv(x)
-    (factor,) = [f for _, f in convert_to_low_rank(conv)]
-    factor.forward_mode = "factorized"
-    assert factor.rank == 12  # 12 filters over 6·3·3 inputs: padded to 16 intermediate channels
-    outputs = []
-    for align in (1, 8):
-        factor.align = align
-        with torch.inference_mode():  # a padded product under inference mode, then training again
-            outputs.append(conv(x))
-        conv(x).sum().backward()
-    torch.testing.assert_close(outputs[1], outputs[0], atol=1e-5, rtol=0)
-    torch.testing.assert_close(outputs[0], dense, atol=1e-4, rtol=0)
-    assert factor.sigma.grad is not None
-    # the cost model prices the padded rank: rank 1 costs what rank 8 does once padded
+    pads = []
+    pad = torch.nn.functional.pad
+    monkeypatch.setattr(torch.nn.functional, "pad", lambda t, p, *a, **k: pads.append(p) or pad(t, p, *a, **k))
+    # wide (12 filters over 6·3·3 inputs: rank 12, padded to 16) and tall (64 filters over 4: rank 4 → 8)
+    for conv, x in ((nn.Sequential(nn.Conv2d(6, 12, 3, padding=1)), torch.randn(2, 6, 8, 8)),
+                    (nn.Sequential(nn.Conv2d(4, 64, 1)), torch.randn(2, 4, 5, 5))):
+        with torch.no_grad():
+            dense = conv(x)
+        (factor,) = [f for _, f in convert_to_low_rank(conv)]
+        factor.forward_mode = "factorized"
+        x.requires_grad_(True)
+        outputs, grads = [], []
+        for align in (1, 8):
+            factor.align = align
+            pads.clear()
+            with torch.inference_mode():  # a padded product under inference mode, then training again
+                outputs.append(conv(x.detach()))
+            assert len(pads) == (2 if align == 8 else 0)
+            factor.sigma.grad, x.grad = None, None
+            (conv(x) * torch.arange(conv[0].out_channels).view(1, -1, 1, 1)).sum().backward()
+            grads.append((factor.sigma.grad.clone(), x.grad.clone()))
+        torch.testing.assert_close(outputs[1], outputs[0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(outputs[0], dense, atol=1e-4, rtol=0)
+        torch.testing.assert_close(grads[1], grads[0], atol=1e-4, rtol=0)
+    # the cost model prices the padded rank, and the layer asks it so: rank 1 costs what rank 8 does
     f = LowRankWeight(torch.randn(14, 14))
     f.rotate_(beta=1.0, min_rank=1)
     assert f.use_factorized(1000, align=1) and not f.use_factorized(1000, align=8)
-    f.align = 0
-    with pytest.raises(ValueError, match="align must be a positive integer"):
-        f.linear(torch.randn(3, 64), None)
+    built = []
+    materialize = LowRankWeight.materialize
+    monkeypatch.setattr(LowRankWeight, "materialize", lambda self: built.append(1) or materialize(self))
+    f.align = 8
+    f.linear(torch.randn(1000, 14), None)
+    assert built == [1]  # padded, rank 1 costs rank 8: the dense path
+    f.align = 1
+    f.linear(torch.randn(1000, 14), None)
+    assert built == [1]  # unpadded: factorized, W not built
+    for bad in (0, 8.0, True):
+        f.align = bad
+        with pytest.raises(ValueError, match="align must be a positive integer"):
+            f.linear(torch.randn(3, 14), None)
+
+
+def test_conv_cost_model_counts_output_positions_once_for_non_zero_padding_modes():
+    from torch import nn
+
+    from oialr_search.lowrank import LowRankConv
+
+    conv = LowRankConv(nn.Conv2d(3, 8, 3, padding=4, padding_mode="reflect"))
+    x = torch.randn(1, 3, 10, 10)
+    out = conv(x)
+    padded = torch.nn.functional.pad(x, conv._reversed_padding_repeated_twice, mode="reflect")
+    assert conv._out_positions(padded, 0) == out.shape[-1] * out.shape[-2] == 256
