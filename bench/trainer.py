@@ -35,8 +35,7 @@ def flop_ratio(factors, tokens: int, device: torch.device | None = None) -> floa
         m, n, r = f.out_features, f.in_features, f.rank
         align = f.alignment(device) if device is not None else 1
         dense += m * n
-        padded = -(-r // align) * align
-        chosen += padded * (m + n) if f.use_factorized(tokens, align=align) else m * n * (1 + r / tokens)
+        chosen += f.padded_rank(align) * (m + n) if f.use_factorized(tokens, align=align) else m * n * (1 + r / tokens)
     return chosen / dense
 
 

@@ -83,7 +83,11 @@ class LowRankWeight(nn.Module):
         if self.forward_mode is not None:
             return self.forward_mode == "factorized"
         m, n, r = self.out_features, self.in_features, self.rank
-        return tokens * -(-r // align) * align * (m + n) < m * n * (tokens + r)
+        return tokens * self.padded_rank(align) * (m + n) < m * n * (tokens + r)
+
+    def padded_rank(self, align: int) -> int:
+        """The rank rounded up to a multiple of ``align``: the factorized product's inner dimension."""
+        return -(-self.rank // align) * align
 
     def alignment(self, device: torch.device) -> int:
         """The multiple the factorized product pads the rank to on ``device`` (see ``align``)."""
@@ -106,7 +110,7 @@ class LowRankWeight(nn.Module):
     def aligned_split(self, align: int) -> tuple[Tensor, Tensor]:
         """:meth:`split` with the rank padded by zeros to a multiple of ``align``: zero columns on the
         left, zero rows on the right, so the product and every gradient are unchanged."""
-        pad = -self.rank % align
+        pad = self.padded_rank(align) - self.rank
         if not pad:
             return self.split()
         if self.out_features <= self.in_features:

@@ -10,8 +10,8 @@ Multi-objective studies use Optuna's native support (TPE by default, NSGA-II wit
 nsga2``); constraints reach the sampler through each trial's constraints (Optuna 5's ``set_constraint``);
 a pruned trial is told PRUNED, with its value at the epoch it stopped at as its last intermediate value
 (single-objective), which is what TPE ranks pruned trials by: the later they stopped, then the better
-that value (without it, every pruned trial tied). A trial another job's start marked INTERRUPTED while it still ran
-(two jobs on one study) is looked at again, and added once it has a result.
+that value (without it, every pruned trial tied). A trial another job's start marked INTERRUPTED while
+it still ran (two jobs on one study) is looked at again, and added once it has a result.
 """
 
 from __future__ import annotations
