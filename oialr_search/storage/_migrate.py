@@ -13,10 +13,8 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, Engine, create_engine, func, insert, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError, ProgrammingError
@@ -26,6 +24,9 @@ from ._errors import StorageError
 from ._filesystems import sqlite_file
 from ._schema import RUNNING, SCHEMA_VERSION, Base, EpochRow, MetaRow, StudyRow, TrialRow
 from ._sqlite import storage_failure
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 VERSION_TABLE = "oialr_alembic_version"
 MIGRATIONS = Path(__file__).with_name("_migrations")
@@ -54,6 +55,8 @@ def _reading(engine: Engine) -> Engine:
 
 
 def _config(conn: Connection) -> Config:
+    from alembic.config import Config  # here: alembic is needed only to make or upgrade a schema
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS).replace("%", "%%"))  # configparser syntax
     config.attributes["connection"] = conn  # env.py migrates through it, inside our transaction
@@ -119,6 +122,9 @@ def _too_new(url: str, version: int) -> SchemaTooNew:
 
 
 def _create_or_upgrade(conn: Connection, *, url: str, force: bool) -> None:
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+
     version = _version(conn)  # again, inside this transaction: another process may have been first
     if version is None:
         Base.metadata.create_all(conn)

@@ -1,26 +1,33 @@
 """Training: run config, data, models, lr schedules and the trainer loop."""
 
-from ._augment import AugmentConfig, build_batch_ops
-from ._bundled import CONFIG_DIR, bundled_configs, resolve_config_path
-from ._checkpoint import load_checkpoint, save_checkpoint
-from ._config import DataConfig, ModelConfig, OptimConfig, RunConfig, ScheduleConfig, TrainConfig
-from ._config_io import (
-    apply_overrides,
-    apply_values,
-    config_from_dict,
-    config_to_dict,
-    dump_config,
-    load_config,
-    read_yaml,
-    save_config,
-    stored_run_config,
-)
-from ._data import DATASETS, BatchIterator, DataBundle, Loading, load_data, loading_for
-from ._lr import lr_at, steps_from, trainable_coupling
-from ._models import create_model, model_names, register_model
-from ._results import EpochCallback, EpochRecord, Preempted, TrainingDiverged, TrainResult
-from ._trainer import Trainer, train
-from ._weights import build_model, load_model, read_weights, save_weights, weights_payload
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
+
+if TYPE_CHECKING:  # the public names; at run time each is imported from its module on first use (_lazy)
+    from ._augment import AugmentConfig, build_batch_ops
+    from ._bundled import CONFIG_DIR, bundled_configs, resolve_config_path
+    from ._checkpoint import load_checkpoint, save_checkpoint
+    from ._config import DataConfig, ModelConfig, OptimConfig, RunConfig, ScheduleConfig, TrainConfig
+    from ._config_io import (
+        apply_overrides,
+        apply_values,
+        config_from_dict,
+        config_to_dict,
+        dump_config,
+        load_config,
+        read_yaml,
+        save_config,
+        stored_run_config,
+    )
+    from ._data import DATASETS, BatchIterator, DataBundle, Loading, load_data, loading_for
+    from ._lr import lr_at, steps_from, trainable_coupling
+    from ._models import create_model, model_names, register_model
+    from ._results import EpochCallback, EpochRecord, Preempted, TrainingDiverged, TrainResult
+    from ._trainer import Trainer, train
+    from ._weights import build_model, load_model, read_weights, save_weights, weights_payload
 
 __all__ = [
     "AugmentConfig",
@@ -70,3 +77,5 @@ __all__ = [
     "trainable_coupling",
     "weights_payload",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, __file__)
