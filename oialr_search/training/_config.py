@@ -127,6 +127,7 @@ class ScheduleConfig:
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass
@@ -134,7 +135,10 @@ class TrainConfig:
     """Loop settings. ``device``: auto | cpu | cuda | cuda:N. ``threads`` = 0 leaves torch's default.
 
     ``precision``: the forward's autocast dtype — auto (bf16 on a CUDA device that supports it, else
-    fp32) | fp32 | bf16 | fp16 (with a loss scaler). Trained tensors stay fp32 either way."""
+    fp32) | fp32 | bf16 | fp16 (with a loss scaler). Trained tensors stay fp32 either way.
+
+    ``compile``: none | default | reduce-overhead (CUDA graphs) | max-autotune | max-autotune-no-cudagraphs,
+    torch.compile's mode for the training forward (see ``_compile``)."""
 
     epochs: int = 10
     batch_size: int = 128
@@ -145,6 +149,7 @@ class TrainConfig:
     device: str = "auto"
     threads: int = 0
     precision: str = "auto"
+    compile: str = "none"
 
     def validate(self, prefix: str = "train") -> None:
         for key in ("epochs", "batch_size", "eval_batch_size"):
@@ -158,6 +163,8 @@ class TrainConfig:
             raise ConfigError(f"{prefix}.threads: must be >= 0, got {self.threads}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"{prefix}.precision: must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.compile not in COMPILE_MODES:
+            raise ConfigError(f"{prefix}.compile: must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"{prefix}.device: must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 

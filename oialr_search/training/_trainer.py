@@ -18,6 +18,7 @@ from ..exceptions import CheckpointError, ConfigError
 from ..lowrank import OIALR
 from ._augment import build_batch_ops
 from ._checkpoint import load_checkpoint, save_checkpoint
+from ._compile import TrainingCompiler
 from ._config import RunConfig
 from ._config_io import config_from_dict, config_to_dict
 from ._data import BatchIterator, DataBundle, load_data, loading_for, random_shift_flip
@@ -97,11 +98,12 @@ def _portable(config: dict | None) -> dict | None:
     resumed by another job), nor the data loading settings, which change how, not what, is computed
     (and whose defaults changed). (CPU float sums depend on the threads: an exact resume needs the same.)
     Nor its precision, which goes with the device (a checkpoint of the release before it, fp32, resumes in
-    fp32 under the search, whose stored trial configs say so: see stored_run_config)."""
+    fp32 under the search, whose stored trial configs say so: see stored_run_config), nor whether the
+    forward is compiled."""
     if config is None:
         return None
     return {**config, "train": {k: v for k, v in config["train"].items() if k not in ("device", "threads",
-                                                                                       "precision")},
+                                                                                       "precision", "compile")},
             "data": {k: v for k, v in config["data"].items() if k not in ("num_workers", "on_device")}}
 
 
@@ -174,6 +176,8 @@ class Trainer:
         self.steps_per_epoch = len(self.train_batches)
         self.total_steps = tc.epochs * self.steps_per_epoch
         self.oialr = OIALR(self.model, self.optimizer, config.oialr, total_steps=self.total_steps)
+        self.compiler = TrainingCompiler(mode=tc.compile)
+        self.compiler.compile(self.model)  # in place: DDP below wraps the compiled model
         self.group = group
         self._forward = wrap(self.model, self.device, group)  # DDP over the group, else the model
         self.step = 0
@@ -211,6 +215,7 @@ class Trainer:
             raise CheckpointError(f"{self.checkpoint_path}: written by a different config; use another checkpoint "
                                   "path or the same config")
         self.oialr.prepare_load(state["oialr"])  # gives the model the checkpoint's structure and ranks
+        self.compiler.shapes_changed(self.model)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.oialr.load_state_dict(state["oialr"])
@@ -239,6 +244,7 @@ class Trainer:
         with _full_fp32(self.device):  # outside autocast too: SVDs and rotations in fp32
             record = self.oialr.before_step(self.step)
         if record is not None:
+            self.compiler.shapes_changed(self.model)
             self._lr_mult = trainable_coupling(record.trainable_fraction, self.config.schedule.trainable_lr_alpha)
             if self.group is not None:  # new parameters: same state everywhere, then a new DDP wrapper
                 self._forward = None  # see rewrap: the old wrapper must be gone first
@@ -252,12 +258,14 @@ class Trainer:
         target = y
         if self.batch_transform is not None:
             x, target = self.batch_transform(x, y)
-        with self.precision.autocast():
-            loss = self.criterion(self._forward(x), target)
-        if self.group is not None:
-            loss = loss * share(len(y), global_size, self.group)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.precision.backward_and_step(loss, self.optimizer, self.model.parameters(), self.config.train.grad_clip)
+        with self.compiler.training():  # the backward too: its graph compiles at the first backward
+            with self.precision.autocast():
+                loss = self.criterion(self._forward(x), target)
+            if self.group is not None:
+                loss = loss * share(len(y), global_size, self.group)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.precision.backward_and_step(loss, self.optimizer, self.model.parameters(),
+                                             self.config.train.grad_clip)
         self.step += 1
         return loss.detach().float()
 
@@ -271,7 +279,7 @@ class Trainer:
         k = min(5, self.data.num_classes)
         for x, y in self.val_batches.epoch(0):  # in a group, each rank scores its share
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            with self.precision.autocast():
+            with self.compiler.eager(), self.precision.autocast():
                 logits = self.model(x)
             logits = logits.float()
             best = logits.topk(k, dim=1).indices

@@ -17,9 +17,11 @@ import json, sys
 import torch
 from mpi4py import MPI
 from oialr_search.training import Trainer, config_from_dict
+from oialr_search.training import _compile
 from oialr_search.training._distributed import close_trial_group, init_trial_group
 
 torch.set_num_threads(1)
+_compile.BACKEND = "aot_eager"  # train.compile's graphs without code generation (seconds, not minutes)
 comm = MPI.COMM_WORLD
 cfg = {
     "model": {"name": "mlp", "kwargs": {"hidden": 48, "depth": 2}},
@@ -27,7 +29,8 @@ cfg = {
     "optim": {"lr": 0.003},
     "oialr": {"delay": 0.3, "update_frequency": 5, "beta": 0.2, "layer_fraction": 1.0},
     # 1438 training images: the last global batch (30) splits 15/15; batch 100 makes it uneven below
-    "train": {"epochs": 3, "batch_size": int(sys.argv[1]), "seed": 1, "precision": sys.argv[2]},
+    "train": {"epochs": 3, "batch_size": int(sys.argv[1]), "seed": 1, "precision": sys.argv[2],
+              "compile": sys.argv[3]},
 }
 group = init_trial_group(comm, "cpu")
 ddp = Trainer(config_from_dict(cfg), log=None, group=group)
@@ -58,19 +61,19 @@ close_trial_group(group)
 '''
 
 
-def _run(tmp_path, batch, precision="fp32", timeout=300):
+def _run(tmp_path, batch, precision="fp32", compile="none", timeout=300):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    cmd = [str(MPIEXEC), "-n", "2", sys.executable, "-m", "mpi4py", str(script), str(batch), precision]
+    cmd = [str(MPIEXEC), "-n", "2", sys.executable, "-m", "mpi4py", str(script), str(batch), precision, compile]
     proc = run_killable(cmd, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
     return json.loads(line[len("RESULT "):])
 
 
-@pytest.mark.parametrize("batch", [64, 100])
-def test_two_rank_run_equals_single_process_and_replicas_stay_identical(tmp_path, batch):
-    r = _run(tmp_path, batch)
+@pytest.mark.parametrize(("batch", "compile"), [(64, "none"), (100, "none"), (64, "default")])
+def test_two_rank_run_equals_single_process_and_replicas_stay_identical(tmp_path, batch, compile):
+    r = _run(tmp_path, batch, compile=compile)  # compiled: DDP wraps the model compiled in place
     assert len(r["events"]) > 3  # the switch and several basis updates happened
     assert r["identical"]  # bitwise, after every epoch, on both ranks
     assert r["ranks"][0] == r["ranks"][1] and r["updates"][0] == r["updates"][1]
