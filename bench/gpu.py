@@ -1,6 +1,7 @@
 """The GPU paths, checked on one node: the one command to run on a GPU machine (DESIGN.md §8).
 
-    python bench/gpu.py [--ranks N] [--batch 256] [--vit-batch 64] [--rounds 5] [--steps 5] [--parts 1,2,3,4,5]
+    python bench/gpu.py [--ranks N] [--batch 256] [--vit-batch 64] [--rounds 5] [--steps 5] [--parts 1,2,3,4,5,6]
+                        [--compile-mode reduce-overhead]
     python bench/gpu.py --device cpu --smoke     (tiny sizes: checks that the script runs)
 
 Prints, side by side in one run (medians of interleaved rounds, the device synchronized around
@@ -18,7 +19,10 @@ every timed region):
      between two updates at the bundled recipe's update frequency;
   5. the cost model: for every factor shape of part 3, whether ``use_factorized`` picks the faster
      of the layer's dense and factorized products on this device (forward + backward; on a GPU by
-     the kernels' time).
+     the kernels' time);
+  6. train.compile: the Table-3 model's training step eager and compiled (``--compile-mode``, CUDA
+     graphs by default), at full rank and at 10 % rank, with the seconds the first two compiled
+     steps took (the compile).
 "GPU busy" is the share of the wall time the GPU spends in kernels (from the profiler): far below
 100 %, the host (Python, kernel launches) sets the pace, and a faster kernel changes nothing.
 Synthetic images (no data set is read); the numbers are the training step's, not the loader's.
@@ -46,7 +50,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from trainer import flop_ratio, force_ranks  # noqa: E402
 
-from oialr_search.training import Trainer, config_from_dict, load_config, resolve_config_path  # noqa: E402
+from oialr_search.training import Trainer, _compile, config_from_dict, load_config, resolve_config_path  # noqa: E402
+from oialr_search.training._config import COMPILE_MODES  # noqa: E402
 from oialr_search.training._data import DataBundle  # noqa: E402
 
 # The paper's models (Table 3 and Table 1), updated as their bundled recipes say (part 4 reads the
@@ -79,11 +84,12 @@ def update_frequency(spec: dict) -> int:
     return spec["update_frequency"]
 
 
-def make_trainer(spec: dict, *, device: str, batch: int, precision: str, oialr: bool) -> Trainer:
+def make_trainer(spec: dict, *, device: str, batch: int, precision: str, oialr: bool, compile: str = "none") -> Trainer:
     cfg = config_from_dict({
         "model": spec["model"],
         "data": {"name": "digits"},  # replaced by the synthetic bundle below
-        "train": {"epochs": 1, "batch_size": batch, "device": device, "precision": precision, "seed": 0},
+        "train": {"epochs": 1, "batch_size": batch, "device": device, "precision": precision, "seed": 0,
+                  "compile": compile},
         "oialr": {"enabled": oialr, "delay": 10**9 if oialr else 0.1, "update_frequency": update_frequency(spec)},
     })
     n, img = 2 * batch, spec["img"]
@@ -366,6 +372,42 @@ def svd_share(label: str, spec: dict, device: str, batch: int, rounds: int, step
           f"updates take {100 * update / (update + f * step):.2f}% of training time")
 
 
+# -- 6. train.compile -------------------------------------------------------------------------------------------
+
+def compiled(spec: dict, device: str, batch: int, rounds: int, steps: int, mode: str) -> None:
+    variants: dict[str, Trainer] = {}
+    for label, fraction in (("full-rank", None), ("rank 10%", 0.1)):
+        for how in ("none", mode):
+            t = make_trainer(spec, device=device, batch=batch, precision="auto", oialr=fraction is not None,
+                             compile=how)
+            if fraction is not None:
+                force_ranks(t, fraction)
+                t.compiler.shapes_changed(t.model)  # as the trainer does after an OIALR event
+            variants[f"{label} {'eager' if how == 'none' else 'compiled'}"] = t
+    full = variants["full-rank eager"]
+    x, y = batch_on_device(full)
+    fns = {name: (lambda t=t: t.train_step(x, y)) for name, t in variants.items()}
+    first: dict[str, float] = {}
+    for name, fn in fns.items():  # the compile happens in the first calls
+        sync(full.device)
+        start = time.perf_counter()
+        fn()
+        fn()
+        sync(full.device)
+        first[name] = time.perf_counter() - start
+    times = time_interleaved(fns, full.device, rounds, steps)
+    print(f"\n== 6. train.compile ({_compile.BACKEND}, mode {mode}): Table-3 mini-ViT, batch {batch}, "
+          f"{full.precision.name} (median of {rounds} x {steps} steps)")
+    print(f"{'variant':>20} {'step s':>9} {'images/s':>10} {'vs eager':>9} {'GPU busy':>9} {'first 2 steps s':>16}")
+    for name, fn in fns.items():
+        eager = times[name.replace("compiled", "eager")]
+        gpu = gpu_seconds(full.device, fn, steps)
+        print(f"{name:>20} {times[name]:9.4f} {batch / times[name]:10.0f} {eager / times[name]:8.2f}x "
+              f"{busy(gpu, times[name]):>9} {first[name]:16.1f}")
+    print(f"rank 10% / full rank: eager {times['rank 10% eager'] / times['full-rank eager']:.3f}, compiled "
+          f"{times['rank 10% compiled'] / times['full-rank compiled']:.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--placement-worker", action="store_true", help=argparse.SUPPRESS)
@@ -377,7 +419,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5, help="steps per variant per round")
     ap.add_argument("--fractions", default="1.0,0.5,0.25,0.1,0.05")
     ap.add_argument("--smoke", action="store_true", help="tiny models and batches: check that the script runs")
-    ap.add_argument("--parts", default="1,2,3,4,5", help="which parts to run, e.g. 2,3 (part 5 times part 3's shapes)")
+    ap.add_argument("--parts", default="1,2,3,4,5,6",
+                    help="which parts to run, e.g. 2,3 (part 5 times part 3's shapes)")
+    ap.add_argument("--compile-mode", default=None, choices=[m for m in COMPILE_MODES if m != "none"],
+                    help="part 6's train.compile (default: reduce-overhead on CUDA, else default)")
     args = ap.parse_args()
     if args.placement_worker:
         placement_worker()
@@ -387,6 +432,7 @@ def main() -> None:
     models = SMOKE if args.smoke else MODELS
     if args.smoke:
         args.batch, args.vit_batch, args.rounds, args.steps = 8, 4, 1, 1
+        _compile.BACKEND = "aot_eager"  # the same graphs without generating code (minutes on a CPU)
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     name = torch.cuda.get_device_name() if gpus else "cpu"
     print(f"torch {torch.__version__}, device {args.device} ({name}), {gpus} GPU(s), "
@@ -395,8 +441,8 @@ def main() -> None:
         parts = {int(p) for p in args.parts.split(",")}
     except ValueError:
         parts = set()
-    if not parts or not parts <= {1, 2, 3, 4, 5}:
-        sys.exit(f"bench/gpu.py: --parts takes part numbers from 1 to 5 such as 2,3, got {args.parts!r}")
+    if not parts or not parts <= {1, 2, 3, 4, 5, 6}:
+        sys.exit(f"bench/gpu.py: --parts takes part numbers from 1 to 6 such as 2,3, got {args.parts!r}")
     if 1 in parts:
         placement(args.ranks or max(1, gpus) if not args.smoke else 2)
     if 2 in parts:
@@ -413,6 +459,9 @@ def main() -> None:
             svd_share(label, models[key], args.device, batch, args.rounds, args.steps)
     if 5 in parts:
         cost_model(sorted(set(shapes)), args.device, args.rounds, max(3, args.steps))
+    if 6 in parts:
+        mode = args.compile_mode or ("reduce-overhead" if args.device.startswith("cuda") else "default")
+        compiled(models["table3-mini-vit"], args.device, args.batch, args.rounds, args.steps, mode)
 
 
 if __name__ == "__main__":
