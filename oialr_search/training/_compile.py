@@ -54,10 +54,12 @@ class TrainingCompiler:
             return
         for module in model.modules():
             if isinstance(module, LowRankWeight):
-                torch._dynamo.mark_dynamic(module.U, 1)
-                torch._dynamo.mark_dynamic(module.Vh, 0)
-                torch._dynamo.mark_dynamic(module.sigma, 0)
-                torch._dynamo.mark_dynamic(module.sigma, 1)
+                # "maybe": a backend may still specialize a rank (inductor's convolutions take static
+                # channel counts), which then recompiles when that rank changes instead of failing
+                torch._dynamo.maybe_mark_dynamic(module.U, 1)
+                torch._dynamo.maybe_mark_dynamic(module.Vh, 0)
+                torch._dynamo.maybe_mark_dynamic(module.sigma, 0)
+                torch._dynamo.maybe_mark_dynamic(module.sigma, 1)
 
     @contextlib.contextmanager
     def training(self) -> Iterator[None]:

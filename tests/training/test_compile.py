@@ -51,6 +51,20 @@ def test_a_compiled_oialr_run_equals_the_eager_run_and_compiles_once_per_structu
     assert list(compiled_trainer.model.state_dict()) == list(eager_trainer.model.state_dict())
 
 
+def test_inductor_compiles_a_factorized_oialr_run_that_matches_eager(monkeypatch):
+    """The real backend once (seconds for this model): inductor specializes a factorized convolution's
+    rank (its channel count), which a strict dynamic mark turned into a ConstraintViolationError."""
+    from oialr_search.lowrank import LowRankWeight
+
+    monkeypatch.setattr(LowRankWeight, "forward_mode", "factorized")  # the conv too: the patch embedding
+    torch._dynamo.reset()
+    eager = Trainer(_config("none", epochs=2), log=None).fit()
+    compiled = Trainer(_config("default", epochs=2), log=None).fit()
+    torch._dynamo.reset()
+    assert len(compiled.oialr_updates) >= 3 and compiled.final_ranks == eager.final_ranks
+    assert compiled.val_loss == pytest.approx(eager.val_loss, rel=1e-4)
+
+
 def test_a_checkpoint_resumes_with_or_without_compile(graphs, tmp_path):
     whole = Trainer(_config("none"), log=None).fit()
     first = Trainer(_config("default"), log=None, checkpoint=tmp_path / "ck.pt")
