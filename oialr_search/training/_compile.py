@@ -5,7 +5,8 @@ drops singular values gives Σ, U and Vᵀ a smaller rank. With static shapes ea
 (tens of seconds on a GPU, more on a CPU), and after ``torch._dynamo.config.recompile_limit`` of them
 dynamo silently falls back to eager. So after the switch and every update the rank dimensions are
 marked dynamic: one graph serves every rank, and a whole OIALR run compiles about three times (full
-rank, the first short batch, the low-rank model). Dynamo keeps parameter shapes static by default,
+rank, the first short batch, the low-rank model; inductor still specializes the rank of a factorized
+convolution, whose changes recompile). Dynamo keeps parameter shapes static by default,
 and Σ is a parameter, so that default is lifted while the forward runs.
 
 The model is compiled in place (``nn.Module.compile``): the same module object, the same state_dict
