@@ -111,7 +111,9 @@ class LowRankWeight(nn.Module):
         """:meth:`split` with the rank padded by zeros to a multiple of ``align``: zero columns on the
         left, zero rows on the right, so the product and every gradient are unchanged."""
         pad = self.padded_rank(align) - self.rank
-        if not pad:
+        # Under torch.compile the rank is symbolic (train.compile marks it dynamic): a branch on whether
+        # it is a multiple of ``align`` would be a guard, and a recompile at most basis updates
+        if align == 1 or not torch.compiler.is_compiling() and not pad:
             return self.split()
         if self.out_features <= self.in_features:
             return self.U @ F.pad(self.sigma, (0, pad)), F.pad(self.Vh, (0, 0, 0, pad))

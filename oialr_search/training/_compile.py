@@ -5,9 +5,10 @@ drops singular values gives Σ, U and Vᵀ a smaller rank. With static shapes ea
 (tens of seconds on a GPU, more on a CPU), and after ``torch._dynamo.config.recompile_limit`` of them
 dynamo silently falls back to eager. So after the switch and every update the rank dimensions are
 marked dynamic: one graph serves every rank, and a whole OIALR run compiles about three times (full
-rank, the first short batch, the low-rank model; inductor still specializes the rank of a factorized
-convolution, whose changes recompile). Dynamo keeps parameter shapes static by default,
-and Σ is a parameter, so that default is lifted while the forward runs.
+rank, the first short batch, the low-rank model), plus once for each update at which a layer moves
+from its dense to its factorized product, and, under inductor, which specializes a factorized
+convolution's rank (its channel count), once for each change of such a rank. Dynamo keeps parameter
+shapes static by default, and Σ is a parameter, so that default is lifted while the forward runs.
 
 The model is compiled in place (``nn.Module.compile``): the same module object, the same state_dict
 keys, and the DistributedDataParallel wrapper of a multi-rank trial wraps the compiled model as it
@@ -21,6 +22,7 @@ from collections.abc import Iterator
 
 import torch
 import torch._dynamo
+import torch._inductor.exc as inductor_exc
 from torch import nn
 
 from ..exceptions import ConfigError
@@ -28,6 +30,15 @@ from ..lowrank import LowRankWeight
 from ._config import COMPILE_MODES
 
 BACKEND = "inductor"  # the tests swap in "aot_eager": the same graphs and autograd, no code generation
+# Graphs a run may compile before dynamo falls back to eager (its default, 8, is too few: besides the
+# three above, a layer whose rank falls below the point where its factorized product beats the dense
+# one recompiles once, and so does each rank of a factorized convolution under inductor)
+RECOMPILE_LIMIT = 64
+# What a machine that cannot compile raises (no C++ compiler, no or too old Triton): the one error the
+# user fixes with train.compile: none. Anything else raised while compiling (a trial's timeout, an
+# inductor bug, running out of memory) goes on as itself.
+_TOOLCHAIN = (inductor_exc.CppCompileError, inductor_exc.InvalidCxxCompiler, inductor_exc.TritonMissing,
+              inductor_exc.GPUTooOldForTriton)
 
 
 class TrainingCompiler:
@@ -43,8 +54,11 @@ class TrainingCompiler:
         return self.mode != "none"
 
     def compile(self, model: nn.Module) -> None:
-        """Compile ``model`` in place; its forward compiles at the first training step."""
+        """Compile ``model`` in place; its forward compiles at the first training step. Dynamo's caches
+        are emptied first: they are kept per code object (timm's ``VisionTransformer.forward``), so the
+        graphs of the trials a search worker trained before would count towards this run's limit."""
         if self.enabled:
+            torch.compiler.reset()
             model.compile(backend=BACKEND, mode=None if self.mode == "default" else self.mode)
             self.shapes_changed(model)
 
@@ -62,24 +76,39 @@ class TrainingCompiler:
                 torch._dynamo.maybe_mark_dynamic(module.sigma, 0)
                 torch._dynamo.maybe_mark_dynamic(module.sigma, 1)
 
+    def training(self) -> contextlib.AbstractContextManager[None]:
+        """Around a training forward and backward: Σ's marks honoured, and a backend that cannot compile
+        (no C++ compiler, no Triton for the GPU) reported as the setting to change."""
+        return self._compiling() if self.enabled else contextlib.nullcontext()
+
     @contextlib.contextmanager
-    def training(self) -> Iterator[None]:
-        """Around a training forward: Σ's marks honoured, and a backend that cannot compile (no C++
-        compiler, no Triton for the GPU) reported as the setting to change."""
-        if not self.enabled:
-            yield
-            return
+    def _compiling(self) -> Iterator[None]:
         try:
-            with torch._dynamo.config.patch(force_parameter_static_shapes=False):
+            with torch._dynamo.config.patch(force_parameter_static_shapes=False, recompile_limit=RECOMPILE_LIMIT):
                 yield
         except torch._dynamo.exc.BackendCompilerFailed as exc:
-            cause = getattr(exc, "inner_exception", None) or exc
-            lines = str(cause).strip().splitlines()
-            why = f"{type(cause).__name__}: {lines[0][:300] if lines else ''}"
+            chain = _causes(exc)
+            toolchain = next((e for e in chain if isinstance(e, _TOOLCHAIN)), None)
+            if toolchain is None:
+                if chain[-1] is exc:
+                    raise
+                raise chain[-1] from None  # as if raised eagerly: a trial's timeout stays a timeout
+            lines = str(toolchain).strip().splitlines()
+            why = f"{type(toolchain).__name__}: {lines[0][:300] if lines else ''}"
             backend = getattr(BACKEND, "__name__", BACKEND)
-            raise ConfigError(f"train.compile: torch.compile ({backend}, mode {self.mode}) failed on this machine "
-                              f"({why}); set train.compile: none") from exc
+            raise ConfigError(f"train.compile: torch.compile ({backend}, mode {self.mode}) cannot compile on this "
+                              f"machine ({why}); set train.compile: none") from exc
 
     def eager(self) -> contextlib.AbstractContextManager[None]:
         """Around an evaluation: the compiled model runs its eager forward."""
         return torch.compiler.set_stance("force_eager") if self.enabled else contextlib.nullcontext()
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what it wraps: dynamo's ``inner_exception``, else ``__cause__``, innermost last."""
+    chain = [exc]
+    while True:
+        inner = getattr(chain[-1], "inner_exception", None) or chain[-1].__cause__
+        if inner is None or inner in chain:
+            return chain
+        chain.append(inner)
