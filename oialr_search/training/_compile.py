@@ -86,18 +86,18 @@ class TrainingCompiler:
         try:
             with torch._dynamo.config.patch(force_parameter_static_shapes=False, recompile_limit=RECOMPILE_LIMIT):
                 yield
-        except torch._dynamo.exc.BackendCompilerFailed as exc:
+        except torch._dynamo.exc.TorchDynamoException as exc:  # TritonMissing comes unwrapped
             chain = _causes(exc)
             toolchain = next((e for e in chain if isinstance(e, _TOOLCHAIN)), None)
             if toolchain is None:
-                if chain[-1] is exc:
+                if isinstance(chain[-1], torch._dynamo.exc.TorchDynamoException):
                     raise
                 raise chain[-1] from None  # as if raised eagerly: a trial's timeout stays a timeout
             lines = str(toolchain).strip().splitlines()
             why = f"{type(toolchain).__name__}: {lines[0][:300] if lines else ''}"
             backend = getattr(BACKEND, "__name__", BACKEND)
-            raise ConfigError(f"train.compile: torch.compile ({backend}, mode {self.mode}) cannot compile on this "
-                              f"machine ({why}); set train.compile: none") from exc
+            raise ConfigError(f"train.compile: torch.compile ({backend}, mode {self.mode}) could not build its code "
+                              f"on this machine ({why}); set train.compile: none") from exc
 
     def eager(self) -> contextlib.AbstractContextManager[None]:
         """Around an evaluation: the compiled model runs its eager forward."""
@@ -105,10 +105,15 @@ class TrainingCompiler:
 
 
 def _causes(exc: BaseException) -> list[BaseException]:
-    """``exc`` and what it wraps: dynamo's ``inner_exception``, else ``__cause__``, innermost last."""
+    """``exc`` and what it wraps, innermost last: dynamo's ``inner_exception``, else ``__cause__``, else
+    for dynamo's internal error the exception it was raised over (``from None``: an exception raised
+    while tracing, such as a trial's timeout from its alarm signal, is re-raised in that form)."""
     chain = [exc]
     while True:
-        inner = getattr(chain[-1], "inner_exception", None) or chain[-1].__cause__
+        last = chain[-1]
+        inner = getattr(last, "inner_exception", None) or last.__cause__
+        if inner is None and isinstance(last, torch._dynamo.exc.InternalTorchDynamoError):
+            inner = last.__context__
         if inner is None or inner in chain:
             return chain
         chain.append(inner)

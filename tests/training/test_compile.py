@@ -22,14 +22,20 @@ def _config(compile: str, **train):
     return config_from_dict({**CONFIG, "train": {**CONFIG["train"], "compile": compile, **train}})
 
 
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    """Every test starts and leaves with empty dynamo caches, whatever it asserted."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
 @pytest.fixture
 def graphs(monkeypatch):
     """Compile with aot_eager and count the graphs dynamo makes from here on."""
     monkeypatch.setattr(_compile, "BACKEND", "aot_eager")
-    torch._dynamo.reset()
     counters.clear()
-    yield lambda: counters["stats"]["unique_graphs"]
-    torch._dynamo.reset()
+    return lambda: counters["stats"]["unique_graphs"]
 
 
 def test_a_compiled_oialr_run_equals_the_eager_run_and_compiles_once_per_structure(graphs):
@@ -72,10 +78,8 @@ def test_inductor_compiles_a_factorized_oialr_run_that_matches_eager(monkeypatch
     from oialr_search.lowrank import LowRankWeight
 
     monkeypatch.setattr(LowRankWeight, "forward_mode", "factorized")  # the conv too: the patch embedding
-    torch._dynamo.reset()
     eager = Trainer(_config("none", epochs=2), log=None).fit()
     compiled = Trainer(_config("default", epochs=2), log=None).fit()
-    torch._dynamo.reset()
     assert len(compiled.oialr_updates) >= 3 and compiled.final_ranks == eager.final_ranks
     assert compiled.val_loss == pytest.approx(eager.val_loss, rel=1e-4)
 
@@ -96,28 +100,40 @@ def _failing_backend(error: Exception):
     return backend
 
 
-def test_a_machine_that_cannot_compile_gets_one_config_error(monkeypatch):
-    from torch._inductor.exc import InvalidCxxCompiler
+@pytest.mark.parametrize("error", ["InvalidCxxCompiler", "TritonMissing"])
+def test_a_machine_that_cannot_compile_gets_one_config_error(graphs, monkeypatch, error):
+    import torch._inductor.exc as inductor_exc
 
-    monkeypatch.setattr(_compile, "BACKEND", _failing_backend(InvalidCxxCompiler()))
+    failure = getattr(inductor_exc, error)
+    failure = failure() if error == "InvalidCxxCompiler" else failure(None)  # TritonMissing escapes unwrapped
+    monkeypatch.setattr(_compile, "BACKEND", _failing_backend(failure))
     trainer = Trainer(_config("default", epochs=1), log=None)
     with pytest.raises(ConfigError) as err:
         trainer.fit()
     message = str(err.value)
     assert message.startswith("train.compile: torch.compile") and message.endswith("set train.compile: none")
-    assert "InvalidCxxCompiler" in message and "\n" not in message
-    torch._dynamo.reset()
+    assert error in message and "\n" not in message
 
 
-def test_other_errors_while_compiling_go_on_as_themselves(monkeypatch):
-    class TrialTimeout(Exception):  # e.g. the search's SIGALRM limit going off during a long compile
-        pass
+class TrialTimeout(Exception):  # as the search's, raised by its SIGALRM handler wherever the trial is
+    pass
 
+
+def test_an_error_in_the_backend_goes_on_as_itself(graphs, monkeypatch):
     monkeypatch.setattr(_compile, "BACKEND", _failing_backend(TrialTimeout("the trial ran longer than 1s")))
     trainer = Trainer(_config("default", epochs=1), log=None)
     with pytest.raises(TrialTimeout, match="longer than 1s"):
         trainer.fit()
-    torch._dynamo.reset()
+
+
+def test_an_error_while_dynamo_traces_goes_on_as_itself():
+    """Dynamo re-raises what interrupts its tracing as an InternalTorchDynamoError, ``from None``."""
+    compiler = _compile.TrainingCompiler(mode="default")
+    with pytest.raises(TrialTimeout, match="longer than 1s"), compiler.training():
+        try:
+            raise TrialTimeout("the trial ran longer than 1s")
+        except TrialTimeout:
+            raise torch._dynamo.exc.InternalTorchDynamoError("TrialTimeout: the trial ran longer than 1s") from None
 
 
 def test_each_run_starts_with_empty_dynamo_caches(graphs, monkeypatch):
