@@ -140,7 +140,7 @@ def test_each_run_starts_with_empty_dynamo_caches(graphs, monkeypatch):
     """A search worker trains trial after trial in one process; their graphs share timm's forward's
     cache, which kept the earlier trials' graphs, and after the limit the next trial silently ran eager."""
     monkeypatch.setattr(_compile, "RECOMPILE_LIMIT", 4)  # room for one run's graphs, not for two runs'
-    for width in (16, 24, 32, 40):  # models of different sizes, as a searched width gives
+    for width in (16, 24):  # models of different sizes, as a searched width gives
         before = graphs()
         Trainer(config_from_dict({**CONFIG, "model": {"name": "mini_vit", "kwargs": {
             "embed_dim": width, "depth": 1, "num_heads": 2}}, "train": {**CONFIG["train"], "epochs": 2,
