@@ -86,7 +86,9 @@ def run(args, cwd, *, ranks=None, timeout=240, env=None):
         if not MPIEXEC.exists():
             pytest.fail(f"{MPIEXEC} missing: install the package with the [mpich] extra (launch/test.sh does)")
         cmd = [str(MPIEXEC), "-n", str(ranks), *cmd]
-    return run_killable(cmd, cwd=cwd, timeout=timeout, env={**os.environ, "OIALR_SEARCH_STORAGE": "", **(env or {})})
+    # one torch thread a process: spinning OpenMP threads on a loaded machine (the other test worker) cost 5x
+    return run_killable(cmd, cwd=cwd, timeout=timeout, env={**os.environ, "OIALR_SEARCH_STORAGE": "",
+                                                            "OMP_NUM_THREADS": "1", **(env or {})})
 
 
 def trials(folder: Path, study: str) -> list[dict]:
