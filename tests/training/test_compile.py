@@ -18,8 +18,10 @@ CONFIG = {
 }
 
 
-def _config(compile: str, **train):
-    return config_from_dict({**CONFIG, "train": {**CONFIG["train"], "compile": compile, **train}})
+def _config(compile: str, *, model: dict | None = None, oialr: dict | None = None, **train):
+    """CONFIG with ``train.compile``, other train keys, and the model's and OIALR's keys changed."""
+    return config_from_dict({**CONFIG, "model": model or CONFIG["model"], "oialr": {**CONFIG["oialr"], **(oialr or {})},
+                             "train": {**CONFIG["train"], "compile": compile, **train}})
 
 
 @pytest.fixture(autouse=True)
@@ -64,10 +66,8 @@ def test_the_rank_padding_for_tensor_cores_does_not_recompile_at_updates(graphs,
 
     monkeypatch.setattr(LowRankWeight, "align", 8)
     monkeypatch.setattr(LowRankWeight, "forward_mode", "factorized")
-    settings = {"epochs": 4, "compile": "default"}
-    oialr = {**CONFIG["oialr"], "update_frequency": 5, "layer_fraction": 0.3}
-    compiled = Trainer(config_from_dict({**CONFIG, "oialr": oialr, "train": {**CONFIG["train"], **settings}}),
-                       log=None).fit()
+    oialr = {"update_frequency": 5, "layer_fraction": 0.3}
+    compiled = Trainer(_config("default", oialr=oialr, epochs=4), log=None).fit()
     assert len({tuple(sorted(r["ranks"].items())) for r in compiled.oialr_updates}) >= 4
     assert graphs() <= 3
 
@@ -142,9 +142,8 @@ def test_each_run_starts_with_empty_dynamo_caches(graphs, monkeypatch):
     monkeypatch.setattr(_compile, "RECOMPILE_LIMIT", 4)  # room for one run's graphs, not for two runs'
     for width in (16, 24):  # models of different sizes, as a searched width gives
         before = graphs()
-        Trainer(config_from_dict({**CONFIG, "model": {"name": "mini_vit", "kwargs": {
-            "embed_dim": width, "depth": 1, "num_heads": 2}}, "train": {**CONFIG["train"], "epochs": 2,
-                                                                         "compile": "default"}}), log=None).fit()
+        model = {"name": "mini_vit", "kwargs": {"embed_dim": width, "depth": 1, "num_heads": 2}}
+        Trainer(_config("default", model=model, epochs=2), log=None).fit()
         assert graphs() - before >= 2, f"width {width}: {graphs() - before} graphs compiled, so it ran eager"
 
 

@@ -16,8 +16,7 @@ WORKER = r'''
 import json, sys
 import torch
 from mpi4py import MPI
-from oialr_search.training import Trainer, config_from_dict
-from oialr_search.training import _compile
+from oialr_search.training import Trainer, _compile, config_from_dict
 from oialr_search.training._distributed import close_trial_group, init_trial_group
 
 torch.set_num_threads(1)
