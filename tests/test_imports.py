@@ -52,3 +52,13 @@ def test_every_public_name_resolves_from_its_module(package):
     with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
         pkg.not_a_name  # noqa: B018
     assert "not_a_name" not in dir(pkg)
+
+
+def test_the_trainer_imports_no_compiler_until_a_run_compiles():
+    """Dynamo and inductor cost 1.5 s to import, which every search rank training a model without timm (whose
+    torchvision imports dynamo itself) would pay with train.compile: none."""
+    code = "import sys, oialr_search.training._trainer; print(sorted(m for m in sys.modules if m.startswith(" \
+           "('torch._dynamo', 'torch._inductor'))))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

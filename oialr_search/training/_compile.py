@@ -13,6 +13,8 @@ shapes static by default, and Σ is a parameter, so that default is lifted while
 The model is compiled in place (``nn.Module.compile``): the same module object, the same state_dict
 keys, and the DistributedDataParallel wrapper of a multi-rank trial wraps the compiled model as it
 wrapped the eager one. Evaluation runs eagerly (other shapes and mode, a small share of the time).
+Dynamo and inductor are imported only when compiling: they double the trainer's import time (1.5 s),
+which every search rank and every ``train`` would pay.
 """
 
 from __future__ import annotations
@@ -21,8 +23,6 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
-import torch._dynamo
-import torch._inductor.exc as inductor_exc
 from torch import nn
 
 from ..exceptions import ConfigError
@@ -34,11 +34,16 @@ BACKEND = "inductor"  # the tests swap in "aot_eager": the same graphs and autog
 # three above, a layer whose rank falls below the point where its factorized product beats the dense
 # one recompiles once, and so does each rank of a factorized convolution under inductor)
 RECOMPILE_LIMIT = 64
-# What a machine that cannot compile raises (no C++ compiler, no or too old Triton): the one error the
-# user fixes with train.compile: none. Anything else raised while compiling (a trial's timeout, an
-# inductor bug, running out of memory) goes on as itself.
-_TOOLCHAIN = (inductor_exc.CppCompileError, inductor_exc.InvalidCxxCompiler, inductor_exc.TritonMissing,
-              inductor_exc.GPUTooOldForTriton)
+
+
+def _toolchain_errors() -> tuple[type[BaseException], ...]:
+    """What a machine that cannot compile raises (no C++ compiler, no or too old Triton): the one error the
+    user fixes with train.compile: none. Anything else raised while compiling (a trial's timeout, an
+    inductor bug, running out of memory) goes on as itself."""
+    import torch._inductor.exc as inductor_exc
+
+    return (inductor_exc.CppCompileError, inductor_exc.InvalidCxxCompiler, inductor_exc.TritonMissing,
+            inductor_exc.GPUTooOldForTriton)
 
 
 class TrainingCompiler:
@@ -67,6 +72,8 @@ class TrainingCompiler:
         rank dimensions dynamic (the marks belong to the tensors, which an update replaces)."""
         if not self.enabled:
             return
+        import torch._dynamo
+
         for module in model.modules():
             if isinstance(module, LowRankWeight):
                 # "maybe": a backend may still specialize a rank (inductor's convolutions take static
@@ -83,12 +90,14 @@ class TrainingCompiler:
 
     @contextlib.contextmanager
     def _compiling(self) -> Iterator[None]:
+        import torch._dynamo
+
         try:
             with torch._dynamo.config.patch(force_parameter_static_shapes=False, recompile_limit=RECOMPILE_LIMIT):
                 yield
         except torch._dynamo.exc.TorchDynamoException as exc:  # TritonMissing comes unwrapped
             chain = _causes(exc)
-            toolchain = next((e for e in chain if isinstance(e, _TOOLCHAIN)), None)
+            toolchain = next((e for e in chain if isinstance(e, _toolchain_errors())), None)
             if toolchain is None:
                 if isinstance(chain[-1], torch._dynamo.exc.TorchDynamoException):
                     raise
@@ -108,6 +117,8 @@ def _causes(exc: BaseException) -> list[BaseException]:
     """``exc`` and what it wraps, innermost last: dynamo's ``inner_exception``, else ``__cause__``, else
     for dynamo's internal error the exception it was raised over (``from None``: an exception raised
     while tracing, such as a trial's timeout from its alarm signal, is re-raised in that form)."""
+    import torch._dynamo
+
     chain = [exc]
     while True:
         last = chain[-1]
