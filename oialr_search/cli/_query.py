@@ -11,7 +11,6 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
@@ -136,7 +135,7 @@ def _status(store: Store, name: str) -> bool:
     study = store.get_study(name)
     counts = store.counts(study)
     start, end, running = store.time_span(study)
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    now = store.now()  # the clock the times were stored with (a server's: see storage/_clock.py)
     end = now if running or end is None else end
     elapsed = (end - start).total_seconds() if start else 0.0
     pruner = (study.space.get("raw") or {}).get("pruner") or "none"

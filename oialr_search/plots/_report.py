@@ -6,8 +6,6 @@ failures with their reasons, the counts by state and the study's settings.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 import yaml
 
 from ..search import pareto_front
@@ -130,7 +128,7 @@ def study_report(store: Store, study: Study, *, top: int = 3) -> tuple[str, list
     figures, notes = study_figures(store, study, top=top)
     counts = state_counts(rows)
     start, end, running = store.time_span(study)
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    now = store.now()  # the clock the times were stored with (a server's: see storage/_clock.py)
     elapsed = ((now if running or end is None else end) - start).total_seconds() if start else 0.0
     results, _ = results_section(store, study, best_numbers(study, rows, top))
     summary = table(["state", "trials"], [[s.lower(), n] for s, n in counts.items()], table_id="counts")

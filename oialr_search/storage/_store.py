@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ..exceptions import OIALRSearchError
 from . import _writes
+from ._clock import SERVER_NOW, DatabaseClock
 from ._errors import StorageError, StudyNotFound
 from ._migrate import prepare_schema
 from ._paths import check_sqlite_path, check_writable_file, path_errors
@@ -40,7 +41,6 @@ from ._sqlite import (  # noqa: F401 - BUSY_TIMEOUT_MS re-exported
     storage_failure,
 )
 from ._writes import EPOCH_FIELDS, Transactions
-from ._writes import now as _now
 
 DEFAULT_STORAGE = "sqlite:///oialr_search.db"
 
@@ -94,6 +94,7 @@ class Store:
                                                expire_on_commit=False)
             self._tx = Transactions(self.engine, self.url)
             self._owned: dict[int, str] = {}  # trial id -> the token this store started or claimed it with
+            self._clock = DatabaseClock(None if sqlite else self._server_time)
             prepare_schema(self.engine, url=self.url, create=create and not read_only)
             if sqlite and not read_only:  # refuse a read-only database now, not at the first trial's write
                 check_writable(self.engine)
@@ -113,6 +114,14 @@ class Store:
                 hint = "; install the driver with: pip install 'oialr-search[postgres]'"
             raise StorageError(f"--storage {self.url}: cannot open ({exc.__class__.__name__}: "
                                f"{str(exc).splitlines()[0]}){hint}") from None
+
+    def now(self) -> datetime:
+        """The database's UTC time (naive, as stored): a server's clock, the host's on SQLite (see _clock)."""
+        return self._clock.now()
+
+    def _server_time(self) -> datetime:
+        with self._tx.read() as tx:
+            return tx.one(SERVER_NOW, {})[0]
 
     @contextlib.contextmanager
     def session(self, *, write: bool = True) -> Iterator[Session]:
@@ -145,7 +154,7 @@ class Store:
                 if row is None:
                     row = StudyRow(name=name, space=space, space_path=space_path, metric=metric, direction=direction,
                                    objectives=objectives, constraints=constraints or None, backend=backend,
-                                   seed=seed, budget=budget, created=_now())
+                                   seed=seed, budget=budget, created=self.now())
                     s.add(row)
                     s.flush()
                 return _study(row)
@@ -200,7 +209,7 @@ class Store:
         With ``limit``, returns None instead once the study holds that many trials that are not
         INTERRUPTED (the check and the insert are one transaction).
         """
-        started = _now()
+        started = self.now()
         owner = uuid.uuid4().hex
         row = {"rank": rank, "island": island, "device": device, "params": params, "started": started,
                "heartbeat": started, "owner": owner}
@@ -236,9 +245,10 @@ class Store:
         assert state in STATES and state != RUNNING
         fields = {"state": state, "value": value, "objective_values": values, "feasible": feasible,
                   "metrics": metrics, "error": error}
+        finished = self.now()  # clocks are read before the write lock is taken, never while holding it
         with self._tx.write() as tx:
             _writes.finish_trial(tx, trial_id, fields=fields, epochs=epochs, rank_trajectory=rank_trajectory,
-                                 owner=self._owned.get(trial_id))
+                                 finished=finished, owner=self._owned.get(trial_id))
         self._owned.pop(trial_id, None)
 
     # -- liveness: heartbeats and resuming the trials of dead jobs ----------------------------------------
@@ -248,8 +258,9 @@ class Store:
         owner = self._owned.get(trial_id)
         if owner is None:
             return False
+        now = self.now()
         with self._tx.write() as tx:
-            return _writes.beat(tx, trial_id, owner)
+            return _writes.beat(tx, trial_id, owner, now)
 
     def release(self, trial_id: int) -> None:
         """Leave a trial RUNNING but dead at once (its job is stopping and checkpointed it): the next
@@ -264,12 +275,14 @@ class Store:
         """Atomically take over the lowest-numbered RUNNING trial whose heartbeat is older than ``grace``
         seconds (or NULL): its heartbeat becomes now, its rank and device this rank's. None if there is
         none. Two jobs never claim the same trial: the check and the update are one write transaction."""
+        now = self.now()
         with self._tx.read() as tx:  # every rank asks before every trial; almost always there is none
-            if not _writes.any_dead(tx, study_id=study.id, grace=grace):
+            if not _writes.any_dead(tx, study_id=study.id, cutoff=now - timedelta(seconds=grace)):
                 return None
         owner = uuid.uuid4().hex
         with self._tx.write() as tx:
-            trial_id = _writes.claim_dead(tx, study_id=study.id, grace=grace, rank=rank, device=device, owner=owner)
+            trial_id = _writes.claim_dead(tx, study_id=study.id, now=now, grace=grace, rank=rank, device=device,
+                                          owner=owner)
         if trial_id is None:
             return None
         self._owned[trial_id] = owner
@@ -279,7 +292,7 @@ class Store:
 
     def dead_trials(self, study: Study, *, grace: float) -> int:
         """How many RUNNING trials have no live heartbeat (their jobs died: the next job resumes them)."""
-        cutoff = _now() - timedelta(seconds=grace)
+        cutoff = self.now() - timedelta(seconds=grace)
         with self.session(write=False) as s:
             return s.scalar(select(func.count()).where(
                 TrialRow.study_id == study.id, TrialRow.state == RUNNING,
@@ -289,7 +302,7 @@ class Store:
         """Mark the trials left RUNNING by a job that died; returns how many."""
         with self.session() as s:
             result = s.execute(update(TrialRow).where(TrialRow.study_id == study.id, TrialRow.state == RUNNING)
-                               .values(state=INTERRUPTED, finished=_now(),
+                               .values(state=INTERRUPTED, finished=self.now(),
                                        error="interrupted: the job stopped while this trial was running"))
             return result.rowcount
 

@@ -16,7 +16,7 @@ import math
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import bindparam, func, insert, or_, select, update
@@ -52,10 +52,6 @@ _UPDATE_PAYLOAD = update(TrialPayloadRow).where(TrialPayloadRow.trial_id == bind
 
 
 NUMBER_CONSTRAINT = "uq_oialr_trial_number"  # unique (study_id, number): see number_taken
-
-
-def now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 def finite(value: Any) -> Any:
@@ -147,7 +143,7 @@ def report_epochs(tx: Executor, trial_id: int, records: list[dict], owner: str |
 
 
 def finish_trial(tx: Executor, trial_id: int, *, fields: dict, epochs: list[dict] | None,
-                 rank_trajectory: list | None, owner: str | None = None) -> None:
+                 rank_trajectory: list | None, finished: datetime, owner: str | None = None) -> None:
     """Store the outcome ``fields``; of ``epochs`` only those after the last reported one are added.
     Non-finite floats become None (see ``finite``): a NaN loss must not make the write fail, which would
     leave the trial RUNNING, nor (in the value column, where PostgreSQL keeps NaN and SQLite does not)
@@ -157,7 +153,6 @@ def finish_trial(tx: Executor, trial_id: int, *, fields: dict, epochs: list[dict
     new = [e for e in epochs or [] if e["epoch"] > (reported or 0)]
     if new:
         tx.many(_INSERT_EPOCH, [epoch_row(trial_id, e) for e in new])
-    finished = now()
     _update_owned(tx, trial_id, owner, {**fields, "finished": finished,
                                         "duration": (finished - started).total_seconds(),
                                         "last_epoch": new[-1]["epoch"] if new else reported})
@@ -324,27 +319,29 @@ _ANY_DEAD = (select(TrialRow.id)
                     or_(TrialRow.heartbeat.is_(None), TrialRow.heartbeat < bindparam("cutoff"))).limit(1))
 
 
-def beat(tx: Executor, trial_id: int, owner: str) -> bool:
+def beat(tx: Executor, trial_id: int, owner: str, now: datetime) -> bool:
     """False when ``owner`` no longer holds the trial."""
-    return bool(tx.run(_BEAT, {"tid": trial_id, "me": owner, "heartbeat": now()}))
+    return bool(tx.run(_BEAT, {"tid": trial_id, "me": owner, "heartbeat": now}))
 
 
 def release(tx: Executor, trial_id: int, owner: str) -> None:
     tx.run(_RELEASE, {"tid": trial_id, "me": owner, "heartbeat": None})
 
 
-def any_dead(tx: Executor, *, study_id: int, grace: float) -> bool:
-    """Whether the study has a dead trial now (a read: the claim that follows re-checks under the lock)."""
-    return tx.first(_ANY_DEAD, {"sid": study_id, "cutoff": now() - timedelta(seconds=grace)}) is not None
+def any_dead(tx: Executor, *, study_id: int, cutoff: datetime) -> bool:
+    """Whether the study has a trial whose heartbeat is older than ``cutoff`` (a read: the claim that follows
+    re-checks under the lock)."""
+    return tx.first(_ANY_DEAD, {"sid": study_id, "cutoff": cutoff}) is not None
 
 
-def claim_dead(tx: Executor, *, study_id: int, grace: float, rank: int, device: str, owner: str) -> int | None:
+def claim_dead(tx: Executor, *, study_id: int, now: datetime, grace: float, rank: int, device: str,
+               owner: str) -> int | None:
     """The id of the dead trial this transaction took over for ``owner`` (see Store.claim_dead), or None."""
-    found = tx.first(_DEAD, {"sid": study_id, "cutoff": now() - timedelta(seconds=grace)})
+    found = tx.first(_DEAD, {"sid": study_id, "cutoff": now - timedelta(seconds=grace)})
     if found is None:
         return None
     # a stale heartbeat: the run died holding it (a released trial, or one of an older release, has none)
     crashes = (found[2] or 0) + (found[1] is not None)
-    tx.run(_UPDATE_TRIAL, {"tid": found[0], "heartbeat": now(), "rank": rank, "device": device, "owner": owner,
+    tx.run(_UPDATE_TRIAL, {"tid": found[0], "heartbeat": now, "rank": rank, "device": device, "owner": owner,
                            "crashes": crashes})
     return found[0]

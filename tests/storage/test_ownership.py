@@ -2,10 +2,12 @@
 lost it can no longer write to it (keep it alive, free it, report epochs or store an outcome)."""
 
 import time
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from oialr_search.storage import COMPLETE, RUNNING, Store, TrialTakenOver
+from oialr_search.storage._clock import DatabaseClock, host_now
 
 EPOCH = {"epoch": 1, "step": 3, "train_loss": 1.0, "val_loss": 0.5, "top1": 50.0, "top5": 90.0, "lr": 1e-3,
          "trainable_fraction": 0.3, "seconds": 1.0}
@@ -78,3 +80,54 @@ def test_claims_count_the_runs_that_died_holding_the_trial(store_url):
     finally:
         a.engine.dispose()
         b.engine.dispose()
+
+
+def _clock_off_by(store: Store, offset: timedelta) -> None:
+    """Give ``store`` a host whose clock is ``offset`` off (a node without NTP)."""
+    store._clock = DatabaseClock(store._clock._read_server, host=lambda: host_now() + offset)
+
+
+def test_a_node_whose_clock_is_off_neither_looks_dead_nor_takes_live_trials(postgres_schema_url):
+    """On a database server every store keeps the server's time: a job whose node's clock is ten minutes
+    behind does not look dead to the others (its heartbeats were stale by their clocks), and one ten
+    minutes ahead does not take their live trials over (theirs were stale by its clock)."""
+    behind, ahead, on_time = Store(postgres_schema_url), Store(postgres_schema_url), Store(postgres_schema_url)
+    try:
+        _clock_off_by(behind, -timedelta(minutes=10))
+        _clock_off_by(ahead, timedelta(minutes=10))
+        study = on_time.create_study(name="s", space={"raw": {}}, space_path="", metric="val_loss",
+                                     direction="minimize", backend="optuna", seed=0, budget=5)
+        late = behind.start_trial(study, params={"x": 1}, rank=0, island=None, device="cpu")
+        assert behind.beat(late.id)
+        live = on_time.start_trial(study, params={"x": 2}, rank=0, island=None, device="cpu")
+        for store in (on_time, ahead):
+            assert store.dead_trials(study, grace=60) == 0
+            assert store.claim_dead(study, grace=60, rank=1, device="cpu") is None
+        assert behind.beat(late.id) and on_time.beat(live.id)  # both still hold their trials
+        assert abs((behind.now() - ahead.now()).total_seconds()) < 5  # one clock
+        behind.finish_trial(late.id, state=COMPLETE, value=0.1)
+        stored = on_time.get_trial(study, late.number)
+        assert 0 <= stored.duration < 60 and abs((stored.finished - on_time.now()).total_seconds()) < 60
+    finally:
+        for store in (behind, ahead, on_time):
+            store.engine.dispose()
+
+
+def test_the_database_clock_follows_the_server_and_reads_it_again_after_a_while():
+    server = [datetime(2030, 1, 1, 12, 0, tzinfo=timezone(timedelta(hours=2)))]  # 10:00 UTC
+    host = [datetime(2030, 1, 1, 9, 0)]
+    reads = []
+
+    def read_server():
+        reads.append(1)
+        return server[0]
+
+    clock = DatabaseClock(read_server, refresh=3600, host=lambda: host[0])
+    assert clock.now() == datetime(2030, 1, 1, 10, 0) and len(reads) == 1  # an aware time, in naive UTC
+    host[0] += timedelta(seconds=30)
+    assert clock.now() == datetime(2030, 1, 1, 10, 0, 30) and len(reads) == 1  # followed as an offset
+    clock = DatabaseClock(read_server, refresh=0, host=lambda: host[0])
+    clock.now()
+    clock.now()
+    assert len(reads) == 3  # read again once the refresh interval has passed
+    assert DatabaseClock(None, host=lambda: host[0]).now() == host[0]  # SQLite: the host's clock
