@@ -108,8 +108,11 @@ def worker(mode: str, cost: float, per_rank: int, folder: Path, epochs: int) -> 
             return float(ind["a"] + ind["b"])
 
         with contextlib.redirect_stdout(io.StringIO()):
-            islands = Islands(loss, get_default_propagator(2 * size, limits, rng=rng), rng, generations=per_rank,
-                              num_islands=max(1, size // 2), migration_probability=0.9, pollination=False,
+            # as the service sets it up: a breeding population of max(8, 2 ranks), islands of two, no
+            # migration with one island (Propulate refuses it)
+            propagator = get_default_propagator(max(8, 2 * size), limits, rng=rng)
+            islands = Islands(loss, propagator, rng, generations=per_rank, num_islands=max(1, size // 2),
+                              migration_probability=0.9 if size >= 4 else 0.0, pollination=False,
                               checkpoint_path=folder / "plain")
         comm.Barrier()
         start = time.perf_counter()
