@@ -94,7 +94,8 @@ class Store:
                                                expire_on_commit=False)
             self._tx = Transactions(self.engine, self.url)
             self._owned: dict[int, str] = {}  # trial id -> the token this store started or claimed it with
-            self._clock = DatabaseClock(None if sqlite else self._server_time)
+            postgres = parsed.get_backend_name() == "postgresql"
+            self._clock = DatabaseClock(self._server_time if postgres else None)  # see _clock
             prepare_schema(self.engine, url=self.url, create=create and not read_only)
             if sqlite and not read_only:  # refuse a read-only database now, not at the first trial's write
                 check_writable(self.engine)
@@ -116,12 +117,15 @@ class Store:
                                f"{str(exc).splitlines()[0]}){hint}") from None
 
     def now(self) -> datetime:
-        """The database's UTC time (naive, as stored): a server's clock, the host's on SQLite (see _clock)."""
+        """The database's UTC time (naive, as stored): PostgreSQL's clock, the host's on SQLite (see _clock)."""
         return self._clock.now()
 
     def _server_time(self) -> datetime:
-        with self._tx.read() as tx:
-            return tx.one(SERVER_NOW, {})[0]
+        try:
+            with self.engine.connect() as conn:
+                return conn.execute(SERVER_NOW).scalar_one()
+        except SQLAlchemyError as exc:
+            raise RuntimeError(f"storage {self.url}: reading the database server's clock failed: {exc}") from exc
 
     @contextlib.contextmanager
     def session(self, *, write: bool = True) -> Iterator[Session]:
@@ -209,13 +213,13 @@ class Store:
         With ``limit``, returns None instead once the study holds that many trials that are not
         INTERRUPTED (the check and the insert are one transaction).
         """
-        started = self.now()
         owner = uuid.uuid4().hex
-        row = {"rank": rank, "island": island, "device": device, "params": params, "started": started,
-               "heartbeat": started, "owner": owner}
         for _ in range(20):
             try:
-                with self._tx.write() as tx:
+                with self._tx.write() as tx:  # started (the first heartbeat) once the lock is held, after the wait
+                    started = self.now()
+                    row = {"rank": rank, "island": island, "device": device, "params": params, "started": started,
+                           "heartbeat": started, "owner": owner}
                     claimed = _writes.start_trial(tx, study_id=study.id, row=row, config=config, limit=limit)
                 if claimed is None:
                     return None
@@ -245,10 +249,9 @@ class Store:
         assert state in STATES and state != RUNNING
         fields = {"state": state, "value": value, "objective_values": values, "feasible": feasible,
                   "metrics": metrics, "error": error}
-        finished = self.now()  # clocks are read before the write lock is taken, never while holding it
-        with self._tx.write() as tx:
+        with self._tx.write() as tx:  # times are taken once the lock is held: they include the wait for it
             _writes.finish_trial(tx, trial_id, fields=fields, epochs=epochs, rank_trajectory=rank_trajectory,
-                                 finished=finished, owner=self._owned.get(trial_id))
+                                 finished=self.now(), owner=self._owned.get(trial_id))
         self._owned.pop(trial_id, None)
 
     # -- liveness: heartbeats and resuming the trials of dead jobs ----------------------------------------
@@ -258,9 +261,8 @@ class Store:
         owner = self._owned.get(trial_id)
         if owner is None:
             return False
-        now = self.now()
         with self._tx.write() as tx:
-            return _writes.beat(tx, trial_id, owner, now)
+            return _writes.beat(tx, trial_id, owner, self.now())
 
     def release(self, trial_id: int) -> None:
         """Leave a trial RUNNING but dead at once (its job is stopping and checkpointed it): the next
@@ -275,14 +277,14 @@ class Store:
         """Atomically take over the lowest-numbered RUNNING trial whose heartbeat is older than ``grace``
         seconds (or NULL): its heartbeat becomes now, its rank and device this rank's. None if there is
         none. Two jobs never claim the same trial: the check and the update are one write transaction."""
-        now = self.now()
+        cutoff = self.now() - timedelta(seconds=grace)
         with self._tx.read() as tx:  # every rank asks before every trial; almost always there is none
-            if not _writes.any_dead(tx, study_id=study.id, cutoff=now - timedelta(seconds=grace)):
+            if not _writes.any_dead(tx, study_id=study.id, cutoff=cutoff):
                 return None
         owner = uuid.uuid4().hex
         with self._tx.write() as tx:
-            trial_id = _writes.claim_dead(tx, study_id=study.id, now=now, grace=grace, rank=rank, device=device,
-                                          owner=owner)
+            trial_id = _writes.claim_dead(tx, study_id=study.id, now=self.now(), grace=grace, rank=rank,
+                                          device=device, owner=owner)
         if trial_id is None:
             return None
         self._owned[trial_id] = owner

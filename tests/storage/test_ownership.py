@@ -83,14 +83,14 @@ def test_claims_count_the_runs_that_died_holding_the_trial(store_url):
 
 
 def _clock_off_by(store: Store, offset: timedelta) -> None:
-    """Give ``store`` a host whose clock is ``offset`` off (a node without NTP)."""
-    store._clock = DatabaseClock(store._clock._read_server, host=lambda: host_now() + offset)
+    """Make ``store``'s host clock ``offset`` off (a node without NTP, or one whose clock just jumped)."""
+    store._clock._host = lambda: host_now() + offset
 
 
 def test_a_node_whose_clock_is_off_neither_looks_dead_nor_takes_live_trials(postgres_schema_url):
-    """On a database server every store keeps the server's time: a job whose node's clock is ten minutes
-    behind does not look dead to the others (its heartbeats were stale by their clocks), and one ten
-    minutes ahead does not take their live trials over (theirs were stale by its clock)."""
+    """On PostgreSQL every store keeps the server's time: a job whose node's clock is ten minutes behind
+    does not look dead to the others (its heartbeats were stale by their clocks), and one ten minutes
+    ahead, or whose clock jumped ahead after it read the server's, does not take their live trials over."""
     behind, ahead, on_time = Store(postgres_schema_url), Store(postgres_schema_url), Store(postgres_schema_url)
     try:
         _clock_off_by(behind, -timedelta(minutes=10))
@@ -100,6 +100,7 @@ def test_a_node_whose_clock_is_off_neither_looks_dead_nor_takes_live_trials(post
         late = behind.start_trial(study, params={"x": 1}, rank=0, island=None, device="cpu")
         assert behind.beat(late.id)
         live = on_time.start_trial(study, params={"x": 2}, rank=0, island=None, device="cpu")
+        _clock_off_by(on_time, timedelta(minutes=10))  # a step after its first reading of the server's clock
         for store in (on_time, ahead):
             assert store.dead_trials(study, grace=60) == 0
             assert store.claim_dead(study, grace=60, rank=1, device="cpu") is None
@@ -113,21 +114,42 @@ def test_a_node_whose_clock_is_off_neither_looks_dead_nor_takes_live_trials(post
             store.engine.dispose()
 
 
-def test_the_database_clock_follows_the_server_and_reads_it_again_after_a_while():
+def test_the_database_clock_follows_the_server_on_the_monotonic_clock_and_reads_it_again():
     server = [datetime(2030, 1, 1, 12, 0, tzinfo=timezone(timedelta(hours=2)))]  # 10:00 UTC
-    host = [datetime(2030, 1, 1, 9, 0)]
+    mono = [100.0]
     reads = []
 
     def read_server():
         reads.append(1)
         return server[0]
 
-    clock = DatabaseClock(read_server, refresh=3600, host=lambda: host[0])
+    def host():
+        raise AssertionError("a server database's time never comes from the host's clock")
+
+    clock = DatabaseClock(read_server, refresh=3600, host=host, monotonic=lambda: mono[0])
     assert clock.now() == datetime(2030, 1, 1, 10, 0) and len(reads) == 1  # an aware time, in naive UTC
-    host[0] += timedelta(seconds=30)
-    assert clock.now() == datetime(2030, 1, 1, 10, 0, 30) and len(reads) == 1  # followed as an offset
-    clock = DatabaseClock(read_server, refresh=0, host=lambda: host[0])
-    clock.now()
-    clock.now()
-    assert len(reads) == 3  # read again once the refresh interval has passed
-    assert DatabaseClock(None, host=lambda: host[0]).now() == host[0]  # SQLite: the host's clock
+    mono[0] += 30
+    assert clock.now() == datetime(2030, 1, 1, 10, 0, 30) and len(reads) == 1  # followed, not read again
+    mono[0] += 3600
+    server[0] += timedelta(hours=2)  # the server's clock was set forward meanwhile
+    assert clock.now() == datetime(2030, 1, 1, 12, 0) and len(reads) == 2  # read again after `refresh`
+    assert DatabaseClock(None, host=lambda: datetime(2030, 1, 1)).now() == datetime(2030, 1, 1)  # SQLite
+
+
+def test_a_server_clock_that_cannot_be_read_is_a_storage_error_naming_it(postgres_schema_url, monkeypatch):
+    store = Store(postgres_schema_url)
+    try:
+        study = store.create_study(name="s", space={"raw": {}}, space_path="", metric="val_loss",
+                                   direction="minimize", backend="optuna", seed=0, budget=5)
+        store._clock = DatabaseClock(store._server_time, refresh=0)
+        monkeypatch.setattr(store.engine.dialect, "do_execute", _fail)
+        with pytest.raises(RuntimeError, match="reading the database server's clock failed"):
+            store.start_trial(study, params={}, rank=0, island=None, device="cpu")
+    finally:
+        store.engine.dispose()
+
+
+def _fail(*args, **kwargs):
+    from sqlalchemy.exc import OperationalError
+
+    raise OperationalError("SELECT now()", {}, Exception("server closed the connection"))
