@@ -57,3 +57,26 @@ def output_file(path: str | Path, *, option: str, example: str,
     if not os.access(out.parent, os.W_OK) or out.exists() and not os.access(out, os.W_OK):
         raise error(f"{option} {out}: cannot be written")
     return out
+
+
+def unusable_folder(folder: Path) -> str | None:
+    """Why ``folder`` could not be made (with its parents) and written, or None, found before anything is
+    written: the nearest existing folder on its path must be a folder we can write in, which is tried (a
+    temporary folder, removed at once), since permissions do not tell for root or for mounts such as /proc."""
+    existing = folder
+    try:
+        while not existing.exists():
+            if existing.is_symlink():
+                return f"{existing} is a broken link"
+            existing = existing.parent
+    except OSError as exc:  # a folder on the way that cannot be searched, a name too long
+        return f"{existing}: {exc.strerror}"
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".oialr-probe-", dir=existing))
+    except OSError as exc:
+        return f"{existing} cannot be written ({exc.strerror})"
+    return None

@@ -49,12 +49,18 @@ def test_train_writes_metrics_and_resolved_config(tmp_path):
         (["tiny.yaml", "--set", "model.name=no_such_net_xyz"], "model.name: unknown model"),
         (["tiny.yaml", "--set", "data.name=cifar10", "--set", "data.path=nowhere"], "nowhere is not a folder"),
         (["tiny.yaml", "--resume"], "--resume needs --checkpoint"),
+        (["binary.yaml"], "binary.yaml: not UTF-8 text"),
+        (["tiny.yaml", "--out", "tiny.yaml/m.json"], "--out tiny.yaml/m.json: cannot be written (tiny.yaml is not a"),
+        (["tiny.yaml", "--checkpoint", "tiny.yaml/r.ckpt"], "--checkpoint tiny.yaml/r.ckpt: cannot be written"),
+        (["tiny.yaml", "--checkpoint", "."], "--checkpoint .: is a folder"),
+        (["tiny.yaml", "--epochs", "2"], "unrecognized arguments: --epochs 2"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):
     (tmp_path / "tiny.yaml").write_text(TINY)
+    (tmp_path / "binary.yaml").write_bytes(b"\xff\xfe\x00bad")
     before = sorted(p.name for p in tmp_path.iterdir())
-    proc = run_cli("train", *args, "--out", "m.json", cwd=tmp_path)
+    proc = run_cli("train", *args, *([] if "--out" in args else ["--out", "m.json"]), cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr

@@ -15,8 +15,16 @@ from . import _query, _results, _search, _storage, _train
 from ._common import end_mpi_job, interrupted, storage_failed, warn_network_storage
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors in one line, as every other bad input's (argparse prints the usage first); the
+    verbs' parsers are of this class too."""
+
+    def error(self, message: str):  # noqa: ANN201 - never returns
+        self.exit(2, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="oialr-search", description="OIALR training and hyperparameter search.")
+    parser = _Parser(prog="oialr-search", description="OIALR training and hyperparameter search.")
     sub = parser.add_subparsers(dest="command", required=True)
     _train.add_parser(sub)
     _search.add_parsers(sub)

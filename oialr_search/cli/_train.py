@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from .._files import unusable_folder
 from ..exceptions import OIALRSearchError
 from ..training import bundled_configs
 from ._common import write_atomic
@@ -17,8 +18,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = load_config(resolve_config_path(args.config), args.set)
     out = Path(args.out) if args.out else None
-    if out is not None and out.is_dir():
-        raise OIALRSearchError(f"--out {out}: is a folder; give a file name such as {out / 'metrics.json'}")
+    for option, value, example in (("--out", out, "metrics.json"), ("--checkpoint", args.checkpoint, "run.ckpt")):
+        if value is None:
+            continue
+        path = Path(value)
+        if path.is_dir():
+            raise OIALRSearchError(f"{option} {path}: is a folder; give a file name such as {path / example}")
+        why = unusable_folder(path.parent)  # checked before training, not after it
+        if why is not None:
+            raise OIALRSearchError(f"{option} {path}: cannot be written ({why})")
     plots = None
     if args.plots:  # checked before training, not after it
         from ..plots import check_output_dir

@@ -17,6 +17,7 @@ import numpy as np
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from .._files import unusable_folder
 from ..exceptions import OIALRSearchError
 from ..storage import COMPLETE, FAILED, PRUNED, RUNNING, Store, Study, Trial
 from ..storage._filesystems import sqlite_file
@@ -67,6 +68,27 @@ def propulate_available() -> bool:
     return True
 
 
+MAX_SEED = 2**31 - 1  # the study's seed column is a 32-bit integer on PostgreSQL
+MAX_NAME_BYTES = 200  # a study names its work folder: within a file name's 255 bytes, with room to spare
+
+
+def check_study_name(name: str) -> None:
+    """A new study's name names its work folder: one plain folder name, no path."""
+    problem = ("is empty" if not name.strip() else
+               "is a path (it names the study's work folder: use no / or \\)" if "/" in name or "\\" in name else
+               "is not a folder name" if name in (".", "..") else
+               "has control characters" if any(ord(c) < 32 or ord(c) == 127 for c in name) else
+               f"is longer than {MAX_NAME_BYTES} bytes" if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES
+               else None)
+    if problem is not None:
+        raise OIALRSearchError(f"--study {name!r}: the name {problem}; e.g. --study cifar_beta")
+
+
+def check_seed(seed: int) -> None:
+    if not 0 <= seed <= MAX_SEED:
+        raise OIALRSearchError(f"--seed {seed}: must be from 0 to {MAX_SEED}")
+
+
 def work_folder(req: SearchRequest, study: str) -> Path:
     """The study's work folder, shared by its jobs: ``--workdir``, else next to a SQLite file
     (``<db>.work/<study>``), else ``oialr_search_work/<study>`` in the working directory. Multi-node
@@ -88,23 +110,6 @@ def trial_folder(req: SearchRequest, study: str, *, make: bool = True) -> Path:
     return folder
 
 
-def _unusable_folder(folder: Path) -> str | None:
-    """Why ``folder`` could not be made and written (None: it could), found without making anything."""
-    existing = folder
-    try:
-        while not existing.exists():
-            if existing.is_symlink():
-                return f"{existing} is a broken link"
-            existing = existing.parent
-    except OSError as exc:  # a folder on the way that cannot be searched, a name too long
-        return f"{existing}: {exc.strerror}"
-    if not existing.is_dir():
-        return f"{existing} is not a folder"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"{existing} is not writable"
-    return None
-
-
 def propulate_folder(req: SearchRequest, study: str, comm) -> Path:  # noqa: ANN001
     """This job's own Propulate folder (jobs of one study may run at once; each rebuilds its islands
     from the database), removed when the job ends. Collective."""
@@ -123,11 +128,14 @@ def _prepare(req: SearchRequest, world_size: int) -> tuple[Study, str, int, int,
     Every check of the user's input comes before the first write (bad ``--set`` even before the
     storage is opened), so a refused command changes nothing."""
     check_ranks_per_trial(req.ranks_per_trial, world_size)
+    if req.space is not None:  # run (resume takes a study that exists, named as an earlier release allowed)
+        check_study_name(req.study)
+    check_seed(req.seed)
     space = req.space.with_overrides(req.overrides) if req.space is not None and req.overrides else req.space
     with contextlib.suppress(ArgumentError):  # a malformed --storage: the Store says so just below
         check_writer_storage(req.storage)  # the storage's own faults first, worded as the Store words them
         folder = trial_folder(req, req.study, make=False)
-        why = _unusable_folder(folder)
+        why = unusable_folder(folder)
         if why is not None:
             raise OIALRSearchError(f"{'--workdir ' + req.workdir if req.workdir is not None else 'work folder'}: "
                                    f"cannot make {folder} ({why}); give --workdir a folder you can write")

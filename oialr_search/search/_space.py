@@ -394,6 +394,10 @@ def _parse(raw: Any, path: Path, base: dict | None = None, overrides: Sequence[s
     params = raw.get("params")
     if not isinstance(params, dict) or not params:
         raise _err(path, "params", "expected a non-empty mapping of config keys to dimensions")
+    placed = next((str(k) for k in params if str(k) in PLACED_KEYS), None)
+    if placed is not None:
+        raise _err(path, f"params.{placed}", f"cannot be searched: the search sets it for every rank "
+                                            f"({PLACED_KEYS[placed]})")
     dims = [_dimension(path, str(k), v) for k, v in params.items()]
     space = SearchSpace(str(path), base_cfg, dims, objectives, constraints, pruner, sampler, timeout, raw,
                         trial_checkpoint_minutes=every, keep_weights=keep)
@@ -427,9 +431,11 @@ def load_space(path: str | Path) -> SearchSpace:
     """Read and validate a search-space YAML file (errors name the file and the key)."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SpaceError(f"{path}: no such search-space file") from None
+    except UnicodeDecodeError:
+        raise SpaceError(f"{path}: not UTF-8 text (a YAML search space is expected)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise SpaceError(f"{path}: not valid YAML{f' (line {mark.line + 1})' if mark else ''}") from None

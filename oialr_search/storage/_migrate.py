@@ -179,7 +179,7 @@ def _lost_race(exc: Exception) -> bool:
 def prepare_schema(engine: Engine, *, url: str, create: bool, force: bool = False) -> None:
     """Make the database usable by this release; ``url`` is only for messages.
 
-    Empty database: with ``create``, make the current schema and stamp it, else leave it alone. At the
+    Empty database: with ``create``, make the current schema and stamp it, else raise StorageError. At the
     current version: nothing (one read transaction, two small queries; on the Store's SQLite engine a
     plain BEGIN, so opening a store never waits for the write lock). Older: with ``create``, upgrade it
     (silently), else raise :class:`SchemaOutdated` naming the command that upgrades it; but while it has
@@ -189,7 +189,10 @@ def prepare_schema(engine: Engine, *, url: str, create: bool, force: bool = Fals
     lost the race checks once more.
     """
     version = schema_version(engine)
-    if version == SCHEMA_VERSION or version is None and not create:
+    if version is None and not create:  # an empty database, another program's, or the wrong file
+        raise StorageError(f"--storage {url}: no oialr-search tables in this database (no search has written to "
+                           "it: check the URL)")
+    if version == SCHEMA_VERSION:
         return
     if version is not None and version > SCHEMA_VERSION:
         raise _too_new(url, version)

@@ -34,9 +34,13 @@ def path_errors(url: str, db: Path) -> Iterator[None]:
 def check_writer_storage(url: str) -> None:
     """What a writing Store refuses about a SQLite path before it opens (or creates) anything, checked
     alone: StorageError for a folder given as the file, a missing folder, a read-only file or folder.
-    Nothing for other databases; a malformed URL raises sqlalchemy's ArgumentError."""
+    Nothing for other databases; a malformed URL raises sqlalchemy's ArgumentError. An in-memory SQLite
+    database is refused: each process would have its own, and the search would be lost when it ends."""
     parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+        raise StorageError(f"--storage {url}: an in-memory database would be lost when the search ends (and no "
+                           "other rank could see it); give a file, e.g. sqlite:///search.db")
+    if parsed.get_backend_name() == "sqlite":
         db = Path(parsed.database)
         with path_errors(url, db):
             check_sqlite_path(url, db)

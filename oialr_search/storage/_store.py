@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import create_engine, func, or_, select, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..exceptions import OIALRSearchError
@@ -104,6 +104,9 @@ class Store:
             # keep its -wal and -shm files next to the file for as long as this process lives
             with contextlib.suppress(AttributeError):
                 self.engine.dispose()
+            if isinstance(exc, NoSuchModuleError):  # create_engine: no dialect of that name
+                raise StorageError(f"--storage {self.url}: unknown kind of database {parsed.get_backend_name()!r} "
+                                   "(use sqlite:///FILE or postgresql+psycopg://USER@HOST/DB)") from None
             if not isinstance(exc, (DBAPIError, ImportError, sqlite3.Error)):  # sqlite3's own: raised in our BEGIN
                 raise
             failure = storage_failure(exc, db)  # a full disk, a read-only file, not a database, ...

@@ -240,11 +240,29 @@ def test_export_then_train_reproduces_the_trial(tmp_path):
         (["resume", "--study", "nope"], "no such database file"),
         (["export", "--study", "nope", "-o", "t.yaml"], "no such database file"),
         (["run", "space.yaml", "--study", "x", "--storage", "sqlite:///no/such/dir/x.db"], "does not exist"),
+        (["run", "space.yaml", "--study", ""], "--study '': the name is empty"),
+        (["run", "space.yaml", "--study", "../escape"], "the name is a path"),
+        (["run", "space.yaml", "--study", "a/b"], "the name is a path"),
+        (["run", "space.yaml", "--study", "s" * 300], "is longer than 200 bytes"),
+        (["run", "space.yaml", "--study", "x", "--seed", str(10**23)], "--seed 100000000000000000000000: must be"),
+        (["run", "space.yaml", "--study", "x", "--storage", "sqlite://"], "an in-memory database would be lost"),
+        (["run", "space.yaml", "--study", "x", "--storage", "foo://bar"], "unknown kind of database 'foo'"),
+        (["status", "--study", "x", "--storage", "foo://bar"], "unknown kind of database 'foo'"),
+        (["studies", "--storage", "sqlite:///empty.db"], "no oialr-search tables in this database"),
+        (["status", "--study", "x", "--storage", "sqlite://"], "no oialr-search tables in this database"),
+        (["run", "binary.yaml", "--study", "x"], "binary.yaml: not UTF-8 text"),
+        (["run", "placed.yaml", "--study", "x"], "placed.yaml: params.train.device: cannot be searched"),
+        (["run", "space.yaml", "--study", "x", "--budget", "abc"], "argument --budget: invalid int value: 'abc'"),
+        (["trials", "--study", "x", "--format", "xml"], "argument --format: invalid choice: 'xml'"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_changes_nothing(tmp_path, args, message):
     write_space(tmp_path)
     (tmp_path / "bad.yaml").write_text("params: {oialr.beta: {type: float, low: 0.5, high: 0.1}}\n")
+    (tmp_path / "binary.yaml").write_bytes(b"\xff\xfe\x00bad")
+    (tmp_path / "placed.yaml").write_text((tmp_path / "space.yaml").read_text().replace(
+        "params:", "params:\n  train.device: {type: categorical, choices: [cpu]}"))
+    (tmp_path / "empty.db").write_bytes(b"")
     before = sorted(p.name for p in tmp_path.iterdir())
     proc = run(args, tmp_path)
     assert proc.returncode == 2, proc.stderr
