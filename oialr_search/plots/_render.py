@@ -147,7 +147,8 @@ def study_figures(store: Store, study: Study, *, top: int = 3) -> tuple[list[Ren
             importances, optuna_errors=True)
     numbers = best_numbers(study, rows, top)
     if not numbers:
-        out.notes.append("skipped the OIALR figures of the best trials: no feasible completed trial")
+        out.notes.append("skipped the OIALR figures of the best trials: " +
+                         ("--top 0" if top == 0 else "no feasible completed trial"))
     _run_figures(out, best_runs(store, study, numbers), learning_curves(store, study))
     return out.figures, out.notes
 
