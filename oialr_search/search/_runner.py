@@ -72,8 +72,9 @@ MAX_SEED = 2**31 - 1  # the study's seed column is a 32-bit integer on PostgreSQ
 MAX_NAME_BYTES = 200  # a study names its work folder: within a file name's 255 bytes, with room to spare
 
 
-def check_study_name(name: str) -> None:
-    """A new study's name names its work folder: one plain folder name, no path."""
+def new_study_problem(name: str, seed: int) -> str | None:
+    """What is wrong with the name or the seed of a new study, or None. The name names the study's work
+    folder: one plain folder name, no path; the seed is stored in a 32-bit column on PostgreSQL."""
     problem = ("is empty" if not name.strip() else
                "is a path (it names the study's work folder: use no / or \\)" if "/" in name or "\\" in name else
                "is not a folder name" if name in (".", "..") else
@@ -81,12 +82,25 @@ def check_study_name(name: str) -> None:
                f"is longer than {MAX_NAME_BYTES} bytes" if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES
                else None)
     if problem is not None:
-        raise OIALRSearchError(f"--study {name!r}: the name {problem}; e.g. --study cifar_beta")
-
-
-def check_seed(seed: int) -> None:
+        return f"--study {name!r}: the name {problem}; e.g. --study cifar_beta"
     if not 0 <= seed <= MAX_SEED:
-        raise OIALRSearchError(f"--seed {seed}: must be from 0 to {MAX_SEED}")
+        return f"--seed {seed}: must be from 0 to {MAX_SEED}"
+    return None
+
+
+def _study_stored(req: SearchRequest) -> bool:
+    """Whether the storage holds the study already, looked up without writing anything (False where it cannot
+    be read as it is: no such file, a schema to upgrade first, ...)."""
+    try:
+        store = Store(req.storage, create=False, read_only=True)
+    except Exception:  # noqa: BLE001 - whatever it is, the Store opened for writing below reports it
+        return False
+    try:
+        return store.find_study(req.study) is not None
+    except Exception:  # noqa: BLE001 - as above
+        return False
+    finally:
+        store.engine.dispose()
 
 
 def work_folder(req: SearchRequest, study: str) -> Path:
@@ -128,9 +142,10 @@ def _prepare(req: SearchRequest, world_size: int) -> tuple[Study, str, int, int,
     Every check of the user's input comes before the first write (bad ``--set`` even before the
     storage is opened), so a refused command changes nothing."""
     check_ranks_per_trial(req.ranks_per_trial, world_size)
-    if req.space is not None:  # run (resume takes a study that exists, named as an earlier release allowed)
-        check_study_name(req.study)
-    check_seed(req.seed)
+    problem = new_study_problem(req.study, req.seed) if req.space is not None else None  # run; resume's exists
+    if problem is not None and not _study_stored(req):  # an earlier release allowed them: its studies continue
+        raise OIALRSearchError(f"{problem} (to continue a study that an earlier release stored under this name: "
+                               f"oialr-search resume --study NAME)")
     space = req.space.with_overrides(req.overrides) if req.space is not None and req.overrides else req.space
     with contextlib.suppress(ArgumentError):  # a malformed --storage: the Store says so just below
         check_writer_storage(req.storage)  # the storage's own faults first, worded as the Store words them

@@ -394,10 +394,6 @@ def _parse(raw: Any, path: Path, base: dict | None = None, overrides: Sequence[s
     params = raw.get("params")
     if not isinstance(params, dict) or not params:
         raise _err(path, "params", "expected a non-empty mapping of config keys to dimensions")
-    placed = next((str(k) for k in params if str(k) in PLACED_KEYS), None)
-    if placed is not None:
-        raise _err(path, f"params.{placed}", f"cannot be searched: the search sets it for every rank "
-                                            f"({PLACED_KEYS[placed]})")
     dims = [_dimension(path, str(k), v) for k, v in params.items()]
     space = SearchSpace(str(path), base_cfg, dims, objectives, constraints, pruner, sampler, timeout, raw,
                         trial_checkpoint_minutes=every, keep_weights=keep)
@@ -441,4 +437,10 @@ def load_space(path: str | Path) -> SearchSpace:
         raise SpaceError(f"{path}: not valid YAML{f' (line {mark.line + 1})' if mark else ''}") from None
     except OSError as exc:
         raise SpaceError(f"{path}: cannot read: {exc.strerror}") from None
-    return _parse(raw, path)
+    space = _parse(raw, path)
+    # a new space only: a study of an earlier release that searched them still resumes (the ranks' own values win)
+    placed = next((d.key for d in space.dimensions if d.key in PLACED_KEYS), None)
+    if placed is not None:
+        raise _err(path, f"params.{placed}", f"cannot be searched: the search sets it for every rank "
+                                            f"({PLACED_KEYS[placed]})")
+    return space

@@ -17,10 +17,17 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine, create_engine, func, insert, inspect, select, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    IntegrityError,
+    NoSuchModuleError,
+    OperationalError,
+    ProgrammingError,
+)
 
 from ..exceptions import OIALRSearchError
-from ._errors import StorageError
+from ._errors import StorageError, unknown_database
 from ._filesystems import sqlite_file
 from ._schema import RUNNING, SCHEMA_VERSION, Base, EpochRow, MetaRow, StudyRow, TrialRow
 from ._sqlite import storage_failure
@@ -179,7 +186,7 @@ def _lost_race(exc: Exception) -> bool:
 def prepare_schema(engine: Engine, *, url: str, create: bool, force: bool = False) -> None:
     """Make the database usable by this release; ``url`` is only for messages.
 
-    Empty database: with ``create``, make the current schema and stamp it, else raise StorageError. At the
+    Empty database: with ``create``, make the current schema and stamp it, else leave it alone. At the
     current version: nothing (one read transaction, two small queries; on the Store's SQLite engine a
     plain BEGIN, so opening a store never waits for the write lock). Older: with ``create``, upgrade it
     (silently), else raise :class:`SchemaOutdated` naming the command that upgrades it; but while it has
@@ -189,10 +196,7 @@ def prepare_schema(engine: Engine, *, url: str, create: bool, force: bool = Fals
     lost the race checks once more.
     """
     version = schema_version(engine)
-    if version is None and not create:  # an empty database, another program's, or the wrong file
-        raise StorageError(f"--storage {url}: no oialr-search tables in this database (no search has written to "
-                           "it: check the URL)")
-    if version == SCHEMA_VERSION:
+    if version == SCHEMA_VERSION or version is None and not create:
         return
     if version is not None and version > SCHEMA_VERSION:
         raise _too_new(url, version)
@@ -226,6 +230,8 @@ def _open(url: str, *, write: bool = False) -> Engine:
         if sqlite and parsed.database not in (None, "", ":memory:") and not Path(parsed.database).is_file():
             raise StorageError(f"--storage {url}: no such database file")
         return _sqlite_engine(url) if sqlite and write else create_engine(url)
+    except NoSuchModuleError:  # an ArgumentError: a URL of a kind or driver SQLAlchemy does not know
+        raise unknown_database(url, make_url(url).drivername) from None
     except ArgumentError:
         raise StorageError(f"--storage {url!r}: not a database URL (e.g. sqlite:///search.db)") from None
     except ImportError as exc:  # the URL's driver is not installed

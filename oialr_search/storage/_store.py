@@ -20,8 +20,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from ..exceptions import OIALRSearchError
 from . import _writes
 from ._clock import SERVER_NOW, DatabaseClock
-from ._errors import StorageError, StudyNotFound
-from ._migrate import prepare_schema
+from ._errors import StorageError, StudyNotFound, unknown_database
+from ._migrate import prepare_schema, schema_version
 from ._paths import check_sqlite_path, check_writable_file, path_errors
 from ._records import Study, Trial, _study, _trial, _trials
 from ._schema import (
@@ -97,6 +97,9 @@ class Store:
             postgres = parsed.get_backend_name() == "postgresql"
             self._clock = DatabaseClock(self._server_time if postgres else None)  # see _clock
             prepare_schema(self.engine, url=self.url, create=create and not read_only)
+            # without create, a database with no oialr-search tables (new, empty, another program's) holds no
+            # study: the study lookups say so instead of failing on the missing tables
+            self._has_tables = create and not read_only or schema_version(self.engine) is not None
             if sqlite and not read_only:  # refuse a read-only database now, not at the first trial's write
                 check_writable(self.engine)
         except BaseException as exc:
@@ -104,9 +107,8 @@ class Store:
             # keep its -wal and -shm files next to the file for as long as this process lives
             with contextlib.suppress(AttributeError):
                 self.engine.dispose()
-            if isinstance(exc, NoSuchModuleError):  # create_engine: no dialect of that name
-                raise StorageError(f"--storage {self.url}: unknown kind of database {parsed.get_backend_name()!r} "
-                                   "(use sqlite:///FILE or postgresql+psycopg://USER@HOST/DB)") from None
+            if isinstance(exc, NoSuchModuleError):  # create_engine: no dialect or driver of that name
+                raise unknown_database(self.url, parsed.drivername) from None
             if not isinstance(exc, (DBAPIError, ImportError, sqlite3.Error)):  # sqlite3's own: raised in our BEGIN
                 raise
             failure = storage_failure(exc, db)  # a full disk, a read-only file, not a database, ...
@@ -184,11 +186,15 @@ class Store:
             return s.scalar(select(StudyRow.jobs).where(StudyRow.id == study.id)) - 1
 
     def find_study(self, name: str) -> Study | None:
+        if not self._has_tables:
+            return None
         with self.session(write=False) as s:
             row = s.scalar(select(StudyRow).where(StudyRow.name == name))
             return _study(row) if row is not None else None
 
     def get_study(self, name: str) -> Study:
+        if not self._has_tables:
+            raise StudyNotFound(f"no study named {name!r} in {self.url}; this storage has no studies")
         with self.session(write=False) as s:
             row = s.scalar(select(StudyRow).where(StudyRow.name == name))
             if row is None:
@@ -199,6 +205,8 @@ class Store:
 
     def studies(self) -> list[tuple[Study, dict[str, int]]]:
         """Every study with its trial counts per state."""
+        if not self._has_tables:
+            return []
         with self.session(write=False) as s:
             rows = s.scalars(select(StudyRow).order_by(StudyRow.created)).all()
             counts = s.execute(select(TrialRow.study_id, TrialRow.state, func.count()).group_by(

@@ -246,10 +246,10 @@ def test_export_then_train_reproduces_the_trial(tmp_path):
         (["run", "space.yaml", "--study", "s" * 300], "is longer than 200 bytes"),
         (["run", "space.yaml", "--study", "x", "--seed", str(10**23)], "--seed 100000000000000000000000: must be"),
         (["run", "space.yaml", "--study", "x", "--storage", "sqlite://"], "an in-memory database would be lost"),
-        (["run", "space.yaml", "--study", "x", "--storage", "foo://bar"], "unknown kind of database 'foo'"),
-        (["status", "--study", "x", "--storage", "foo://bar"], "unknown kind of database 'foo'"),
-        (["studies", "--storage", "sqlite:///empty.db"], "no oialr-search tables in this database"),
-        (["status", "--study", "x", "--storage", "sqlite://"], "no oialr-search tables in this database"),
+        (["run", "space.yaml", "--study", "x", "--storage", "foo://bar"], "unknown kind of database or driver 'foo'"),
+        (["status", "--study", "x", "--storage", "foo://bar"], "unknown kind of database or driver 'foo'"),
+        (["status", "--study", "x", "--storage", "sqlite:///empty.db"], "this storage has no studies"),
+        (["status", "--study", "x", "--storage", "sqlite://"], "this storage has no studies"),
         (["run", "binary.yaml", "--study", "x"], "binary.yaml: not UTF-8 text"),
         (["run", "placed.yaml", "--study", "x"], "placed.yaml: params.train.device: cannot be searched"),
         (["run", "space.yaml", "--study", "x", "--budget", "abc"], "argument --budget: invalid int value: 'abc'"),
@@ -323,3 +323,37 @@ def test_unknown_study_in_existing_storage(tmp_path):
     changed = write_space(tmp_path, epochs=3, name="space2.yaml")
     proc = run(["run", str(changed), "--study", "real"], tmp_path)
     assert proc.returncode == 2 and "different search space" in proc.stderr
+
+
+def test_studies_of_an_earlier_release_with_a_name_seed_or_params_now_refused_still_continue(tmp_path, monkeypatch):
+    """A name that is a path, a seed above 2³¹ and train.threads under params were accepted before: a study
+    stored with them continues with the same `run` (a requeued job repeats its command) and with `resume`."""
+    import yaml
+
+    from oialr_search.search import SearchRequest, _runner, run_search
+    from oialr_search.search._space import _parse
+
+    write_space(tmp_path)
+    raw = yaml.safe_load((tmp_path / "space.yaml").read_text())
+    raw["params"]["train.threads"] = {"type": "categorical", "choices": [1]}
+    old_space = _parse(raw, tmp_path / "old.yaml")  # as an earlier release read it: no check of placed keys
+    url = f"sqlite:///{tmp_path}/oialr_search.db"
+    cwd = os.getcwd()
+    with monkeypatch.context() as patch:
+        patch.setattr(_runner, "new_study_problem", lambda name, seed: None)  # as an earlier release took them
+        patch.chdir(tmp_path)
+        for study, seed in (("grp/s1", 0), ("big_seed", 3_000_000_000), ("threads", 0)):
+            space = old_space if study == "threads" else load_space(tmp_path / "space.yaml")
+            assert run_search(SearchRequest(study=study, storage=url, space=space, backend="optuna", budget=1,
+                                            seed=seed), quiet=True) == 0
+    assert os.getcwd() == cwd
+    again = run(["run", "space.yaml", "--study", "grp/s1", "--budget", "2"], tmp_path)
+    assert again.returncode == 0, again.stderr
+    again = run(["run", "space.yaml", "--study", "big_seed", "--seed", "3000000000", "--budget", "2"], tmp_path)
+    assert again.returncode == 0, again.stderr
+    resumed = run(["resume", "--study", "threads", "--budget", "2"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    for study in ("grp/s1", "big_seed", "threads"):
+        assert [r["state"] for r in trials(tmp_path, study)] == ["COMPLETE", "COMPLETE"]
+    new = run(["run", "space.yaml", "--study", "grp/s2"], tmp_path)  # a new study: refused, saying how to continue
+    assert new.returncode == 2 and "the name is a path" in new.stderr and "oialr-search resume" in new.stderr

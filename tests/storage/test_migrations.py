@@ -29,7 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from oialr_search.storage import SchemaOutdated, SchemaTooNew, StorageError, Store
+from oialr_search.storage import SchemaOutdated, SchemaTooNew, Store
 from oialr_search.storage._migrate import VERSION_TABLE, TrialsRunning, _config, prepare_schema, schema_version
 from oialr_search.storage._schema import SCHEMA_VERSION, Base
 from oialr_search.storage._store import _sqlite_engine
@@ -284,8 +284,7 @@ def test_fresh_database_is_current_and_stamped(tmp_path, engine_kind):
     url = f"sqlite:///{tmp_path}/new.db"
     engine = ENGINES[engine_kind](url)
     assert schema_version(engine) is None
-    with pytest.raises(StorageError, match="no oialr-search tables in this database"):
-        prepare_schema(engine, url=url, create=False)  # an empty database is refused, and left alone, without create
+    prepare_schema(engine, url=url, create=False)  # an empty database is left alone without create
     assert schema_version(engine) is None
     prepare_schema(engine, url=url, create=True)
     prepare_schema(engine, url=url, create=True)
