@@ -183,8 +183,9 @@ def _lost_race(exc: Exception) -> bool:
     return isinstance(exc, IntegrityError) or "already exists" in message or "duplicate column" in message
 
 
-def prepare_schema(engine: Engine, *, url: str, create: bool, force: bool = False) -> None:
-    """Make the database usable by this release; ``url`` is only for messages.
+def prepare_schema(engine: Engine, *, url: str, create: bool, force: bool = False) -> int | None:
+    """Make the database usable by this release; returns its schema version then (None: no oialr-search
+    tables, left so without ``create``). ``url`` is only for messages.
 
     Empty database: with ``create``, make the current schema and stamp it, else leave it alone. At the
     current version: nothing (one read transaction, two small queries; on the Store's SQLite engine a
@@ -197,7 +198,7 @@ def prepare_schema(engine: Engine, *, url: str, create: bool, force: bool = Fals
     """
     version = schema_version(engine)
     if version == SCHEMA_VERSION or version is None and not create:
-        return
+        return version
     if version is not None and version > SCHEMA_VERSION:
         raise _too_new(url, version)
     if not create:
@@ -212,7 +213,7 @@ def prepare_schema(engine: Engine, *, url: str, create: bool, force: bool = Fals
             try:
                 with engine.connect() as conn, _sqlite_foreign_keys_off(conn), conn.begin():
                     _create_or_upgrade(conn, url=url, force=force)
-                return
+                return SCHEMA_VERSION
             except (IntegrityError, OperationalError, ProgrammingError) as exc:
                 if attempt or not _lost_race(exc):
                     raise

@@ -21,7 +21,7 @@ from ..exceptions import OIALRSearchError
 from . import _writes
 from ._clock import SERVER_NOW, DatabaseClock
 from ._errors import StorageError, StudyNotFound, unknown_database
-from ._migrate import prepare_schema, schema_version
+from ._migrate import prepare_schema
 from ._paths import check_sqlite_path, check_writable_file, path_errors
 from ._records import Study, Trial, _study, _trial, _trials
 from ._schema import (
@@ -96,10 +96,9 @@ class Store:
             self._owned: dict[int, str] = {}  # trial id -> the token this store started or claimed it with
             postgres = parsed.get_backend_name() == "postgresql"
             self._clock = DatabaseClock(self._server_time if postgres else None)  # see _clock
-            prepare_schema(self.engine, url=self.url, create=create and not read_only)
             # without create, a database with no oialr-search tables (new, empty, another program's) holds no
             # study: the study lookups say so instead of failing on the missing tables
-            self._has_tables = create and not read_only or schema_version(self.engine) is not None
+            self._has_tables = prepare_schema(self.engine, url=self.url, create=create and not read_only) is not None
             if sqlite and not read_only:  # refuse a read-only database now, not at the first trial's write
                 check_writable(self.engine)
         except BaseException as exc:
