@@ -54,7 +54,7 @@ def test_train_writes_metrics_and_resolved_config(tmp_path):
         (["tiny.yaml", "--checkpoint", "tiny.yaml/r.ckpt"], "--checkpoint tiny.yaml/r.ckpt: cannot be written"),
         (["tiny.yaml", "--checkpoint", "."], "--checkpoint .: is a folder"),
         (["tiny.yaml", "--epochs", "2"], "unrecognized arguments: --epochs 2"),
-        (["tiny.yaml", "--set", "model.kwargs.hidden=-5"], "model.kwargs.hidden: must be a positive number"),
+        (["tiny.yaml", "--set", "model.kwargs.hidden=-5"], "model.kwargs.hidden: must be an integer >= 1, got -5"),
         (["tiny.yaml", "--set", "model.name=mini_vit", "--set", "model.kwargs={}", "--set", "model.kwargs.depth=-1"],
          "model.kwargs.depth: must be an integer >= 0, got -1"),
     ],

@@ -22,6 +22,12 @@ def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
     return deco
 
 
+def _check_int(key: str, value: object, least: int) -> None:
+    """A size in ``model.kwargs``: an integer of at least ``least``, or one line naming the key."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        raise ConfigError(f"model.kwargs.{key}: must be an integer >= {least}, got {value!r}")
+
+
 def _timm():
     from .._compat import ensure_torchvision
 
@@ -40,8 +46,7 @@ def mini_vit(*, num_classes: int, in_chans: int, img_size: int, embed_dim: int =
     The patch defaults to img_size/4 (8 on 32 px, 7 on 28 px, 2 on 8 px), giving 16 patches.
     """
     for key, value, least in (("embed_dim", embed_dim, 1), ("depth", depth, 0), ("num_heads", num_heads, 1)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < least:
-            raise ConfigError(f"model.kwargs.{key}: must be an integer >= {least}, got {value!r}")
+        _check_int(key, value, least)
     patch = patch_size or max(1, img_size // 4)
     if img_size % patch:
         raise ConfigError(f"model.kwargs.patch_size: {patch} does not divide the image size {img_size}")
@@ -61,10 +66,8 @@ def mlp(*, num_classes: int, in_chans: int, img_size: int, hidden: int = 128, de
     """A plain MLP on flattened pixels; small and fast, for tests and smoke runs. Other kwargs are ignored, as
     they always were: the configs and kept weights of earlier studies carry some (a mini_vit's, after
     ``--set model.name=mlp``)."""
-    if not isinstance(hidden, int) or isinstance(hidden, bool) or hidden < 1:
-        raise ConfigError(f"model.kwargs.hidden: must be a positive number of units, got {hidden!r}")
-    if not isinstance(depth, int) or isinstance(depth, bool) or depth < 0:
-        raise ConfigError(f"model.kwargs.depth: must be a number of hidden layers >= 0, got {depth!r}")
+    _check_int("hidden", hidden, 1)
+    _check_int("depth", depth, 0)
     layers: list[nn.Module] = [nn.Flatten()]
     width = in_chans * img_size * img_size
     for _ in range(depth):
