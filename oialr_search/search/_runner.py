@@ -30,7 +30,7 @@ from ._heartbeat import grace_period
 from ._objective import TrialOutcome, run_trial
 from ._objectives import Scored
 from ._optuna_backend import DROPPED
-from ._space import SearchSpace, merge_overrides, same_overrides
+from ._space import SearchSpace, merge_overrides, placed_problem, same_overrides
 from ._workers import check_ranks_per_trial, split_workers
 
 Objective = Callable[..., TrialOutcome]
@@ -72,9 +72,10 @@ MAX_SEED = 2**31 - 1  # the study's seed column is a 32-bit integer on PostgreSQ
 MAX_NAME_BYTES = 200  # a study names its work folder: within a file name's 255 bytes, with room to spare
 
 
-def new_study_problem(name: str, seed: int) -> str | None:
-    """What is wrong with the name or the seed of a new study, or None. The name names the study's work
-    folder: one plain folder name, no path; the seed is stored in a 32-bit column on PostgreSQL."""
+def new_study_problem(name: str, seed: int, space: SearchSpace) -> str | None:
+    """What is wrong with the name, the seed or the space of a new study, or None. The name names the study's
+    work folder: one plain folder name, no path; the seed is stored in a 32-bit column on PostgreSQL. A stored
+    study, which an earlier release may have taken with any of them, is not judged by them."""
     problem = ("is empty" if not name.strip() else
                "is a path (it names the study's work folder: use no / or \\)" if "/" in name or "\\" in name else
                "is not a folder name" if name in (".", "..") else
@@ -85,22 +86,7 @@ def new_study_problem(name: str, seed: int) -> str | None:
         return f"--study {name!r}: the name {problem}; e.g. --study cifar_beta"
     if not 0 <= seed <= MAX_SEED:
         return f"--seed {seed}: must be from 0 to {MAX_SEED}"
-    return None
-
-
-def _study_stored(req: SearchRequest) -> bool:
-    """Whether the storage holds the study already, looked up without writing anything (False where it cannot
-    be read as it is: no such file, a schema to upgrade first, ...)."""
-    try:
-        store = Store(req.storage, create=False, read_only=True)
-    except Exception:  # noqa: BLE001 - whatever it is, the Store opened for writing below reports it
-        return False
-    try:
-        return store.find_study(req.study) is not None
-    except Exception:  # noqa: BLE001 - as above
-        return False
-    finally:
-        store.engine.dispose()
+    return placed_problem(space)
 
 
 def work_folder(req: SearchRequest, study: str) -> Path:
@@ -142,10 +128,10 @@ def _prepare(req: SearchRequest, world_size: int) -> tuple[Study, str, int, int,
     Every check of the user's input comes before the first write (bad ``--set`` even before the
     storage is opened), so a refused command changes nothing."""
     check_ranks_per_trial(req.ranks_per_trial, world_size)
-    problem = new_study_problem(req.study, req.seed) if req.space is not None else None  # run; resume's exists
-    if problem is not None and not _study_stored(req):  # an earlier release allowed them: its studies continue
-        raise OIALRSearchError(f"{problem} (to continue a study that an earlier release stored under this name: "
-                               f"oialr-search resume --study NAME)")
+    problem = new_study_problem(req.study, req.seed, req.space) if req.space is not None else None  # run
+    db = sqlite_file(req.storage)
+    if problem is not None and db is not None and not db.exists():  # no database: a new study, refused unwritten
+        raise OIALRSearchError(problem)
     space = req.space.with_overrides(req.overrides) if req.space is not None and req.overrides else req.space
     with contextlib.suppress(ArgumentError):  # a malformed --storage: the Store says so just below
         check_writer_storage(req.storage)  # the storage's own faults first, worded as the Store words them
@@ -156,6 +142,8 @@ def _prepare(req: SearchRequest, world_size: int) -> tuple[Study, str, int, int,
                                    f"cannot make {folder} ({why}); give --workdir a folder you can write")
     store = Store(req.storage)
     existing = store.find_study(req.study)
+    if existing is None and problem is not None:  # judged once it is known to be new (a requeued job's is not)
+        raise OIALRSearchError(problem)
     new_overrides = False
     if space is None:
         existing = existing or store.get_study(req.study)  # raises StudyNotFound with the known names

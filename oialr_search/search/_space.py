@@ -437,10 +437,14 @@ def load_space(path: str | Path) -> SearchSpace:
         raise SpaceError(f"{path}: not valid YAML{f' (line {mark.line + 1})' if mark else ''}") from None
     except OSError as exc:
         raise SpaceError(f"{path}: cannot read: {exc.strerror}") from None
-    space = _parse(raw, path)
-    # a new space only: a study of an earlier release that searched them still resumes (the ranks' own values win)
+    return _parse(raw, path)
+
+
+def placed_problem(space: SearchSpace) -> str | None:
+    """Why a new study may not search ``space``: a key the search sets itself for every rank. (An earlier
+    release took them, and its studies go on: the ranks' own values win, whatever the params say.)"""
     placed = next((d.key for d in space.dimensions if d.key in PLACED_KEYS), None)
-    if placed is not None:
-        raise _err(path, f"params.{placed}", f"cannot be searched: the search sets it for every rank "
-                                            f"({PLACED_KEYS[placed]})")
-    return space
+    if placed is None:
+        return None
+    return f"{space.path}: params.{placed}: cannot be searched: the search sets it for every rank " \
+           f"({PLACED_KEYS[placed]})"

@@ -327,33 +327,47 @@ def test_unknown_study_in_existing_storage(tmp_path):
 
 def test_studies_of_an_earlier_release_with_a_name_seed_or_params_now_refused_still_continue(tmp_path, monkeypatch):
     """A name that is a path, a seed above 2³¹ and train.threads under params were accepted before: a study
-    stored with them continues with the same `run` (a requeued job repeats its command) and with `resume`."""
+    stored with them, in a database of the earlier release's schema (v4), continues with the same `run` (a
+    requeued job repeats its command, which upgrades the database) and with `resume`."""
     import yaml
+    from alembic import command
+    from sqlalchemy import create_engine
 
     from oialr_search.search import SearchRequest, _runner, run_search
-    from oialr_search.search._space import _parse
+    from oialr_search.storage._migrate import _config
 
     write_space(tmp_path)
-    raw = yaml.safe_load((tmp_path / "space.yaml").read_text())
-    raw["params"]["train.threads"] = {"type": "categorical", "choices": [1]}
-    old_space = _parse(raw, tmp_path / "old.yaml")  # as an earlier release read it: no check of placed keys
+    threads = yaml.safe_load((tmp_path / "space.yaml").read_text())
+    threads["params"]["train.threads"] = {"type": "categorical", "choices": [1]}
+    (tmp_path / "threads.yaml").write_text(yaml.safe_dump(threads))
     url = f"sqlite:///{tmp_path}/oialr_search.db"
     cwd = os.getcwd()
     with monkeypatch.context() as patch:
-        patch.setattr(_runner, "new_study_problem", lambda name, seed: None)  # as an earlier release took them
+        patch.setattr(_runner, "new_study_problem", lambda *args: None)  # as an earlier release took them
         patch.chdir(tmp_path)
-        for study, seed in (("grp/s1", 0), ("big_seed", 3_000_000_000), ("threads", 0)):
-            space = old_space if study == "threads" else load_space(tmp_path / "space.yaml")
-            assert run_search(SearchRequest(study=study, storage=url, space=space, backend="optuna", budget=1,
-                                            seed=seed), quiet=True) == 0
+        for study, seed, space in (("grp/s1", 0, "space.yaml"), ("big_seed", 3_000_000_000, "space.yaml"),
+                                   ("threads", 0, "threads.yaml")):
+            assert run_search(SearchRequest(study=study, storage=url, space=load_space(tmp_path / space),
+                                            backend="optuna", budget=1, seed=seed), quiet=True) == 0
     assert os.getcwd() == cwd
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        command.downgrade(_config(conn), "v4")
+    engine.dispose()
     again = run(["run", "space.yaml", "--study", "grp/s1", "--budget", "2"], tmp_path)
     assert again.returncode == 0, again.stderr
     again = run(["run", "space.yaml", "--study", "big_seed", "--seed", "3000000000", "--budget", "2"], tmp_path)
     assert again.returncode == 0, again.stderr
-    resumed = run(["resume", "--study", "threads", "--budget", "2"], tmp_path)
+    again = run(["run", "threads.yaml", "--study", "threads", "--budget", "2"], tmp_path)
+    assert again.returncode == 0, again.stderr
+    resumed = run(["resume", "--study", "threads", "--budget", "3"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr
-    for study in ("grp/s1", "big_seed", "threads"):
-        assert [r["state"] for r in trials(tmp_path, study)] == ["COMPLETE", "COMPLETE"]
-    new = run(["run", "space.yaml", "--study", "grp/s2"], tmp_path)  # a new study: refused, saying how to continue
-    assert new.returncode == 2 and "the name is a path" in new.stderr and "oialr-search resume" in new.stderr
+    for study, n in (("grp/s1", 2), ("big_seed", 2), ("threads", 3)):
+        assert [r["state"] for r in trials(tmp_path, study)] == ["COMPLETE"] * n
+    db = sorted(p.name for p in tmp_path.iterdir())
+    for args, message in ((["--study", "grp/s2"], "the name is a path"), (["--study", "s", "--seed", "-1"], "--seed"),
+                          (["--study", "t2"], "params.train.threads: cannot be searched")):
+        space = "threads.yaml" if args[1] == "t2" else "space.yaml"
+        new = run(["run", space, *args], tmp_path)  # new studies: refused, nothing written
+        assert new.returncode == 2 and message in new.stderr, new.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == db
