@@ -37,7 +37,11 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     _check(args)
     storage = args.storage or default_storage()
-    Store(storage, create=False).get_study(args.study)  # a clear error for an unknown study
+    peek = Store(storage, create=False, read_only=True)  # read-only: a refused resume leaves the file as it was
+    try:
+        peek.get_study(args.study)  # a clear error for an unknown study
+    finally:
+        peek.engine.dispose()
     return run_search(SearchRequest(study=args.study, storage=storage, space=None, backend=args.backend,
                                     budget=args.budget, seed=args.seed, overrides=tuple(args.set),
                                     ranks_per_trial=args.ranks_per_trial, workdir=args.workdir))

@@ -371,3 +371,19 @@ def test_studies_of_an_earlier_release_with_a_name_seed_or_params_now_refused_st
         new = run(["run", space, *args], tmp_path)  # new studies: refused, nothing written
         assert new.returncode == 2 and message in new.stderr, new.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == db
+
+
+def test_a_refused_resume_leaves_a_database_that_is_not_ours_byte_for_byte(tmp_path):
+    """resume looks the study up read-only: a SQLite file of another program (or an empty one) is not switched
+    to WAL, as opening it for writing did."""
+    con = sqlite3.connect(tmp_path / "other.db")
+    con.execute("CREATE TABLE t (x)")
+    con.commit()
+    con.close()
+    (tmp_path / "empty.db").write_bytes(b"")
+    for name in ("other.db", "empty.db"):
+        before = (tmp_path / name).read_bytes()
+        proc = run(["resume", "--study", "x", "--storage", f"sqlite:///{tmp_path / name}"], tmp_path)
+        assert proc.returncode == 2 and "this storage has no studies" in proc.stderr, proc.stderr
+        assert (tmp_path / name).read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.db", "other.db"]
