@@ -174,15 +174,16 @@ def _trial_rows(store: Store, study: Study) -> tuple[list[str], list[list]]:
     keys = sorted({k for t in trials for k in t.params})
     objectives = _value_columns(study)
     extra = [m for m in ("top1", "trainable_fraction") if m not in objectives]
+    # epochs_done: the last epoch stored, so a RUNNING trial shows how far it got (a killed one, where it stopped)
     header = ["number", "state", *objectives, *(["feasible"] if study.constraints else []), "stopped_at_epoch",
-              *extra, "rank", "island", "device", "duration_s", *keys, "error"]
+              "epochs_done", *extra, "rank", "island", "device", "duration_s", *keys, "error"]
     rows = []
     for t in trials:
         m = t.metrics or {}
         values = t.values or [None] * len(objectives)
         rows.append([t.number, t.state, *values, *([t.feasible] if study.constraints else []),
-                     t.last_epoch if t.state == PRUNED else None, *[m.get(k) for k in extra], t.rank, t.island,
-                     t.device, t.duration, *[t.params.get(k) for k in keys],
+                     t.last_epoch if t.state == PRUNED else None, t.last_epoch, *[m.get(k) for k in extra], t.rank,
+                     t.island, t.device, t.duration, *[t.params.get(k) for k in keys],
                      (t.error or "").splitlines()[0] if t.error else None])
     return header, rows
 
