@@ -12,7 +12,7 @@ import sys
 
 from ..exceptions import OIALRSearchError
 from . import _query, _results, _search, _storage, _train
-from ._common import end_mpi_job, interrupted, storage_failed, warn_network_storage
+from ._common import end_mpi_job, interrupted, said_by_every_rank, storage_failed, warn_network_storage
 
 
 class _Parser(argparse.ArgumentParser):
@@ -20,7 +20,7 @@ class _Parser(argparse.ArgumentParser):
     verbs' parsers are of this class too."""
 
     def error(self, message: str):  # noqa: ANN201 - never returns
-        self.exit(2, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
+        self.exit(2, None if said_by_every_rank() else f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
             warn_network_storage(args.command, args.storage)
         return args.func(args)
     except OIALRSearchError as exc:
-        print(f"oialr-search {args.command}: error: {exc}", file=sys.stderr)
+        if not said_by_every_rank():
+            print(f"oialr-search {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         # Ctrl-C ends the whole search. Trials that were running stay RUNNING, with the epochs they reported,

@@ -49,6 +49,14 @@ def launcher_rank() -> int:
     return 0
 
 
+def said_by_every_rank() -> bool:
+    """Whether a line this process would print now is printed by rank 0 as well: under a launcher, before MPI
+    starts, every rank parses the same command line and files, so their errors are the same one; the other
+    ranks stay silent (rank 0's line and every rank's exit code 2 remain). Once MPI runs, errors that
+    concern the whole job are printed by rank 0 alone where they arise, and any other is this rank's own."""
+    return _mpi_world() is None and launcher_rank() != 0
+
+
 def warn_network_storage(command: str, storage: str | None) -> None:
     """Rank 0 of ``run``/``resume``: one warning line when the SQLite database is on a network filesystem."""
     if launcher_rank() != 0:

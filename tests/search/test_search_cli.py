@@ -271,6 +271,17 @@ def test_bad_input_exits_2_with_one_line_and_changes_nothing(tmp_path, args, mes
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
+@pytest.mark.parametrize("args", [["run", "missing.yaml", "--study", "x"], ["run", "--budget", "abc"],
+                                  ["resume", "--study", "x", "--storage", "sqlite:///nope.db"]])
+def test_bad_input_under_mpiexec_is_said_once(tmp_path, args):
+    """Every rank parses the same command line before MPI starts: rank 0 says what is wrong, the others
+    exit 2 without repeating it."""
+    proc = run(args, tmp_path, ranks=2, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(("variable", "value"), [("OIALR_SEARCH_HEARTBEAT", "10s"), ("OIALR_SEARCH_HEARTBEAT", "0"),
                                                ("OIALR_SEARCH_HEARTBEAT", "1e10"), ("OIALR_SEARCH_HEARTBEAT", "1e-9"),
                                                ("OIALR_SEARCH_COLLECTIVE_TIMEOUT", "nan"),
