@@ -67,7 +67,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_storage(p)
     p.add_argument("--backend", choices=("auto", "propulate", "optuna", "random"), default="auto",
                    help="auto: Propulate with 2+ MPI ranks, else Optuna; random: uniform random search (a baseline)")
-    p.add_argument("--budget", type=int, default=None, help="finished trials to reach (default 20)")
+    p.add_argument("--budget", type=int, default=None,
+                   help="the study's total of finished trials over all its jobs, not a number of new trials "
+                        "(default 20; a study continued without it keeps its own)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of the space's base config (not a searched one), value parsed as YAML, e.g. "
@@ -79,7 +81,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--study", required=True)
     add_storage(p)
     p.add_argument("--backend", choices=("auto", "propulate", "optuna", "random"), default="auto")
-    p.add_argument("--budget", type=int, default=None, help="new total budget (default: the stored one)")
+    p.add_argument("--budget", type=int, default=None,
+                   help="the study's new total of finished trials over all its jobs, not a number of new trials "
+                        "(default: the stored one)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="change or add an override of a non-searched base-config key, e.g. a moved data.path "

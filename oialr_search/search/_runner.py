@@ -144,6 +144,12 @@ def _prepare(req: SearchRequest, world_size: int) -> tuple[Study, str, int, int,
     existing = store.find_study(req.study)
     if existing is None and problem is not None:  # judged once it is known to be new (a requeued job's is not)
         raise OIALRSearchError(problem)
+    if existing is not None and req.budget is not None:
+        done = store.count(existing, (COMPLETE, FAILED, PRUNED))
+        if req.budget < done:  # a number of new trials, as Optuna's n_trials? Lowering the total below it is no plan
+            raise OIALRSearchError(f"--budget {req.budget}: study {req.study!r} has finished {done} trials already "
+                                   f"(the budget is the study's total over all its jobs, now {existing.budget}); give "
+                                   f"--budget {done} or more, or leave it out to keep {existing.budget}")
     new_overrides = False
     if space is None:
         existing = existing or store.get_study(req.study)  # raises StudyNotFound with the known names

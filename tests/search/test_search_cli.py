@@ -325,6 +325,25 @@ def test_only_a_studys_first_job_tries_the_run_configs_own_values(tmp_path):
     store.engine.dispose()
 
 
+def test_a_budget_below_the_finished_trials_is_refused_and_the_stored_one_kept(tmp_path):
+    """--budget is the study's total: one below what is finished (a user counting new trials, as Optuna's
+    n_trials does) would silently lower the stored budget and run nothing."""
+    write_space(tmp_path, epochs=1)
+    assert run(["run", "space.yaml", "--study", "s", "--budget", "2"], tmp_path).returncode == 0
+    db = tmp_path / "oialr_search.db"
+    before = db.read_bytes()
+    for args in (["resume", "--study", "s", "--budget", "1"], ["run", "space.yaml", "--study", "s", "--budget", "1"]):
+        proc = run(args, tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip().splitlines() == [
+            "oialr-search: error: --budget 1: study 's' has finished 2 trials already (the budget is the study's "
+            "total over all its jobs, now 2); give --budget 2 or more, or leave it out to keep 2"]
+        assert db.read_bytes() == before
+    proc = run(["resume", "--study", "s", "--budget", "2"], tmp_path)  # a requeued job's repeat: nothing to do
+    assert proc.returncode == 0 and "2/2 trials finished" in proc.stdout, proc.stderr
+    assert len(trials(tmp_path, "s")) == 2
+
+
 def test_unknown_study_in_existing_storage(tmp_path):
     write_space(tmp_path)
     assert run(["run", "space.yaml", "--study", "real", "--budget", "1"], tmp_path).returncode == 0
