@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from .._files import write_file_atomic
+from ..exceptions import OIALRSearchError
 from ..storage import default_storage
 from ..storage._filesystems import network_storage_warning, sqlite_file
+from ..storage._paths import study_work_folder
 from ..storage._sqlite import storage_failure
 
 # Where launchers put a process's rank before MPI starts: MPICH/Intel MPI (and srun with PMI), Open MPI,
@@ -67,6 +69,23 @@ def warn_network_storage(command: str, storage: str | None) -> None:
         return
     if warning:
         print(f"oialr-search {command}: warning: {warning}", file=sys.stderr, flush=True)
+
+
+def check_not_the_studys_files(outputs: dict[str, Path], args: argparse.Namespace) -> None:
+    """Refuse (one line, before anything is written) an output file that would replace the study's SQLite
+    database (or its -wal/-shm/-journal) or a file in its work folder (the kept weights, the only copy of
+    the trained models, and the trials' checkpoints). ``outputs``: the files by option."""
+    storage = args.storage or default_storage()
+    db = sqlite_file(storage)
+    database = {os.path.realpath(f"{db}{suffix}") for suffix in ("", "-wal", "-shm", "-journal")} if db else set()
+    folder = Path(os.path.realpath(study_work_folder(storage, args.study, getattr(args, "workdir", None))))
+    for option, path in outputs.items():
+        real = os.path.realpath(path)
+        if real in database:
+            raise OIALRSearchError(f"{option} {path}: is the study's database ({storage}); give another file")
+        if Path(real).is_relative_to(folder):
+            raise OIALRSearchError(f"{option} {path}: is in the study's work folder {folder} (its kept weights and "
+                                   "checkpoints); write it elsewhere")
 
 
 def storage_failed(args: argparse.Namespace, exc: BaseException) -> str | None:

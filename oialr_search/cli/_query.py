@@ -19,7 +19,7 @@ from .._files import output_file, write_file_atomic
 from ..exceptions import OIALRSearchError
 from ..search import METRICS, pareto_front, parse_pick, pick
 from ..storage import COMPLETE, FAILED, INTERRUPTED, PRUNED, RUNNING, Store, Study, Trial, default_storage
-from ._common import add_storage, add_study, write_atomic
+from ._common import add_storage, add_study, check_not_the_studys_files, write_atomic
 
 
 def _store(args: argparse.Namespace) -> Store:
@@ -271,22 +271,22 @@ def _outputs(args: argparse.Namespace) -> dict[str, Path]:
         output_file(path, option=flag, example=examples[flag])
     if len({p.resolve() for p in outputs.values()}) < len(outputs):
         raise OIALRSearchError(f"{', '.join(outputs)}: give each a file of its own")
+    check_not_the_studys_files(outputs, args)
     return outputs
 
 
 def _kept_weights(args: argparse.Namespace, study: Study, t: Trial) -> tuple[Path, dict]:
     """The kept weights of trial ``t``: its weights file and the file's payload; else a one-line error saying
     why there are none."""
-    from ..search._runner import SearchRequest, work_folder
     from ..search._weights import weights_file
+    from ..storage._paths import study_work_folder
     from ..training import read_weights
 
     keep = (study.space.get("raw") or {}).get("keep_weights", "front")
     if keep == "none":
         raise OIALRSearchError(f"study {study.name!r} keeps no trained weights (keep_weights: none in its space); "
                                f"train the trial again from its config: export -o tuned.yaml, then train it")
-    request = SearchRequest(study=study.name, storage=args.storage or default_storage(), workdir=args.workdir)
-    path = weights_file(work_folder(request, study.name), t.number)
+    path = weights_file(study_work_folder(args.storage or default_storage(), study.name, args.workdir), t.number)
     if not path.is_file():
         which = ("the Pareto front" if keep == "front" else "the best on each objective") if study.multi_objective \
             else "the best trial"

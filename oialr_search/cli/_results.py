@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..storage import Store, default_storage
-from ._common import add_study
+from ._common import add_study, check_not_the_studys_files
 
 
 def _store(args: argparse.Namespace) -> Store:
@@ -32,6 +32,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from ..plots import check_output_file, study_report
 
     out = check_output_file(args.output)
+    check_not_the_studys_files({"-o": out}, args)
     store = _store(args)
     study = store.get_study(args.study)
     text, notes = study_report(store, study, top=args.top)

@@ -14,14 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from .._files import unusable_folder
 from ..exceptions import OIALRSearchError
 from ..storage import COMPLETE, FAILED, PRUNED, RUNNING, Store, Study, Trial
 from ..storage._filesystems import sqlite_file
-from ..storage._paths import check_writer_storage
+from ..storage._paths import check_writer_storage, study_work_folder
 from ..storage._sqlite import storage_failure
 from ..training import stored_run_config
 from ._devices import place
@@ -93,13 +92,7 @@ def work_folder(req: SearchRequest, study: str) -> Path:
     """The study's work folder, shared by its jobs: ``--workdir``, else next to a SQLite file
     (``<db>.work/<study>``), else ``oialr_search_work/<study>`` in the working directory. Multi-node
     jobs need it on a filesystem every node sees (trial checkpoints are resumed by other jobs)."""
-    if req.workdir is not None:
-        return Path(req.workdir) / study
-    url = make_url(req.storage)
-    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-        db = Path(url.database)
-        return db.with_name(f"{db.stem}.work") / study
-    return Path("oialr_search_work") / study
+    return study_work_folder(req.storage, study, req.workdir)
 
 
 def trial_folder(req: SearchRequest, study: str, *, make: bool = True) -> Path:

@@ -64,3 +64,16 @@ def check_writable_file(url: str, db: Path) -> None:
     raise StorageError(f"--storage {url}: folder {db.parent} is read-only, and SQLite needs to create {side[0].name} "
                        f"and {side[1].name} there (the stored trials are intact); make the folder writable, or copy "
                        "the database to a writable place and give that path")
+
+
+def study_work_folder(storage: str, study: str, workdir: str | os.PathLike | None = None) -> Path:
+    """A study's work folder, shared by its jobs: ``workdir/<study>`` (``--workdir``), else next to a SQLite
+    file (``<db>.work/<study>``), else ``oialr_search_work/<study>`` in the working directory. (Here, not in
+    the search package, so that ``export`` finds the kept weights without importing torch.)"""
+    if workdir is not None:
+        return Path(workdir) / study
+    url = make_url(storage)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        db = Path(url.database)
+        return db.with_name(f"{db.stem}.work") / study
+    return Path("oialr_search_work") / study

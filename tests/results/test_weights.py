@@ -283,6 +283,29 @@ def test_a_refused_export_writes_none_of_its_files(front_study, tmp_path):
         assert sorted(p.name for p in tmp_path.iterdir()) == ["notadir"]
 
 
+def test_export_and_report_never_write_over_the_database_or_the_work_folder(front_study):
+    """An output named like the study's database, its WAL, or a file in its work folder (the kept weights
+    are the only copy of the trained models) is refused with nothing changed (found by a sweep: the
+    database was replaced by the exported YAML, a kept weights file by its compact model)."""
+    work = front_study / "oialr_search.work" / "front"
+    kept = min(kept_files(work))
+    weights = work / "weights" / f"trial_{kept}.pt"
+    db = front_study / "oialr_search.db"
+    before = {p: p.read_bytes() for p in (db, weights)}
+    cases = [(["export", "-o", "oialr_search.db"], "-o oialr_search.db: is the study's database"),
+             (["export", "-o", str(db) + "-wal"], "is the study's database"),
+             (["export", "--weights", "oialr_search.db"], "--weights oialr_search.db: is the study's database"),
+             (["report", "-o", "oialr_search.db"], "-o oialr_search.db: is the study's database"),
+             (["export", "--weights", str(weights), "--compact"], "is in the study's work folder"),
+             (["export", "-o", str(work / "tuned.yaml")], "is in the study's work folder")]
+    for args, message in cases:
+        proc = cli([*args, "--study", "front", *(["--trial", str(kept)] if args[0] == "export" else [])], front_study)
+        assert proc.returncode == 2, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr, proc.stderr
+    assert {p: p.read_bytes() for p in before} == before
+    assert not (work / "tuned.yaml").exists() and not (front_study / "oialr_search.db-wal").exists()
+
+
 def test_ctrl_c_while_the_weights_are_written_is_still_ctrl_c(tmp_path, monkeypatch):
     """torch.save turns a Ctrl-C into its own RuntimeError: the write must not swallow it as a failed write
     (found in review: the search went on, and the trial was stored COMPLETE without its weights)."""
