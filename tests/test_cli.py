@@ -57,17 +57,23 @@ def test_train_writes_metrics_and_resolved_config(tmp_path):
         (["tiny.yaml", "--set", "model.kwargs.hidden=-5"], "model.kwargs.hidden: must be an integer >= 1, got -5"),
         (["tiny.yaml", "--set", "model.name=mini_vit", "--set", "model.kwargs={}", "--set", "model.kwargs.depth=-1"],
          "model.kwargs.depth: must be an integer >= 0, got -1"),
+        (["tiny.yaml", "--out", "tiny.yaml"], "--out tiny.yaml: would write over the config being trained"),
+        (["tiny.yaml", "--out", "tiny.json", "--checkpoint", "./tiny.yaml"], "--checkpoint ./tiny.yaml: would write "
+         "over the config being trained (tiny.yaml)"),
+        (["tiny.yaml", "--out", "r.bin", "--checkpoint", "r.bin"], "--checkpoint r.bin: would write over --out r.bin"),
+        (["tiny.yaml", "--out", "m.json", "--checkpoint", "m.config.yaml"], "--checkpoint m.config.yaml: would write "
+         "over m.config.yaml (the resolved config --out writes beside m.json)"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):
     (tmp_path / "tiny.yaml").write_text(TINY)
     (tmp_path / "binary.yaml").write_bytes(b"\xff\xfe\x00bad")
-    before = sorted(p.name for p in tmp_path.iterdir())
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     proc = run_cli("train", *args, *([] if "--out" in args else ["--out", "m.json"]), cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
 def test_bundled_default_config_is_valid():

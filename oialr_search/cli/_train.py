@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -16,8 +17,10 @@ from ._common import write_atomic
 def cmd_train(args: argparse.Namespace) -> int:
     from ..training import Trainer, TrainingDiverged, config_to_dict, dump_config, load_config, resolve_config_path
 
-    config = load_config(resolve_config_path(args.config), args.set)
+    source = resolve_config_path(args.config)
+    config = load_config(source, args.set)
     out = Path(args.out) if args.out else None
+    _check_distinct(source, out, args.checkpoint)
     for option, value, example in (("--out", out, "metrics.json"), ("--checkpoint", args.checkpoint, "run.ckpt")):
         if value is None:
             continue
@@ -54,6 +57,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     if plots is not None:
         _write_plots(plots, Path(args.config).stem, metrics)
     return 0
+
+
+def _check_distinct(source: Path, out: Path | None, checkpoint: str | None) -> None:
+    """The files train writes (the metrics, the resolved config beside them, the checkpoint) must be files of
+    their own, none of them the config being trained (a sweep overwrote the config with the metrics, and the
+    checkpoint with the metrics, which a --resume then could not read)."""
+    written = []
+    if out is not None:
+        companion = out.with_name(f"{out.stem}.config.yaml")
+        written += [(out, f"--out {out}"), (companion, f"{companion} (the resolved config --out writes beside {out})")]
+    if checkpoint:
+        written.append((Path(checkpoint), f"--checkpoint {checkpoint}"))
+    seen = {os.path.realpath(source): f"the config being trained ({source})"}
+    for path, what in written:
+        real = os.path.realpath(path)
+        if real in seen:
+            raise OIALRSearchError(f"{what}: would write over {seen[real]}; give each a file of its own")
+        seen[real] = what
 
 
 def _write_plots(folder: Path, label: str, metrics: dict) -> None:
