@@ -83,3 +83,17 @@ def test_bundled_default_config_is_valid():
     cfg = load_config(resolve_config_path("mnist_vit"))
     assert cfg.model.name == "mini_vit" and cfg.data.name == "mnist" and cfg.oialr.enabled
     assert Path(resolve_config_path("mnist_vit")).is_file()
+
+
+def test_output_into_a_closed_pipe_ends_quietly_as_sigpipe(tmp_path):
+    """`oialr-search studies | head -1`: once the reader has gone, the next write fails; the command ends with
+    141 (128 + SIGPIPE, as git and grep do) and no traceback (found by a sweep: BrokenPipeError, exit 1 or 120)."""
+    (tmp_path / "empty.db").write_bytes(b"")
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line
+    try:
+        proc = subprocess.run([sys.executable, "-m", "oialr_search", "studies", "--storage", "sqlite:///empty.db"],
+                              cwd=tmp_path, stdout=write, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert (proc.returncode, proc.stderr) == (141, "")

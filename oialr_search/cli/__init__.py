@@ -8,6 +8,8 @@ database, from a newer release, read-only, or a disk that filled up during a sea
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 
 from ..exceptions import OIALRSearchError
@@ -44,6 +46,13 @@ def main(argv: list[str] | None = None) -> int:
         if not said_by_every_rank():
             print(f"oialr-search {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the reader went away (`| head`): it has what it wanted. Point stdout at /dev/null, so that flushing it at
+        # exit fails no more, and end as a Unix tool killed by SIGPIPE does (git, grep: 128 + 13)
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        end_mpi_job(141)  # under MPI (a search's progress lines): the other ranks must not wait for this one
+        return 141
     except KeyboardInterrupt:
         # Ctrl-C ends the whole search. Trials that were running stay RUNNING, with the epochs they reported,
         # for the next job of the study to resume; under MPI every rank ends with this one.
