@@ -29,7 +29,7 @@ from ._heartbeat import grace_period
 from ._objective import TrialOutcome, run_trial
 from ._objectives import Scored
 from ._optuna_backend import DROPPED
-from ._space import SearchSpace, merge_overrides, placed_problem, same_overrides
+from ._space import SearchSpace, merge_overrides, model_problem, placed_problem, same_overrides
 from ._workers import check_ranks_per_trial, split_workers
 
 Objective = Callable[..., TrialOutcome]
@@ -85,7 +85,7 @@ def new_study_problem(name: str, seed: int, space: SearchSpace) -> str | None:
         return f"--study {name!r}: the name {problem}; e.g. --study cifar_beta"
     if not 0 <= seed <= MAX_SEED:
         return f"--seed {seed}: must be from 0 to {MAX_SEED}"
-    return placed_problem(space)
+    return placed_problem(space) or model_problem(space)
 
 
 def work_folder(req: SearchRequest, study: str) -> Path:
@@ -121,11 +121,11 @@ def _prepare(req: SearchRequest, world_size: int) -> tuple[Study, str, int, int,
     Every check of the user's input comes before the first write (bad ``--set`` even before the
     storage is opened), so a refused command changes nothing."""
     check_ranks_per_trial(req.ranks_per_trial, world_size)
-    problem = new_study_problem(req.study, req.seed, req.space) if req.space is not None else None  # run
+    space = req.space.with_overrides(req.overrides) if req.space is not None and req.overrides else req.space
+    problem = new_study_problem(req.study, req.seed, space) if space is not None else None  # run
     db = sqlite_file(req.storage)
     if problem is not None and db is not None and not db.exists():  # no database: a new study, refused unwritten
         raise OIALRSearchError(problem)
-    space = req.space.with_overrides(req.overrides) if req.space is not None and req.overrides else req.space
     with contextlib.suppress(ArgumentError):  # a malformed --storage: the Store says so just below
         check_writer_storage(req.storage)  # the storage's own faults first, worded as the Store words them
         folder = trial_folder(req, req.study, make=False)
@@ -151,6 +151,9 @@ def _prepare(req: SearchRequest, world_size: int) -> tuple[Study, str, int, int,
             stored = space.overrides
             space = space.with_overrides(merge_overrides(stored, req.overrides))
             new_overrides = not same_overrides(stored, space.overrides)
+            problem = model_problem(space) if new_overrides else None
+            if problem is not None:
+                raise OIALRSearchError(problem)
     elif existing is not None:
         if existing.space.get("raw") != space.to_dict()["raw"]:
             raise OIALRSearchError(f"study {req.study!r} already exists with a different search space; "

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from torch import nn
 
 from ..exceptions import ConfigError
+from ._model_sizes import MINI_VIT, MLP, check_model_sizes
 
 ModelBuilder = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelBuilder] = {}
@@ -22,12 +23,6 @@ def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
     return deco
 
 
-def _check_int(key: str, value: object, least: int) -> None:
-    """A size in ``model.kwargs``: an integer of at least ``least``, or one line naming the key."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < least:
-        raise ConfigError(f"model.kwargs.{key}: must be an integer >= {least}, got {value!r}")
-
-
 def _timm():
     from .._compat import ensure_torchvision
 
@@ -38,20 +33,17 @@ def _timm():
 
 
 @register_model("mini_vit")
-def mini_vit(*, num_classes: int, in_chans: int, img_size: int, embed_dim: int = 192, depth: int = 6,
-             num_heads: int = 6, patch_size: int | None = None, mlp_ratio: float = 4.0, drop_rate: float = 0.0,
-             **kwargs: object) -> nn.Module:
+def mini_vit(*, num_classes: int, in_chans: int, img_size: int, embed_dim: int = MINI_VIT["embed_dim"],
+             depth: int = MINI_VIT["depth"], num_heads: int = MINI_VIT["num_heads"], patch_size: int | None = None,
+             mlp_ratio: float = 4.0, drop_rate: float = 0.0, **kwargs: object) -> nn.Module:
     """The paper's CIFAR-10 mini-ViT (ViT-B/16 with patch 8, depth 6, heads 6), scaled to the data.
 
     The patch defaults to img_size/4 (8 on 32 px, 7 on 28 px, 2 on 8 px), giving 16 patches.
     """
-    for key, value, least in (("embed_dim", embed_dim, 1), ("depth", depth, 0), ("num_heads", num_heads, 1)):
-        _check_int(key, value, least)
+    check_model_sizes("mini_vit", {"embed_dim": embed_dim, "depth": depth, "num_heads": num_heads})
     patch = patch_size or max(1, img_size // 4)
     if img_size % patch:
         raise ConfigError(f"model.kwargs.patch_size: {patch} does not divide the image size {img_size}")
-    if embed_dim % num_heads:
-        raise ConfigError(f"model.kwargs.embed_dim: {embed_dim} is not divisible by num_heads={num_heads}")
     _timm()
     from timm.models.vision_transformer import VisionTransformer
 
@@ -61,13 +53,12 @@ def mini_vit(*, num_classes: int, in_chans: int, img_size: int, embed_dim: int =
 
 
 @register_model("mlp")
-def mlp(*, num_classes: int, in_chans: int, img_size: int, hidden: int = 128, depth: int = 2,
+def mlp(*, num_classes: int, in_chans: int, img_size: int, hidden: int = MLP["hidden"], depth: int = MLP["depth"],
         **_: object) -> nn.Module:
     """A plain MLP on flattened pixels; small and fast, for tests and smoke runs. Other kwargs are ignored, as
     they always were: the configs and kept weights of earlier studies carry some (a mini_vit's, after
     ``--set model.name=mlp``)."""
-    _check_int("hidden", hidden, 1)
-    _check_int("depth", depth, 0)
+    check_model_sizes("mlp", {"hidden": hidden, "depth": depth})
     layers: list[nn.Module] = [nn.Flatten()]
     width = in_chans * img_size * img_size
     for _ in range(depth):

@@ -254,6 +254,8 @@ def test_export_then_train_reproduces_the_trial(tmp_path):
         (["run", "placed.yaml", "--study", "x"], "placed.yaml: params.train.device: cannot be searched"),
         (["run", "space.yaml", "--study", "x", "--budget", "abc"], "argument --budget: invalid int value: 'abc'"),
         (["trials", "--study", "x", "--format", "xml"], "argument --format: invalid choice: 'xml'"),
+        (["run", "space.yaml", "--study", "x", "--set", "model.kwargs.depth=-1"], "space.yaml: with --set "
+         "model.kwargs.depth=-1: model.kwargs.depth: must be an integer >= 0, got -1 (every trial would fail"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_changes_nothing(tmp_path, args, message):
@@ -269,6 +271,32 @@ def test_bad_input_exits_2_with_one_line_and_changes_nothing(tmp_path, args, mes
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_model_every_trial_would_fail_to_build_is_refused_unless_a_searched_value_changes_it(tmp_path):
+    from oialr_search.search._space import model_problem
+
+    vit = "  model: {name: mini_vit, kwargs: {embed_dim: 24, depth: 1, num_heads: %s}}\n"
+    text = SPACE % {"epochs": 1, "extra": "", "more": ""}
+    text = text.replace("  model: {name: mlp, kwargs: {hidden: 24, depth: 1}}\n", vit % 5)
+    (tmp_path / "bad.yaml").write_text(text.replace("  model.kwargs.hidden: {type: categorical, choices: [16, 24]}\n",
+                                                    ""))
+    assert "embed_dim: 24 is not divisible by num_heads=5" in model_problem(load_space(tmp_path / "bad.yaml"))
+    searched = text.replace("model.kwargs.hidden: {type: categorical, choices: [16, 24]}",
+                            "model.kwargs.num_heads: {type: categorical, choices: [2, 4]}")
+    (tmp_path / "searched.yaml").write_text(searched)  # every trial sets num_heads: judged per trial
+    assert model_problem(load_space(tmp_path / "searched.yaml")) is None
+    (tmp_path / "fine.yaml").write_text(searched.replace("num_heads: 5}", "num_heads: 4}"))
+    space = load_space(tmp_path / "fine.yaml")
+    assert model_problem(space) is None
+    # resume --set: refused with the study and its database as they were
+    proc = run(["run", "fine.yaml", "--study", "v", "--budget", "1", "--backend", "optuna"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    db = tmp_path / "oialr_search.db"
+    before = db.read_bytes()
+    proc = run(["resume", "--study", "v", "--set", "model.kwargs.depth=-1"], tmp_path)
+    assert proc.returncode == 2 and "model.kwargs.depth: must be an integer >= 0" in proc.stderr, proc.stderr
+    assert db.read_bytes() == before
 
 
 @pytest.mark.parametrize("args", [["run", "missing.yaml", "--study", "x"], ["run", "--budget", "abc"],
