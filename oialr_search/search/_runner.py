@@ -138,11 +138,13 @@ def _prepare(req: SearchRequest, world_size: int) -> tuple[Study, str, int, int,
     if existing is None and problem is not None:  # judged once it is known to be new (a requeued job's is not)
         raise OIALRSearchError(problem)
     if existing is not None and req.budget is not None:
-        done = store.count(existing, (COMPLETE, FAILED, PRUNED))
-        if req.budget < done:  # a number of new trials, as Optuna's n_trials? Lowering the total below it is no plan
-            raise OIALRSearchError(f"--budget {req.budget}: study {req.study!r} has finished {done} trials already "
-                                   f"(the budget is the study's total over all its jobs, now {existing.budget}); give "
-                                   f"--budget {done} or more, or leave it out to keep {existing.budget}")
+        # the trials the budget admitted: finished, and RUNNING ones (live, or of dead jobs, which are resumed)
+        done, started = store.count(existing, (COMPLETE, FAILED, PRUNED)), store.count(existing, (RUNNING,))
+        if req.budget < done + started:  # a number of new trials, as Optuna's n_trials? Below them is no plan
+            what = f"{done} finished" + (f" and {started} started" if started else "")
+            raise OIALRSearchError(f"--budget {req.budget}: study {req.study!r} has {what} trials already (the "
+                                   f"budget is the study's total over all its jobs, now {existing.budget}); give "
+                                   f"--budget {done + started} or more, or leave it out to keep {existing.budget}")
     new_overrides = False
     if space is None:
         existing = existing or store.get_study(req.study)  # raises StudyNotFound with the known names

@@ -364,12 +364,24 @@ def test_a_budget_below_the_finished_trials_is_refused_and_the_stored_one_kept(t
         proc = run(args, tmp_path)
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.strip().splitlines() == [
-            "oialr-search: error: --budget 1: study 's' has finished 2 trials already (the budget is the study's "
+            "oialr-search: error: --budget 1: study 's' has 2 finished trials already (the budget is the study's "
             "total over all its jobs, now 2); give --budget 2 or more, or leave it out to keep 2"]
         assert db.read_bytes() == before
     proc = run(["resume", "--study", "s", "--budget", "2"], tmp_path)  # a requeued job's repeat: nothing to do
     assert proc.returncode == 0 and "2/2 trials finished" in proc.stdout, proc.stderr
     assert len(trials(tmp_path, "s")) == 2
+    # a trial left RUNNING by a killed job is admitted too (the next job resumes it): found by a sweep, where
+    # resume --budget 2 then finished 3 of 2
+    from oialr_search.storage import Store
+
+    store = Store(f"sqlite:///{db}")
+    store.update_study("s", budget=3)
+    store.start_trial(store.get_study("s"), params=json.loads(trials(tmp_path, "s")[0]["params"]), rank=0,
+                      island=None, device="cpu")
+    store.engine.dispose()
+    proc = run(["resume", "--study", "s", "--budget", "2"], tmp_path)
+    assert proc.returncode == 2 and "has 2 finished and 1 started trials already" in proc.stderr, proc.stderr
+    assert "give --budget 3 or more" in proc.stderr
 
 
 def test_unknown_study_in_existing_storage(tmp_path):
