@@ -66,9 +66,9 @@ def cmd_studies(args: argparse.Namespace) -> int:
         else:
             trial = store.best_trial(study, full=False)
             best = _fmt(trial.value) if trial else "-"
-        rows.append([study.name, study.backend, _objectives_text(study), counts.get(COMPLETE, 0),
-                     counts.get(PRUNED, 0), counts.get(FAILED, 0), counts.get(RUNNING, 0), counts.get(INTERRUPTED, 0),
-                     best, study.created.strftime("%Y-%m-%d %H:%M")])
+        rows.append([study.name, study.backends_text(store.backends(study)), _objectives_text(study),
+                     *(counts.get(s, 0) for s in (COMPLETE, PRUNED, FAILED, RUNNING, INTERRUPTED)), best,
+                     study.created.strftime("%Y-%m-%d %H:%M")])
     if not rows:
         print(f"no studies in {store.url}")
         return 0
@@ -143,7 +143,8 @@ def _status(store: Store, name: str) -> bool:
     constraints = ", ".join(f"{m} {'>= ' + _fmt(b['min']) if 'min' in b else ''}"
                             f"{' and ' if len(b) == 2 else ''}{'<= ' + _fmt(b['max']) if 'max' in b else ''}"
                             for m, b in study.constraints.items())
-    print(f"study {study.name}  ({study.backend}, {_objectives_text(study)}, pruner {pruner}, budget {study.budget}"
+    backend = study.backends_text(store.backends(study))
+    print(f"study {study.name}  ({backend}, {_objectives_text(study)}, pruner {pruner}, budget {study.budget}"
           f"{', constraints: ' + constraints if constraints else ''})")
     if study.space.get("overrides"):
         print(f"overrides: {'; '.join(study.space['overrides'])}")

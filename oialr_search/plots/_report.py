@@ -48,7 +48,7 @@ def _param_rows(study: Study) -> list[list[object]]:
     return rows
 
 
-def settings_section(study: Study) -> list[str]:
+def settings_section(study: Study, backends: dict[str, int]) -> list[str]:
     """The study's settings: objectives, constraints, pruner, sampler, backend, budget, seed, searched params
     and their ranges, overrides."""
     raw = study.space.get("raw") or {}
@@ -57,7 +57,7 @@ def settings_section(study: Study) -> list[str]:
             ["constraints", _constraints(study)],
             ["pruner", _spec(raw.get("pruner"), "none")],
             ["sampler (Optuna backend)", _spec(raw.get("sampler"), "tpe")],
-            ["backend", study.backend], ["budget", str(study.budget)], ["seed", str(study.seed)],
+            ["backend", study.backends_text(backends)], ["budget", str(study.budget)], ["seed", str(study.seed)],
             ["space file", study.space_path or study.space.get("path") or ""],
             ["trial timeout", f"{raw['trial_timeout']} s" if raw.get("trial_timeout") else "none"],
             ["overrides (--set)", "; ".join(overrides) or "none"],
@@ -138,5 +138,5 @@ def study_report(store: Store, study: Study, *, top: int = 3) -> tuple[str, list
             f"{len(rows)} trial(s), {counts.get(COMPLETE, 0)} completed; {elapsed:.0f} s from the first start to the "
             f"last finish; report made {now:%Y-%m-%d %H:%M} UTC by oialr-search.</p>",
             "<h2>Trials by state</h2>", summary, *results, *figures_section(figures, notes),
-            *failures_section(rows), *settings_section(study)]
+            *failures_section(rows), *settings_section(study, store.backends(study))]
     return document(f"oialr-search study {study.name}", body), notes

@@ -46,9 +46,10 @@ class Trials:
     """This rank's trials. Leaders call :meth:`new` and :meth:`resume_dead`; followers :meth:`follow`."""
 
     def __init__(self, *, store: Store, study: Study, space: SearchSpace, objective: Objective,
-                 placement: Placement, workers: Workers, rank: int, folder: Path,
+                 placement: Placement, workers: Workers, rank: int, folder: Path, backend: str | None = None,
                  on_stored: Callable[[Trial, Scored, float], None] | None = None) -> None:
         self.store, self.study, self.space, self.objective = store, study, space, objective
+        self.backend = backend  # the one proposing this job's new trials, stored with each
         self.placement, self.workers, self.rank, self.folder = placement, workers, rank, folder
         self.on_stored = on_stored
         # the kept weights of the front (or best) trials, beside the trials' folder in the study's work folder
@@ -90,7 +91,7 @@ class Trials:
             config = None  # an invalid combination: run_trial stores the trial FAILED with the reason
         try:
             trial = self.store.start_trial(self.study, params=params, rank=self.rank, island=island,
-                                           device=self.device, config=config, limit=limit)
+                                           device=self.device, config=config, limit=limit, backend=self.backend)
         except BaseException:
             self.workers.send(None)  # the followers must not wait for a trial that never starts
             raise

@@ -347,7 +347,7 @@ def run_search(req: SearchRequest, *, objective: Objective = run_trial, quiet: b
             print(f"base config overridden by {_shown_overrides(space.overrides)}", flush=True)
 
     trials = Trials(store=store, study=study, space=space, objective=objective, placement=placement,
-                    workers=workers, rank=rank, folder=trial_folder(req, study.name),
+                    workers=workers, rank=rank, folder=trial_folder(req, study.name), backend=backend,
                     on_stored=progress.trial if progress else None)
     trials.stop.install()
     remaining = max(0, budget - finished)

@@ -34,6 +34,14 @@ class Study:
     def multi_objective(self) -> bool:
         return len(self.objectives) > 1
 
+    def backends_text(self, proposed: dict[str, int]) -> str:
+        """The study's backend, with the backends that proposed its trials (``proposed``: Store.backends)
+        where that is not it alone: a job on one rank runs the Optuna fallback, a job may name another
+        --backend. E.g. ``propulate (trials by optuna 1, propulate 2)``."""
+        if not proposed or set(proposed) == {self.backend}:
+            return self.backend
+        return f"{self.backend} (trials by {', '.join(f'{b} {n}' for b, n in sorted(proposed.items()))})"
+
 
 @dataclass(frozen=True)
 class Trial:

@@ -8,8 +8,8 @@ from datetime import datetime
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-SCHEMA_VERSION = 5  # v1: the first release; v2: objectives, constraints, per-epoch reports; v3: heartbeats;
-# v4: deaths of a trial's runs (crashes); v5: jobs started on a study
+SCHEMA_VERSION = 6  # v1: the first release; v2: objectives, constraints, per-epoch reports; v3: heartbeats;
+# v4: deaths of a trial's runs (crashes); v5: jobs started on a study; v6: the backend that proposed a trial
 # (see _migrations)
 
 # Trial states. INTERRUPTED: the job died while the trial was running (set on resume).
@@ -70,6 +70,9 @@ class TrialRow(Base):
     owner: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the run holding it (v3)
     # runs of it that died while holding it (its heartbeat went stale, not released): bounded resumes (v4)
     crashes: Mapped[int] = mapped_column(Integer, server_default="0")
+    # propulate, optuna or random (v6; NULL in trials of earlier releases): what ran, where the study's own
+    # backend is what its first job asked for
+    backend: Mapped[str | None] = mapped_column(String(16), nullable=True)
     study: Mapped[StudyRow] = relationship(back_populates="trials")
     epochs: Mapped[list[EpochRow]] = relationship(back_populates="trial", cascade="all, delete-orphan",
                                                   order_by="EpochRow.epoch")

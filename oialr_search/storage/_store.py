@@ -217,11 +217,11 @@ class Store:
 
     # -- trials ------------------------------------------------------------------------------------
     def start_trial(self, study: Study, *, params: dict, rank: int, island: int | None, device: str,
-                    config: dict | None = None, limit: int | None = None) -> Trial | None:
+                    config: dict | None = None, limit: int | None = None, backend: str | None = None) -> Trial | None:
         """Record a RUNNING trial with the next free number (safe with concurrent writers).
 
         With ``limit``, returns None instead once the study holds that many trials that are not
-        INTERRUPTED (the check and the insert are one transaction).
+        INTERRUPTED (the check and the insert are one transaction). ``backend``: what proposed it.
         """
         owner = uuid.uuid4().hex
         for _ in range(20):
@@ -229,7 +229,7 @@ class Store:
                 with self._tx.write() as tx:  # started (the first heartbeat) once the lock is held, after the wait
                     started = self.now()
                     row = {"rank": rank, "island": island, "device": device, "params": params, "started": started,
-                           "heartbeat": started, "owner": owner}
+                           "heartbeat": started, "owner": owner, "backend": backend}
                     claimed = _writes.start_trial(tx, study_id=study.id, row=row, config=config, limit=limit)
                 if claimed is None:
                     return None
@@ -426,6 +426,14 @@ class Store:
             rows = s.execute(select(TrialRow.state, func.count()).where(TrialRow.study_id == study.id)
                              .group_by(TrialRow.state)).all()
         return {state: n for state, n in rows}
+
+    def backends(self, study: Study) -> dict[str, int]:
+        """Trials per backend that proposed them (one GROUP BY query); trials of releases before v6 have none
+        and are left out."""
+        with self.session(write=False) as s:
+            rows = s.execute(select(TrialRow.backend, func.count()).where(
+                TrialRow.study_id == study.id, TrialRow.backend.is_not(None)).group_by(TrialRow.backend)).all()
+        return {backend: n for backend, n in rows}
 
     def count(self, study: Study, states: tuple[str, ...]) -> int:
         counts = self.counts(study)

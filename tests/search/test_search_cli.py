@@ -148,6 +148,13 @@ def test_optuna_fallback_with_and_without_mpi(tmp_path):
     more = run(["resume", "--study", "single", "--budget", "7"], tmp_path)
     assert more.returncode == 0, more.stderr[-3000:]
     assert len(trials(tmp_path, "single")) == 7
+    # what ran is stored with each trial and shown, where the study's backend is what its first job asked for
+    # (found by a sweep: status said propulate, although every trial was proposed by the Optuna fallback)
+    assert {r["backend"] for r in trials(tmp_path, "single")} == {"optuna"}
+    status = run(["status", "--study", "single"], tmp_path).stdout.splitlines()[0]
+    assert status.startswith("study single  (propulate (trials by optuna 7), minimize val_loss"), status
+    assert "propulate (trials by optuna 7)" in run(["studies"], tmp_path).stdout
+    assert run(["status", "--study", "mpi"], tmp_path).stdout.startswith("study mpi  (optuna, minimize")
 
 
 def test_faults_are_stored_failed_and_the_search_goes_on(tmp_path):

@@ -97,8 +97,9 @@ class V1Meta(V1):
 
 
 NEW_COLUMNS = {"oialr_studies": {"objectives", "constraints", "jobs"},  # jobs: v5
-               # heartbeat and owner: v3; crashes: v4
-               "oialr_trials": {"objective_values", "feasible", "last_epoch", "heartbeat", "owner", "crashes"},
+               # heartbeat and owner: v3; crashes: v4; backend: v6
+               "oialr_trials": {"objective_values", "feasible", "last_epoch", "heartbeat", "owner", "crashes",
+                                "backend"},
                "oialr_trial_epochs": {"compression", "train_seconds"}}
 NEW_DEFAULTS = {"crashes": 0, "jobs": 0}  # the new columns' values in old rows; None for the others
 PAYLOADS = "oialr_trial_payloads"
