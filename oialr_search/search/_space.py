@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from .._yaml import load_yaml
 from ..exceptions import ConfigError, OIALRSearchError
 from ..training import CONFIG_DIR, apply_overrides, apply_values, config_from_dict, config_to_dict, read_yaml
 from ..training._model_sizes import check_model_sizes
@@ -428,7 +429,7 @@ def load_space(path: str | Path) -> SearchSpace:
     """Read and validate a search-space YAML file (errors name the file and the key)."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SpaceError(f"{path}: no such search-space file") from None
     except UnicodeDecodeError:

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from .._yaml import load_yaml
 from ..exceptions import ConfigError
 from ._config import RunConfig
 
@@ -150,7 +151,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. oialr.beta=0.2")
         try:
-            values[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+            values[key.strip()] = load_yaml(raw) if raw.strip() else None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{key}: cannot parse value {raw!r}: {exc.problem if hasattr(exc, 'problem') else exc}") \
                 from None
@@ -168,7 +169,7 @@ def read_yaml(path: str | Path) -> dict:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
@@ -182,11 +183,19 @@ def read_yaml(path: str | Path) -> dict:
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML run config, apply ``--set`` overrides and validate. Errors name file and key."""
-    data = apply_overrides(read_yaml(path), overrides or [])
+    source = read_yaml(path)
+    data = apply_overrides(source, overrides or [])
     try:
         return config_from_dict(data)
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        where = str(path)
+        if overrides:  # the file alone valid: the --set made it invalid, and says so
+            try:
+                config_from_dict(source)
+                where = "--set"
+            except ConfigError:
+                pass
+        raise ConfigError(f"{where} {exc}" if where == "--set" else f"{where}: {exc}") from None
 
 
 def dump_config(config: RunConfig) -> str:

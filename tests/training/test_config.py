@@ -90,3 +90,28 @@ def test_a_key_under_a_shorthand_section_says_how_to_set_the_section():
                               "section as a whole, e.g. data.augment={hflip: 0.5}")
     fixed = apply_overrides({"data": {"augment": False}}, ["data.augment={hflip: 0.5}"])
     assert config_from_dict(fixed).data.augment.hflip == 0.5 and config_from_dict(fixed).data.augment.enabled
+
+
+def test_numbers_with_an_exponent_and_no_dot_are_numbers(tmp_path):
+    """`1e-3` is a number in YAML 1.2 and to every user; PyYAML (YAML 1.1) read it as a string, which the
+    config then refused as "expected a number" (found by a sweep), in files, --set and search spaces."""
+    from oialr_search.search import load_space
+
+    (tmp_path / "run.yaml").write_text("model: {name: mlp}\ndata: {name: digits}\noptim: {lr: 1e-3}\n")
+    config = load_config(tmp_path / "run.yaml", ["optim.weight_decay=5E-2", "oialr.beta=+2e-1"])
+    assert (config.optim.lr, config.optim.weight_decay, config.oialr.beta) == (1e-3, 5e-2, 0.2)
+    assert load_config(tmp_path / "run.yaml", ["data.path=1e3x"]).data.path == "1e3x"  # still a string
+    (tmp_path / "space.yaml").write_text("base: {model: {name: mlp}, data: {name: digits}}\n"
+                                         "params: {optim.lr: {type: float, low: 1e-4, high: 1e-2, log: true}}\n")
+    (dim,) = load_space(tmp_path / "space.yaml").dimensions
+    assert (dim.low, dim.high) == (1e-4, 1e-2)
+
+
+def test_an_error_that_a_set_makes_names_the_set_not_the_file(tmp_path):
+    (tmp_path / "run.yaml").write_text("model: {name: mlp}\ndata: {name: digits}\n")
+    with pytest.raises(ConfigError, match=r"^--set optim.lr: expected a number, got 'abc'$"):
+        load_config(tmp_path / "run.yaml", ["optim.lr=abc"])
+    (tmp_path / "bad.yaml").write_text("model: {name: mlp}\ndata: {name: digits}\noptim: {lr: abc}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: optim.lr: expected a number"):
+        load_config(tmp_path / "bad.yaml", ["train.epochs=1"])
+    assert load_config(tmp_path / "bad.yaml", ["optim.lr=0.1"]).optim.lr == 0.1  # a --set may mend the file
