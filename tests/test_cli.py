@@ -97,3 +97,39 @@ def test_output_into_a_closed_pipe_ends_quietly_as_sigpipe(tmp_path):
     finally:
         os.close(write)
     assert (proc.returncode, proc.stderr) == (141, "")
+
+
+def test_an_empty_pareto_csv_has_the_columns_of_a_full_one(tmp_path, capsys):
+    """A CSV's columns do not depend on its rows (found by a sweep: with no trial on the front the header
+    lacked the parameter columns)."""
+    from oialr_search.cli import main
+    from oialr_search.storage import COMPLETE, FAILED, Store
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    store = Store(url)
+    objectives = [{"metric": "val_loss", "direction": "minimize"}, {"metric": "trainable_fraction",
+                                                                     "direction": "minimize"}]
+    study = store.create_study(name="s", space={"raw": {"params": {"optim.lr": {}, "oialr.beta": {}}}},
+                               space_path="", metric="val_loss", direction="minimize", backend="optuna", seed=0,
+                               budget=2, objectives=objectives)
+    failed = store.start_trial(study, params={"optim.lr": 0.1, "oialr.beta": 0.2}, rank=0, island=None, device="cpu")
+    store.finish_trial(failed.id, state=FAILED, error="boom")
+    assert main(["pareto", "--study", "s", "--storage", url, "--format", "csv"]) == 0
+    empty = capsys.readouterr().out.splitlines()
+    done = store.start_trial(study, params={"optim.lr": 0.1, "oialr.beta": 0.2}, rank=0, island=None, device="cpu")
+    store.finish_trial(done.id, state=COMPLETE, value=0.5, values=[0.5, 0.1], feasible=True)
+    store.engine.dispose()
+    assert main(["pareto", "--study", "s", "--storage", url, "--format", "csv"]) == 0
+    full = capsys.readouterr().out.splitlines()
+    assert empty[0] == full[0] == "number,val_loss,trainable_fraction,oialr.beta,optim.lr"
+    assert full[1:] == ["1,0.5,0.1,0.2,0.1"]
+
+
+@pytest.mark.parametrize("value", ["abc", "1.5", "-1"])
+def test_top_takes_a_whole_number(value, capsys):
+    from oialr_search.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["report", "--study", "s", "-o", "r.html", "--top", value])
+    assert exit_.value.code == 2
+    assert f"argument --top: expected a whole number >= 0, got '{value}'" in capsys.readouterr().err

@@ -202,7 +202,9 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     study = store.get_study(args.study)
     front = pareto_front(store, study)
     objectives = _value_columns(study)
-    keys = sorted({k for t in front for k in t.params})
+    # the searched keys, also with no trial on the front: a CSV's columns do not depend on its rows
+    searched = (study.space.get("raw") or {}).get("params") or {}
+    keys = sorted({str(k) for k in searched} | {k for t in front for k in t.params})
     header = ["number", *objectives, *keys]
     rows = [[t.number, *t.values, *[t.params.get(k) for k in keys]] for t in front]
     _print_rows(header, rows, args.format, f"study {study.name!r} has no feasible completed trial yet")

@@ -44,9 +44,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _top(value: str) -> int:
-    n = int(value)
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
     if n < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value!r}")
     return n
 
 

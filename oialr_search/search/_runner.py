@@ -246,6 +246,9 @@ class _Progress:
         counts = self.store.counts(self.study)
         finished = sum(counts.get(s, 0) for s in (COMPLETE, FAILED, PRUNED))
         what = _shown(self.space, scored.values) if scored.state == COMPLETE else scored.state
+        if scored.state == FAILED and scored.error:  # why, in short: the whole of it is in 'trials'
+            first = scored.error.strip().splitlines()[0] if scored.error.strip() else ""
+            what += f" ({first[:117] + '...' if len(first) > 120 else first})" if first else ""
         if scored.state == PRUNED:
             what = f"PRUNED at epoch {scored.stopped_at} ({_shown(self.space, scored.values)})"
         if scored.feasible is False:
@@ -272,9 +275,9 @@ class _Progress:
                           "no completed trial"), flush=True)
             return
         front = pareto_front(self.store, self.study)
-        print(head + f"Pareto front: {len(front)} trial(s) "
-              f"({', '.join(str(t.number) for t in front)}); see 'oialr-search pareto --study {self.study.name}'",
-              flush=True)
+        print(head + (f"Pareto front: {len(front)} trial(s) ({', '.join(str(t.number) for t in front)}); see "
+                      f"'oialr-search pareto --study {self.study.name}'" if front else
+                      "no feasible completed trial, so no Pareto front"), flush=True)
 
 
 def _stored(ran: Ran | None, trials: Trials) -> object:

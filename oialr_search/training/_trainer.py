@@ -308,8 +308,10 @@ class Trainer:
         window = all_reduce_sum(window.clone(), self.group)  # every rank of a group decides alike
         bad, steps = int(window[1].item()), (self.step - first_step) * (self.group.size if self.group else 1)
         if bad and (self.precision.scaler is None or bad >= steps):
+            clip = self.config.train.grad_clip
+            hint = f"lower train.grad_clip (now {clip:g})" if clip is not None else "set train.grad_clip"
             raise TrainingDiverged(f"training loss became NaN or inf between steps {first_step + 1} and "
-                                   f"{self.step} (epoch {self.epoch + 1}); lower optim.lr or set train.grad_clip")
+                                   f"{self.step} (epoch {self.epoch + 1}); lower optim.lr or {hint}")
 
     def fit(self, *, stop_after: int | None = None, on_epoch: EpochCallback | None = None,
             should_stop: Callable[[], bool] | None = None, checkpoint_every: float | None = None) -> TrainResult:

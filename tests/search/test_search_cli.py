@@ -175,6 +175,9 @@ def test_faults_are_stored_failed_and_the_search_goes_on(tmp_path):
         for r in by_model.get(name, []):
             assert r["state"] == "FAILED" and expected in r["error"].lower(), r["error"]
     assert any(r["state"] == "FAILED" for r in rows) and any(r["state"] == "COMPLETE" for r in rows)
+    # rank 0's progress line says why, in short (a sweep found only "FAILED", the reason in 'trials' alone)
+    failed = [line for line in proc.stdout.splitlines() if "] FAILED" in line]
+    assert failed and all(line.split("] FAILED", 1)[1].startswith(" (") for line in failed), failed
 
 
 def test_killed_search_resumes_with_another_rank_count(tmp_path):
