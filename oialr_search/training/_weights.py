@@ -108,7 +108,8 @@ def load_model(config: dict | RunConfig | str | Path | None, weights: str | Path
     ``config`` is the trial's run config — a dict, a :class:`RunConfig`, or a YAML path such as the file
     ``export -o`` writes; None takes the config stored in the weights file. The model is rebuilt from it,
     converted to U Σ Vᵀ with the trial's final ranks when the trial had switched to low rank, given the
-    trained weights, moved to ``device`` and put in eval mode. Raises
+    trained weights, moved to ``device`` (``"auto"``: a CUDA device when there is one, as in training) and
+    put in eval mode. Raises
     :class:`~oialr_search.exceptions.WeightsError` for a missing, unreadable or foreign file, or weights
     that do not fit the config's model, and :class:`~oialr_search.exceptions.ConfigError` for a bad config.
     """
@@ -118,4 +119,6 @@ def load_model(config: dict | RunConfig | str | Path | None, weights: str | Path
         model = build_model(cfg, payload)
     except KeyError as exc:
         raise WeightsError(f"{weights}: incomplete weights file (no {exc.args[0]!r})") from None
-    return model.to(device).eval()
+    from ._trainer import resolve_device  # here: the trainer imports this module's neighbours
+
+    return model.to(resolve_device("auto") if device == "auto" else device).eval()

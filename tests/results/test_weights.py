@@ -82,6 +82,9 @@ def test_load_model_takes_a_config_dict_a_run_config_or_none_and_refuses_bad_fil
     reference = load_model(None, weights)(x)
     for config in (row["config"], config_from_dict(row["config"])):
         torch.testing.assert_close(load_model(config, weights)(x), reference, rtol=0, atol=0)
+    # "auto", as exported configs say: CUDA where there is one (a sweep found torch's error for it)
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert next(load_model(None, weights, device="auto").parameters()).device.type == expected
     with pytest.raises(WeightsError, match="no such weights file"):
         load_model(None, tmp_path / "missing.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a torch file")
