@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import ArgumentError
+
 from .._files import write_file_atomic
 from ..exceptions import OIALRSearchError
 from ..storage import default_storage
@@ -78,7 +80,10 @@ def check_not_the_studys_files(outputs: dict[str, Path], args: argparse.Namespac
     storage = args.storage or default_storage()
     db = sqlite_file(storage)
     database = {os.path.realpath(f"{db}{suffix}") for suffix in ("", "-wal", "-shm", "-journal")} if db else set()
-    folder = Path(os.path.realpath(study_work_folder(storage, args.study, getattr(args, "workdir", None))))
+    try:
+        folder = Path(os.path.realpath(study_work_folder(storage, args.study, getattr(args, "workdir", None))))
+    except ArgumentError:
+        return  # a URL that does not parse: opening the store says so, in one line
     for option, path in outputs.items():
         real = os.path.realpath(path)
         if real in database:

@@ -258,6 +258,8 @@ def test_export_then_train_reproduces_the_trial(tmp_path):
         (["run", "space.yaml", "--study", "x", "--storage", "sqlite://"], "an in-memory database would be lost"),
         (["run", "space.yaml", "--study", "x", "--storage", "foo://bar"], "unknown kind of database or driver 'foo'"),
         (["status", "--study", "x", "--storage", "foo://bar"], "unknown kind of database or driver 'foo'"),
+        (["export", "--study", "x", "--storage", "foo", "-o", "t.yaml"], "--storage 'foo': not a database URL"),
+        (["report", "--study", "x", "--storage", "foo", "-o", "t.html"], "--storage 'foo': not a database URL"),
         (["status", "--study", "x", "--storage", "sqlite:///empty.db"], "this storage has no studies"),
         (["status", "--study", "x", "--storage", "sqlite://"], "this storage has no studies"),
         (["run", "binary.yaml", "--study", "x"], "binary.yaml: not UTF-8 text"),
