@@ -188,14 +188,16 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     try:
         return config_from_dict(data)
     except ConfigError as exc:
-        where = str(path)
-        if overrides:  # the file alone valid: the --set made it invalid, and says so
-            try:
-                config_from_dict(source)
-                where = "--set"
-            except ConfigError:
-                pass
-        raise ConfigError(f"{where} {exc}" if where == "--set" else f"{where}: {exc}") from None
+        raise ConfigError(f"{'--set' if overrides and _valid(source) else f'{path}:'} {exc}") from None
+
+
+def _valid(data: dict) -> bool:
+    """Whether ``data`` is a valid run config (load_config's errors name the --set when the file alone is)."""
+    try:
+        config_from_dict(data)
+    except ConfigError:
+        return False
+    return True
 
 
 def dump_config(config: RunConfig) -> str:
