@@ -179,7 +179,7 @@ class Trainer:
         self.compiler = TrainingCompiler(mode=tc.compile)
         self.compiler.compile(self.model)  # in place: DDP below wraps the compiled model
         self.group = group
-        self._forward = wrap(self.model, self.device, group)  # DDP over the group, else the model
+        self._forward: nn.Module | None = None  # DDP over the group, else the model: built below
         self.step = 0
         self.epoch = 0
         self.train_seconds = 0.0
@@ -189,6 +189,9 @@ class Trainer:
         self._epoch_sums: torch.Tensor | None = None  # and their loss sums, from such a checkpoint
         if resume:
             self._resume()
+        # after the resume, which may have made the model low-rank: a wrapper built before it would track the
+        # dense weights, which get no gradient any more (DDP then fails the first step; found by a sweep)
+        self._forward = wrap(self.model, self.device, group)
 
     # -- checkpoints -----------------------------------------------------------------------------
     def _save(self, epoch_sums: torch.Tensor | None = None) -> None:

@@ -80,3 +80,50 @@ def test_two_rank_run_equals_single_process_and_replicas_stay_identical(tmp_path
     assert r["ddp"][1] == pytest.approx(r["single"][1], abs=0.1)  # at most one validation image apart
     for a, b in zip(*r["train_loss"], strict=True):
         assert a == pytest.approx(b, rel=1e-4)
+
+
+RESUME_WORKER = r'''
+import json, sys
+import torch
+from mpi4py import MPI
+from oialr_search.training import Trainer, config_from_dict
+from oialr_search.training._distributed import close_trial_group, init_trial_group
+
+torch.set_num_threads(1)
+comm = MPI.COMM_WORLD
+cfg = config_from_dict({
+    "model": {"name": "mlp", "kwargs": {"hidden": 48, "depth": 2}},
+    "data": {"name": "digits", "val_fraction": 0.2},
+    "optim": {"lr": 0.003},
+    # no basis update after the switch: none may rebuild the DDP wrapper right after the resume
+    "oialr": {"delay": 0.3, "update_frequency": 1000, "beta": 0.2, "layer_fraction": 1.0},
+    "train": {"epochs": 3, "batch_size": 64, "seed": 1, "precision": "fp32"},
+})
+group = init_trial_group(comm, "cpu")
+checkpoint, leader = sys.argv[1], comm.Get_rank() == 0
+first = Trainer(cfg, log=None, group=group, checkpoint=checkpoint, save=leader)
+first.fit(stop_after=2)  # past the switch (delay 0.3 of 3 epochs): the checkpoint holds a low-rank model
+low_rank = bool(first.oialr.ranks)
+comm.Barrier()
+resumed = Trainer(cfg, log=None, group=group, checkpoint=checkpoint, resume=True, save=leader).fit()
+whole = Trainer(cfg, log=None, group=group).fit()
+if leader:
+    print("RESULT " + json.dumps({"low_rank": low_rank, "resumed": [resumed.val_loss, resumed.final_ranks],
+                                  "whole": [whole.val_loss, whole.final_ranks]}), flush=True)
+close_trial_group(group)
+'''
+
+
+def test_a_two_rank_run_resumes_after_the_switch_as_if_never_stopped(tmp_path):
+    """A preempted multi-rank trial past the OIALR switch resumes (found by a sweep: the DDP wrapper was
+    built before the resume made the model low-rank, so it tracked the dense weights, and the first step
+    failed with 'Expected to have finished reduction'; the resumed trial was stored FAILED)."""
+    script = tmp_path / "resume.py"
+    script.write_text(RESUME_WORKER)
+    cmd = [str(MPIEXEC), "-n", "2", sys.executable, "-m", "mpi4py", str(script), str(tmp_path / "run.ckpt")]
+    proc = run_killable(cmd, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))[len("RESULT "):])
+    assert r["low_rank"]
+    assert r["resumed"][1] == r["whole"][1]
+    assert r["resumed"][0] == pytest.approx(r["whole"][0], rel=1e-6)
