@@ -136,16 +136,30 @@ class Trials:
         print(f"[rank {self.rank}] trial {trial.number}: {error}", file=sys.stderr, flush=True)
 
     def drain(self) -> None:
-        """At the end of a job: resume the dead trials, including those that stopped beating but are not
-        past the grace period yet (a job killed moments ago), so the budget is met by this job; live
-        trials of other jobs are left to them. Then release the followers."""
+        """At the end of a job: resume the dead trials, including those that stopped beating moments ago (a
+        job killed just before this one started, whose trials look alive until their grace period has
+        passed), so the budget is met by this job; live trials of other jobs are left to them. Each RUNNING
+        trial is watched until it finishes, beats again (a live job holds it) or is resumed here. Then
+        release the followers."""
         interval = heartbeat_interval()
+        watched: dict[int, tuple[int, object]] | None = None  # id: (number, heartbeat when first seen)
+        told: set[int] = set()
         while not self.closed:
             if self.resume_dead(now=True) is not None:
                 continue
-            if not self.store.dead_trials(self.study, grace=2 * interval):
+            running = self.store.heartbeats(self.study)
+            watched = running if watched is None else watched
+            watched = {i: seen for i, seen in watched.items() if running.get(i) == seen}  # still silent
+            if not watched:
                 break
-            time.sleep(interval / 2)  # some stopped beating: wait until they are past the grace period
+            for trial_id, (number, beat) in watched.items():
+                if trial_id not in told and beat is not None and \
+                        (self.store.now() - beat).total_seconds() > 1.5 * interval:
+                    told.add(trial_id)
+                    print(f"[rank {self.rank}] trial {number} stopped beating {int(interval * 1.5)}s ago or "
+                          f"more (its job was stopped?): resuming it once {int(grace_period())}s have passed "
+                          "without a beat", flush=True)
+            time.sleep(min(interval / 2, 0.5))  # one read; a trial that finishes is seen at once, not an interval on
         self.workers.send(DONE)
 
     def _run(self, trial: Trial, params: dict, config: dict | None, *, resume: bool) -> Ran | None:

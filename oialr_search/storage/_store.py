@@ -310,6 +310,13 @@ class Store:
                 TrialRow.study_id == study.id, TrialRow.state == RUNNING,
                 or_(TrialRow.heartbeat.is_(None), TrialRow.heartbeat < cutoff))) or 0
 
+    def heartbeats(self, study: Study) -> dict[int, tuple[int, datetime | None]]:
+        """The RUNNING trials by id: (number, last heartbeat) (one read: a job that drains watches them)."""
+        with self.session(write=False) as s:
+            rows = s.execute(select(TrialRow.id, TrialRow.number, TrialRow.heartbeat).where(
+                TrialRow.study_id == study.id, TrialRow.state == RUNNING)).all()
+        return {trial_id: (number, beat) for trial_id, number, beat in rows}
+
     def mark_interrupted(self, study: Study) -> int:
         """Mark the trials left RUNNING by a job that died; returns how many."""
         with self.session() as s:

@@ -204,3 +204,29 @@ def test_jobs_that_share_a_study_get_their_own_sampler_seeds():
     assert len({job_seed(0, 0, 0, {}, job=j) for j in range(1000)}) == 1000
     seeds = tasks + [job_seed(2**40, 3, 0, {}), job_seed(-5, 0, 1, {}), job_seed(2**31, 10**6, 10**6, {})]
     assert all(0 <= s < 2**32 for s in seeds)
+
+
+def test_a_job_started_right_after_a_kill_resumes_the_trial_that_still_looks_alive(tmp_path):
+    """The next job starts before the killed trial's heartbeat is stale (a requeue seconds after the kill): it
+    watches the trial, and once the trial has not beaten for the grace period it resumes it, instead of
+    ending at once with 'done: 0 complete' and the trial RUNNING for good (found by a sweep; the SLURM
+    template's requeue check then left the study unfinished)."""
+    (tmp_path / "space.yaml").write_text(SPACE)
+    slow_beats = {"OIALR_SEARCH_STORAGE": "", "OMP_NUM_THREADS": "1", "OIALR_SEARCH_HEARTBEAT": "3"}  # grace 18 s
+    proc = subprocess.Popen([sys.executable, "-m", "oialr_search", "run", "space.yaml", "--study", "d", "--budget",
+                             "1", "--backend", "optuna"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True, env={**os.environ, **slow_beats})
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        try:
+            if any(r["state"] == "RUNNING" and (r["last_epoch"] or 0) >= 2 for r in trials(tmp_path, "d")):
+                break
+        except sqlite3.OperationalError:
+            continue
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    resumed = run(["resume", "--study", "d"], tmp_path, env=slow_beats)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "trial 0 stopped beating" in resumed.stdout and "resuming trial 0 of an earlier job" in resumed.stdout
+    assert [r["state"] for r in trials(tmp_path, "d")] == ["COMPLETE"]
