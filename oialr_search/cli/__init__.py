@@ -14,7 +14,7 @@ import sys
 
 from ..exceptions import OIALRSearchError
 from . import _query, _results, _search, _storage, _train
-from ._common import end_mpi_job, interrupted, said_by_every_rank, storage_failed, warn_network_storage
+from ._common import end_mpi_job, interrupted, parse_error_said_by_rank_0, storage_failed, warn_network_storage
 
 
 class _Parser(argparse.ArgumentParser):
@@ -22,7 +22,8 @@ class _Parser(argparse.ArgumentParser):
     verbs' parsers are of this class too."""
 
     def error(self, message: str):  # noqa: ANN201 - never returns
-        self.exit(2, None if said_by_every_rank() else f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
+        said = parse_error_said_by_rank_0()
+        self.exit(2, None if said else f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             warn_network_storage(args.command, args.storage)
         return args.func(args)
     except OIALRSearchError as exc:
-        if not said_by_every_rank():
+        if str(exc):  # (empty: said by rank 0 of the MPI job, see _search.before_search)
             print(f"oialr-search {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:

@@ -53,11 +53,11 @@ def launcher_rank() -> int:
     return 0
 
 
-def said_by_every_rank() -> bool:
-    """Whether a line this process would print now is printed by rank 0 as well: under a launcher, before MPI
-    starts, every rank parses the same command line and files, so their errors are the same one; the other
-    ranks stay silent (rank 0's line and every rank's exit code 2 remain). Once MPI runs, errors that
-    concern the whole job are printed by rank 0 alone where they arise, and any other is this rank's own."""
+def parse_error_said_by_rank_0() -> bool:
+    """Whether this process leaves its command-line error to rank 0: under a launcher, before MPI starts,
+    every rank parses the same command line, so argparse's error is the same one on each (the other
+    ranks exit 2 in silence). Errors about files, which ranks may see differently, are not left out so:
+    see _search.before_search."""
     return _mpi_world() is None and launcher_rank() != 0
 
 

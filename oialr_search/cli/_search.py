@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import TypeVar
 
 from ..exceptions import OIALRSearchError
 from ..storage import default_storage
 from ._common import add_storage
+
+T = TypeVar("T")
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -20,11 +24,53 @@ def _check(args: argparse.Namespace) -> None:
     collective_timeout()
 
 
+class _SaidByRank0(OIALRSearchError):
+    """This rank's part of an error that rank 0 of the MPI job prints (main prints no empty message)."""
+
+    def __init__(self) -> None:
+        super().__init__("")
+
+
+def before_search(check: Callable[[], T]) -> T:
+    """``check()``, what run and resume refuse before the search, on every rank. Under mpiexec the ranks check
+    the same command line but maybe not the same files (a database on a node's own disk): their errors meet
+    on rank 0, which says each different one once, and every rank exits 2, so none is left waiting in MPI
+    for a rank that left before it started."""
+    from ..search._runner import _world
+
+    try:
+        result, error = check(), None
+    except OIALRSearchError as exc:
+        result, error = None, str(exc)
+    comm = _world()
+    if comm is None or comm.Get_size() == 1:
+        if error is not None:
+            raise OIALRSearchError(error)
+        return result
+    errors = comm.allgather(error)
+    if not any(e is not None for e in errors):
+        return result
+    from mpi4py import MPI
+
+    rank = comm.Get_rank()
+    MPI.Finalize()  # every rank ends here, together: exit code 2 then aborts nothing (python -m mpi4py would)
+    if rank != 0:
+        raise _SaidByRank0
+    distinct = list(dict.fromkeys(e for e in errors if e is not None))
+    if len(distinct) == 1 and all(e is not None for e in errors):
+        raise OIALRSearchError(distinct[0])
+    raise OIALRSearchError("; ".join(f"rank {errors.index(e)}{' and others' if errors.count(e) > 1 else ''}: {e}"
+                                     for e in distinct))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from ..search import SearchRequest, load_space, run_search
 
-    _check(args)
-    space = load_space(args.space)
+    def check():  # noqa: ANN202
+        _check(args)
+        return load_space(args.space)
+
+    space = before_search(check)
     return run_search(SearchRequest(study=args.study, storage=args.storage or default_storage(), space=space,
                                     backend=args.backend, budget=args.budget, seed=args.seed,
                                     overrides=tuple(args.set), ranks_per_trial=args.ranks_per_trial,
@@ -35,13 +81,17 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from ..search import SearchRequest, run_search
     from ..storage import Store
 
-    _check(args)
     storage = args.storage or default_storage()
-    peek = Store(storage, create=False, read_only=True)  # read-only: a refused resume leaves the file as it was
-    try:
-        peek.get_study(args.study)  # a clear error for an unknown study
-    finally:
-        peek.engine.dispose()
+
+    def check() -> None:
+        _check(args)
+        peek = Store(storage, create=False, read_only=True)  # read-only: a refused resume leaves the file as it was
+        try:
+            peek.get_study(args.study)  # a clear error for an unknown study
+        finally:
+            peek.engine.dispose()
+
+    before_search(check)
     return run_search(SearchRequest(study=args.study, storage=storage, space=None, backend=args.backend,
                                     budget=args.budget, seed=args.seed, overrides=tuple(args.set),
                                     ranks_per_trial=args.ranks_per_trial, workdir=args.workdir))

@@ -322,6 +322,28 @@ def test_bad_input_under_mpiexec_is_said_once(tmp_path, args):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_ranks_that_see_different_files_all_exit_2_and_rank_0_says_why(tmp_path):
+    """A rank whose check fails where rank 0's passes (its node sees other files) is neither silent nor left
+    to hang the job (found in review: the error was printed by no rank, and the job hung in MPI)."""
+    write_space(tmp_path)
+    rank = [sys.executable, "-m", "mpi4py", "-m", "oialr_search", "run"]
+    cmd = [str(MPIEXEC), "-n", "1", *rank, "space.yaml", "--study", "x", ":", "-n", "1", *rank, "missing.yaml",
+           "--study", "x"]
+    proc = run_killable(cmd, cwd=tmp_path, timeout=120, env={**os.environ, "OIALR_SEARCH_STORAGE": ""})
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == ["oialr-search run: error: rank 1: missing.yaml: no such search-space "
+                                                "file"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["space.yaml"]
+
+
+@pytest.mark.parametrize("variable", ["SLURM_PROCID", "PMI_RANK"])
+def test_a_task_of_a_launcher_says_its_own_error(tmp_path, variable):
+    """Outside an MPI search (srun of one train per task), each task's error is its own: printed (found in
+    review: with SLURM_PROCID=1 the error was printed nowhere)."""
+    proc = run(["train", "missing.yaml"], tmp_path, env={variable: "1"})
+    assert proc.returncode == 2 and "missing.yaml: no such config file" in proc.stderr, proc.stderr
+
+
 @pytest.mark.parametrize(("variable", "value"), [("OIALR_SEARCH_HEARTBEAT", "10s"), ("OIALR_SEARCH_HEARTBEAT", "0"),
                                                ("OIALR_SEARCH_HEARTBEAT", "1e10"), ("OIALR_SEARCH_HEARTBEAT", "1e-9"),
                                                ("OIALR_SEARCH_COLLECTIVE_TIMEOUT", "nan"),
