@@ -74,23 +74,28 @@ def warn_network_storage(command: str, storage: str | None) -> None:
 
 
 def check_not_the_studys_files(outputs: dict[str, Path], args: argparse.Namespace) -> None:
-    """Refuse (one line, before anything is written) an output file that would replace the study's SQLite
-    database (or its -wal/-shm/-journal) or a file in its work folder (the kept weights, the only copy of
-    the trained models, and the trials' checkpoints). ``outputs``: the files by option."""
+    """Refuse (one line, before anything is written) an output file that would replace the SQLite database
+    (or its -wal/-shm/-journal) or lie in a work folder of its studies: next to the database
+    (``<db>.work``, every study's), ``--workdir``'s study folder, or the default ``oialr_search_work``, where
+    the kept weights (the only copy of the trained models) and the trials' checkpoints are. ``outputs``: the
+    files by option."""
     storage = args.storage or default_storage()
     db = sqlite_file(storage)
     database = {os.path.realpath(f"{db}{suffix}") for suffix in ("", "-wal", "-shm", "-journal")} if db else set()
     try:
-        folder = Path(os.path.realpath(study_work_folder(storage, args.study, getattr(args, "workdir", None))))
+        folders = {study_work_folder(storage, args.study).parent, Path("oialr_search_work")}
     except ArgumentError:
         return  # a URL that does not parse: opening the store says so, in one line
+    if getattr(args, "workdir", None) is not None:
+        folders.add(study_work_folder(storage, args.study, args.workdir))
     for option, path in outputs.items():
         real = os.path.realpath(path)
         if real in database:
             raise OIALRSearchError(f"{option} {path}: is the study's database ({storage}); give another file")
-        if Path(real).is_relative_to(folder):
-            raise OIALRSearchError(f"{option} {path}: is in the study's work folder {folder} (its kept weights and "
-                                   "checkpoints); write it elsewhere")
+        for folder in folders:
+            if Path(real).is_relative_to(os.path.realpath(folder)):
+                raise OIALRSearchError(f"{option} {path}: is in the work folder {folder} (the studies' kept weights "
+                                       "and checkpoints); write it elsewhere")
 
 
 def storage_failed(args: argparse.Namespace, exc: BaseException) -> str | None:

@@ -295,12 +295,17 @@ def test_export_and_report_never_write_over_the_database_or_the_work_folder(fron
     weights = work / "weights" / f"trial_{kept}.pt"
     db = front_study / "oialr_search.db"
     before = {p: p.read_bytes() for p in (db, weights)}
+    (work.parent / "other").mkdir(exist_ok=True)  # another study's work folder
     cases = [(["export", "-o", "oialr_search.db"], "-o oialr_search.db: is the study's database"),
              (["export", "-o", str(db) + "-wal"], "is the study's database"),
              (["export", "--weights", "oialr_search.db"], "--weights oialr_search.db: is the study's database"),
              (["report", "-o", "oialr_search.db"], "-o oialr_search.db: is the study's database"),
-             (["export", "--weights", str(weights), "--compact"], "is in the study's work folder"),
-             (["export", "-o", str(work / "tuned.yaml")], "is in the study's work folder")]
+             (["export", "--weights", str(weights), "--compact"], "is in the work folder"),
+             (["export", "-o", str(work / "tuned.yaml")], "is in the work folder"),
+             # another study's folder, or this one's while --workdir names another (found in review)
+             (["export", "-o", str(work.parent / "other" / "t.yaml")], "is in the work folder"),
+             (["export", "--workdir", "elsewhere", "-o", str(weights)], "is in the work folder"),
+             (["report", "-o", str(work.parent / "other.html")], "is in the work folder")]
     for args, message in cases:
         proc = cli([*args, "--study", "front", *(["--trial", str(kept)] if args[0] == "export" else [])], front_study)
         assert proc.returncode == 2, proc.stderr
