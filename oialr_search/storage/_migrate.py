@@ -271,6 +271,23 @@ def upgrade(url: str, *, force: bool = False) -> tuple[int, int]:
         engine.dispose()
 
 
+def refuse_running_before_upgrade(url: str) -> None:
+    """Raise :class:`TrialsRunning` when the existing SQLite database at ``url`` has an older schema and
+    RUNNING trials, found read-only: a writer that would upgrade it refuses before it opens the file, which
+    would switch it to WAL (a refused ``run`` must leave it as it was, as ``storage upgrade`` does). Any
+    other fault is left to the writer's own open, which says what is wrong."""
+    engine = _open(url)
+    try:
+        version = schema_version(engine)
+        if version is not None and version < SCHEMA_VERSION:
+            with engine.connect() as conn:
+                _refuse_running(conn, url, version)
+    except (DBAPIError, sqlite3.Error):
+        return
+    finally:
+        engine.dispose()
+
+
 def row_counts(url: str) -> dict[str, int]:
     """The rows of an existing database: ``{"studies": n, "trials": n, "epochs": n, "running": n}``
     (``running``: the trials among them that are RUNNING)."""

@@ -21,7 +21,7 @@ from ..exceptions import OIALRSearchError
 from . import _writes
 from ._clock import SERVER_NOW, DatabaseClock
 from ._errors import StorageError, StudyNotFound, unknown_database
-from ._migrate import prepare_schema
+from ._migrate import prepare_schema, refuse_running_before_upgrade
 from ._paths import check_sqlite_path, check_writable_file, path_errors
 from ._records import Study, Trial, _study, _trial, _trials
 from ._schema import (
@@ -83,6 +83,8 @@ class Store:
             else:
                 with path_errors(self.url, db):
                     check_writable_file(self.url, db)
+                if create and db.exists():  # before the writer's first connection switches the file to WAL
+                    refuse_running_before_upgrade(self.url)
         try:
             # READ COMMITTED on PostgreSQL whatever the server's default: start_trial's statements after the
             # study's row lock must see what the previous holder committed (see _writes.start_trial)

@@ -541,6 +541,14 @@ def test_cli_upgrade_refuses_while_trials_run_and_force_upgrades(tmp_path):
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr == f"oialr-search storage: error: {running_message(url)}\n"
     assert dump(tmp_path / "v1.db") == before
+    # run, which would upgrade it, refuses as the upgrade does: with the file byte for byte as it was (found by a
+    # sweep: its writer had switched the file to WAL before the refusal)
+    (tmp_path / "space.yaml").write_text("base: {model: {name: mlp}, data: {name: digits}}\n"
+                                         "params: {optim.lr: {type: float, low: 1.0e-3, high: 1.0e-2}}\n")
+    raw = (tmp_path / "v1.db").read_bytes()
+    proc = run_cli("run", "space.yaml", "--study", "new", "--storage", url, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr == f"oialr-search: error: {running_message(url)}\n", proc.stderr
+    assert (tmp_path / "v1.db").read_bytes() == raw
     conn = sqlite3.connect(tmp_path / "v1.db")
     try:  # not even switched to WAL, nor stamped
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
