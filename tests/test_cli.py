@@ -133,3 +133,37 @@ def test_top_takes_a_whole_number(value, capsys):
         main(["report", "--study", "s", "-o", "r.html", "--top", value])
     assert exit_.value.code == 2
     assert f"argument --top: expected a whole number >= 0, got '{value}'" in capsys.readouterr().err
+
+
+def test_status_tells_stopped_trials_from_running_ones(tmp_path, capsys):
+    """A RUNNING trial without a live heartbeat belongs to a job that was stopped or died: status counts it
+    apart, says how to continue it, and the elapsed time stops (found by a sweep: it counted as running, and
+    the elapsed time grew for as long as nobody resumed the study)."""
+    import time
+
+    from oialr_search.cli import main
+    from oialr_search.storage import COMPLETE, Store
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    store = Store(url)
+    study = store.create_study(name="s", space={"raw": {"params": {"optim.lr": {}}}}, space_path="",
+                               metric="val_loss", direction="minimize", backend="optuna", seed=0, budget=3)
+    done = store.start_trial(study, params={"optim.lr": 0.1}, rank=0, island=None, device="cpu")
+    store.finish_trial(done.id, state=COMPLETE, value=0.5, values=[0.5], feasible=True)
+    live = store.start_trial(study, params={"optim.lr": 0.2}, rank=0, island=None, device="cpu")
+    left = store.start_trial(study, params={"optim.lr": 0.3}, rank=0, island=None, device="cpu")
+    store.release(left.id)  # as a preempted job leaves it: no heartbeat
+    assert main(["status", "--study", "s", "--storage", url]) == 0
+    out = capsys.readouterr().out
+    assert "trials: 1 complete, 1 running, 1 stopped, 0 pruned" in out
+    assert "stopped: 1 trial(s) whose job ended or died" in out and "oialr-search resume --study s" in out
+    store.release(live.id)  # now no job trains any: the elapsed time is the study's, and stays
+    elapsed = []
+    for _ in range(2):
+        assert main(["status", "--study", "s", "--storage", url]) == 0
+        out = capsys.readouterr().out
+        assert "0 running, 2 stopped" in out and "(no job is training a trial now)" in out
+        elapsed.append(next(line for line in out.splitlines() if line.startswith("elapsed:")))
+        time.sleep(1.1)
+    assert elapsed[0] == elapsed[1]
+    store.engine.dispose()

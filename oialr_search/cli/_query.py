@@ -7,6 +7,7 @@ import contextlib
 import csv
 import io
 import json
+import shlex
 import signal
 import sys
 import time
@@ -132,11 +133,16 @@ def _ctrl_c_between_refreshes() -> Iterator[Callable[[], contextlib.AbstractCont
 def _status(store: Store, name: str) -> bool:
     """Print the study's status; whether its budget is spent (no trial running, every trial of the budget
     finished), which ends ``status --watch``."""
+    from ..search._heartbeat import grace_period
+
     study = store.get_study(name)
     counts = store.counts(study)
-    start, end, running = store.time_span(study)
+    # RUNNING trials without a live heartbeat: their job was stopped or died; the next job resumes them
+    stopped = store.dead_trials(study, grace=grace_period()) if counts.get(RUNNING) else 0
+    running = counts.get(RUNNING, 0) - stopped
+    start, end, _ = store.time_span(study)
     now = store.now()  # the clock the times were stored with (a server's: see storage/_clock.py)
-    end = now if running or end is None else end
+    end = now if running or end is None and not stopped else end or start
     elapsed = (end - start).total_seconds() if start else 0.0
     pruner = (study.space.get("raw") or {}).get("pruner") or "none"
     pruner = pruner.get("type", "none") if isinstance(pruner, dict) else pruner
@@ -148,9 +154,13 @@ def _status(store: Store, name: str) -> bool:
           f"{', constraints: ' + constraints if constraints else ''})")
     if study.space.get("overrides"):
         print(f"overrides: {'; '.join(study.space['overrides'])}")
-    print(f"trials: {counts.get(COMPLETE, 0)} complete, {counts.get(RUNNING, 0)} running, {counts.get(PRUNED, 0)} "
-          f"pruned, {counts.get(FAILED, 0)} failed, {counts.get(INTERRUPTED, 0)} interrupted")
-    print(f"elapsed: {elapsed:.0f}s")
+    print(f"trials: {counts.get(COMPLETE, 0)} complete, {running} running, "
+          + (f"{stopped} stopped, " if stopped else "")
+          + f"{counts.get(PRUNED, 0)} pruned, {counts.get(FAILED, 0)} failed, {counts.get(INTERRUPTED, 0)} interrupted")
+    if stopped:
+        print(f"stopped: {stopped} trial(s) whose job ended or died while training them (no heartbeat); a job of the "
+              f"study resumes them from their checkpoints: oialr-search resume --study {shlex.quote(study.name)}")
+    print(f"elapsed: {elapsed:.0f}s" + (" (no job is training a trial now)" if stopped and not running else ""))
     done = not counts.get(RUNNING, 0) and sum(counts.get(s, 0) for s in (COMPLETE, FAILED, PRUNED)) >= study.budget
     if study.multi_objective:
         front = pareto_front(store, study)
