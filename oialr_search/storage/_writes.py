@@ -39,7 +39,7 @@ EPOCH_FIELDS = ("epoch", "step", "train_loss", "val_loss", "top1", "top5", "lr",
 # FOR NO KEY UPDATE on the study's row serializes start_trial per study on a server database (see
 # start_trial); it blocks no reader and, unlike FOR UPDATE, not the foreign-key checks of other inserts.
 # SQLite compiles it to a plain read of one row: there BEGIN IMMEDIATE already serializes every writer.
-_LOCK_STUDY = select(StudyRow.id).where(StudyRow.id == bindparam("sid")).with_for_update(key_share=True)
+_LOCK_STUDY = select(StudyRow.budget).where(StudyRow.id == bindparam("sid")).with_for_update(key_share=True)
 _TAKEN = select(func.count()).where(TrialRow.study_id == bindparam("sid"), TrialRow.state != INTERRUPTED)
 _NEXT_NUMBER = select(func.coalesce(func.max(TrialRow.number), -1) + 1).where(TrialRow.study_id == bindparam("sid"))
 _INSERT_TRIAL = insert(TrialRow)
@@ -117,7 +117,9 @@ def start_trial(tx: Executor, *, study_id: int, row: dict, config: dict | None,
     the same for the whole file. The unique (study, number) constraint stays the last line of defence
     (Store.start_trial retries on it, e.g. under REPEATABLE READ where the snapshot predates the lock).
     """
-    tx.first(_LOCK_STUDY, {"sid": study_id})  # None for a missing study: its insert fails on the foreign key
+    locked = tx.first(_LOCK_STUDY, {"sid": study_id})  # None for a missing study: its insert fails on the foreign key
+    if limit is not None and locked is not None:
+        limit = min(limit, locked[0])  # the stored budget, which another job may have lowered since this one began
     if limit is not None and tx.one(_TAKEN, {"sid": study_id})[0] >= limit:
         return None
     number = tx.one(_NEXT_NUMBER, {"sid": study_id})[0]

@@ -409,13 +409,20 @@ def test_a_budget_below_the_finished_trials_is_refused_and_the_stored_one_kept(t
     from oialr_search.storage import Store
 
     store = Store(f"sqlite:///{db}")
-    store.update_study("s", budget=3)
+    store.update_study("s", budget=3)  # as a later resume --budget 3 leaves it
+    store.engine.dispose()
+    # a requeued job repeats its original run --budget 2: it must not undo that (found in review)
+    proc = run(["run", "space.yaml", "--study", "s", "--budget", "2"], tmp_path)
+    assert proc.returncode == 0 and "run: study 's' keeps its budget of 3" in proc.stdout, proc.stderr
+    assert len(trials(tmp_path, "s")) == 3
+    store = Store(f"sqlite:///{db}")
+    store.update_study("s", budget=4)
     store.start_trial(store.get_study("s"), params=json.loads(trials(tmp_path, "s")[0]["params"]), rank=0,
                       island=None, device="cpu")
     store.engine.dispose()
-    proc = run(["resume", "--study", "s", "--budget", "2"], tmp_path)
-    assert proc.returncode == 2 and "has 2 finished and 1 started trials already" in proc.stderr, proc.stderr
-    assert "give --budget 3 or more" in proc.stderr
+    proc = run(["resume", "--study", "s", "--budget", "3"], tmp_path)
+    assert proc.returncode == 2 and "has 3 finished and 1 started trials already" in proc.stderr, proc.stderr
+    assert "give --budget 4 or more" in proc.stderr
 
 
 def test_unknown_study_in_existing_storage(tmp_path):

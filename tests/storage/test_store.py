@@ -262,3 +262,16 @@ def test_only_a_number_clash_is_retried(store_url, monkeypatch):
     with pytest.raises(RuntimeError, match="could not allocate a trial number"):
         store.start_trial(study, params={}, rank=0, island=None, device="cpu")
     assert len(calls) == 20 and len(store.trials(study)) == 1
+
+
+def test_a_budget_lowered_by_another_job_holds_for_a_job_that_began_before(store_url):
+    """A job's limit is the budget it began with; the stored budget, lowered meanwhile by another job's
+    resume --budget, bounds it too (found in review: the first job went on to its own limit, and the study
+    ended over its stored budget)."""
+    store = Store(store_url)
+    study = _study(store)
+    store.update_study(study.name, budget=2)
+    assert store.start_trial(study, params={}, rank=0, island=None, device="cpu", limit=14) is not None
+    assert store.start_trial(study, params={}, rank=0, island=None, device="cpu", limit=14) is not None
+    assert store.start_trial(study, params={}, rank=0, island=None, device="cpu", limit=14) is None
+    store.engine.dispose()
