@@ -14,9 +14,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import yaml
-
 from .._files import output_file, write_file_atomic
+from .._yaml import dump_yaml
 from ..exceptions import OIALRSearchError
 from ..search import METRICS, pareto_front, parse_pick, pick
 from ..storage import COMPLETE, FAILED, INTERRUPTED, PRUNED, RUNNING, Store, Study, Trial, default_storage
@@ -266,7 +265,7 @@ def cmd_best(args: argparse.Namespace) -> int:
                "pareto_front": [_doc(study, t, config=False) for t in front]}
     else:
         doc = {"study": study.name, **_doc(study, _chosen(store, study, args), config=True)}
-    print(json.dumps(doc, indent=2) if args.format == "json" else yaml.safe_dump(doc, sort_keys=False), end="\n")
+    print(json.dumps(doc, indent=2) if args.format == "json" else dump_yaml(doc, sort_keys=False), end="\n")
     return 0
 
 

@@ -6,8 +6,7 @@ failures with their reasons, the counts by state and the study's settings.
 
 from __future__ import annotations
 
-import yaml
-
+from .._yaml import dump_yaml
 from ..search import pareto_front
 from ..storage import COMPLETE, FAILED, Store, Study, Trial
 from ._common import RenderedFigure
@@ -68,7 +67,7 @@ def settings_section(study: Study, backends: dict[str, int]) -> list[str]:
                  empty="no parameters")]
     base = study.space.get("base")
     if base:
-        out.append(details("base run config (after set: and the overrides)", yaml.safe_dump(base, sort_keys=False)))
+        out.append(details("base run config (after set: and the overrides)", dump_yaml(base, sort_keys=False)))
     return out
 
 
@@ -102,7 +101,7 @@ def results_section(store: Store, study: Study, numbers: list[int]) -> tuple[lis
             _trial_table(study, best_trials, "best", "no feasible completed trial")]
     for t in best_trials:
         if t.config:
-            out.append(details(f"trial {t.number}: full run config", yaml.safe_dump(t.config, sort_keys=False)))
+            out.append(details(f"trial {t.number}: full run config", dump_yaml(t.config, sort_keys=False)))
     return out, best_trials
 
 

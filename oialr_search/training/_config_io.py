@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from .._yaml import load_yaml
+from .._yaml import dump_yaml, load_yaml
 from ..exceptions import ConfigError
 from ._config import RunConfig
 
@@ -201,7 +201,7 @@ def _valid(data: dict) -> bool:
 
 
 def dump_config(config: RunConfig) -> str:
-    return yaml.safe_dump(config_to_dict(config), sort_keys=False)
+    return dump_yaml(config_to_dict(config), sort_keys=False)
 
 
 def save_config(config: RunConfig, path: str | Path) -> None:

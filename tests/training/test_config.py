@@ -101,6 +101,14 @@ def test_numbers_with_an_exponent_and_no_dot_are_numbers(tmp_path):
     config = load_config(tmp_path / "run.yaml", ["optim.weight_decay=5E-2", "oialr.beta=+2e-1"])
     assert (config.optim.lr, config.optim.weight_decay, config.oialr.beta) == (1e-3, 5e-2, 0.2)
     assert load_config(tmp_path / "run.yaml", ["data.path=1e3x"]).data.path == "1e3x"  # still a string
+    # a dot and an unsigned exponent, which YAML 1.1 reads as a string too (found in review)
+    assert load_config(tmp_path / "run.yaml", ["optim.lr=2.5e-3", "optim.weight_decay=.5e-1"]).optim.lr == 2.5e-3
+    assert load_config(tmp_path / "run.yaml", ["train.grad_clip=1.5E1"]).train.grad_clip == 15.0
+    # and what is dumped reads back as it was: a string that looks like such a number is quoted
+    config = load_config(tmp_path / "run.yaml", ["data.path='1e5'"])
+    assert config.data.path == "1e5"
+    (tmp_path / "dumped.yaml").write_text(dump_config(config))
+    assert load_config(tmp_path / "dumped.yaml") == config
     (tmp_path / "space.yaml").write_text("base: {model: {name: mlp}, data: {name: digits}}\n"
                                          "params: {optim.lr: {type: float, low: 1e-4, high: 1e-2, log: true}}\n")
     (dim,) = load_space(tmp_path / "space.yaml").dimensions
