@@ -30,7 +30,7 @@ from ._objective import TrialOutcome, run_trial
 from ._objectives import Scored
 from ._optuna_backend import DROPPED
 from ._space import SearchSpace, merge_overrides, model_problem, placed_problem, same_overrides
-from ._workers import check_ranks_per_trial, split_workers
+from ._workers import Workers, check_ranks_per_trial, split_workers
 
 Objective = Callable[..., TrialOutcome]
 
@@ -365,29 +365,13 @@ def run_search(req: SearchRequest, *, objective: Objective = run_trial, quiet: b
         else []
     try:
         if backend == "propulate":
-            from ._propulate_backend import rebuild_checkpoints, run_propulate
-
             folder = propulate_folder(req, study.name, comm)
-            seeded = rebuild_checkpoints(store, study, space, folder, workers.workers) if rank == 0 else None
-            if rank == 0 and seeded:
-                print(f"propulate: population rebuilt from {seeded} stored trial(s)", flush=True)
-            seeded = comm.bcast(seeded, root=0)  # also the barrier: no rank reads the files before they exist
-            generations = math.ceil(remaining / workers.workers)
-            if generations:
-
-                def propulate_evaluate(params: dict, island: int | None) -> tuple[dict, Scored] | None:
-                    if not workers.leader:
-                        trials.follow()
-                        return None
-                    ran = trials.resume_dead() or trials.new(params, island, limit=budget)
-                    return (ran[0], ran[2]) if ran is not None else None
-
-                run_propulate(comm=comm, space=space, store=store, study=study, folder=folder,
-                              generations=generations, seed=seed, evaluate=propulate_evaluate,
-                              workers=workers, first=start[0] if start else None, fresh=not seeded, trials=remaining,
-                              ready=ready)
-            if rank == 0:
-                shutil.rmtree(folder, ignore_errors=True)  # this job's own: the next rebuilds from the database
+            try:
+                _propulate(comm, rank, store, study, space, folder, workers, trials, budget, remaining, seed, start,
+                           ready)
+            finally:  # also on Ctrl-C or a preemption: this job's own folder (the next rebuilds from the database)
+                if rank == 0:
+                    shutil.rmtree(folder, ignore_errors=True)
         elif workers.leader:
             from ._optuna_backend import run_optuna
 
@@ -411,3 +395,29 @@ def run_search(req: SearchRequest, *, objective: Objective = run_trial, quiet: b
         progress.done()
     store.engine.dispose()
     return 0
+
+
+def _propulate(comm, rank: int, store: Store, study: Study, space: SearchSpace, folder: Path,  # noqa: ANN001
+               workers: Workers, trials: Trials, budget: int, remaining: int, seed: int, start: list,
+               ready: Callable[[], None]) -> None:
+    """The Propulate backend's part of run_search, in this job's own folder."""
+    from ._propulate_backend import rebuild_checkpoints, run_propulate
+
+    seeded = rebuild_checkpoints(store, study, space, folder, workers.workers) if rank == 0 else None
+    if rank == 0 and seeded:
+        print(f"propulate: population rebuilt from {seeded} stored trial(s)", flush=True)
+    seeded = comm.bcast(seeded, root=0)  # also the barrier: no rank reads the files before they exist
+    generations = math.ceil(remaining / workers.workers)
+    if not generations:
+        return
+
+    def propulate_evaluate(params: dict, island: int | None) -> tuple[dict, Scored] | None:
+        if not workers.leader:
+            trials.follow()
+            return None
+        ran = trials.resume_dead() or trials.new(params, island, limit=budget)
+        return (ran[0], ran[2]) if ran is not None else None
+
+    run_propulate(comm=comm, space=space, store=store, study=study, folder=folder, generations=generations,
+                  seed=seed, evaluate=propulate_evaluate, workers=workers, first=start[0] if start else None,
+                  fresh=not seeded, trials=remaining, ready=ready)

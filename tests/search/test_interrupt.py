@@ -150,3 +150,5 @@ def test_ctrl_c_ends_every_rank_under_mpiexec(tmp_path, launch):
     time.sleep(0.5)
     assert processes_with(study) == []  # no rank left behind
     check_kept(before, rows(tmp_path, study))
+    # nor this job's Propulate folder (found by a sweep: one was left per interrupted job)
+    assert list((tmp_path / "oialr_search.work" / study / "propulate").glob("job-*")) == []
