@@ -13,6 +13,7 @@ import os
 import sys
 
 from ..exceptions import OIALRSearchError
+from ..storage._store import storage_named
 from . import _query, _results, _search, _storage, _train
 from ._common import end_mpi_job, interrupted, parse_error_said_by_rank_0, storage_failed, warn_network_storage
 
@@ -45,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except OIALRSearchError as exc:
         if str(exc):  # (empty: said by rank 0 of the MPI job, see _search.before_search)
-            print(f"oialr-search {args.command}: error: {exc}", file=sys.stderr)
+            print(f"oialr-search {args.command}: error: {storage_named(str(exc), getattr(args, 'storage', None))}",
+                  file=sys.stderr)
         return 2
     except BrokenPipeError:
         # the reader went away (`| head`): it has what it wanted. Point stdout at /dev/null, so that flushing it at
@@ -62,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         message = storage_failed(args, exc)  # the disk filled up or turned read-only while it ran
         if message is None:
             raise
+        message = storage_named(message, getattr(args, "storage", None))
         print(f"oialr-search {args.command}: error: {message}", file=sys.stderr, flush=True)
         end_mpi_job(2)
         return 2

@@ -74,7 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_search(SearchRequest(study=args.study, storage=args.storage or default_storage(), space=space,
                                     backend=args.backend, budget=args.budget, seed=args.seed,
                                     overrides=tuple(args.set), ranks_per_trial=args.ranks_per_trial,
-                                    workdir=args.workdir))
+                                    workdir=args.workdir, storage_given=args.storage is not None))
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -94,7 +94,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
     before_search(check)
     return run_search(SearchRequest(study=args.study, storage=storage, space=None, backend=args.backend,
                                     budget=args.budget, seed=args.seed, overrides=tuple(args.set),
-                                    ranks_per_trial=args.ranks_per_trial, workdir=args.workdir))
+                                    ranks_per_trial=args.ranks_per_trial, workdir=args.workdir,
+                                    storage_given=args.storage is not None))
 
 
 def _add_job_options(p: argparse.ArgumentParser) -> None:

@@ -22,6 +22,7 @@ from ..storage import COMPLETE, FAILED, PRUNED, RUNNING, Store, Study, Trial
 from ..storage._filesystems import sqlite_file
 from ..storage._paths import check_writer_storage, study_work_folder
 from ..storage._sqlite import storage_failure
+from ..storage._store import storage_named
 from ..training import stored_run_config
 from ._devices import place
 from ._execution import Ran, Trials
@@ -49,6 +50,7 @@ class SearchRequest:
     overrides: tuple[str, ...] = ()  # --set key=value on the base config; on resume merged into the stored ones
     ranks_per_trial: int = 1  # ranks that train one trial together (DistributedDataParallel)
     workdir: str | None = None  # the study's work folder (trial checkpoints); default: next to a SQLite file
+    storage_given: bool = True  # False: ``storage`` came from OIALR_SEARCH_STORAGE, which errors then name
 
 
 def _world():
@@ -334,7 +336,8 @@ def run_search(req: SearchRequest, *, objective: Objective = run_trial, quiet: b
         prepared, error, code = comm.bcast((prepared, error, code), root=0)
     if error is not None:
         if rank == 0:
-            print(f"oialr-search: error: {error}", file=sys.stderr)
+            print(f"oialr-search: error: {storage_named(error, req.storage if req.storage_given else None)}",
+                  file=sys.stderr)
         return code
     study, backend, budget, finished, space, seed, job = prepared
     store = Store(req.storage, create=False)

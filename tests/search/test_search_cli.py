@@ -336,6 +336,20 @@ def test_ranks_that_see_different_files_all_exit_2_and_rank_0_says_why(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["space.yaml"]
 
 
+@pytest.mark.parametrize(("args", "url", "message"), [
+    (["studies"], "foo://x", "oialr-search studies: error: OIALR_SEARCH_STORAGE=foo://x: unknown kind of database"),
+    (["run", "space.yaml", "--study", "z"], "sqlite://", "oialr-search: error: OIALR_SEARCH_STORAGE=sqlite://: an "
+     "in-memory database"),
+    (["resume", "--study", "z"], "sqlite:///nope.db", "oialr-search resume: error: OIALR_SEARCH_STORAGE="
+     "sqlite:///nope.db: no such database file")])
+def test_a_storage_from_the_environment_is_named_as_such(tmp_path, args, url, message):
+    """An error about a storage that OIALR_SEARCH_STORAGE gave names the variable, not a --storage option the
+    user never typed (found by a sweep)."""
+    write_space(tmp_path)
+    proc = run(args, tmp_path, env={"OIALR_SEARCH_STORAGE": url})
+    assert proc.returncode == 2 and proc.stderr.startswith(message), proc.stderr
+
+
 @pytest.mark.parametrize("variable", ["SLURM_PROCID", "PMI_RANK"])
 def test_a_task_of_a_launcher_says_its_own_error(tmp_path, variable):
     """Outside an MPI search (srun of one train per task), each task's error is its own: printed (found in
