@@ -31,8 +31,12 @@ for _cls in (_Loader, _Dumper):
 
 
 def load_yaml(text: str) -> Any:  # noqa: ANN401 - whatever the document holds
-    """``yaml.safe_load`` of ``text``, with ``1e-3`` and ``2.5e3`` read as floats."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    """``yaml.safe_load`` of ``text``, with ``1e-3`` and ``2.5e3`` read as floats. A value PyYAML cannot build
+    (a date such as 2024-02-30) raises ``yaml.YAMLError`` as any other fault of the text does."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except (ValueError, OverflowError) as exc:
+        raise yaml.YAMLError(str(exc)) from None
 
 
 def dump_yaml(data: Any, **options: Any) -> str:  # noqa: ANN401

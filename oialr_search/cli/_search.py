@@ -38,12 +38,17 @@ def before_search(check: Callable[[], T]) -> T:
     for a rank that left before it started."""
     from ..search._runner import _world
 
+    internal: Exception | None = None
     try:
         result, error = check(), None
     except OIALRSearchError as exc:
         result, error = None, str(exc)
+    except Exception as exc:  # noqa: BLE001 - a bug: it must reach the others too, or they wait forever
+        result, error, internal = None, f"internal error: {type(exc).__name__}: {exc}", exc
     comm = _world()
     if comm is None or comm.Get_size() == 1:
+        if internal is not None:
+            raise internal
         if error is not None:
             raise OIALRSearchError(error)
         return result
@@ -54,6 +59,8 @@ def before_search(check: Callable[[], T]) -> T:
 
     rank = comm.Get_rank()
     MPI.Finalize()  # every rank ends here, together: exit code 2 then aborts nothing (python -m mpi4py would)
+    if internal is not None:
+        raise internal  # its traceback, exit code 1, on the rank that had it
     if rank != 0:
         raise _SaidByRank0
     distinct = list(dict.fromkeys(e for e in errors if e is not None))

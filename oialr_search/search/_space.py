@@ -436,7 +436,7 @@ def load_space(path: str | Path) -> SearchSpace:
         raise SpaceError(f"{path}: not UTF-8 text (a YAML search space is expected)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        raise SpaceError(f"{path}: not valid YAML{f' (line {mark.line + 1})' if mark else ''}") from None
+        raise SpaceError(f"{path}: not valid YAML ({f'line {mark.line + 1}' if mark else exc})") from None
     except OSError as exc:
         raise SpaceError(f"{path}: cannot read: {exc.strerror}") from None
     return _parse(raw, path)

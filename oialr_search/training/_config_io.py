@@ -172,8 +172,7 @@ def read_yaml(path: str | Path) -> dict:
         data = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}") from None
+        raise ConfigError(f"{path}: not valid YAML ({f'line {mark.line + 1}' if mark else exc})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

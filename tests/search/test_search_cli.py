@@ -263,6 +263,7 @@ def test_export_then_train_reproduces_the_trial(tmp_path):
         (["status", "--study", "x", "--storage", "sqlite:///empty.db"], "this storage has no studies"),
         (["status", "--study", "x", "--storage", "sqlite://"], "this storage has no studies"),
         (["run", "binary.yaml", "--study", "x"], "binary.yaml: not UTF-8 text"),
+        (["run", "date.yaml", "--study", "x"], "date.yaml: not valid YAML (day is out of range for month)"),
         (["run", "placed.yaml", "--study", "x"], "placed.yaml: params.train.device: cannot be searched"),
         (["run", "space.yaml", "--study", "x", "--budget", "abc"], "argument --budget: invalid int value: 'abc'"),
         (["trials", "--study", "x", "--format", "xml"], "argument --format: invalid choice: 'xml'"),
@@ -274,6 +275,7 @@ def test_bad_input_exits_2_with_one_line_and_changes_nothing(tmp_path, args, mes
     write_space(tmp_path)
     (tmp_path / "bad.yaml").write_text("params: {oialr.beta: {type: float, low: 0.5, high: 0.1}}\n")
     (tmp_path / "binary.yaml").write_bytes(b"\xff\xfe\x00bad")
+    (tmp_path / "date.yaml").write_text("description: 2024-02-30\n")  # PyYAML builds a date, and fails
     (tmp_path / "placed.yaml").write_text((tmp_path / "space.yaml").read_text().replace(
         "params:", "params:\n  train.device: {type: categorical, choices: [cpu]}"))
     (tmp_path / "empty.db").write_bytes(b"")
