@@ -139,7 +139,7 @@ def _prepare(req: SearchRequest, world_size: int) -> tuple[Study, str, int, int,
     existing = store.find_study(req.study)
     if existing is None and problem is not None:  # judged once it is known to be new (a requeued job's is not)
         raise OIALRSearchError(problem)
-    if existing is not None and req.budget is not None:
+    if existing is not None and req.budget is not None and req.space is None:  # resume (run keeps it: below)
         # the trials the budget admitted: finished, and RUNNING ones (live, or of dead jobs, which are resumed)
         done, started = store.count(existing, (COMPLETE, FAILED, PRUNED)), store.count(existing, (RUNNING,))
         if req.budget < done + started:  # a number of new trials, as Optuna's n_trials? Below them is no plan
@@ -195,11 +195,10 @@ def _prepare(req: SearchRequest, world_size: int) -> tuple[Study, str, int, int,
         print("resume: this study's trials trained in fp32 (an earlier release, before train.precision): its new "
               "trials do too; resume with --set train.precision=auto (or bf16) to change that", flush=True)
     budget = req.budget or study.budget
-    if existing is not None and req.space is not None and budget < study.budget:
+    if existing is not None and req.space is not None and budget != study.budget:
         # run repeats its command line (a requeued SLURM job's): it must not undo a later resume --budget
-        print(f"run: study {study.name!r} keeps its budget of {study.budget} (run --budget {budget} never lowers a "
-              f"stored budget; lower it with: oialr-search resume --study {study.name} --budget {budget})",
-              flush=True)
+        print(f"run: study {study.name!r} keeps its budget of {study.budget} (run --budget sets the budget of a new "
+              f"study only; change it with: oialr-search resume --study {study.name} --budget {budget})", flush=True)
         budget = study.budget
     if budget != study.budget:
         store.update_study(req.study, budget=budget)

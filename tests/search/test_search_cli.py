@@ -410,13 +410,16 @@ def test_a_budget_below_the_finished_trials_is_refused_and_the_stored_one_kept(t
     assert run(["run", "space.yaml", "--study", "s", "--budget", "2"], tmp_path).returncode == 0
     db = tmp_path / "oialr_search.db"
     before = db.read_bytes()
-    for args in (["resume", "--study", "s", "--budget", "1"], ["run", "space.yaml", "--study", "s", "--budget", "1"]):
-        proc = run(args, tmp_path)
-        assert proc.returncode == 2, proc.stderr
-        assert proc.stderr.strip().splitlines() == [
-            "oialr-search: error: --budget 1: study 's' has 2 finished trials already (the budget is the study's "
-            "total over all its jobs, now 2); give --budget 2 or more, or leave it out to keep 2"]
-        assert db.read_bytes() == before
+    proc = run(["resume", "--study", "s", "--budget", "1"], tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "oialr-search: error: --budget 1: study 's' has 2 finished trials already (the budget is the study's "
+        "total over all its jobs, now 2); give --budget 2 or more, or leave it out to keep 2"]
+    assert db.read_bytes() == before
+    # run sets the budget of a new study only: a requeued job repeats its command line (found in review)
+    proc = run(["run", "space.yaml", "--study", "s", "--budget", "1"], tmp_path)
+    assert proc.returncode == 0 and "run: study 's' keeps its budget of 2" in proc.stdout, proc.stderr
+    assert len(trials(tmp_path, "s")) == 2
     proc = run(["resume", "--study", "s", "--budget", "2"], tmp_path)  # a requeued job's repeat: nothing to do
     assert proc.returncode == 0 and "2/2 trials finished" in proc.stdout, proc.stderr
     assert len(trials(tmp_path, "s")) == 2
@@ -427,9 +430,10 @@ def test_a_budget_below_the_finished_trials_is_refused_and_the_stored_one_kept(t
     store = Store(f"sqlite:///{db}")
     store.update_study("s", budget=3)  # as a later resume --budget 3 leaves it
     store.engine.dispose()
-    # a requeued job repeats its original run --budget 2: it must not undo that (found in review)
-    proc = run(["run", "space.yaml", "--study", "s", "--budget", "2"], tmp_path)
-    assert proc.returncode == 0 and "run: study 's' keeps its budget of 3" in proc.stdout, proc.stderr
+    # a requeued job repeats its original run --budget 2 (or 9): it must not undo that (found in review)
+    for budget in ("2", "9"):
+        proc = run(["run", "space.yaml", "--study", "s", "--budget", budget], tmp_path)
+        assert proc.returncode == 0 and "run: study 's' keeps its budget of 3" in proc.stdout, proc.stderr
     assert len(trials(tmp_path, "s")) == 3
     store = Store(f"sqlite:///{db}")
     store.update_study("s", budget=4)
