@@ -167,3 +167,35 @@ def test_status_tells_stopped_trials_from_running_ones(tmp_path, capsys):
         time.sleep(1.1)
     assert elapsed[0] == elapsed[1]
     store.engine.dispose()
+
+
+def test_status_of_a_study_whose_only_trial_stopped_counts_the_time_to_its_last_beat(tmp_path, capsys, monkeypatch):
+    import time
+
+    from oialr_search.cli import main
+    from oialr_search.storage import Store
+
+    monkeypatch.setenv("OIALR_SEARCH_HEARTBEAT", "0.1")  # a trial is dead 0.6 s after its last beat
+    url = f"sqlite:///{tmp_path}/s.db"
+    store = Store(url)
+    study = store.create_study(name="s", space={"raw": {}}, space_path="", metric="val_loss",
+                               direction="minimize", backend="optuna", seed=0, budget=1)
+    trial = store.start_trial(study, params={}, rank=0, island=None, device="cpu")
+    time.sleep(1.2)
+    assert store.beat(trial.id)  # its last sign of life, 1.2 s after its start; then its job dies
+    time.sleep(0.8)
+    assert main(["status", "--study", "s", "--storage", url]) == 0
+    out = capsys.readouterr().out
+    assert "0 running, 1 stopped" in out and "elapsed: 1s (no job is training a trial now)" in out, out
+    store.engine.dispose()
+
+
+def test_an_error_about_the_storage_of_the_environment_names_the_variable_as_its_subject_only(monkeypatch):
+    from oialr_search.storage._store import storage_named
+
+    monkeypatch.setenv("OIALR_SEARCH_STORAGE", "sqlite:///x.db")
+    assert storage_named("--storage sqlite:///x.db: no such database file", None) == \
+        "OIALR_SEARCH_STORAGE=sqlite:///x.db: no such database file"
+    hint = "sqlite:///x.db: schema v5 is older; upgrade it with: oialr-search storage upgrade --storage sqlite:///x.db"
+    assert storage_named(hint, None) == hint  # the command it suggests works as it is (found in review)
+    assert storage_named("--storage sqlite:///x.db: gone", "sqlite:///x.db") == "--storage sqlite:///x.db: gone"

@@ -76,7 +76,7 @@ def warn_network_storage(command: str, storage: str | None) -> None:
 def check_not_the_studys_files(outputs: dict[str, Path], args: argparse.Namespace) -> None:
     """Refuse (one line, before anything is written) an output file that would replace the SQLite database
     (or its -wal/-shm/-journal) or lie in a work folder of its studies: next to the database
-    (``<db>.work``, every study's), ``--workdir``'s study folder, or the default ``oialr_search_work``, where
+    (``<db>.work``, every study's), in ``--workdir``, or in the default ``oialr_search_work``, where
     the kept weights (the only copy of the trained models) and the trials' checkpoints are. ``outputs``: the
     files by option."""
     storage = args.storage or default_storage()
@@ -87,7 +87,7 @@ def check_not_the_studys_files(outputs: dict[str, Path], args: argparse.Namespac
     except ArgumentError:
         return  # a URL that does not parse: opening the store says so, in one line
     if getattr(args, "workdir", None) is not None:
-        folders.add(study_work_folder(storage, args.study, args.workdir))
+        folders.add(Path(args.workdir))  # every study's folder in it
     for option, path in outputs.items():
         real = os.path.realpath(path)
         if real in database:

@@ -141,7 +141,10 @@ def _status(store: Store, name: str) -> bool:
     running = counts.get(RUNNING, 0) - stopped
     start, end, _ = store.time_span(study)
     now = store.now()  # the clock the times were stored with (a server's: see storage/_clock.py)
-    end = now if running or end is None and not stopped else end or start
+    if running or end is None and not stopped:
+        end = now
+    elif stopped:  # the last sign of life: a finish, or a stopped trial's last heartbeat
+        end = max([t for t in (end, *(beat for _, beat in store.heartbeats(study).values())) if t], default=start)
     elapsed = (end - start).total_seconds() if start else 0.0
     pruner = (study.space.get("raw") or {}).get("pruner") or "none"
     pruner = pruner.get("type", "none") if isinstance(pruner, dict) else pruner

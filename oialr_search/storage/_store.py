@@ -56,8 +56,10 @@ def storage_named(text: str, given: str | None) -> str:
     url = os.environ.get("OIALR_SEARCH_STORAGE")
     if given is not None or not url:
         return text
-    return text.replace(f"--storage {url!r}", f"OIALR_SEARCH_STORAGE={url!r}").replace(
-        f"--storage {url}", f"OIALR_SEARCH_STORAGE={url}")
+    for shown in (f"--storage {url!r}", f"--storage {url}"):  # the subject only: a command the text suggests
+        if text.startswith(shown):                            # keeps its --storage, which works as it is
+            return f"OIALR_SEARCH_STORAGE={shown.removeprefix('--storage ')}{text[len(shown):]}"
+    return text
 
 
 class Store:

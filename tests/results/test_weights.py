@@ -296,6 +296,7 @@ def test_export_and_report_never_write_over_the_database_or_the_work_folder(fron
     db = front_study / "oialr_search.db"
     before = {p: p.read_bytes() for p in (db, weights)}
     (work.parent / "other").mkdir(exist_ok=True)  # another study's work folder
+    (front_study / "elsewhere" / "b").mkdir(parents=True, exist_ok=True)  # study b's in a --workdir
     cases = [(["export", "-o", "oialr_search.db"], "-o oialr_search.db: is the study's database"),
              (["export", "-o", str(db) + "-wal"], "is the study's database"),
              (["export", "--weights", "oialr_search.db"], "--weights oialr_search.db: is the study's database"),
@@ -305,7 +306,8 @@ def test_export_and_report_never_write_over_the_database_or_the_work_folder(fron
              # another study's folder, or this one's while --workdir names another (found in review)
              (["export", "-o", str(work.parent / "other" / "t.yaml")], "is in the work folder"),
              (["export", "--workdir", "elsewhere", "-o", str(weights)], "is in the work folder"),
-             (["report", "-o", str(work.parent / "other.html")], "is in the work folder")]
+             (["report", "-o", str(work.parent / "other.html")], "is in the work folder"),
+             (["export", "--workdir", "elsewhere", "-o", "elsewhere/b/t.yaml"], "is in the work folder elsewhere")]
     for args, message in cases:
         proc = cli([*args, "--study", "front", *(["--trial", str(kept)] if args[0] == "export" else [])], front_study)
         assert proc.returncode == 2, proc.stderr
