@@ -191,7 +191,7 @@ def test_status_of_a_study_whose_only_trial_stopped_counts_the_time_to_its_last_
 
 
 def test_an_error_about_the_storage_of_the_environment_names_the_variable_as_its_subject_only(monkeypatch):
-    from oialr_search.storage._store import storage_named
+    from oialr_search.storage._errors import storage_named
 
     monkeypatch.setenv("OIALR_SEARCH_STORAGE", "sqlite:///x.db")
     assert storage_named("--storage sqlite:///x.db: no such database file", None) == \

@@ -13,7 +13,7 @@ import os
 import sys
 
 from ..exceptions import OIALRSearchError
-from ..storage._store import storage_named
+from ..storage._errors import storage_named
 from . import _query, _results, _search, _storage, _train
 from ._common import end_mpi_job, interrupted, parse_error_said_by_rank_0, storage_failed, warn_network_storage
 

@@ -19,10 +19,10 @@ from sqlalchemy.exc import ArgumentError
 from .._files import unusable_folder
 from ..exceptions import OIALRSearchError
 from ..storage import COMPLETE, FAILED, PRUNED, RUNNING, Store, Study, Trial
+from ..storage._errors import storage_named
 from ..storage._filesystems import sqlite_file
 from ..storage._paths import check_writer_storage, study_work_folder
 from ..storage._sqlite import storage_failure
-from ..storage._store import storage_named
 from ..training import stored_run_config
 from ._devices import place
 from ._execution import Ran, Trials
@@ -30,7 +30,8 @@ from ._heartbeat import grace_period
 from ._objective import TrialOutcome, run_trial
 from ._objectives import Scored
 from ._optuna_backend import DROPPED
-from ._space import SearchSpace, merge_overrides, model_problem, placed_problem, same_overrides
+from ._space import SearchSpace, merge_overrides, same_overrides
+from ._study_checks import model_problem, new_study_problem
 from ._workers import Workers, check_ranks_per_trial, split_workers
 
 Objective = Callable[..., TrialOutcome]
@@ -67,27 +68,6 @@ def propulate_available() -> bool:
     except Exception:  # noqa: BLE001 - any import failure means "not usable here"
         return False
     return True
-
-
-MAX_SEED = 2**31 - 1  # the study's seed column is a 32-bit integer on PostgreSQL
-MAX_NAME_BYTES = 200  # a study names its work folder: within a file name's 255 bytes, with room to spare
-
-
-def new_study_problem(name: str, seed: int, space: SearchSpace) -> str | None:
-    """What is wrong with the name, the seed or the space of a new study, or None. The name names the study's
-    work folder: one plain folder name, no path; the seed is stored in a 32-bit column on PostgreSQL. A stored
-    study, which an earlier release may have taken with any of them, is not judged by them."""
-    problem = ("is empty" if not name.strip() else
-               "is a path (it names the study's work folder: use no / or \\)" if "/" in name or "\\" in name else
-               "is not a folder name" if name in (".", "..") else
-               "has control characters" if any(ord(c) < 32 or ord(c) == 127 for c in name) else
-               f"is longer than {MAX_NAME_BYTES} bytes" if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES
-               else None)
-    if problem is not None:
-        return f"--study {name!r}: the name {problem}; e.g. --study cifar_beta"
-    if not 0 <= seed <= MAX_SEED:
-        return f"--seed {seed}: must be from 0 to {MAX_SEED}"
-    return placed_problem(space) or model_problem(space)
 
 
 def work_folder(req: SearchRequest, study: str) -> Path:

@@ -34,7 +34,6 @@ import yaml
 from .._yaml import load_yaml
 from ..exceptions import ConfigError, OIALRSearchError
 from ..training import CONFIG_DIR, apply_overrides, apply_values, config_from_dict, config_to_dict, read_yaml
-from ..training._model_sizes import check_model_sizes
 from ._objectives import METRICS, Constraint, Objective
 from .pruners import BasePruner, create_pruner
 
@@ -440,31 +439,3 @@ def load_space(path: str | Path) -> SearchSpace:
     except OSError as exc:
         raise SpaceError(f"{path}: cannot read: {exc.strerror}") from None
     return _parse(raw, path)
-
-
-def placed_problem(space: SearchSpace) -> str | None:
-    """Why a new study may not search ``space``: a key the search sets itself for every rank. (An earlier
-    release took them, and its studies go on: the ranks' own values win, whatever the params say.)"""
-    placed = next((d.key for d in space.dimensions if d.key in PLACED_KEYS), None)
-    if placed is None:
-        return None
-    return f"{space.path}: params.{placed}: cannot be searched: the search sets it for every rank " \
-           f"({PLACED_KEYS[placed]})"
-
-
-def model_problem(space: SearchSpace) -> str | None:
-    """Why every trial of ``space`` would fail to build its model: a size of one of our models in the base
-    config (with its ``--set``) that its builder refuses and no searched value changes, or None. Judged for
-    a new study and for new ``--set`` items, before anything is written (a sweep found the trials failing
-    one by one, the budget spent on them)."""
-    searched = {d.key for d in space.dimensions}
-    if searched & {"model", "model.name", "model.kwargs"}:
-        return None
-    model = config_from_dict(space.base).model
-    try:
-        check_model_sizes(model.name, model.kwargs,
-                          skip={k.removeprefix("model.kwargs.") for k in searched if k.startswith("model.kwargs.")})
-    except ConfigError as exc:
-        where = f"with {' '.join(f'--set {item}' for item in space.overrides)}" if space.overrides else "base/set"
-        return f"{space.path}: {where}: {exc} (every trial would fail building its model)"
-    return None

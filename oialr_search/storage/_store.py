@@ -49,19 +49,6 @@ def default_storage() -> str:
     return os.environ.get("OIALR_SEARCH_STORAGE") or DEFAULT_STORAGE
 
 
-def storage_named(text: str, given: str | None) -> str:
-    """``text``, an error about the storage, naming it as the user gave it: ``given`` (``--storage``'s value),
-    or when that is None and the URL came from ``OIALR_SEARCH_STORAGE``, the variable instead of an option the
-    user never typed."""
-    url = os.environ.get("OIALR_SEARCH_STORAGE")
-    if given is not None or not url:
-        return text
-    for shown in (f"--storage {url!r}", f"--storage {url}"):  # the subject only: a command the text suggests
-        if text.startswith(shown):                            # keeps its --storage, which works as it is
-            return f"OIALR_SEARCH_STORAGE={shown.removeprefix('--storage ')}{text[len(shown):]}"
-    return text
-
-
 class Store:
     """Access to one database. Every method runs in its own short transaction, which is rolled
     back and re-raised with context on error, so a crash never leaves a half-written trial.

@@ -288,7 +288,7 @@ def test_bad_input_exits_2_with_one_line_and_changes_nothing(tmp_path, args, mes
 
 
 def test_a_model_every_trial_would_fail_to_build_is_refused_unless_a_searched_value_changes_it(tmp_path):
-    from oialr_search.search._space import model_problem
+    from oialr_search.search._study_checks import model_problem
 
     vit = "  model: {name: mini_vit, kwargs: {embed_dim: 24, depth: 1, num_heads: %s}}\n"
     text = SPACE % {"epochs": 1, "extra": "", "more": ""}
@@ -485,14 +485,16 @@ def test_studies_of_an_earlier_release_with_a_name_seed_or_params_now_refused_st
     with engine.begin() as conn:
         command.downgrade(_config(conn), "v4")
     engine.dispose()
+    # (run keeps a stored study's budget: these continue it, and resume raises it)
     again = run(["run", "space.yaml", "--study", "grp/s1", "--budget", "2"], tmp_path)
+    assert again.returncode == 0 and "keeps its budget of 1" in again.stdout, again.stderr
+    again = run(["run", "space.yaml", "--study", "big_seed", "--seed", "3000000000"], tmp_path)
     assert again.returncode == 0, again.stderr
-    again = run(["run", "space.yaml", "--study", "big_seed", "--seed", "3000000000", "--budget", "2"], tmp_path)
+    again = run(["run", "threads.yaml", "--study", "threads"], tmp_path)
     assert again.returncode == 0, again.stderr
-    again = run(["run", "threads.yaml", "--study", "threads", "--budget", "2"], tmp_path)
-    assert again.returncode == 0, again.stderr
-    resumed = run(["resume", "--study", "threads", "--budget", "3"], tmp_path)
-    assert resumed.returncode == 0, resumed.stderr
+    for study, budget in (("grp/s1", "2"), ("big_seed", "2"), ("threads", "3")):
+        resumed = run(["resume", "--study", study, "--budget", budget], tmp_path)
+        assert resumed.returncode == 0, resumed.stderr
     for study, n in (("grp/s1", 2), ("big_seed", 2), ("threads", 3)):
         assert [r["state"] for r in trials(tmp_path, study)] == ["COMPLETE"] * n
     db = sorted(p.name for p in tmp_path.iterdir())

@@ -1,0 +1,58 @@
+"""What a new study may not be: a name that is not a plain folder name, a seed out of range, a space that
+searches a key the search sets itself, or a base config whose model every trial would fail to build.
+A stored study, which an earlier release may have taken with any of them, is not judged by them."""
+
+from __future__ import annotations
+
+from ..exceptions import ConfigError
+from ..training import config_from_dict
+from ..training._model_sizes import check_model_sizes
+from ._space import PLACED_KEYS, SearchSpace
+
+MAX_SEED = 2**31 - 1  # the study's seed column is a 32-bit integer on PostgreSQL
+MAX_NAME_BYTES = 200  # a study names its work folder: within a file name's 255 bytes, with room to spare
+
+
+def new_study_problem(name: str, seed: int, space: SearchSpace) -> str | None:
+    """What is wrong with the name, the seed or the space of a new study, or None. The name names the study's
+    work folder: one plain folder name, no path; the seed is stored in a 32-bit column on PostgreSQL. A stored
+    study, which an earlier release may have taken with any of them, is not judged by them."""
+    problem = ("is empty" if not name.strip() else
+               "is a path (it names the study's work folder: use no / or \\)" if "/" in name or "\\" in name else
+               "is not a folder name" if name in (".", "..") else
+               "has control characters" if any(ord(c) < 32 or ord(c) == 127 for c in name) else
+               f"is longer than {MAX_NAME_BYTES} bytes" if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES
+               else None)
+    if problem is not None:
+        return f"--study {name!r}: the name {problem}; e.g. --study cifar_beta"
+    if not 0 <= seed <= MAX_SEED:
+        return f"--seed {seed}: must be from 0 to {MAX_SEED}"
+    return placed_problem(space) or model_problem(space)
+
+
+def placed_problem(space: SearchSpace) -> str | None:
+    """Why a new study may not search ``space``: a key the search sets itself for every rank. (An earlier
+    release took them, and its studies go on: the ranks' own values win, whatever the params say.)"""
+    placed = next((d.key for d in space.dimensions if d.key in PLACED_KEYS), None)
+    if placed is None:
+        return None
+    return f"{space.path}: params.{placed}: cannot be searched: the search sets it for every rank " \
+           f"({PLACED_KEYS[placed]})"
+
+
+def model_problem(space: SearchSpace) -> str | None:
+    """Why every trial of ``space`` would fail to build its model: a size of one of our models in the base
+    config (with its ``--set``) that its builder refuses and no searched value changes, or None. Judged for
+    a new study and for new ``--set`` items, before anything is written (a sweep found the trials failing
+    one by one, the budget spent on them)."""
+    searched = {d.key for d in space.dimensions}
+    if searched & {"model", "model.name", "model.kwargs"}:
+        return None
+    model = config_from_dict(space.base).model
+    try:
+        check_model_sizes(model.name, model.kwargs,
+                          skip={k.removeprefix("model.kwargs.") for k in searched if k.startswith("model.kwargs.")})
+    except ConfigError as exc:
+        where = f"with {' '.join(f'--set {item}' for item in space.overrides)}" if space.overrides else "base/set"
+        return f"{space.path}: {where}: {exc} (every trial would fail building its model)"
+    return None
