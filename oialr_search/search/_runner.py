@@ -175,10 +175,12 @@ def _prepare(req: SearchRequest, world_size: int) -> tuple[Study, str, int, int,
         print("resume: this study's trials trained in fp32 (an earlier release, before train.precision): its new "
               "trials do too; resume with --set train.precision=auto (or bf16) to change that", flush=True)
     budget = req.budget or study.budget
-    if existing is not None and req.space is not None and budget != study.budget:
-        # run repeats its command line (a requeued SLURM job's): it must not undo a later resume --budget
-        print(f"run: study {study.name!r} keeps its budget of {study.budget} (run --budget sets the budget of a new "
-              f"study only; change it with: oialr-search resume --study {study.name} --budget {budget})", flush=True)
+    if existing is not None and req.space is not None and budget < study.budget:
+        # a job repeating an older command line must not undo a later resume --budget that raised it (the SLURM
+        # template passes no --budget when requeued, so a lowered one holds too)
+        print(f"run: study {study.name!r} keeps its budget of {study.budget} (run --budget {budget} never lowers a "
+              f"stored budget; lower it with: oialr-search resume --study {study.name} --budget {budget})",
+              flush=True)
         budget = study.budget
     if budget != study.budget:
         store.update_study(req.study, budget=budget)

@@ -71,3 +71,17 @@ def test_a_job_that_leaves_work_requeues_itself(tmp_path):
     proc = _job(tmp_path, 4, FAKE_SRUN_SKIP="1")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
+
+
+def test_a_requeued_job_keeps_the_stored_budget(tmp_path):
+    """A requeued run passes no --budget: one changed since the submission (resume --budget) holds (found in
+    review: the requeued job's --budget undid it); a new submission with a larger BUDGET still extends."""
+    assert _job(tmp_path, 1).returncode == 0
+    con = sqlite3.connect(tmp_path / "search.db")
+    with con:  # as `oialr-search resume --study slurm --budget 2` leaves it, while the job waits in the queue
+        con.execute("UPDATE oialr_studies SET budget = 2")
+    con.close()
+    proc = _job(tmp_path, 5, SLURM_RESTART_COUNT="1")
+    assert proc.returncode == 0 and _states(tmp_path) == ["COMPLETE"] * 2, proc.stderr[-2000:]
+    proc = _job(tmp_path, 3)  # a new submission
+    assert proc.returncode == 0 and _states(tmp_path) == ["COMPLETE"] * 3, proc.stderr[-2000:]
