@@ -12,6 +12,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 from .._files import output_file, write_file_atomic
@@ -136,15 +137,17 @@ def _status(store: Store, name: str) -> bool:
 
     study = store.get_study(name)
     counts = store.counts(study)
-    # RUNNING trials without a live heartbeat: their job was stopped or died; the next job resumes them
-    stopped = store.dead_trials(study, grace=grace_period()) if counts.get(RUNNING) else 0
-    running = counts.get(RUNNING, 0) - stopped
     start, end, _ = store.time_span(study)
     now = store.now()  # the clock the times were stored with (a server's: see storage/_clock.py)
+    # RUNNING trials without a live heartbeat: their job was stopped or died; the next job resumes them
+    beats = [beat for _, beat in store.heartbeats(study).values()] if counts.get(RUNNING) else []
+    cutoff = now - timedelta(seconds=grace_period())
+    stopped = sum(beat is None or beat < cutoff for beat in beats)
+    running = len(beats) - stopped
     if running or end is None and not stopped:
         end = now
     elif stopped:  # the last sign of life: a finish, or a stopped trial's last heartbeat
-        end = max([t for t in (end, *(beat for _, beat in store.heartbeats(study).values())) if t], default=start)
+        end = max([t for t in (end, *beats) if t], default=start)
     elapsed = (end - start).total_seconds() if start else 0.0
     pruner = (study.space.get("raw") or {}).get("pruner") or "none"
     pruner = pruner.get("type", "none") if isinstance(pruner, dict) else pruner
