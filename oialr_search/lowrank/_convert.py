@@ -33,7 +33,18 @@ def _is_eligible(module: nn.Module, skip_grouped: bool = True) -> bool:
 
 
 def eligible_weights(model: nn.Module) -> list[EligibleWeight]:
-    """The weights OIALR can factorize: Linear, ungrouped Conv1d/2d and attention projections."""
+    """The weights OIALR can factorize: Linear, ungrouped Conv1d/2d and attention projections — unless
+    tied to another module (a head sharing its embedding's matrix: factorizing one copy would untie them,
+    and the other copy's factor would never be trained) or frozen (``requires_grad=False``), which stay
+    as they are."""
+    uses: dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        uses[id(p)] = uses.get(id(p), 0) + 1
+
+    def trainable_alone(module: nn.Module, weight_name: str) -> bool:
+        w = module.get_parameter(weight_name)
+        return w.requires_grad and uses[id(w)] == 1
+
     found: list[EligibleWeight] = []
     inside_mha: list[str] = []
     for name, module in model.named_modules():
@@ -45,8 +56,8 @@ def eligible_weights(model: nn.Module) -> list[EligibleWeight]:
             inside_mha.append(name)
             ins = ["in_proj_weight"] if module._qkv_same_embed_dim else ["q_proj_weight", "k_proj_weight",
                                                                           "v_proj_weight"]
-            found += [EligibleWeight(name, w) for w in ins] + [EligibleWeight(name, "out_proj.weight")]
-        else:
+            found += [EligibleWeight(name, w) for w in [*ins, "out_proj.weight"] if trainable_alone(module, w)]
+        elif trainable_alone(module, "weight"):
             found.append(EligibleWeight(name, "weight"))
     return found
 
@@ -71,6 +82,7 @@ def convert_to_low_rank(model: nn.Module, *, keep_first_layer: bool = False, kee
     weights = eligible_weights(model)
     if any(not w.module_name for w in weights):
         raise ValueError("the model itself is a single layer; wrap it in an nn.Sequential to convert it")
+    eligible = {w.name for w in weights}
     kept = set()
     if weights and keep_first_layer:
         kept.add(weights[0].name)
@@ -84,10 +96,13 @@ def convert_to_low_rank(model: nn.Module, *, keep_first_layer: bool = False, kee
         module = model.get_submodule(ew.module_name)
         if isinstance(module, nn.MultiheadAttention):
             done_modules.add(ew.module_name)
-            in_names = [w.name for w in weights
-                        if w.module_name == ew.module_name and w.weight_name != "out_proj.weight"]
-            convert_in = not any(n in kept for n in in_names)
-            convert_out = f"{ew.module_name}.out_proj.weight" not in kept
+            ins = ["in_proj_weight"] if module._qkv_same_embed_dim else ["q_proj_weight", "k_proj_weight",
+                                                                          "v_proj_weight"]
+            # a projection left out of the eligible ones (tied, frozen) or kept dense keeps its side dense
+            convert_in = all(f"{ew.module_name}.{w}" in eligible and f"{ew.module_name}.{w}" not in kept
+                             for w in ins)
+            out_name = f"{ew.module_name}.out_proj.weight"
+            convert_out = out_name in eligible and out_name not in kept
             if not (convert_in or convert_out):
                 continue
             new: nn.Module = LowRankMultiheadAttention(module, convert_in=convert_in, convert_out=convert_out)

@@ -164,3 +164,25 @@ def test_already_converted_is_refused():
     convert_to_low_rank(model)
     with pytest.raises(RuntimeError, match="already"):
         convert_to_low_rank(model)
+
+
+def test_tied_and_frozen_weights_stay_dense_and_tied():
+    """A weight shared by two modules (a head tied to an embedding) or frozen is not factorized: converting
+    one copy would untie them, and the other copy's Σ would never be trained (found in review)."""
+    a, b, frozen = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8)
+    b.weight = a.weight
+    frozen.weight.requires_grad_(False)
+    model = nn.Sequential(a, nn.Tanh(), b, nn.Tanh(), frozen, nn.Tanh(), nn.Linear(8, 3))
+    assert [w.name for w in eligible_weights(model)] == ["6.weight"]
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    convert_to_low_rank(model, optimizer=opt)
+    assert [type(m) for m in model[::2]] == [nn.Linear, nn.Linear, nn.Linear, LowRankLinear]
+    model(torch.randn(4, 8)).pow(2).sum().backward()
+    opt.step()
+    assert model[0].weight is model[2].weight  # still one matrix, trained
+    attention = nn.MultiheadAttention(4, 2)
+    attention.out_proj.weight.requires_grad_(False)
+    model = nn.Sequential(nn.Linear(4, 4), attention)
+    assert [w.name for w in eligible_weights(model)] == ["0.weight", "1.in_proj_weight"]
+    convert_to_low_rank(model)
+    assert model[1].out_proj.weight is attention.out_proj.weight  # its frozen side kept as it was
