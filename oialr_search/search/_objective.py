@@ -35,6 +35,7 @@ from ._space import SearchSpace
 Report = Callable[[dict], bool]
 
 _DATA_CACHE: dict[tuple, DataBundle] = {}
+DATA_CACHE_SIZE = 2
 
 
 class TrialTimeout(Exception):
@@ -107,12 +108,18 @@ def time_limit(seconds: float | None) -> Iterator[None]:
 
 
 def _data_for(config) -> DataBundle:  # noqa: ANN001
+    """The trial's data set, loaded once for the trials of a process that share it. The cache keeps the
+    last DATA_CACHE_SIZE: a search over augmentation settings would otherwise hold one copy per trial."""
     d = config.data
-    key = (d.name, d.path, d.val_fraction, d.img_size, d.augment)
-    if key not in _DATA_CACHE:
-        _DATA_CACHE[key] = load_data(d.name, path=d.path, val_fraction=d.val_fraction, img_size=d.img_size,
-                                     augment=d.augment)
-    return _DATA_CACHE[key]
+    key = (d.name, d.path, d.val_fraction, d.img_size, d.augment.for_loading())
+    bundle = _DATA_CACHE.pop(key, None)  # popped and put back: the most recently used is last
+    if bundle is None:
+        bundle = load_data(d.name, path=d.path, val_fraction=d.val_fraction, img_size=d.img_size,
+                           augment=d.augment)
+        while len(_DATA_CACHE) >= DATA_CACHE_SIZE:
+            del _DATA_CACHE[next(iter(_DATA_CACHE))]
+    _DATA_CACHE[key] = bundle
+    return bundle
 
 
 def _trainer(config, group: TrialGroup | None, checkpoint: Path | None, resume: bool,  # noqa: ANN001

@@ -4,7 +4,7 @@ checks of a space, load without it). What it builds is in ``_augment``."""
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from ..exceptions import ConfigError
@@ -133,6 +133,11 @@ class AugmentConfig:
             if problem:
                 raise ConfigError(f"{prefix}.auto_augment: {self.auto_augment!r} is not a timm policy ({problem}); "
                                   "e.g. rand-m9-mstd0.5, or null for none")
+
+    def for_loading(self) -> AugmentConfig:
+        """This section with the Mixup/CutMix keys at their defaults: those run per batch in the trainer, so
+        two sections that differ only there load the same data set (the search's data cache keys on this)."""
+        return replace(self, mixup_alpha=0.0, cutmix_alpha=0.0, mixup_prob=1.0, switch_prob=0.5, mixup_mode="batch")
 
     def tensor_path_ignores(self) -> list[str]:
         """The per-image keys set here that the ``shift`` tensor path does not apply."""

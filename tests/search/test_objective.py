@@ -74,3 +74,27 @@ def test_an_error_that_merely_mentions_an_interrupt_is_a_failure(space, monkeypa
 
     monkeypatch.setattr(Trainer, "fit", fit)
     assert run_trial(space, {"oialr.beta": 0.2}, device="cpu", threads=1).state == FAILED
+
+
+def test_the_data_cache_shares_a_data_set_across_batch_level_settings_and_stays_bounded(monkeypatch):
+    """Trials that differ in Mixup only share one loaded data set, and the cache keeps the last two: a search
+    over augmentation settings held one copy per trial (found in review)."""
+    from oialr_search.search import _objective
+    from oialr_search.training import config_from_dict
+
+    monkeypatch.setattr(_objective, "_DATA_CACHE", {})
+    loads = []
+    monkeypatch.setattr(_objective, "load_data", lambda name, **kw: loads.append(kw["augment"]) or object())
+
+    def data(**augment):
+        cfg = config_from_dict({"data": {"name": "digits", "augment": {"pipeline": "timm", **augment}}})
+        return _objective._data_for(cfg)
+
+    first = data(mixup_alpha=0.2)
+    assert data(mixup_alpha=0.8, cutmix_alpha=1.0) is first and len(loads) == 1
+    data(re_prob=0.1)
+    data(re_prob=0.2)
+    assert len(loads) == 3 and len(_objective._DATA_CACHE) == 2
+    assert data(re_prob=0.2) is not first and len(loads) == 3  # the most recent stays
+    data(mixup_alpha=0.5)  # the first was evicted
+    assert len(loads) == 4
