@@ -135,7 +135,8 @@ def _trainer(config, group: TrialGroup | None, checkpoint: Path | None, resume: 
                 checkpoint.unlink(missing_ok=True)
     elif checkpoint is not None and resume:
         print(f"{checkpoint}: no checkpoint; the trial restarts from scratch", file=sys.stderr, flush=True)
-    return Trainer(config, log=None, data=_data_for(config), group=group, checkpoint=checkpoint if save else None)
+    # the checkpoint path on every rank of a group (only the first writes): each rank's random state goes in it
+    return Trainer(config, log=None, data=_data_for(config), group=group, checkpoint=checkpoint, save=save)
 
 
 def _replay(trainer: Trainer, on_epoch: Callable | None) -> bool:

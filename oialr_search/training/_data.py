@@ -301,7 +301,7 @@ class BatchIterator:
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, num_workers: int = 0,
-                 augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+                 augment: BatchAugment | None = None,
                  pin_memory: bool = False, device: torch.device | None = None,
                  shard: tuple[int, int] | None = None) -> None:
         self.dataset, self.batch_size, self.shuffle, self.seed = dataset, batch_size, shuffle, seed
@@ -317,10 +317,10 @@ class BatchIterator:
         return self._batches(len(self.dataset))
 
     def _batches(self, n: int) -> int:
-        """Batches of an epoch of ``n`` items. Sharded training drops a last global batch too small to
-        give every rank two items (an empty shard's mean loss is NaN; BatchNorm needs two per rank)."""
+        """Batches of an epoch of ``n`` items. Training drops a last global batch too small to give every
+        rank two items (an empty shard's mean loss is NaN; BatchNorm fails on one item in training mode)."""
         full, rest = divmod(n, self.batch_size)
-        return full + (1 if rest and not (self.shuffle and self.ranks > 1 and rest < 2 * self.ranks) else 0)
+        return full + (1 if rest and not (self.shuffle and rest < 2 * self.ranks) else 0)
 
     def global_size(self, batch: int) -> int:
         """Items in global batch ``batch`` of an epoch (all ranks together)."""
@@ -334,12 +334,15 @@ class BatchIterator:
             x_all, y_all = self._tensors
             order = order[skip * self.batch_size:len(self) * self.batch_size].to(x_all.device)
             for b, start in enumerate(range(0, len(order), self.batch_size), start=skip):
-                idx = order[start:start + self.batch_size][self.rank::self.ranks]
+                whole = order[start:start + self.batch_size]
+                idx = whole[self.rank::self.ranks]
                 if not len(idx):
                     continue  # validation: fewer items than ranks in the last batch (evaluation sums them)
                 x = x_all[idx]
-                if self.augment is not None:  # drawn per (seed, epoch, batch): a resume mid-epoch replays it
-                    x = self.augment(x, torch.Generator().manual_seed((self.seed * 100_003 + epoch) * 100_003 + b))
+                if self.augment is not None:  # drawn per (seed, epoch, batch): a resume mid-epoch replays it;
+                    # for the whole global batch, of which this rank applies its items' draws (as one process would)
+                    gen = torch.Generator().manual_seed((self.seed * 100_003 + epoch) * 100_003 + b)
+                    x = self.augment(x, gen, rows=(self.rank, self.ranks, len(whole)))
                 yield x, y_all[idx]
             return
         seeds = torch.randint(0, 2**31 - 1, (n,), generator=gen)  # per item, so independent of skip and order
@@ -359,24 +362,31 @@ class BatchIterator:
         return self._loader
 
 
-def random_shift_flip(pad: int, flip: float | bool) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
+BatchAugment = Callable[..., torch.Tensor]  # (x, generator, rows=(rank, ranks, global size)) -> x augmented
+
+
+def random_shift_flip(pad: int, flip: float | bool) -> BatchAugment:
     """Batch augmentation for tensor data: random translation by up to ``pad`` px and a horizontal flip
     with probability ``flip`` (True: 0.5). Random draws come from the CPU generator given, whatever the
-    batch's device, so a run draws the same shifts on a GPU as on the CPU."""
+    batch's device, so a run draws the same shifts on a GPU as on the CPU. ``rows=(r, K, n)``: ``x`` is
+    rank r's share (items r, r+K, …) of a global batch of n; the draws are made for all n and each item
+    gets its own, so a group's ranks augment their items as one process would the whole batch."""
     p_flip = 0.5 if flip is True else float(flip)
 
-    def apply(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def apply(x: torch.Tensor, gen: torch.Generator, rows: tuple[int, int, int] | None = None) -> torch.Tensor:
         b, _, h, w = x.shape
+        rank, ranks, n = rows or (0, 1, b)
+        mine = slice(rank, None, ranks)
         padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-        dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
-        dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
+        dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)[mine]
+        dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)[mine]
         rows = (dy[:, None] + torch.arange(h)[None]).clamp_max(h + 2 * pad - 1).to(x.device)
         cols = (dx[:, None] + torch.arange(w)[None]).to(x.device)
         batch, chans = torch.arange(b, device=x.device), torch.arange(x.shape[1], device=x.device)
         out = padded[batch[:, None, None, None], chans[None, :, None, None], rows[:, None, :, None],
                      cols[:, None, None, :]]
         if p_flip > 0:
-            mask = (torch.rand(b, generator=gen) < p_flip).to(x.device)
+            mask = (torch.rand(n, generator=gen)[mine] < p_flip).to(x.device)
             out[mask] = out[mask].flip(-1)
         return out
 

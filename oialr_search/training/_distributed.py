@@ -137,6 +137,30 @@ def all_reduce_sum(t: torch.Tensor, group: TrialGroup | None) -> torch.Tensor:
     return t
 
 
+def gather_objects(obj: Any, group: TrialGroup | None) -> list[Any] | None:  # noqa: ANN401 - any picklable
+    """Every rank's ``obj``, in rank order, on every rank (collective); None without a group."""
+    if group is None:
+        return None
+    everyone: list[Any] = [None] * group.size
+    dist.all_gather_object(everyone, obj)
+    return everyone
+
+
+def average_norm_statistics(model: nn.Module, group: TrialGroup | None) -> None:
+    """Give every rank the mean of the ranks' BatchNorm running statistics (collective), as timm's
+    distribute_bn does. DDP broadcasts the first rank's buffers before each forward, so after the last
+    step each rank holds statistics updated by its own share: evaluated as they are, each rank would
+    score a slightly different model, and none of them the one that is saved."""
+    if group is None:
+        return
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats:
+            for buf in (module.running_mean, module.running_var):
+                if buf is not None:
+                    dist.all_reduce(buf)
+                    buf /= group.size
+
+
 def group_max(value: float, group: TrialGroup, device: torch.device) -> float:
     """The largest of the group's values, on every rank (float64, so a monotonic clock reading keeps
     sub-microsecond resolution)."""

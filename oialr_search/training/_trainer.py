@@ -22,7 +22,16 @@ from ._compile import TrainingCompiler
 from ._config import RunConfig
 from ._config_io import config_from_dict, config_to_dict
 from ._data import BatchIterator, DataBundle, load_data, loading_for, random_shift_flip
-from ._distributed import TrialGroup, all_reduce_sum, rewrap, shard, share, wrap
+from ._distributed import (
+    TrialGroup,
+    all_reduce_sum,
+    average_norm_statistics,
+    gather_objects,
+    rewrap,
+    shard,
+    share,
+    wrap,
+)
 from ._lr import lr_at, trainable_coupling
 from ._models import create_model
 from ._precision import Precision
@@ -39,6 +48,9 @@ def resolve_device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device: {name} requested but no CUDA device is available")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"train.device: {name} requested but this machine has {torch.cuda.device_count()} "
+                          "CUDA device(s), numbered from 0")
     return device
 
 
@@ -113,6 +125,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def rank_seed(seed: int, rank: int) -> int:
+    """The random seed of rank ``rank`` of a trial's group, for what each rank draws alone (dropout,
+    drop-path, Mixup): one seed on every rank would give item i of every rank's share the same masks."""
+    return (seed * 1_000_003 + 7919 * (rank + 1)) % 2**63
+
+
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Decay matrices only; biases, norms and tokens (≤ 1-D) get none, as in timm."""
     decay, no_decay = [], []
@@ -141,6 +159,10 @@ class Trainer:
         if resume and self.checkpoint_path is None:
             raise ConfigError("--resume needs --checkpoint PATH")
         tc = config.train
+        if group is not None and tc.batch_size < 2 * group.size:  # a rank with no item would stall the others
+            raise ConfigError(f"train.batch_size: {tc.batch_size} is too small for a trial trained by {group.size} "
+                              f"ranks; it is the global batch and needs at least 2 items per rank "
+                              f"({2 * group.size})")
         if tc.threads:
             torch.set_num_threads(tc.threads)
         self.device = resolve_device(tc.device)
@@ -179,6 +201,8 @@ class Trainer:
         self.compiler = TrainingCompiler(mode=tc.compile)
         self.compiler.compile(self.model)  # in place: DDP below wraps the compiled model
         self.group = group
+        if group is not None:  # the model is the first rank's (DDP broadcasts it); each rank draws its own masks
+            seed_everything(rank_seed(tc.seed, group.rank))
         self._forward: nn.Module | None = None  # DDP over the group, else the model: built below
         self.step = 0
         self.epoch = 0
@@ -197,6 +221,8 @@ class Trainer:
     def _save(self, epoch_sums: torch.Tensor | None = None) -> None:
         """Checkpoint; ``epoch_sums`` (loss sums of the epoch so far) for a checkpoint within an epoch."""
         assert self.checkpoint_path is not None
+        rng = _rng_state(self.device)
+        every_rank = gather_objects(rng, self.group)  # collective: a group's followers call this too
         if not self._saves:
             return
         save_checkpoint(self.checkpoint_path, {
@@ -205,7 +231,7 @@ class Trainer:
             "config": config_to_dict(self.config), "epoch": self.epoch, "step": self.step,
             "train_seconds": self.train_seconds, "history": [vars(h) for h in self.history],
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "oialr": self.oialr.state_dict(), "lr_mult": self._lr_mult, "rng": _rng_state(self.device),
+            "oialr": self.oialr.state_dict(), "lr_mult": self._lr_mult, "rng": rng, "rng_ranks": every_rank,
             "precision": self.precision.state_dict(),
         })
 
@@ -228,7 +254,13 @@ class Trainer:
         self._batch = state.get("batch", 0)
         self._epoch_sums = state.get("epoch_sums")
         self.precision.load_state_dict(state.get("precision"))
-        _set_rng_state(state["rng"], self.device)
+        ranks = state.get("rng_ranks")
+        if self.group is not None and ranks is not None and len(ranks) == self.group.size:
+            _set_rng_state(ranks[self.group.rank], self.device)
+        else:
+            _set_rng_state(state["rng"], self.device)
+            if self.group is not None:  # a checkpoint with the first rank's state only (or another rank count)
+                seed_everything(rank_seed(self.config.train.seed + self.step, self.group.rank))
         if self.log:
             self.log(f"resumed from {self.checkpoint_path} at epoch {self.epoch}, step {self.step}")
 
@@ -277,6 +309,7 @@ class Trainer:
         """(mean cross-entropy, top-1 %, top-5 %) on the validation split; does not advance the step.
         Sums stay on the device until the end: one synchronization per evaluation."""
         self.model.eval()
+        average_norm_statistics(self.model, self.group)  # one model on every rank, the one that is saved
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss, top-1 hits, top-5 hits
         total = 0
         k = min(5, self.data.num_classes)
@@ -305,9 +338,13 @@ class Trainer:
         flags = all_reduce_sum(torch.tensor([float(stop), float(due)], device=self.device), self.group).tolist()
         return flags[0] > 0, flags[1] > 0
 
-    def _check_finite(self, window: torch.Tensor, first_step: int) -> None:
+    def _check_finite(self, window: torch.Tensor, first_step: int, *, whole: bool = True) -> None:
         """Raise TrainingDiverged when a loss of the steps since ``first_step`` was not finite (under
-        fp16 only when all were: the loss scaler skips single overflowing steps by design)."""
+        fp16 only when all were: the loss scaler skips single overflowing steps by design). Under fp16 a
+        check within a window (``whole=False``: before an OIALR event, at a checkpoint) is none: such a window
+        may hold one skipped step alone, and skipped steps leave the weights finite."""
+        if not whole and self.precision.scaler is not None:
+            return
         window = all_reduce_sum(window.clone(), self.group)  # every rank of a group decides alike
         bad, steps = int(window[1].item()), (self.step - first_step) * (self.group.size if self.group else 1)
         if bad and (self.precision.scaler is None or bad >= steps):
@@ -343,7 +380,7 @@ class Trainer:
             skip = self._batch
             for i, (x, y) in enumerate(self.train_batches.epoch(self.epoch, skip=skip), start=skip):
                 if self.oialr.event_due(self.step):  # an SVD of diverged weights fails with a worse message
-                    self._check_finite(window, window_start)
+                    self._check_finite(window, window_start, whole=False)
                 loss = self.train_step(x, y, self.train_batches.global_size(i))
                 self._batch = i + 1
                 finite = torch.isfinite(loss)
@@ -359,7 +396,7 @@ class Trainer:
                 due = bool(checkpoint_every) and time.monotonic() - last_save >= checkpoint_every
                 stop, save = self._stop_or_save(should_stop, due, boundary)  # in a group: a collective on all
                 if stop or save:
-                    self._check_finite(window, window_start)
+                    self._check_finite(window, window_start, whole=False)
                     epoch_sums += window
                     window.zero_()
                     window_start = self.step

@@ -80,3 +80,24 @@ def test_batch_iterator_is_deterministic_and_skips():
     skipped = [y for _, y in it.epoch(1, skip=2)]
     assert torch.equal(skipped[0], first[2]) and len(skipped) == len(first) - 2
     assert not torch.equal(first[0], next(it.epoch(2))[1])
+
+
+def test_training_drops_a_last_batch_of_one_item():
+    """BatchNorm fails on one item in training mode: a searched batch size may leave one (found in review)."""
+    d = load_data("digits", val_fraction=0.2)  # 1438 training images
+    assert len(BatchIterator(d.train, 479, shuffle=True)) == 3  # 3 × 479 + 1: the last one is dropped
+    assert len(BatchIterator(d.train, 478, shuffle=True)) == 4  # 3 × 478 + 4
+    assert len(BatchIterator(d.val, 479, shuffle=False)) == 1  # evaluation keeps every item
+
+
+def test_sharded_shift_augmentation_is_the_single_process_one():
+    """The ranks of a group augment their items as one process augments the whole batch: item i of every
+    rank's share used to get the same shift (found in review)."""
+    from oialr_search.training._data import random_shift_flip
+
+    d = load_data("digits", val_fraction=0.2)
+    whole = BatchIterator(d.train, 100, shuffle=True, seed=2, augment=random_shift_flip(1, 0.5))
+    shares = [BatchIterator(d.train, 100, shuffle=True, seed=2, augment=random_shift_flip(1, 0.5), shard=(r, 2))
+              for r in range(2)]
+    for (x, _), (x0, _), (x1, _) in zip(whole.epoch(1), shares[0].epoch(1), shares[1].epoch(1)):
+        assert torch.equal(x[0::2], x0) and torch.equal(x[1::2], x1)

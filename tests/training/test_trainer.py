@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from oialr_search.exceptions import CheckpointError
+from oialr_search.exceptions import CheckpointError, ConfigError
 from oialr_search.training import Trainer, config_from_dict, train
 
 
@@ -109,3 +109,16 @@ def test_checkpoint_every_writes_within_epochs(tmp_path, monkeypatch):
                                                                           else "end"), original(epoch_sums)))
     t.fit(checkpoint_every=1e-9)  # due after every step
     assert saves[:3] == [1, 2, 3] and saves[-1] == "end" and len(saves) == t.steps_per_epoch + 1
+
+
+def test_a_cuda_device_the_machine_lacks_is_a_config_error(monkeypatch):
+    from oialr_search.training._trainer import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="no CUDA device is available"):
+        resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match=r"cuda:5 requested but this machine has 1 CUDA device\(s\)"):
+        resolve_device("cuda:5")
+    assert resolve_device("cuda:0") == torch.device("cuda:0")
