@@ -122,6 +122,15 @@ def _data_for(config) -> DataBundle:  # noqa: ANN001
     return bundle
 
 
+def _at_the_studys_data(config: dict, space: SearchSpace) -> dict:
+    """A stopped trial's stored config, reading the data set where the study's config says it lies now:
+    ``resume --set data.path=…`` moves the study's trials, stopped ones too (a sweep found them failing on
+    the old path after the README's advice for a moved data set). Unless data.path is searched."""
+    if any(d.key in ("data", "data.path") for d in space.dimensions):
+        return config
+    return {**config, "data": {**config.get("data", {}), "path": space.base.get("data", {}).get("path")}}
+
+
 def _trainer(config, group: TrialGroup | None, checkpoint: Path | None, resume: bool,  # noqa: ANN001
              save: bool) -> Trainer:
     """The trial's Trainer, resumed from ``checkpoint`` when asked and possible."""
@@ -172,8 +181,8 @@ def run_trial(space: SearchSpace, params: dict[str, Any], *, device: str = "auto
         timeout = None
     try:
         with time_limit(timeout):
-            data = stored_run_config(dict(config)) if config is not None else space.trial_config(params,
-                                                                                                   threads=threads)
+            data = _at_the_studys_data(stored_run_config(dict(config)), space) if config is not None else \
+                space.trial_config(params, threads=threads)
             data["train"] = {**data["train"], "device": device}
             cfg = config_from_dict(data)
             trainer = _trainer(cfg, group, checkpoint, resume, save)

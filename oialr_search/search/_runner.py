@@ -31,7 +31,7 @@ from ._objective import TrialOutcome, run_trial
 from ._objectives import Scored
 from ._optuna_backend import DROPPED
 from ._space import SearchSpace, merge_overrides, same_overrides
-from ._study_checks import model_problem, new_study_problem
+from ._study_checks import data_problem, model_problem, new_study_problem
 from ._workers import Workers, check_ranks_per_trial, split_workers
 
 Objective = Callable[..., TrialOutcome]
@@ -148,6 +148,11 @@ def _prepare(req: SearchRequest, world_size: int) -> tuple[Study, str, int, int,
                                    f"{_shown_overrides(space.overrides)}; continue it with 'oialr-search resume "
                                    f"--study {req.study}' (change a non-searched key there with --set) or pick a new "
                                    f"name")
+    problem = data_problem(space)  # a stored study's too: its data may have moved, or not be staged yet
+    if problem is not None:
+        raise OIALRSearchError(problem if existing is None else
+                               f"{problem}; point the study at it with 'oialr-search resume --study {req.study} "
+                               "--set data.path=…'")
     wanted = req.backend if req.backend != "auto" else (existing.backend if existing else "propulate")
     backend = wanted
     workers = world_size // req.ranks_per_trial

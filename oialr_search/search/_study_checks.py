@@ -1,11 +1,13 @@
 """What a new study may not be: a name that is not a plain folder name, a seed out of range, a space that
 searches a key the search sets itself, or a base config whose model every trial would fail to build.
-A stored study, which an earlier release may have taken with any of them, is not judged by them."""
+A stored study, which an earlier release may have taken with any of them, is not judged by them; but no
+search starts, new study or not, while its data set is missing (data_problem)."""
 
 from __future__ import annotations
 
-from ..exceptions import ConfigError
+from ..exceptions import ConfigError, DataError
 from ..training import config_from_dict
+from ..training._data_checks import check_data_source
 from ..training._model_sizes import check_model_sizes
 from ._space import PLACED_KEYS, SearchSpace
 
@@ -27,7 +29,7 @@ def new_study_problem(name: str, seed: int, space: SearchSpace) -> str | None:
         return f"--study {name!r}: the name {problem}; e.g. --study cifar_beta"
     if not 0 <= seed <= MAX_SEED:
         return f"--seed {seed}: must be from 0 to {MAX_SEED}"
-    return placed_problem(space) or model_problem(space)
+    return placed_problem(space) or model_problem(space) or data_problem(space)
 
 
 def placed_problem(space: SearchSpace) -> str | None:
@@ -53,6 +55,25 @@ def model_problem(space: SearchSpace) -> str | None:
         check_model_sizes(model.name, model.kwargs,
                           skip={k.removeprefix("model.kwargs.") for k in searched if k.startswith("model.kwargs.")})
     except ConfigError as exc:
-        where = f"with {' '.join(f'--set {item}' for item in space.overrides)}" if space.overrides else "base/set"
-        return f"{space.path}: {where}: {exc} (every trial would fail building its model)"
+        return f"{space.path}: {_where(space)}: {exc} (every trial would fail building its model)"
     return None
+
+
+def data_problem(space: SearchSpace) -> str | None:
+    """Why every trial of ``space`` would fail to load its data: an on-disk data set (data.path) that is not
+    there in its layout, unless data.name or data.path is searched; None otherwise. Files are looked at,
+    not read. Judged before every search (a sweep found a wrong --set data.path spending a new study's whole
+    budget on failed trials, exit 0; a resumed study's data may have moved or not be staged yet)."""
+    searched = {d.key for d in space.dimensions}
+    if searched & {"data", "data.name", "data.path"}:
+        return None
+    data = config_from_dict(space.base).data
+    try:
+        check_data_source(data.name, data.path)
+    except DataError as exc:
+        return f"{space.path}: {_where(space)}: {exc} (every trial would fail loading its data)"
+    return None
+
+
+def _where(space: SearchSpace) -> str:
+    return f"with {' '.join(f'--set {item}' for item in space.overrides)}" if space.overrides else "base/set"

@@ -25,6 +25,14 @@ class ModelConfig:
     def validate(self, prefix: str = "model") -> None:
         if not self.name:
             raise ConfigError(f"{prefix}.name: must not be empty")
+        for key, where in _FROM_THE_DATA.items():
+            if key in self.kwargs:  # the builder gets it from the data too: "got multiple values" (a sweep)
+                raise ConfigError(f"{prefix}.kwargs.{key}: comes from the data ({where}); remove it")
+
+
+# constructor arguments every model gets from the data set
+_FROM_THE_DATA = {"num_classes": "its classes", "in_chans": "its image channels",
+                  "img_size": "data.img_size: set that instead"}
 
 
 @dataclass

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 from ..exceptions import DataError
 from ._augment import ImageDataset, eval_transform, train_transform
 from ._augment_config import AugmentConfig
+from ._data_checks import check_data_source, image_classes
 from ._datasets import DATASETS, EMBEDDED
 
 if TYPE_CHECKING:
@@ -110,12 +111,15 @@ def load_digits(val_fraction: float, img_size: int | None = None, augment: Augme
 def _unpickle(path: Path) -> dict:
     try:
         with path.open("rb") as fh:
-            return pickle.load(fh, encoding="bytes")
+            d = pickle.load(fh, encoding="bytes")
     except FileNotFoundError:
         raise DataError(f"{path}: missing; expected the CIFAR-10 python batches "
                         "(data_batch_1..5, test_batch)") from None
-    except (pickle.UnpicklingError, EOFError, OSError) as exc:
-        raise DataError(f"{path}: not a CIFAR-10 python batch ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - unpickling a stray file raises anything (ValueError on text)
+        raise DataError(f"{path}: not a CIFAR-10 python batch ({type(exc).__name__}: {exc})") from None
+    if not isinstance(d, dict):
+        raise DataError(f"{path}: not a CIFAR-10 python batch (a pickled {type(d).__name__}, not a dict)")
+    return d
 
 
 def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -123,7 +127,17 @@ def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     data, labels = d.get(b"data", d.get("data")), d.get(b"labels", d.get("labels"))
     if data is None or labels is None:
         raise DataError(f"{path}: not a CIFAR-10 python batch (no data/labels entries)")
-    return np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
+    try:
+        data, labels = np.asarray(data, dtype=np.uint8), np.asarray(labels, dtype=np.int64).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{path}: not a CIFAR-10 python batch ({exc})") from None
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise DataError(f"{path}: data has shape {data.shape}; CIFAR-10 rows are 3072 bytes (3×32×32 images)")
+    if len(labels) != len(data):
+        raise DataError(f"{path}: {len(labels)} labels for {len(data)} images")
+    if len(labels) and not 0 <= labels.min() <= labels.max() <= 9:
+        raise DataError(f"{path}: labels from {labels.min()} to {labels.max()}; CIFAR-10's are 0 to 9")
+    return data.reshape(-1, 3, 32, 32), labels
 
 
 def load_cifar10(val_fraction: float, path: str | None = None, img_size: int | None = None,
@@ -133,9 +147,8 @@ def load_cifar10(val_fraction: float, path: str | None = None, img_size: int | N
     Training uses data_batch_1..5; validation is the official test_batch (``val_fraction`` unused).
     """
     augment = _as_augment(augment)
+    check_data_source("cifar10", path)
     root = Path(path or "")
-    if not root.is_dir():
-        raise DataError(f"data.path: {root} is not a folder with the CIFAR-10 python batches")
     parts = [_cifar_batch(root / f"data_batch_{i}") for i in range(1, 6)]
     x_tr = np.concatenate([p[0] for p in parts])
     y_tr = np.concatenate([p[1] for p in parts])
@@ -167,23 +180,37 @@ def load_imagefolder(val_fraction: float, path: str | None = None, img_size: int
     ensure_torchvision()
     from torchvision import datasets
 
+    check_data_source("imagefolder", path)
     root = Path(path or "")
-    for split in ("train", "val"):
-        if not (root / split).is_dir():
-            raise DataError(f"data.path: {root / split} missing; expected {root}/train/<class>/… "
-                            f"and {root}/val/<class>/…")
     size = img_size or 224
     augment = _as_augment(augment)
     val_tf = eval_transform(augment, size, IMAGENET_MEAN, IMAGENET_STD)
     train_tf = train_transform(augment, size, 3, IMAGENET_MEAN, IMAGENET_STD) if augment.enabled else val_tf
-    try:
-        train = datasets.ImageFolder(str(root / "train"), train_tf)
-        val = datasets.ImageFolder(str(root / "val"), val_tf)
-    except (FileNotFoundError, RuntimeError) as exc:
-        raise DataError(f"data.path: {exc}") from None
-    if train.classes != val.classes:
-        raise DataError(f"data.path: train and val of {root} have different class folders")
+    class Folder(datasets.ImageFolder):
+        def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+            classes = image_classes(Path(directory))  # hidden folders are none (torchvision takes them)
+            return classes, {c: i for i, c in enumerate(classes)}
+
+    def split(name: str, transform: Callable) -> Dataset:
+        try:
+            return Folder(str(root / name), transform, loader=_image)
+        except (FileNotFoundError, RuntimeError) as exc:
+            raise DataError(f"data.path: {root / name}: {exc}") from None
+
+    train, val = split("train", train_tf), split("val", val_tf)
     return DataBundle(train, val, len(train.classes), 3, size)
+
+
+def _image(path: str) -> Any:  # noqa: ANN401 - a PIL image
+    """An ImageFolder item as RGB, or a DataError naming the file (PIL names no file, and a worker's
+    error would reach the user as a traceback)."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as fh:
+            return Image.open(fh).convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:  # UnidentifiedImageError is an OSError
+        raise DataError(f"{path}: not a readable image ({type(exc).__name__}); remove or replace it") from None
 
 
 def load_data(name: str, *, path: str | None = None, val_fraction: float = 0.1, img_size: int | None = None,
@@ -350,7 +377,11 @@ class BatchIterator:
         keys = list(zip(order.tolist(), seeds[order].tolist()))[:(len(self) - skip) * self.batch_size]
         batches = [keys[i:i + self.batch_size][self.rank::self.ranks] for i in range(0, len(keys), self.batch_size)]
         self._keys.batches = [b for b in batches if b]  # see the tensor path
-        yield from self._data_loader()
+        try:
+            yield from self._data_loader()
+        except DataError as exc:  # from a worker, re-raised by torch with the worker's traceback in its message
+            last = str(exc).strip().splitlines()[-1]
+            raise DataError(last.partition("DataError: ")[2] or last) from None
 
     def _data_loader(self) -> DataLoader:
         if self._loader is None:

@@ -111,12 +111,12 @@ def _portable(config: dict | None) -> dict | None:
     (and whose defaults changed). (CPU float sums depend on the threads: an exact resume needs the same.)
     Nor its precision, which goes with the device (a checkpoint of the release before it, fp32, resumes in
     fp32 under the search, whose stored trial configs say so: see stored_run_config), nor whether the
-    forward is compiled."""
+    forward is compiled. Nor where the data set lies (data.path): a moved copy of it resumes the run."""
     if config is None:
         return None
     return {**config, "train": {k: v for k, v in config["train"].items() if k not in ("device", "threads",
                                                                                        "precision", "compile")},
-            "data": {k: v for k, v in config["data"].items() if k not in ("num_workers", "on_device")}}
+            "data": {k: v for k, v in config["data"].items() if k not in ("num_workers", "on_device", "path")}}
 
 
 def seed_everything(seed: int) -> None:

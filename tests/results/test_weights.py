@@ -185,10 +185,12 @@ def test_export_refuses_trials_without_kept_weights(front_study, tmp_path):
     assert not (tmp_path / "oialr_search.work" / "none" / "weights").exists()
     _refused(["--study", "none"], tmp_path, out, "keeps no trained weights (keep_weights: none")
 
-    # failed trials: a data set that is not there
+    # failed trials: a damaged data set (one that is not there is refused before the search)
     broken = tmp_path / "broken"
-    broken.mkdir()
-    write_space(broken, objectives=SINGLE, extra="set: {data.name: cifar10, data.path: /nonexistent/cifar}")
+    (broken / "cifar").mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (broken / "cifar" / name).write_bytes(b"damaged")
+    write_space(broken, objectives=SINGLE, extra=f"set: {{data.name: cifar10, data.path: {broken / 'cifar'}}}")
     search(broken, "failed", 1)
     assert [r["state"] for r in trials(broken, "failed")] == ["FAILED"]
     _refused(["--study", "failed", "--trial", "0"], broken, out, "is FAILED, not COMPLETE")

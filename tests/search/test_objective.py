@@ -98,3 +98,13 @@ def test_the_data_cache_shares_a_data_set_across_batch_level_settings_and_stays_
     assert data(re_prob=0.2) is not first and len(loads) == 3  # the most recent stays
     data(mixup_alpha=0.5)  # the first was evicted
     assert len(loads) == 4
+
+
+def test_a_stopped_trial_reads_the_data_where_the_study_says_it_lies_now(tmp_path):
+    from oialr_search.search._objective import _at_the_studys_data
+
+    write_space(tmp_path)
+    space = load_space(tmp_path / "space.yaml").with_overrides(["data.path=/new"])
+    stored = {"data": {"name": "cifar10", "path": "/old"}, "train": {"epochs": 2}}
+    assert _at_the_studys_data(stored, space) == {"data": {"name": "cifar10", "path": "/new"}, "train": {"epochs": 2}}
+    assert stored["data"]["path"] == "/old"  # the stored config itself is left as it was

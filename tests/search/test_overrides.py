@@ -135,3 +135,32 @@ def test_stored_overrides_survive_the_spaces_own_set_and_later_wins(tmp_path):
     assert load_space(path).to_dict().keys() == {"path", "raw", "base"}  # no overrides: stored as before
     with pytest.raises(OverrideError, match="--set train.device: the search sets it"):
         load_space(path).with_overrides(["train.device=cpu"])
+
+
+def test_a_missing_data_set_is_refused_before_any_search_and_a_moved_one_is_followed(tmp_path):
+    """Found by a sweep: a wrong --set data.path created the study, spent its whole budget on FAILED trials
+    and exited 0. Now every run and resume looks for the data set first; and a study pointed at a moved
+    copy with resume --set data.path reads it there (stopped trials too, see test_objective)."""
+    from ..training.test_data import _write_cifar
+
+    write_space(tmp_path, epochs=1)
+    cifar = ["--set", "data.name=cifar10", "--set", "train.batch_size=32"]
+    missing = run(["run", "space.yaml", "--study", "s", "--budget", "1", *cifar, "--set", "data.path=/nonexistent"],
+                  tmp_path)
+    assert missing.returncode == 2, missing.stderr[-2000:]
+    assert missing.stderr.count("\n") == 1 and "data.path: /nonexistent is not a folder with the CIFAR-10" in \
+        missing.stderr and "(every trial would fail loading its data)" in missing.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["space.yaml"]  # nothing written
+    _write_cifar(tmp_path / "c10")
+    first = run(["run", "space.yaml", "--study", "s", "--budget", "1", *cifar, "--set",
+                 f"data.path={tmp_path / 'c10'}"], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    shutil.move(tmp_path / "c10", tmp_path / "moved")
+    before = (tmp_path / "oialr_search.db").read_bytes()
+    gone = run(["resume", "--study", "s", "--budget", "2"], tmp_path)
+    assert gone.returncode == 2 and "c10 is not a folder with the CIFAR-10 python batches" in gone.stderr
+    assert "point the study at it with 'oialr-search resume --study s --set data.path=…'" in gone.stderr
+    assert (tmp_path / "oialr_search.db").read_bytes() == before
+    moved = run(["resume", "--study", "s", "--budget", "2", "--set", f"data.path={tmp_path / 'moved'}"], tmp_path)
+    assert moved.returncode == 0, moved.stderr[-3000:]
+    assert [t["state"] for t in trials(tmp_path, "s")] == ["COMPLETE", "COMPLETE"]

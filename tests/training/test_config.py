@@ -123,3 +123,11 @@ def test_an_error_that_a_set_makes_names_the_set_not_the_file(tmp_path):
     with pytest.raises(ConfigError, match=r"bad.yaml: optim.lr: expected a number"):
         load_config(tmp_path / "bad.yaml", ["train.epochs=1"])
     assert load_config(tmp_path / "bad.yaml", ["optim.lr=0.1"]).optim.lr == 0.1  # a --set may mend the file
+
+
+@pytest.mark.parametrize(("key", "hint"), [("img_size", "data.img_size: set that instead"),
+                                           ("num_classes", "its classes"), ("in_chans", "its image channels")])
+def test_model_kwargs_the_data_gives_are_refused(key, hint):
+    """The builder gets them from the data too: 'got multiple values' was a traceback (found by a sweep)."""
+    with pytest.raises(ConfigError, match=rf"^model.kwargs.{key}: comes from the data \({hint}\); remove it$"):
+        config_from_dict({"model": {"name": "vit_tiny_patch16_224", "kwargs": {key: 16}}})

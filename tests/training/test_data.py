@@ -46,11 +46,24 @@ def test_cifar10_errors(tmp_path):
     with pytest.raises(DataError, match="not a folder"):
         load_data("cifar10", path=str(tmp_path / "nope"))
     (tmp_path / "c").mkdir()
-    with pytest.raises(DataError, match="data_batch_1: missing"):
+    with pytest.raises(DataError, match="c lacks data_batch_1, .*, test_batch; expected the CIFAR-10 python"):
         load_data("cifar10", path=str(tmp_path / "c"))
-    (tmp_path / "c" / "data_batch_1").write_bytes(b"garbage")
-    with pytest.raises(DataError, match="not a CIFAR-10 python batch"):
-        load_data("cifar10", path=str(tmp_path / "c"))
+    # damaged batches (found by a sweep: tracebacks, or an IndexError in the first step)
+    root = tmp_path / "cifar-10-batches-py"
+    rows = np.zeros((4, 3072), np.uint8)
+    for content, message in [(b"garbage\n", r"data_batch_3: not a CIFAR-10 python batch \(ValueError"),
+                             ({b"data": np.zeros((4, 768), np.uint8), b"labels": [0] * 4}, r"shape \(4, 768\)"),
+                             ({b"data": rows, b"labels": [0] * 3}, "3 labels for 4 images"),
+                             ({b"data": rows, b"labels": [0, 1, 19, 2]}, "labels from 0 to 19"),
+                             ({b"data": rows, b"labels": [-1, 1, 2, 2]}, "labels from -1 to 2")]:
+        if root.exists():
+            import shutil
+
+            shutil.rmtree(root)
+        _write_cifar(root)
+        (root / "data_batch_3").write_bytes(content if isinstance(content, bytes) else pickle.dumps(content))
+        with pytest.raises(DataError, match=message):
+            load_data("cifar10", path=str(root))
 
 
 def test_imagefolder(tmp_path):
@@ -69,6 +82,37 @@ def test_imagefolder(tmp_path):
     assert x.shape == (4, 3, 16, 16) and y.shape == (4,)
     with pytest.raises(DataError, match="val"):
         load_data("imagefolder", path=str(tmp_path / "train"))
+
+
+def test_imagefolder_errors_name_what_to_fix(tmp_path):
+    """Found by a sweep: a damaged image gave a traceback (from a DataLoader worker, 48 lines), one class
+    trained to a meaningless 100 %, and a stray hidden folder made train and val differ, unnamed."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for cls in ("cat", "dog"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(tmp_path / split / cls / f"{i}.png")
+    (tmp_path / "train" / ".ipynb_checkpoints").mkdir()  # hidden: no class
+    assert load_data("imagefolder", path=str(tmp_path), img_size=8).num_classes == 2
+    (tmp_path / "val" / "eel").mkdir()
+    with pytest.raises(DataError, match=r"different class folders \(only in val: eel\)"):
+        load_data("imagefolder", path=str(tmp_path), img_size=8)
+    (tmp_path / "val" / "eel").rmdir()
+    bad = tmp_path / "train" / "cat" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"0" * 30)
+    for workers in (0, 1):
+        d = load_data("imagefolder", path=str(tmp_path), img_size=8)
+        with pytest.raises(DataError, match=r"^\S*broken.png: not a readable image \(\w+\); remove or replace it$"):
+            list(BatchIterator(d.train, 8, shuffle=False, num_workers=workers).epoch(0))
+    for cls in ("dog",):
+        for split in ("train", "val"):
+            for f in (tmp_path / split / cls).iterdir():
+                f.unlink()
+            (tmp_path / split / cls).rmdir()
+    with pytest.raises(DataError, match="train has 1 class folder\\(s\\); a classifier needs 2 or more"):
+        load_data("imagefolder", path=str(tmp_path), img_size=8)
 
 
 def test_batch_iterator_is_deterministic_and_skips():

@@ -122,3 +122,22 @@ def test_a_cuda_device_the_machine_lacks_is_a_config_error(monkeypatch):
     with pytest.raises(ConfigError, match=r"cuda:5 requested but this machine has 1 CUDA device\(s\)"):
         resolve_device("cuda:5")
     assert resolve_device("cuda:0") == torch.device("cuda:0")
+
+
+def test_a_checkpoint_resumes_with_its_data_set_moved(tmp_path):
+    """Where the data lies is no setting of the run: a copy at another data.path continues the checkpoint
+    (a resumed search trial reads the study's data.path now; a sweep found them failing on the old one)."""
+    import shutil
+
+    from .test_data import _write_cifar
+
+    _write_cifar(tmp_path / "a")
+    cfg = {"model": {"name": "mlp", "kwargs": {"hidden": 8, "depth": 1}},
+           "data": {"name": "cifar10", "path": str(tmp_path / "a")}, "train": {"epochs": 2, "batch_size": 32}}
+    whole = Trainer(config_from_dict(cfg), log=None).fit()
+    Trainer(config_from_dict(cfg), checkpoint=tmp_path / "run.ckpt", log=None).fit(stop_after=1)
+    shutil.move(tmp_path / "a", tmp_path / "b")
+    cfg["data"]["path"] = str(tmp_path / "b")
+    resumed = Trainer(config_from_dict(cfg), checkpoint=tmp_path / "run.ckpt", resume=True, log=None)
+    assert resumed.epoch == 1
+    assert resumed.fit().val_loss == whole.val_loss
