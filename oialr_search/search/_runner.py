@@ -231,7 +231,8 @@ def _shown(space: SearchSpace, values: list | None) -> str:
 
 
 class _Progress:
-    """Rank 0's progress lines: one per trial it finished, from one GROUP BY and one best query."""
+    """Progress lines: every rank's, one per trial it finished (a sweep missed the trials of every rank but
+    the first), each from one GROUP BY and one best query; the header and the summary are rank 0's."""
 
     def __init__(self, store: Store, study: Study, space: SearchSpace, budget: int) -> None:
         self.store, self.study, self.space, self.budget = store, study, space, budget
@@ -334,8 +335,8 @@ def run_search(req: SearchRequest, *, objective: Objective = run_trial, quiet: b
         if rank == 0:
             print(f"oialr-search: error: {exc}", file=sys.stderr)
         return 2
-    progress = _Progress(store, study, space, budget) if rank == 0 and not quiet else None
-    if progress:
+    progress = _Progress(store, study, space, budget) if not quiet else None
+    if progress and rank == 0:
         objectives = ", ".join(f"{o.direction} {o.metric}" for o in space.objectives)
         ranks = f"{size} rank(s)" if workers.k == 1 else f"{workers.workers} worker(s) of {workers.k} ranks"
         print(f"study {study.name!r}: {backend} on {ranks}, {finished}/{budget} trials finished, "
@@ -380,7 +381,7 @@ def run_search(req: SearchRequest, *, objective: Objective = run_trial, quiet: b
         store.engine.dispose()  # SQLite folds its WAL into the database file when the last connection closes
     if comm is not None and size > 1:
         comm.Barrier()
-    if progress:
+    if progress and rank == 0:
         progress.done()
     store.engine.dispose()
     return 0
