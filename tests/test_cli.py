@@ -39,6 +39,40 @@ def test_train_writes_metrics_and_resolved_config(tmp_path):
     assert json.loads(again.stdout.strip().splitlines()[-1])["val_loss"] == pytest.approx(metrics["val_loss"])
 
 
+def test_train_weights_give_the_trained_model_and_how_its_inputs_were_made(tmp_path):
+    """Found by a sweep: train left no file that load_model reads, and nothing said how to feed the model."""
+    import torch
+
+    from oialr_search import load_model
+    from oialr_search.training import Trainer, config_from_dict
+    from oialr_search.training._weights import read_weights
+
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    proc = run_cli("train", "tiny.yaml", "--quiet", "--weights", "model.pt", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    val_loss = summary["val_loss"]
+    payload = read_weights(tmp_path / "model.pt")
+    pre = payload["preprocess"]
+    assert pre["classes"] == [str(i) for i in range(10)] and pre["img_size"] == 8 and pre["scale"] == 16.0
+    assert pre["crop_pct"] is None and len(pre["mean"]) == len(pre["std"]) == 1
+    assert payload["metrics"]["val_loss"] == val_loss
+    model = load_model(None, tmp_path / "model.pt")
+    trainer = Trainer(config_from_dict(payload["config"]), log=None)
+    trainer.model = model
+    assert trainer.evaluate()[0] == pytest.approx(val_loss, rel=1e-6)
+    # the recorded preprocessing, applied to the data set's own pixels, feeds the model as the trainer did
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / pre["scale"] - pre["mean"][0]) / pre["std"][0]
+    with torch.no_grad():
+        hits = (model(x).argmax(1) == torch.tensor(digits.target)).float().mean().item() * 100
+    assert hits >= summary["top1"] - 5  # train and validation images alike (a wrong scale gives ~10 %)
+    refused = run_cli("train", "tiny.yaml", "--quiet", "--out", "m.json", "--weights", "m.json", cwd=tmp_path)
+    assert refused.returncode == 2 and "--weights m.json: would write over --out m.json" in refused.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -15,13 +15,23 @@ from ._common import write_atomic
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..training import Trainer, TrainingDiverged, config_to_dict, dump_config, load_config, resolve_config_path
+    from ..training import (
+        Trainer,
+        TrainingDiverged,
+        config_to_dict,
+        dump_config,
+        load_config,
+        resolve_config_path,
+        save_weights,
+        weights_payload,
+    )
 
     source = resolve_config_path(args.config)
     config = load_config(source, args.set)
     out = Path(args.out) if args.out else None
-    _check_distinct(source, out, args.checkpoint)
-    for option, value, example in (("--out", out, "metrics.json"), ("--checkpoint", args.checkpoint, "run.ckpt")):
+    _check_distinct(source, out, args.checkpoint, args.weights)
+    for option, value, example in (("--out", out, "metrics.json"), ("--checkpoint", args.checkpoint, "run.ckpt"),
+                                   ("--weights", args.weights, "model.pt")):
         if value is None:
             continue
         path = Path(value)
@@ -54,12 +64,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     if out is not None:
         write_atomic(out, json.dumps({**metrics, "config": config_to_dict(config)}, indent=2))
         write_atomic(out.with_name(f"{out.stem}.config.yaml"), dump_config(config))
+    if args.weights:  # the trained model, as export --weights writes a trial's: oialr_search.load_model reads it
+        save_weights(args.weights, weights_payload(trainer, metrics=summary))
     if plots is not None:
         _write_plots(plots, Path(args.config).stem, metrics)
     return 0
 
 
-def _check_distinct(source: Path, out: Path | None, checkpoint: str | None) -> None:
+def _check_distinct(source: Path, out: Path | None, checkpoint: str | None, weights: str | None = None) -> None:
     """The files train writes (the metrics, the resolved config beside them, the checkpoint) must be files of
     their own, none of them the config being trained (a sweep overwrote the config with the metrics, and the
     checkpoint with the metrics, which a --resume then could not read)."""
@@ -69,6 +81,8 @@ def _check_distinct(source: Path, out: Path | None, checkpoint: str | None) -> N
         written += [(out, f"--out {out}"), (companion, f"{companion} (the resolved config --out writes beside {out})")]
     if checkpoint:
         written.append((Path(checkpoint), f"--checkpoint {checkpoint}"))
+    if weights:
+        written.append((Path(weights), f"--weights {weights}"))
     seen = {os.path.realpath(source): f"the config being trained ({source})"}
     for path, what in written:
         real = os.path.realpath(path)
@@ -96,6 +110,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="write final metrics (JSON) here, and the resolved config next to it")
     p.add_argument("--checkpoint", help="checkpoint file, written after every epoch")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
+    p.add_argument("--weights", metavar="PATH", help="write the trained model here (a weights file, as export "
+                                                     "--weights writes; load it with oialr_search.load_model)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
     p.add_argument("--plots", metavar="DIR", help="after training, write the run's learning curves, trainable "
                                                   "parameters and Stability, lr and rank heat map (PNG) here")

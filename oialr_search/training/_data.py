@@ -41,6 +41,19 @@ class DataBundle:
     num_classes: int
     in_chans: int
     img_size: int
+    # how the model's inputs were made, for whoever feeds it later (see Preprocess)
+    preprocess: dict | None = None
+
+
+def preprocess_entry(*, mean: tuple[float, ...], std: tuple[float, ...], img_size: int, classes: list[str],
+                     scale: float = 255.0, crop_pct: float | None = None, interpolation: str = "bilinear") -> dict:
+    """What a weights file says about the model's inputs: pixel values divided by ``scale`` (255; 16 for
+    the 16-level digits) into [0, 1]; the whole image resized to img_size (``crop_pct`` None), or timm's
+    evaluation resize to img_size/crop_pct and centre crop; ``interpolation``; normalized with
+    ``mean``/``std`` per channel. ``classes`` names the output units in order."""
+    return {"mean": [float(m) for m in mean], "std": [float(v) for v in std], "img_size": int(img_size),
+            "classes": [str(c) for c in classes], "scale": float(scale), "crop_pct": crop_pct,
+            "interpolation": interpolation}
 
 
 def _as_augment(augment: AugmentConfig | bool | None) -> AugmentConfig:
@@ -57,7 +70,7 @@ def _per_image(raw: np.ndarray, labels: torch.Tensor, augment: AugmentConfig, im
 
 
 def _embedded(scaled: torch.Tensor, raw: np.ndarray, labels: torch.Tensor, val_fraction: float,
-              img_size: int | None, augment: AugmentConfig) -> DataBundle:
+              img_size: int | None, augment: AugmentConfig, scale: float = 255.0) -> DataBundle:
     """A fixed random split of a small embedded set, normalized with the training split's statistics.
 
     ``scaled``: the images in [0, 1] (N×C×H×W float); ``raw``: the same as uint8, for timm's transforms.
@@ -76,7 +89,10 @@ def _embedded(scaled: torch.Tensor, raw: np.ndarray, labels: torch.Tensor, val_f
                            (mean.item(),) * chans, (std.item(),) * chans)
     else:
         train = TensorDataset(images[train_idx], labels[train_idx])
-    return DataBundle(train, val, 10, images.shape[1], images.shape[-1])
+    chans, size = images.shape[1], images.shape[-1]
+    return DataBundle(train, val, 10, chans, size, preprocess_entry(
+        mean=(mean.item(),) * chans, std=(std.item(),) * chans, img_size=size, classes=[str(i) for i in range(10)],
+        scale=scale))
 
 
 def _resize(images: torch.Tensor, img_size: int | None) -> torch.Tensor:
@@ -105,7 +121,7 @@ def load_digits(val_fraction: float, img_size: int | None = None, augment: Augme
     scaled = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
     raw = np.rint(d.images[:, None] * (255 / 16)).astype(np.uint8)
     return _embedded(scaled, raw, torch.tensor(d.target, dtype=torch.long), val_fraction, img_size,
-                     _as_augment(augment))
+                     _as_augment(augment), scale=16.0)
 
 
 def _unpickle(path: Path) -> dict:
@@ -166,7 +182,10 @@ def load_cifar10(val_fraction: float, path: str | None = None, img_size: int | N
     else:
         train = TensorDataset(prep(x_tr), torch.tensor(y_tr))
     val = TensorDataset(prep(x_te), torch.tensor(y_te))
-    return DataBundle(train, val, 10, 3, size)
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    return DataBundle(train, val, 10, 3, size, preprocess_entry(
+        mean=tuple(mean.flatten().tolist()), std=tuple(std.flatten().tolist()), img_size=size, classes=classes,
+        ))
 
 
 def load_imagefolder(val_fraction: float, path: str | None = None, img_size: int | None = None,
@@ -198,7 +217,10 @@ def load_imagefolder(val_fraction: float, path: str | None = None, img_size: int
             raise DataError(f"data.path: {root / name}: {exc}") from None
 
     train, val = split("train", train_tf), split("val", val_tf)
-    return DataBundle(train, val, len(train.classes), 3, size)
+    return DataBundle(train, val, len(train.classes), 3, size, preprocess_entry(
+        mean=IMAGENET_MEAN, std=IMAGENET_STD, img_size=size, classes=train.classes,
+        crop_pct=augment.crop_pct if augment.crop_pct is not None else 0.875,  # timm's default
+        interpolation="bicubic" if augment.interpolation == "random" else augment.interpolation))
 
 
 def _image(path: str) -> Any:  # noqa: ANN401 - a PIL image

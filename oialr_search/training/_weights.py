@@ -2,8 +2,10 @@
 
 A weights file is what a deployment needs from a trial, and nothing of its training state: the resolved
 run config, the model's constructor arguments that come from the data (classes, channels, image size,
-so that loading needs no data set), the final low-rank structure (whether the model had switched to
-U Σ Vᵀ, and every factor's rank) and the model's state dict, on the CPU. ``format``/``version`` tell
+so that loading needs no data set), how its inputs were made (``preprocess``: pixel scale, resize or
+crop, per-channel mean and std, the class names in output order; files of earlier releases lack it),
+the final low-rank structure (whether the model had switched to U Σ Vᵀ, and every factor's rank) and
+the model's state dict, on the CPU. ``format``/``version`` tell
 it from a training checkpoint, which holds far more (optimizer, RNG) and is deleted when a trial ends.
 """
 
@@ -39,6 +41,7 @@ def weights_payload(trainer: Trainer, **extra: Any) -> dict[str, Any]:
     return {"format": WEIGHTS_FORMAT, "version": WEIGHTS_VERSION, "config": config,
             "model_args": {"num_classes": trainer.data.num_classes, "in_chans": trainer.data.in_chans,
                            "img_size": trainer.data.img_size},
+            "preprocess": trainer.data.preprocess,
             "low_rank": {"converted": oialr["converted"], "ranks": oialr["ranks"]},
             "state_dict": {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}, **extra}
 
