@@ -24,6 +24,17 @@ def _check(args: argparse.Namespace) -> None:
     collective_timeout()
 
 
+def _check_data(space: object, study: str | None = None) -> None:  # a SearchSpace
+    """Refuse a search whose data set is not where ``space`` says (see data_problem); ``study``: a stored one."""
+    from ..search._study_checks import data_problem
+
+    problem = data_problem(space)
+    if problem is not None:
+        raise OIALRSearchError(problem if study is None else
+                               f"{problem}; point the study at it with 'oialr-search resume --study {study} "
+                               "--set data.path=…'")
+
+
 class _SaidByRank0(OIALRSearchError):
     """This rank's part of an error that rank 0 of the MPI job prints (main prints no empty message)."""
 
@@ -75,7 +86,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     def check():  # noqa: ANN202
         _check(args)
-        return load_space(args.space)
+        space = load_space(args.space)
+        # on every rank: a malformed --set, and a data set missing on this rank's node (its own disk)
+        _check_data(space.with_overrides(args.set) if args.set else space)
+        return space
 
     space = before_search(check)
     return run_search(SearchRequest(study=args.study, storage=args.storage or default_storage(), space=space,
@@ -85,7 +99,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from ..search import SearchRequest, run_search
+    from ..search import SearchRequest, SearchSpace, merge_overrides, run_search
     from ..storage import Store
 
     storage = args.storage or default_storage()
@@ -94,9 +108,16 @@ def cmd_resume(args: argparse.Namespace) -> int:
         _check(args)
         peek = Store(storage, create=False, read_only=True)  # read-only: a refused resume leaves the file as it was
         try:
-            peek.get_study(args.study)  # a clear error for an unknown study
+            study = peek.get_study(args.study)  # a clear error for an unknown study
         finally:
             peek.engine.dispose()
+        try:
+            space = SearchSpace.from_dict(study.space)
+        except Exception:  # noqa: BLE001 - a stored space this release cannot read: the runner says what is wrong
+            return
+        if args.set:
+            space = space.with_overrides(merge_overrides(space.overrides, args.set))
+        _check_data(space, study=args.study)
 
     before_search(check)
     return run_search(SearchRequest(study=args.study, storage=storage, space=None, backend=args.backend,

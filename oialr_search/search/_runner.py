@@ -149,7 +149,7 @@ def _prepare(req: SearchRequest, world_size: int) -> tuple[Study, str, int, int,
                                    f"--study {req.study}' (change a non-searched key there with --set) or pick a new "
                                    f"name")
     problem = data_problem(space)  # a stored study's too: its data may have moved, or not be staged yet
-    if problem is not None:
+    if problem is not None:  # (the CLI checks this on every rank first: each may see its own disk)
         raise OIALRSearchError(problem if existing is None else
                                f"{problem}; point the study at it with 'oialr-search resume --study {req.study} "
                                "--set data.path=…'")

@@ -151,6 +151,11 @@ def test_a_missing_data_set_is_refused_before_any_search_and_a_moved_one_is_foll
     assert missing.stderr.count("\n") == 1 and "data.path: /nonexistent is not a folder with the CIFAR-10" in \
         missing.stderr and "(every trial would fail loading its data)" in missing.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["space.yaml"]  # nothing written
+    # under mpiexec every rank looks (each may see its own disk), rank 0 says it once and none aborts
+    both = run(["run", "space.yaml", "--study", "s", "--budget", "1", *cifar, "--set", "data.path=/nonexistent"],
+               tmp_path, ranks=2)
+    assert both.returncode == 2 and both.stderr.count("\n") == 1 and "/nonexistent is not a folder" in both.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["space.yaml"]
     _write_cifar(tmp_path / "c10")
     first = run(["run", "space.yaml", "--study", "s", "--budget", "1", *cifar, "--set",
                  f"data.path={tmp_path / 'c10'}"], tmp_path)
