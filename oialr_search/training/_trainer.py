@@ -341,8 +341,8 @@ class Trainer:
     def _check_finite(self, window: torch.Tensor, first_step: int, *, whole: bool = True) -> None:
         """Raise TrainingDiverged when a loss of the steps since ``first_step`` was not finite (under
         fp16 only when all were: the loss scaler skips single overflowing steps by design). Under fp16 a
-        check within a window (``whole=False``: before an OIALR event, at a checkpoint) is none: such a window
-        may hold one skipped step alone, and skipped steps leave the weights finite."""
+        check within a window (``whole=False``: before an OIALR event) is none: such a window may hold one
+        skipped step alone, and skipped steps leave the weights finite."""
         if not whole and self.precision.scaler is not None:
             return
         window = all_reduce_sum(window.clone(), self.group)  # every rank of a group decides alike
@@ -396,17 +396,22 @@ class Trainer:
                 due = bool(checkpoint_every) and time.monotonic() - last_save >= checkpoint_every
                 stop, save = self._stop_or_save(should_stop, due, boundary)  # in a group: a collective on all
                 if stop or save:
-                    self._check_finite(window, window_start, whole=False)
-                    epoch_sums += window
-                    window.zero_()
-                    window_start = self.step
+                    # the window is judged and folded in here, but under fp16, which judges whole windows only: it
+                    # then runs on to its boundary (zeroed here, a run checkpointed often would never be judged)
+                    folded = self.precision.scaler is None
+                    if folded:
+                        self._check_finite(window, window_start)
+                        epoch_sums += window
+                        window.zero_()
+                        window_start = self.step
                     now = time.perf_counter()
                     self.train_seconds += now - start
                     start = now
+                    so_far = epoch_sums if folded else epoch_sums + window
                     if self.group is not None:  # every rank resumes with the group's sums, 1/K each
-                        shared = all_reduce_sum(epoch_sums.clone(), self.group) / self.group.size
+                        shared = all_reduce_sum(so_far.clone(), self.group) / self.group.size
                     else:
-                        shared = epoch_sums
+                        shared = so_far
                     if self.checkpoint_path is not None:  # a group's followers do not write (see _saves)
                         self._save(epoch_sums=shared)
                     last_save = time.monotonic()

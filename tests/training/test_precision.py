@@ -149,3 +149,15 @@ def test_a_checkpoint_of_the_previous_release_resumes(tmp_path):
     torch.save(state, ckpt)
     res = Trainer(cfg, checkpoint=ckpt, resume=True, log=None).fit()
     assert res.val_loss == full.val_loss
+
+
+def test_fp16_divergence_is_found_when_checkpoints_come_every_step(tmp_path):
+    """Frequent checkpoints zeroed the window before it was judged: a run whose every step overflowed
+    completed with train_loss 0.0 (found in review)."""
+    from oialr_search.training import TrainingDiverged
+
+    t = Trainer(tiny(train={"precision": "fp16", "epochs": 2}), checkpoint=tmp_path / "run.ckpt", log=None)
+    criterion = t.criterion
+    t.criterion = lambda out, y: criterion(out, y) * float("inf")
+    with pytest.raises(TrainingDiverged):
+        t.fit(checkpoint_every=1e-9)
