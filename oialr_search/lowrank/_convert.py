@@ -37,13 +37,17 @@ def eligible_weights(model: nn.Module) -> list[EligibleWeight]:
     tied to another module (a head sharing its embedding's matrix: factorizing one copy would untie them,
     and the other copy's factor would never be trained) or frozen (``requires_grad=False``), which stay
     as they are."""
+    return _layer_weights(model, trainable_alone_only=True)
+
+
+def _layer_weights(model: nn.Module, *, trainable_alone_only: bool) -> list[EligibleWeight]:
     uses: dict[int, int] = {}
     for _, p in model.named_parameters(remove_duplicate=False):
         uses[id(p)] = uses.get(id(p), 0) + 1
 
     def trainable_alone(module: nn.Module, weight_name: str) -> bool:
         w = module.get_parameter(weight_name)
-        return w.requires_grad and uses[id(w)] == 1
+        return not trainable_alone_only or (w.requires_grad and uses[id(w)] == 1)
 
     found: list[EligibleWeight] = []
     inside_mha: list[str] = []
@@ -83,11 +87,14 @@ def convert_to_low_rank(model: nn.Module, *, keep_first_layer: bool = False, kee
     if any(not w.module_name for w in weights):
         raise ValueError("the model itself is a single layer; wrap it in an nn.Sequential to convert it")
     eligible = {w.name for w in weights}
+    # the model's own first and last layers, eligible or not: one that is frozen or tied stays dense anyway,
+    # and the flags must not push the next layer in to dense instead (found in review)
+    layers = _layer_weights(model, trainable_alone_only=False)
     kept = set()
-    if weights and keep_first_layer:
-        kept.add(weights[0].name)
-    if weights and keep_last_layer:
-        kept.add(weights[-1].name)
+    if layers and keep_first_layer:
+        kept.add(layers[0].name)
+    if layers and keep_last_layer:
+        kept.add(layers[-1].name)
 
     done_modules: set[str] = set()
     for ew in weights:

@@ -186,3 +186,19 @@ def test_tied_and_frozen_weights_stay_dense_and_tied():
     assert [w.name for w in eligible_weights(model)] == ["0.weight", "1.in_proj_weight"]
     convert_to_low_rank(model)
     assert model[1].out_proj.weight is attention.out_proj.weight  # its frozen side kept as it was
+
+
+def test_keep_first_and_last_mean_the_models_own_layers_even_when_those_are_frozen_or_tied():
+    """A frozen first layer or a head tied to an embedding is dense already; keep_first/keep_last must not
+    push the next layer in to dense instead (found in review)."""
+    frozen = nn.Linear(4, 4)
+    frozen.weight.requires_grad_(False)
+    model = nn.Sequential(frozen, nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2))
+    convert_to_low_rank(model, keep_first_layer=True, keep_last_layer=True)
+    assert [type(m) for m in model] == [nn.Linear, LowRankLinear, LowRankLinear, nn.Linear]
+    embed, head = nn.Embedding(6, 4), nn.Linear(4, 6)
+    head.weight = embed.weight
+    model = nn.Sequential(embed, nn.Linear(4, 4), nn.Linear(4, 4), head)
+    convert_to_low_rank(model, keep_last_layer=True)
+    assert [type(m) for m in model][1:] == [LowRankLinear, LowRankLinear, nn.Linear]
+    assert model[3].weight is model[0].weight
