@@ -4,10 +4,12 @@ mini-batches a run trains on (see :class:`BatchIterator` and :func:`loading_for`
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import os
 import pickle
 import random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,8 +43,26 @@ class DataBundle:
     num_classes: int
     in_chans: int
     img_size: int
-    # how the model's inputs were made, for whoever feeds it later (see Preprocess)
+    # how the model's inputs were made, for whoever feeds it later (see preprocess_entry)
     preprocess: dict | None = None
+    _fingerprint: str | None = field(default=None, repr=False, compare=False)
+
+    def fingerprint(self) -> str:
+        """A digest of what the data set holds (sizes, labels in order, ImageFolder's file names), computed
+        once: a checkpoint resumes on a moved copy of its data set, never on another one."""
+        if self._fingerprint is None:
+            digest = hashlib.sha1(repr((self.num_classes, self.in_chans, self.img_size)).encode())
+            for split in (self.train, self.val):
+                digest.update(repr(len(split)).encode())
+                if isinstance(split, TensorDataset):
+                    digest.update(split.tensors[-1].cpu().numpy().tobytes())
+                elif isinstance(split, ImageDataset):
+                    digest.update(split.labels.tobytes())
+                elif hasattr(split, "samples") and hasattr(split, "root"):  # ImageFolder: files relative to it
+                    root = str(split.root)
+                    digest.update("\n".join(f"{os.path.relpath(f, root)}\t{t}" for f, t in split.samples).encode())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
 
 
 def preprocess_entry(*, mean: tuple[float, ...], std: tuple[float, ...], img_size: int, classes: list[str],

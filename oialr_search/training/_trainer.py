@@ -232,7 +232,7 @@ class Trainer:
             "train_seconds": self.train_seconds, "history": [vars(h) for h in self.history],
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "oialr": self.oialr.state_dict(), "lr_mult": self._lr_mult, "rng": rng, "rng_ranks": every_rank,
-            "precision": self.precision.state_dict(),
+            "precision": self.precision.state_dict(), "data": self.data.fingerprint(),
         })
 
     def _resume(self) -> None:
@@ -243,10 +243,20 @@ class Trainer:
         if _portable(_normalized(state["config"])) != _portable(config_to_dict(self.config)):
             raise CheckpointError(f"{self.checkpoint_path}: written by a different config; use another checkpoint "
                                   "path or the same config")
+        stored_data = state.get("data")  # checkpoints of earlier releases have none: then only the same data.path
+        if (stored_data is not None and stored_data != self.data.fingerprint()) or (
+                stored_data is None and state["config"].get("data", {}).get("path") != self.config.data.path):
+            raise CheckpointError(f"{self.checkpoint_path}: written on another data set than the one at "
+                                  f"{self.config.data.path or self.config.data.name}; use another checkpoint path or "
+                                  "that data set")
         self.oialr.prepare_load(state["oialr"])  # gives the model the checkpoint's structure and ranks
         self.compiler.shapes_changed(self.model)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError) as exc:  # shapes that do not fit: the trial restarts, not fails
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"{self.checkpoint_path}: does not fit this run's model ({first})") from None
         self.oialr.load_state_dict(state["oialr"])
         self.epoch, self.step = state["epoch"], state["step"]
         self.train_seconds, self._lr_mult = state["train_seconds"], state["lr_mult"]

@@ -141,3 +141,16 @@ def test_a_checkpoint_resumes_with_its_data_set_moved(tmp_path):
     resumed = Trainer(config_from_dict(cfg), checkpoint=tmp_path / "run.ckpt", resume=True, log=None)
     assert resumed.epoch == 1
     assert resumed.fit().val_loss == whole.val_loss
+    # another data set is no moved copy: the checkpoint is refused (the search then restarts the trial), as a
+    # checkpoint of an earlier release (no digest of its data) is on another data.path (found in review)
+    _write_cifar(tmp_path / "other", seed=1)
+    cfg["data"]["path"] = str(tmp_path / "other")
+    Trainer(config_from_dict({**cfg, "data": {**cfg["data"], "path": str(tmp_path / "b")}}),
+            checkpoint=tmp_path / "run.ckpt", log=None).fit(stop_after=1)
+    with pytest.raises(CheckpointError, match="written on another data set than the one at .*other"):
+        Trainer(config_from_dict(cfg), checkpoint=tmp_path / "run.ckpt", resume=True, log=None)
+    state = torch.load(tmp_path / "run.ckpt", weights_only=False)
+    del state["data"]
+    torch.save(state, tmp_path / "old.ckpt")
+    with pytest.raises(CheckpointError, match="written on another data set"):
+        Trainer(config_from_dict(cfg), checkpoint=tmp_path / "old.ckpt", resume=True, log=None)
