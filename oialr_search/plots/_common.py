@@ -74,12 +74,14 @@ def style() -> Iterator[None]:
 
 @contextlib.contextmanager
 def quiet_optuna() -> Iterator[None]:
-    """Optuna's matplotlib functions are experimental and warn on every call, and set a global style."""
+    """Optuna's matplotlib functions are experimental and warn on every call, and set a global style; with
+    one value on an axis matplotlib warns of identical limits (a sweep saw it leak into plot's output)."""
     import matplotlib
     import optuna
 
     with warnings.catch_warnings(), matplotlib.rc_context():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Attempting to set identical", category=UserWarning)
         yield
 
 
