@@ -9,6 +9,7 @@ from .._lazy import lazy_exports
 if TYPE_CHECKING:  # the public names; at run time each is imported from its module on first use (_lazy)
     from ._augment import build_batch_ops
     from ._augment_config import AugmentConfig
+    from ._batches import BatchIterator, Loading, loading_for
     from ._bundled import CONFIG_DIR, bundled_configs, resolve_config_path
     from ._checkpoint import load_checkpoint, save_checkpoint
     from ._config import DataConfig, ModelConfig, OptimConfig, RunConfig, ScheduleConfig, TrainConfig
@@ -23,7 +24,7 @@ if TYPE_CHECKING:  # the public names; at run time each is imported from its mod
         save_config,
         stored_run_config,
     )
-    from ._data import BatchIterator, DataBundle, Loading, load_data, loading_for
+    from ._data import DataBundle, load_data
     from ._datasets import DATASETS
     from ._lr import lr_at, steps_from, trainable_coupling
     from ._models import create_model, model_names, register_model

@@ -17,11 +17,12 @@ from torch import nn
 from ..exceptions import CheckpointError, ConfigError
 from ..lowrank import OIALR
 from ._augment import build_batch_ops
-from ._checkpoint import load_checkpoint, save_checkpoint
+from ._batches import BatchIterator, loading_for, random_shift_flip
+from ._checkpoint import load_checkpoint, portable_config, resolved_config, rng_state, save_checkpoint, set_rng_state
 from ._compile import TrainingCompiler
 from ._config import RunConfig
-from ._config_io import config_from_dict, config_to_dict
-from ._data import BatchIterator, DataBundle, load_data, loading_for, random_shift_flip
+from ._config_io import config_to_dict
+from ._data import DataBundle, load_data
 from ._distributed import (
     TrialGroup,
     all_reduce_sum,
@@ -76,47 +77,6 @@ def _full_fp32(device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32 = before
-
-
-def _rng_state(device: torch.device) -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: torch.Tensor | dict, device: torch.device) -> None:
-    if isinstance(state, torch.Tensor):  # a checkpoint from before the full RNG state: torch's only
-        torch.set_rng_state(state)
-        return
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def _normalized(stored: dict) -> dict | None:
-    """A checkpoint's config as this release resolves it (older releases wrote fewer keys, or
-    ``data.augment`` as a bool); None when it no longer loads."""
-    try:
-        return config_to_dict(config_from_dict(stored))
-    except ConfigError:
-        return None
-
-
-def _portable(config: dict | None) -> dict | None:
-    """A config without its device and thread count: a checkpoint resumes on another GPU or rank (a trial
-    resumed by another job), nor the data loading settings, which change how, not what, is computed
-    (and whose defaults changed). (CPU float sums depend on the threads: an exact resume needs the same.)
-    Nor its precision, which goes with the device (a checkpoint of the release before it, fp32, resumes in
-    fp32 under the search, whose stored trial configs say so: see stored_run_config), nor whether the
-    forward is compiled. Nor where the data set lies (data.path): a moved copy of it resumes the run."""
-    if config is None:
-        return None
-    return {**config, "train": {k: v for k, v in config["train"].items() if k not in ("device", "threads",
-                                                                                       "precision", "compile")},
-            "data": {k: v for k, v in config["data"].items() if k not in ("num_workers", "on_device", "path")}}
 
 
 def seed_everything(seed: int) -> None:
@@ -221,7 +181,7 @@ class Trainer:
     def _save(self, epoch_sums: torch.Tensor | None = None) -> None:
         """Checkpoint; ``epoch_sums`` (loss sums of the epoch so far) for a checkpoint within an epoch."""
         assert self.checkpoint_path is not None
-        rng = _rng_state(self.device)
+        rng = rng_state(self.device)
         every_rank = gather_objects(rng, self.group)  # collective: a group's followers call this too
         if not self._saves:
             return
@@ -240,7 +200,7 @@ class Trainer:
         if not self.checkpoint_path.exists():
             return  # nothing yet: start from scratch, so "--resume" is safe to always pass
         state = load_checkpoint(self.checkpoint_path)
-        if _portable(_normalized(state["config"])) != _portable(config_to_dict(self.config)):
+        if portable_config(resolved_config(state["config"])) != portable_config(config_to_dict(self.config)):
             raise CheckpointError(f"{self.checkpoint_path}: written by a different config; use another checkpoint "
                                   "path or the same config")
         stored_data = state.get("data")  # checkpoints of earlier releases have none: then only the same data.path
@@ -266,9 +226,9 @@ class Trainer:
         self.precision.load_state_dict(state.get("precision"))
         ranks = state.get("rng_ranks")
         if self.group is not None and ranks is not None and len(ranks) == self.group.size:
-            _set_rng_state(ranks[self.group.rank], self.device)
+            set_rng_state(ranks[self.group.rank], self.device)
         else:
-            _set_rng_state(state["rng"], self.device)
+            set_rng_state(state["rng"], self.device)
             if self.group is not None:  # a checkpoint with the first rank's state only (or another rank count)
                 seed_everything(rank_seed(self.config.train.seed + self.step, self.group.rank))
         if self.log:

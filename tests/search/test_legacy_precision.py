@@ -9,7 +9,7 @@ import yaml
 from oialr_search.search import SearchRequest, SearchSpace, load_space, run_search
 from oialr_search.storage import Store
 from oialr_search.training import config_from_dict, config_to_dict, stored_run_config
-from oialr_search.training._trainer import _normalized, _portable
+from oialr_search.training._checkpoint import portable_config, resolved_config
 
 from .test_search_cli import run, trials, write_space
 
@@ -26,7 +26,7 @@ def test_a_config_of_the_earlier_release_keeps_fp32_and_a_current_one_is_untouch
     assert config_from_dict(old).train.precision == "auto"  # what the pin prevents
     # a checkpoint written by the earlier release resumes under the pinned config (no "different config")
     pinned = config_to_dict(config_from_dict(stored_run_config(old)))
-    assert _portable(_normalized(old)) == _portable(pinned)
+    assert portable_config(resolved_config(old)) == portable_config(pinned)
 
 
 def test_a_study_of_the_earlier_release_resumes_and_exports_in_fp32(tmp_path):

@@ -23,7 +23,7 @@ from oialr_search.training import (
     loading_for,
 )
 from oialr_search.training._augment import ImageDataset, MixBatch, _posterize, train_transform
-from oialr_search.training._data import MAX_AUTO_WORKERS
+from oialr_search.training._batches import MAX_AUTO_WORKERS
 
 RECIPE = AugmentConfig(auto_augment="rand-m9-mstd0.5-inc1", scale_min=0.8, hflip=0.5, interpolation="random",
                        re_prob=0.25, re_mode="pixel")
@@ -152,7 +152,7 @@ def test_loading_options(tmp_path):
 
 
 def test_shift_on_a_device_tensor_set_draws_as_on_the_host():
-    from oialr_search.training._data import random_shift_flip
+    from oialr_search.training._batches import random_shift_flip
 
     d = load_data("digits", val_fraction=0.2)
     host = BatchIterator(d.train, 50, shuffle=True, seed=2, augment=random_shift_flip(1, 0.5))

@@ -137,7 +137,7 @@ def test_training_drops_a_last_batch_of_one_item():
 def test_sharded_shift_augmentation_is_the_single_process_one():
     """The ranks of a group augment their items as one process augments the whole batch: item i of every
     rank's share used to get the same shift (found in review)."""
-    from oialr_search.training._data import random_shift_flip
+    from oialr_search.training._batches import random_shift_flip
 
     d = load_data("digits", val_fraction=0.2)
     whole = BatchIterator(d.train, 100, shuffle=True, seed=2, augment=random_shift_flip(1, 0.5))
