@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -46,8 +47,11 @@ def _layer_weights(model: nn.Module, *, trainable_alone_only: bool) -> list[Elig
         uses[id(p)] = uses.get(id(p), 0) + 1
 
     def trainable_alone(module: nn.Module, weight_name: str) -> bool:
-        w = module.get_parameter(weight_name)
-        return not trainable_alone_only or (w.requires_grad and uses[id(w)] == 1)
+        if not trainable_alone_only:
+            return True
+        w = functools.reduce(getattr, weight_name.split("."), module)
+        # a weight derived from others (spectral_norm, weight_norm, parametrizations) is no Parameter: it stays
+        return isinstance(w, nn.Parameter) and w.requires_grad and uses.get(id(w)) == 1
 
     found: list[EligibleWeight] = []
     inside_mha: list[str] = []

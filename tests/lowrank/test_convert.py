@@ -202,3 +202,14 @@ def test_keep_first_and_last_mean_the_models_own_layers_even_when_those_are_froz
     convert_to_low_rank(model, keep_last_layer=True)
     assert [type(m) for m in model][1:] == [LowRankLinear, LowRankLinear, nn.Linear]
     assert model[3].weight is model[0].weight
+
+
+def test_a_weight_derived_from_others_stays_dense():
+    """spectral_norm (or weight_norm) makes ``weight`` a computed tensor, no Parameter: the eligibility check
+    crashed on it at the switch (found in review); factorizing it would drop the normalization anyway."""
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.utils.spectral_norm(nn.Linear(8, 8)), nn.ReLU(),
+                          nn.Linear(8, 3))
+    assert [w.name for w in eligible_weights(model)] == ["0.weight", "4.weight"]
+    convert_to_low_rank(model, keep_last_layer=False)
+    assert [type(m) for m in model[::2]] == [LowRankLinear, nn.Linear, LowRankLinear]
+    assert hasattr(model[2], "weight_orig")  # still spectrally normalized
