@@ -50,8 +50,9 @@ class DataBundle:
                 elif isinstance(split, ImageDataset):
                     digest.update(split.labels.tobytes())
                 elif hasattr(split, "samples") and hasattr(split, "root"):  # ImageFolder: files relative to it
-                    root = str(split.root)
-                    digest.update("\n".join(f"{os.path.relpath(f, root)}\t{t}" for f, t in split.samples).encode())
+                    root = os.path.join(str(split.root), "")
+                    digest.update("\n".join(f"{f[len(root):] if f.startswith(root) else os.path.relpath(f, root)}\t{t}"
+                                            for f, t in split.samples).encode())
             self._fingerprint = digest.hexdigest()
         return self._fingerprint
 

@@ -91,6 +91,18 @@ def rank_seed(seed: int, rank: int) -> int:
     return (seed * 1_000_003 + 7919 * (rank + 1)) % 2**63
 
 
+def _misfit(exc: BaseException) -> str | None:
+    """What does not fit, when ``exc`` is load_state_dict's error for a state of other keys or shapes (its
+    first detail, e.g. "size mismatch for 1.weight: …"), else None."""
+    text = str(exc)
+    if isinstance(exc, torch.OutOfMemoryError) or not any(
+            m in text for m in ("Error(s) in loading state_dict", "doesn't match the size of optimizer's group",
+                                "different number of parameter groups")):
+        return None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return "; ".join(lines[:2])[:300]
+
+
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Decay matrices only; biases, norms and tokens (≤ 1-D) get none, as in timm."""
     decay, no_decay = [], []
@@ -171,6 +183,8 @@ class Trainer:
         self._lr_mult = 1.0
         self._batch = 0  # batches of the current epoch already trained (a checkpoint may fall mid-epoch)
         self._epoch_sums: torch.Tensor | None = None  # and their loss sums, from such a checkpoint
+        if self.checkpoint_path is not None:  # now, not in the save a preemption signal asks for (seconds on ImageNet)
+            self.data.fingerprint()
         if resume:
             self._resume()
         # after the resume, which may have made the model low-rank: a wrapper built before it would track the
@@ -214,9 +228,11 @@ class Trainer:
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError) as exc:  # shapes that do not fit: the trial restarts, not fails
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CheckpointError(f"{self.checkpoint_path}: does not fit this run's model ({first})") from None
+        except (RuntimeError, ValueError) as exc:  # a state that does not fit: the trial restarts, not fails
+            misfit = _misfit(exc)
+            if misfit is None:  # anything else (out of memory) is no reason to drop the checkpoint
+                raise
+            raise CheckpointError(f"{self.checkpoint_path}: does not fit this run's model ({misfit})") from None
         self.oialr.load_state_dict(state["oialr"])
         self.epoch, self.step = state["epoch"], state["step"]
         self.train_seconds, self._lr_mult = state["train_seconds"], state["lr_mult"]

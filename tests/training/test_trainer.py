@@ -154,3 +154,25 @@ def test_a_checkpoint_resumes_with_its_data_set_moved(tmp_path):
     torch.save(state, tmp_path / "old.ckpt")
     with pytest.raises(CheckpointError, match="written on another data set"):
         Trainer(config_from_dict(cfg), checkpoint=tmp_path / "old.ckpt", resume=True, log=None)
+
+
+def test_a_checkpoint_that_does_not_fit_says_what_and_other_load_errors_pass_through(tmp_path, monkeypatch):
+    """A state of other shapes is a CheckpointError naming the mismatch (the search then restarts the trial);
+    an error that merely happens while loading, such as running out of memory, is not one, or the search
+    would delete a good checkpoint (found in review)."""
+    cfg = tiny(train={"epochs": 2})
+    Trainer(cfg, checkpoint=tmp_path / "run.ckpt", log=None).fit(stop_after=1)
+    state = torch.load(tmp_path / "run.ckpt", weights_only=False)
+    key = next(k for k, v in state["model"].items() if v.dim() == 2)
+    state["model"][key] = state["model"][key][:, 1:]
+    torch.save(state, tmp_path / "cut.ckpt")
+    with pytest.raises(CheckpointError, match=rf"does not fit this run's model \(Error\(s\) in loading state_dict.*; "
+                                              rf"size mismatch for {key}"):
+        Trainer(cfg, checkpoint=tmp_path / "cut.ckpt", resume=True, log=None)
+
+    def out_of_memory(self, state):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
+
+    monkeypatch.setattr(torch.optim.AdamW, "load_state_dict", out_of_memory)
+    with pytest.raises(torch.OutOfMemoryError):
+        Trainer(cfg, checkpoint=tmp_path / "run.ckpt", resume=True, log=None)
