@@ -104,7 +104,9 @@ def _misfit(exc: BaseException) -> str | None:
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decay matrices only; biases, norms and tokens (≤ 1-D) get none, as in timm."""
+    """Decay every tensor of 2+ dimensions; biases and norms (≤ 1-D) get none. (timm also exempts the names a
+    model lists in no_weight_decay(), a ViT's class token and position embedding; we do not, and changing it
+    would change every stored study's training.)"""
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
