@@ -78,3 +78,15 @@ def portable_config(config: dict | None) -> dict | None:
     return {**config, "train": {k: v for k, v in config["train"].items() if k not in ("device", "threads",
                                                                                        "precision", "compile")},
             "data": {k: v for k, v in config["data"].items() if k not in ("num_workers", "on_device", "path")}}
+
+
+def misfit_of(exc: BaseException) -> str | None:
+    """What does not fit, when ``exc`` is load_state_dict's error for a state of other keys or shapes (its
+    first detail, e.g. "size mismatch for 1.weight: …"), else None."""
+    text = str(exc)
+    if isinstance(exc, torch.OutOfMemoryError) or not any(
+            m in text for m in ("Error(s) in loading state_dict", "doesn't match the size of optimizer's group",
+                                "different number of parameter groups")):
+        return None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return "; ".join(lines[:2])[:300]

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +17,20 @@ from ..exceptions import CheckpointError, ConfigError
 from ..lowrank import OIALR
 from ._augment import build_batch_ops
 from ._batches import BatchIterator, loading_for, random_shift_flip
-from ._checkpoint import load_checkpoint, portable_config, resolved_config, rng_state, save_checkpoint, set_rng_state
+from ._checkpoint import (
+    load_checkpoint,
+    misfit_of,
+    portable_config,
+    resolved_config,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from ._compile import TrainingCompiler
 from ._config import RunConfig
 from ._config_io import config_to_dict
 from ._data import DataBundle, load_data
+from ._device import full_fp32, resolve_device, use_device
 from ._distributed import (
     TrialGroup,
     all_reduce_sum,
@@ -43,42 +51,6 @@ from ._results import EpochCallback, EpochRecord, Preempted, TrainingDiverged, T
 FINITE_CHECK_EVERY = 50
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device: {name} requested but no CUDA device is available")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(f"train.device: {name} requested but this machine has {torch.cuda.device_count()} "
-                          "CUDA device(s), numbered from 0")
-    return device
-
-
-def _use_device(device: torch.device) -> None:
-    """Make ``device`` the current CUDA device and allow TF32 for fp32 matmuls, as timm does."""
-    if device.type == "cuda":
-        if device.index is not None:  # "cuda" alone is the current device already
-            torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-
-@contextlib.contextmanager
-def _full_fp32(device: torch.device) -> Iterator[None]:
-    """No TF32 inside: the OIALR events' SVDs and basis rotations must keep U and V orthonormal to fp32
-    accuracy, update after update."""
-    if device.type != "cuda":
-        yield
-        return
-    before = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = before
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -89,18 +61,6 @@ def rank_seed(seed: int, rank: int) -> int:
     """The random seed of rank ``rank`` of a trial's group, for what each rank draws alone (dropout,
     drop-path, Mixup): one seed on every rank would give item i of every rank's share the same masks."""
     return (seed * 1_000_003 + 7919 * (rank + 1)) % 2**63
-
-
-def _misfit(exc: BaseException) -> str | None:
-    """What does not fit, when ``exc`` is load_state_dict's error for a state of other keys or shapes (its
-    first detail, e.g. "size mismatch for 1.weight: …"), else None."""
-    text = str(exc)
-    if isinstance(exc, torch.OutOfMemoryError) or not any(
-            m in text for m in ("Error(s) in loading state_dict", "doesn't match the size of optimizer's group",
-                                "different number of parameter groups")):
-        return None
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return "; ".join(lines[:2])[:300]
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -140,7 +100,7 @@ class Trainer:
         if tc.threads:
             torch.set_num_threads(tc.threads)
         self.device = resolve_device(tc.device)
-        _use_device(self.device)
+        use_device(self.device)
         self.precision = Precision(tc.precision, self.device)
         seed_everything(tc.seed)
         self.data = data or load_data(config.data.name, path=config.data.path, val_fraction=config.data.val_fraction,
@@ -231,7 +191,7 @@ class Trainer:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError) as exc:  # a state that does not fit: the trial restarts, not fails
-            misfit = _misfit(exc)
+            misfit = misfit_of(exc)
             if misfit is None:  # anything else (out of memory) is no reason to drop the checkpoint
                 raise
             raise CheckpointError(f"{self.checkpoint_path}: does not fit this run's model ({misfit})") from None
@@ -264,7 +224,7 @@ class Trainer:
         """One optimizer step on a global batch, or with ``global_size`` on this rank's share of a
         global batch of that many items (as ``train_batches`` yields them in a group). Returns the
         loss as a detached device tensor (reading it would make the host wait for the device every step)."""
-        with _full_fp32(self.device):  # outside autocast too: SVDs and rotations in fp32
+        with full_fp32(self.device):  # outside autocast too: SVDs and rotations in fp32
             record = self.oialr.before_step(self.step)
         if record is not None:
             self.compiler.shapes_changed(self.model)

@@ -122,6 +122,6 @@ def load_model(config: dict | RunConfig | str | Path | None, weights: str | Path
         model = build_model(cfg, payload)
     except KeyError as exc:
         raise WeightsError(f"{weights}: incomplete weights file (no {exc.args[0]!r})") from None
-    from ._trainer import resolve_device  # here: the trainer imports this module's neighbours
+    from ._device import resolve_device
 
     return model.to(resolve_device("auto") if device == "auto" else device).eval()

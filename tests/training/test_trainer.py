@@ -112,7 +112,7 @@ def test_checkpoint_every_writes_within_epochs(tmp_path, monkeypatch):
 
 
 def test_a_cuda_device_the_machine_lacks_is_a_config_error(monkeypatch):
-    from oialr_search.training._trainer import resolve_device
+    from oialr_search.training._device import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ConfigError, match="no CUDA device is available"):
