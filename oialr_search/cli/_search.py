@@ -28,11 +28,9 @@ def _check_data(space: object, study: str | None = None) -> None:  # a SearchSpa
     """Refuse a search whose data set is not where ``space`` says (see data_problem); ``study``: a stored one."""
     from ..search._study_checks import data_problem
 
-    problem = data_problem(space)
+    problem = data_problem(space, stored=study)
     if problem is not None:
-        raise OIALRSearchError(problem if study is None else
-                               f"{problem}; point the study at it with 'oialr-search resume --study {study} "
-                               "--set data.path=…'")
+        raise OIALRSearchError(problem)
 
 
 class _SaidByRank0(OIALRSearchError):

@@ -62,12 +62,17 @@ def _layer_weights(model: nn.Module, *, trainable_alone_only: bool) -> list[Elig
             continue
         if isinstance(module, nn.MultiheadAttention):
             inside_mha.append(name)
-            ins = ["in_proj_weight"] if module._qkv_same_embed_dim else ["q_proj_weight", "k_proj_weight",
-                                                                          "v_proj_weight"]
-            found += [EligibleWeight(name, w) for w in [*ins, "out_proj.weight"] if trainable_alone(module, w)]
+            found += [EligibleWeight(name, w) for w in [*_in_projections(module), "out_proj.weight"]
+                      if trainable_alone(module, w)]
         elif trainable_alone(module, "weight"):
             found.append(EligibleWeight(name, "weight"))
     return found
+
+
+def _in_projections(attention: nn.MultiheadAttention) -> list[str]:
+    """The names of an attention layer's input projection weights: one packed, or q, k and v apart."""
+    return ["in_proj_weight"] if attention._qkv_same_embed_dim else ["q_proj_weight", "k_proj_weight",
+                                                                     "v_proj_weight"]
 
 
 def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -107,11 +112,9 @@ def convert_to_low_rank(model: nn.Module, *, keep_first_layer: bool = False, kee
         module = model.get_submodule(ew.module_name)
         if isinstance(module, nn.MultiheadAttention):
             done_modules.add(ew.module_name)
-            ins = ["in_proj_weight"] if module._qkv_same_embed_dim else ["q_proj_weight", "k_proj_weight",
-                                                                          "v_proj_weight"]
             # a projection left out of the eligible ones (tied, frozen) or kept dense keeps its side dense
             convert_in = all(f"{ew.module_name}.{w}" in eligible and f"{ew.module_name}.{w}" not in kept
-                             for w in ins)
+                             for w in _in_projections(module))
             out_name = f"{ew.module_name}.out_proj.weight"
             convert_out = out_name in eligible and out_name not in kept
             if not (convert_in or convert_out):

@@ -148,11 +148,11 @@ def _prepare(req: SearchRequest, world_size: int) -> tuple[Study, str, int, int,
                                    f"{_shown_overrides(space.overrides)}; continue it with 'oialr-search resume "
                                    f"--study {req.study}' (change a non-searched key there with --set) or pick a new "
                                    f"name")
-    problem = data_problem(space)  # a stored study's too: its data may have moved, or not be staged yet
-    if problem is not None:  # (the CLI checks this on every rank first: each may see its own disk)
-        raise OIALRSearchError(problem if existing is None else
-                               f"{problem}; point the study at it with 'oialr-search resume --study {req.study} "
-                               "--set data.path=…'")
+    # a stored study's too: its data may have moved, or not be staged yet (the CLI checks this on every rank
+    # first: each may see its own disk)
+    problem = data_problem(space, stored=req.study if existing is not None else None)
+    if problem is not None:
+        raise OIALRSearchError(problem)
     wanted = req.backend if req.backend != "auto" else (existing.backend if existing else "propulate")
     backend = wanted
     workers = world_size // req.ranks_per_trial

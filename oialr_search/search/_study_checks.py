@@ -59,11 +59,12 @@ def model_problem(space: SearchSpace) -> str | None:
     return None
 
 
-def data_problem(space: SearchSpace) -> str | None:
+def data_problem(space: SearchSpace, stored: str | None = None) -> str | None:
     """Why every trial of ``space`` would fail to load its data: an on-disk data set (data.path) that is not
     there in its layout, unless data.name or data.path is searched; None otherwise. Files are looked at,
     not read. Judged before every search (a sweep found a wrong --set data.path spending a new study's whole
-    budget on failed trials, exit 0; a resumed study's data may have moved or not be staged yet)."""
+    budget on failed trials, exit 0; a resumed study's data may have moved or not be staged yet).
+    ``stored``: the name of the stored study ``space`` is, which the message tells how to point at its data."""
     searched = {d.key for d in space.dimensions}
     if searched & {"data", "data.name", "data.path"}:
         return None
@@ -71,7 +72,9 @@ def data_problem(space: SearchSpace) -> str | None:
     try:
         check_data_source(data.name, data.path)
     except DataError as exc:
-        return f"{space.path}: {_where(space)}: {exc} (every trial would fail loading its data)"
+        hint = "" if stored is None else \
+            f"; point the study at it with 'oialr-search resume --study {stored} --set data.path=…'"
+        return f"{space.path}: {_where(space)}: {exc} (every trial would fail loading its data){hint}"
     return None
 
 
