@@ -1,7 +1,7 @@
 """The GPU paths, checked on one node: the one command to run on a GPU machine (DESIGN.md §8).
 
     python bench/gpu.py [--ranks N] [--batch 256] [--vit-batch 64] [--rounds 5] [--steps 5] [--parts 1,2,3,4,5,6]
-                        [--compile-mode reduce-overhead]
+                        [--compile-mode default]
     python bench/gpu.py --device cpu --smoke     (tiny sizes: checks that the script runs)
 
 Prints, side by side in one run (medians of interleaved rounds, the device synchronized around
@@ -20,9 +20,12 @@ every timed region):
   5. the cost model: for every factor shape of part 3, whether ``use_factorized`` picks the faster
      of the layer's dense and factorized products on this device (forward + backward; on a GPU by
      the kernels' time);
-  6. train.compile: the Table-3 model's training step eager and compiled (``--compile-mode``, CUDA
-     graphs by default), at full rank and at 10 % rank, with the seconds the first two compiled
-     steps took (the compile).
+  6. train.compile: the Table-3 model's training step eager and compiled (``--compile-mode``), fp32
+     and bf16 at full rank and bf16 at 10 % rank, with the seconds the first two compiled steps took
+     (the compile); then what a scheduled OIALR update adds to the steps (SVDs, rotations and under
+     train.compile any recompile), with the recipe's beta and layer fraction, as a share of training
+     time at the recipe's update frequency. With CUDA graphs (reduce-overhead, max-autotune) only
+     the full-rank variants run: the trainer refuses those modes for OIALR runs on a GPU.
 "GPU busy" is the share of the wall time the GPU spends in kernels (from the profiler): far below
 100 %, the host (Python, kernel launches) sets the pace, and a faster kernel changes nothing.
 Synthetic images (no data set is read); the numbers are the training step's, not the loader's.
@@ -84,13 +87,16 @@ def update_frequency(spec: dict) -> int:
     return spec["update_frequency"]
 
 
-def make_trainer(spec: dict, *, device: str, batch: int, precision: str, oialr: bool, compile: str = "none") -> Trainer:
+def make_trainer(spec: dict, *, device: str, batch: int, precision: str, oialr: bool, compile: str = "none",
+                 schedule: dict | None = None) -> Trainer:
+    """A trainer on synthetic images; ``oialr`` without ``schedule``: no event until the ranks are forced."""
+    events = schedule or {"delay": 10**9 if oialr else 0.1, "update_frequency": update_frequency(spec)}
     cfg = config_from_dict({
         "model": spec["model"],
         "data": {"name": "digits"},  # replaced by the synthetic bundle below
         "train": {"epochs": 1, "batch_size": batch, "device": device, "precision": precision, "seed": 0,
                   "compile": compile},
-        "oialr": {"enabled": oialr, "delay": 10**9 if oialr else 0.1, "update_frequency": update_frequency(spec)},
+        "oialr": {"enabled": oialr, **events},
     })
     n, img = 2 * batch, spec["img"]
     images, labels = torch.randn(n, 3, img, img), torch.randint(0, spec["classes"], (n,))
@@ -374,17 +380,29 @@ def svd_share(label: str, spec: dict, device: str, batch: int, rounds: int, step
 
 # -- 6. train.compile -------------------------------------------------------------------------------------------
 
+def low_precision(device: str) -> str:
+    dev = torch.device(device)
+    return "bf16" if dev.type != "cuda" or torch.cuda.is_bf16_supported() else "fp16"
+
+
 def compiled(spec: dict, device: str, batch: int, rounds: int, steps: int, mode: str) -> None:
+    """Eager against compiled: fp32 and bf16 at full rank (the speed-up of bf16 once the host no longer
+    sets the pace) and bf16 at 10 % rank (the OIALR step's ratio), then what a scheduled update costs.
+    A mode with CUDA graphs times the full-rank steps only: the trainer refuses it for OIALR on a GPU."""
+    low = low_precision(device)
+    oialr_too = not (torch.device(device).type == "cuda" and _compile.TrainingCompiler(mode=mode).uses_cuda_graphs)
+    kinds = [("fp32 full-rank", "fp32", None), (f"{low} full-rank", low, None)]
+    kinds += [(f"{low} rank 10%", low, 0.1)] if oialr_too else []
     variants: dict[str, Trainer] = {}
-    for label, fraction in (("full-rank", None), ("rank 10%", 0.1)):
+    for label, prec, fraction in kinds:
         for how in ("none", mode):
-            t = make_trainer(spec, device=device, batch=batch, precision="auto", oialr=fraction is not None,
+            t = make_trainer(spec, device=device, batch=batch, precision=prec, oialr=fraction is not None,
                              compile=how)
             if fraction is not None:
                 force_ranks(t, fraction)
                 t.compiler.shapes_changed(t.model)  # as the trainer does after an OIALR event
             variants[f"{label} {'eager' if how == 'none' else 'compiled'}"] = t
-    full = variants["full-rank eager"]
+    full = variants["fp32 full-rank eager"]
     x, y = batch_on_device(full)
     fns = {name: (lambda t=t: t.train_step(x, y)) for name, t in variants.items()}
     first: dict[str, float] = {}
@@ -395,17 +413,69 @@ def compiled(spec: dict, device: str, batch: int, rounds: int, steps: int, mode:
         fn()
         sync(full.device)
         first[name] = time.perf_counter() - start
+        print(f"  part 6: {name}: first 2 steps {first[name]:.1f}s", file=sys.stderr, flush=True)
     times = time_interleaved(fns, full.device, rounds, steps)
-    print(f"\n== 6. train.compile ({_compile.BACKEND}, mode {mode}): Table-3 mini-ViT, batch {batch}, "
-          f"{full.precision.name} (median of {rounds} x {steps} steps)")
-    print(f"{'variant':>20} {'step s':>9} {'images/s':>10} {'vs eager':>9} {'GPU busy':>9} {'first 2 steps s':>16}")
+    print(f"\n== 6. train.compile ({_compile.BACKEND}, mode {mode}): Table-3 mini-ViT, batch {batch} "
+          f"(median of {rounds} x {steps} steps)")
+    print(f"{'variant':>26} {'step s':>9} {'images/s':>10} {'vs eager':>9} {'GPU busy':>9} {'first 2 steps s':>16}")
     for name, fn in fns.items():
         eager = times[name.replace("compiled", "eager")]
         gpu = gpu_seconds(full.device, fn, steps)
-        print(f"{name:>20} {times[name]:9.4f} {batch / times[name]:10.0f} {eager / times[name]:8.2f}x "
+        print(f"{name:>26} {times[name]:9.4f} {batch / times[name]:10.0f} {eager / times[name]:8.2f}x "
               f"{busy(gpu, times[name]):>9} {first[name]:16.1f}")
-    print(f"rank 10% / full rank: eager {times['rank 10% eager'] / times['full-rank eager']:.3f}, compiled "
-          f"{times['rank 10% compiled'] / times['full-rank compiled']:.3f}")
+    for how in ("eager", "compiled"):
+        fp32, full_low = times[f"fp32 full-rank {how}"], times[f"{low} full-rank {how}"]
+        ratio = (f"; rank 10% / full rank ({low}) {times[f'{low} rank 10% {how}'] / full_low:.3f}" if oialr_too
+                 else "")
+        print(f"{how:>8}: {low} speed-up over fp32 {fp32 / full_low:.2f}x{ratio}")
+    variants.clear()  # free the device before the update runs
+    for how in ("none", mode) if oialr_too else ("none",):
+        update_cost(spec, device, batch, low, how)
+    if not oialr_too:
+        print(f"(train.compile: {mode} runs CUDA graphs, which the trainer refuses for OIALR runs on a GPU: "
+              "no low-rank variants)")
+
+
+def update_cost(spec: dict, device: str, batch: int, precision: str, how: str, updates: int = 4,
+                frequency: int = 25) -> None:
+    """What a scheduled OIALR update costs on top of the steps, with the recipe's beta and layer fraction:
+    the SVDs and rotations, and under train.compile whatever a rank change recompiles or re-records.
+    Timed as the steps' total less their median, over ``updates`` updates ``frequency`` steps apart."""
+    recipe = load_config(resolve_config_path(spec["recipe"])).oialr if "recipe" in spec else None
+    schedule = {"delay": 0, "update_frequency": frequency}
+    if recipe is not None:
+        schedule |= {"beta": recipe.beta, "layer_fraction": recipe.layer_fraction}
+    t = make_trainer(spec, device=device, batch=batch, precision=precision, oialr=True, compile=how,
+                     schedule=schedule)
+    x, y = batch_on_device(t)
+    for _ in range(frequency + 3):  # the switch, the low-rank graph's compile and the first update
+        t.train_step(x, y)
+    graphs = _unique_graphs()
+    changed, seconds = 0, []
+    for _ in range(updates * frequency):
+        before = [f.rank for _, f in t.oialr.factors]
+        sync(t.device)
+        start = time.perf_counter()
+        t.train_step(x, y)
+        sync(t.device)
+        seconds.append(time.perf_counter() - start)
+        changed += sum(a != f.rank for a, (_, f) in zip(before, t.oialr.factors, strict=True))
+    step = statistics.median(seconds)
+    per_update = (sum(seconds) - step * len(seconds)) / updates
+    f = update_frequency(spec)
+    share = 100 * per_update / (per_update + f * step)
+    label = "eager" if how == "none" else f"compiled ({how})"
+    graphs_note = "" if how == "none" else f"; graphs compiled meanwhile: {_unique_graphs() - graphs}"
+    print(f"updates, {label}, {precision}: {updates} updates of {t.config.oialr.layer_fraction:.0%} of the layers "
+          f"(beta {t.config.oialr.beta}), {changed} rank changes{graphs_note}; step {step:.4f}s, each update "
+          f"{per_update:.3f}s more; every {f} steps (the recipe) that is {share:.2f}% "
+          f"of training time (trainable now {100 * t.oialr.counts().trainable_fraction:.1f}%)")
+
+
+def _unique_graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
 
 
 def main() -> None:
@@ -421,8 +491,9 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="tiny models and batches: check that the script runs")
     ap.add_argument("--parts", default="1,2,3,4,5,6",
                     help="which parts to run, e.g. 2,3 (part 5 times part 3's shapes)")
-    ap.add_argument("--compile-mode", default=None, choices=[m for m in COMPILE_MODES if m != "none"],
-                    help="part 6's train.compile (default: reduce-overhead on CUDA, else default)")
+    ap.add_argument("--compile-mode", default="default", choices=[m for m in COMPILE_MODES if m != "none"],
+                    help="part 6's train.compile (with CUDA graphs, reduce-overhead or max-autotune: "
+                         "full rank only)")
     args = ap.parse_args()
     if args.placement_worker:
         placement_worker()
@@ -460,8 +531,7 @@ def main() -> None:
     if 5 in parts:
         cost_model(sorted(set(shapes)), args.device, args.rounds, max(3, args.steps))
     if 6 in parts:
-        mode = args.compile_mode or ("reduce-overhead" if args.device.startswith("cuda") else "default")
-        compiled(models["table3-mini-vit"], args.device, args.batch, args.rounds, args.steps, mode)
+        compiled(models["table3-mini-vit"], args.device, args.batch, args.rounds, args.steps, args.compile_mode)
 
 
 if __name__ == "__main__":

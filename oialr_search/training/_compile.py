@@ -50,9 +50,26 @@ class TrainingCompiler:
     """Compiles a model's forward for training per ``mode``, a validated ``train.compile`` (``none``: a
     no-op everywhere)."""
 
-    def __init__(self, *, mode: str) -> None:
+    def __init__(self, *, mode: str, device: torch.device | None = None, ranks_change: bool = False) -> None:
         assert mode in COMPILE_MODES, mode
         self.mode = mode
+        if ranks_change and device is not None and device.type == "cuda" and self.uses_cuda_graphs:
+            # Measured on an H100 (torch 2.11): after the first update that drops a rank, the compiled
+            # backward returns the new rank's gradient for the old shape and the run dies, whatever the
+            # cudagraph-tree settings; inductor without CUDA graphs follows every rank (tested there)
+            raise ConfigError(f"train.compile: {mode} runs the step as CUDA graphs, which fail at OIALR's first "
+                              "rank change on GPUs; use default or max-autotune-no-cudagraphs (CUDA graphs suit "
+                              "full-rank runs, oialr.enabled: false)")
+
+    @property
+    def uses_cuda_graphs(self) -> bool:
+        """Whether torch.compile's ``mode`` records CUDA graphs (on CUDA devices)."""
+        if not self.enabled:
+            return False
+        import torch._inductor
+
+        return bool(torch._inductor.list_mode_options(None if self.mode == "default" else self.mode)
+                    .get("triton.cudagraphs", False))
 
     @property
     def enabled(self) -> bool:

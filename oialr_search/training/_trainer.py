@@ -101,6 +101,7 @@ class Trainer:
             torch.set_num_threads(tc.threads)
         self.device = resolve_device(tc.device)
         use_device(self.device)
+        self.compiler = TrainingCompiler(mode=tc.compile, device=self.device, ranks_change=config.oialr.enabled)
         self.precision = Precision(tc.precision, self.device)
         seed_everything(tc.seed)
         self.data = data or load_data(config.data.name, path=config.data.path, val_fraction=config.data.val_fraction,
@@ -132,7 +133,6 @@ class Trainer:
         self.steps_per_epoch = len(self.train_batches)
         self.total_steps = tc.epochs * self.steps_per_epoch
         self.oialr = OIALR(self.model, self.optimizer, config.oialr, total_steps=self.total_steps)
-        self.compiler = TrainingCompiler(mode=tc.compile)
         self.compiler.compile(self.model)  # in place: DDP below wraps the compiled model
         self.group = group
         if group is not None:  # the model is the first rank's (DDP broadcasts it); each rank draws its own masks

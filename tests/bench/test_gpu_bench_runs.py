@@ -14,7 +14,8 @@ def test_gpu_bench_smoke_runs_every_part_on_cpu():
     assert proc.returncode == 0, proc.stderr[-3000:]
     for part in ("== 1. Placement: 2 ranks", "== 2. Precision", "bf16 speed-up over fp32", "== 3. OIALR vs full rank",
                  "== 4. SVD updates", "== 5. Cost model", "right choice for",
-                 "== 6. train.compile (aot_eager, mode default)", "rank 10% compiled"):
+                 "== 6. train.compile (aot_eager, mode default)", "rank 10% compiled",
+                 "updates, eager, bf16", "updates, compiled (default), bf16"):
         assert part in proc.stdout, proc.stdout[-3000:]
     assert "rank 1 (local 1/2): cpu" in proc.stdout
 
