@@ -43,19 +43,30 @@ def placed_problem(space: SearchSpace) -> str | None:
 
 
 def model_problem(space: SearchSpace) -> str | None:
-    """Why every trial of ``space`` would fail to build its model: a size of one of our models in the base
-    config (with its ``--set``) that its builder refuses and no searched value changes, or None. Judged for
+    """Why every trial of ``space`` would fail to build its model, or None: a size of one of our models in the
+    base config (with its ``--set``) that its builder refuses and no searched value changes, an unknown
+    model name, or a model.kwargs key (searched or not) the model does not take. Judged for
     a new study and for new ``--set`` items, before anything is written (a sweep found the trials failing
     one by one, the budget spent on them)."""
-    searched = {d.key for d in space.dimensions}
-    if searched & {"model", "model.name", "model.kwargs"}:
+    dims = {d.key: d for d in space.dimensions}
+    if dims.keys() & {"model", "model.name", "model.kwargs"}:
         return None
-    model = config_from_dict(space.base).model
+    config = config_from_dict(space.base)
+    model = config.model
+    searched = {k.removeprefix("model.kwargs."): d for k, d in dims.items() if k.startswith("model.kwargs.")}
     try:
-        check_model_sizes(model.name, model.kwargs,
-                          skip={k.removeprefix("model.kwargs.") for k in searched if k.startswith("model.kwargs.")})
+        check_model_sizes(model.name, model.kwargs, skip=searched)
     except ConfigError as exc:
         return f"{space.path}: {_where(space)}: {exc} (every trial would fail building its model)"
+    # one build on the meta device, the searched kwargs at a value of their range: a typo in model.name or
+    # in a kwarg's name fails every trial (found by a sweep: the budget spent on FAILED trials, exit 0)
+    kwargs = {**model.kwargs, **{k: d.choices[0] if d.choices else d.low for k, d in searched.items()}}
+    from ..training._models import unbuildable  # torch: here only, so the query verbs' imports stay light
+
+    problem = unbuildable(model.name, kwargs, img_size=config.data.img_size or 224)
+    if problem is not None:
+        where = "params" if any(f"'{key}'" in problem for key in searched) else _where(space)
+        return f"{space.path}: {where}: {problem} (every trial would fail building its model)"
     return None
 
 

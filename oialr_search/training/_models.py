@@ -111,5 +111,24 @@ def create_model(name: str, *, num_classes: int, in_chans: int, img_size: int, *
         raise ConfigError(f"model.kwargs: {exc}") from None
 
 
+def unbuildable(name: str, kwargs: dict, *, img_size: int) -> str | None:
+    """Why no trial can build ``name`` with ``kwargs``, whatever its data, or None: an unknown model name,
+    or a keyword the model does not take. Judged by building the model on the meta device (no memory, no
+    data, a fraction of a second); any other failure depends on the data, or on what a search varies, and
+    is left to the trials."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            create_model(name, num_classes=10, in_chans=3, img_size=img_size, **kwargs)
+    except ConfigError as exc:
+        message = str(exc)
+        if message.startswith("model.name:") or "unexpected keyword argument" in message:
+            return message
+    except Exception:  # noqa: BLE001 - the trials judge it, with their data
+        return None
+    return None
+
+
 def model_names() -> list[str]:
     return sorted(_REGISTRY)

@@ -269,6 +269,10 @@ def test_export_then_train_reproduces_the_trial(tmp_path):
         (["trials", "--study", "x", "--format", "xml"], "argument --format: invalid choice: 'xml'"),
         (["run", "space.yaml", "--study", "x", "--set", "model.kwargs.depth=-1"], "space.yaml: with --set "
          "model.kwargs.depth=-1: model.kwargs.depth: must be an integer >= 0, got -1 (every trial would fail"),
+        (["run", "space.yaml", "--study", "x", "--set", "model.name=mlpp"], "with --set model.name=mlpp: "
+         "model.name: unknown model 'mlpp'"),
+        (["run", "space.yaml", "--study", "x", "--set", "model.name=mini_vit"], "space.yaml: params: model.kwargs: "
+         "VisionTransformer.__init__() got an unexpected keyword argument 'hidden' (every trial would fail building"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_changes_nothing(tmp_path, args, message):
