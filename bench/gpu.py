@@ -440,7 +440,8 @@ def update_cost(spec: dict, device: str, batch: int, precision: str, how: str, u
                 frequency: int = 25) -> None:
     """What a scheduled OIALR update costs on top of the steps, with the recipe's beta and layer fraction:
     the SVDs and rotations, and under train.compile whatever a rank change recompiles or re-records.
-    Timed as the steps' total less their median, over ``updates`` updates ``frequency`` steps apart."""
+    Each update is timed as the step that ran it plus the step after it, less two median steps (of the
+    steps without an update), over ``updates`` updates ``frequency`` steps apart."""
     recipe = load_config(resolve_config_path(spec["recipe"])).oialr if "recipe" in spec else None
     schedule = {"delay": 0, "update_frequency": frequency}
     if recipe is not None:
@@ -451,8 +452,8 @@ def update_cost(spec: dict, device: str, batch: int, precision: str, how: str, u
     for _ in range(frequency + 3):  # the switch, the low-rank graph's compile and the first update
         t.train_step(x, y)
     graphs = _unique_graphs()
-    changed, seconds = 0, []
-    for _ in range(updates * frequency):
+    records, changed, seconds = len(t.oialr.records), 0, []
+    for _ in range(updates * frequency + 1):
         before = [f.rank for _, f in t.oialr.factors]
         sync(t.device)
         start = time.perf_counter()
@@ -460,16 +461,21 @@ def update_cost(spec: dict, device: str, batch: int, precision: str, how: str, u
         sync(t.device)
         seconds.append(time.perf_counter() - start)
         changed += sum(a != f.rank for a, (_, f) in zip(before, t.oialr.factors, strict=True))
-    step = statistics.median(seconds)
-    per_update = (sum(seconds) - step * len(seconds)) / updates
+    events = t.oialr.records[records:]
+    at = [r.step - (t.step - len(seconds)) for r in events]  # the timed steps that ran an update
+    step = statistics.median(s for i, s in enumerate(seconds) if i not in at and i - 1 not in at)
+    costs = [seconds[i] + seconds[i + 1] - 2 * step for i in at if i + 1 < len(seconds)]
+    per_update = statistics.mean(costs)
     f = update_frequency(spec)
     share = 100 * per_update / (per_update + f * step)
     label = "eager" if how == "none" else f"compiled ({how})"
     graphs_note = "" if how == "none" else f"; graphs compiled meanwhile: {_unique_graphs() - graphs}"
-    print(f"updates, {label}, {precision}: {updates} updates of {t.config.oialr.layer_fraction:.0%} of the layers "
-          f"(beta {t.config.oialr.beta}), {changed} rank changes{graphs_note}; step {step:.4f}s, each update "
-          f"{per_update:.3f}s more; every {f} steps (the recipe) that is {share:.2f}% "
-          f"of training time (trainable now {100 * t.oialr.counts().trainable_fraction:.1f}%)")
+    layers = sorted(len(r.updated) for r in events)
+    print(f"updates, {label}, {precision}: {len(costs)} updates (beta {t.config.oialr.beta}, layer fraction "
+          f"{t.config.oialr.layer_fraction}: {layers[0]}-{layers[-1]} of {len(t.oialr.factors)} layers each), "
+          f"{changed} rank changes{graphs_note}; step {step:.4f}s, each update {per_update:.3f}s more "
+          f"({min(costs):.3f}-{max(costs):.3f}); every {f} steps (the recipe) that is {share:.2f}% of training time "
+          f"(trainable now {100 * t.oialr.counts().trainable_fraction:.1f}%)")
 
 
 def _unique_graphs() -> int:

@@ -24,11 +24,15 @@ def _check(args: argparse.Namespace) -> None:
     collective_timeout()
 
 
-def _check_data(space: object, study: str | None = None) -> None:  # a SearchSpace
-    """Refuse a search whose data set is not where ``space`` says (see data_problem); ``study``: a stored one."""
-    from ..search._study_checks import data_problem
+def _refuse_unrunnable(space: object, study: str | None = None) -> None:  # a SearchSpace
+    """Refuse a search whose data set is not where ``space`` says (see data_problem), or whose trials this
+    rank's GPUs could not compile (compile_problem); ``study``: a stored one."""
+    import torch
 
-    problem = data_problem(space, stored=study)
+    from ..search._study_checks import compile_problem, data_problem
+
+    cuda = torch.cuda.is_available() and torch.cuda.device_count() > 0  # as the search places its ranks
+    problem = data_problem(space, stored=study) or compile_problem(space, cuda=cuda)
     if problem is not None:
         raise OIALRSearchError(problem)
 
@@ -86,7 +90,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _check(args)
         space = load_space(args.space)
         # on every rank: a malformed --set, and a data set missing on this rank's node (its own disk)
-        _check_data(space.with_overrides(args.set) if args.set else space)
+        _refuse_unrunnable(space.with_overrides(args.set) if args.set else space)
         return space
 
     space = before_search(check)
@@ -115,7 +119,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
             return
         if args.set:
             space = space.with_overrides(merge_overrides(space.overrides, args.set))
-        _check_data(space, study=args.study)
+        _refuse_unrunnable(space, study=args.study)
 
     before_search(check)
     return run_search(SearchRequest(study=args.study, storage=storage, space=None, backend=args.backend,

@@ -58,16 +58,46 @@ def model_problem(space: SearchSpace) -> str | None:
         check_model_sizes(model.name, model.kwargs, skip=searched)
     except ConfigError as exc:
         return f"{space.path}: {_where(space)}: {exc} (every trial would fail building its model)"
-    # one build on the meta device, the searched kwargs at a value of their range: a typo in model.name or
-    # in a kwarg's name fails every trial (found by a sweep: the budget spent on FAILED trials, exit 0)
-    kwargs = {**model.kwargs, **{k: d.choices[0] if d.choices else d.low for k, d in searched.items()}}
+    # one build on the meta device, as the first trial would build it (the base config's own values where
+    # they lie in the space, else each range's first value): a typo in model.name or in a kwarg's name fails
+    # every trial (found by a sweep: the budget spent on FAILED trials, exit 0)
+    params = space.start_params() or {d.key: d.choices[0] if d.choices else d.low for d in space.dimensions}
+    try:
+        trial = config_from_dict(space.config_for(params))
+    except ConfigError:  # an invalid combination of these values: judged per trial
+        return None
     from ..training._models import unbuildable  # torch: here only, so the query verbs' imports stay light
 
-    problem = unbuildable(model.name, kwargs, img_size=config.data.img_size or 224)
+    problem = unbuildable(trial.model.name, trial.model.kwargs, img_size=trial.data.img_size or 224)
     if problem is not None:
-        where = "params" if any(f"'{key}'" in problem for key in searched) else _where(space)
+        named = {key.split(".")[0] for key in searched}  # nested kwargs: the model's keyword is the first part
+        where = "params" if any(f"'{key}'" in problem for key in named) else _where(space)
         return f"{space.path}: {where}: {problem} (every trial would fail building its model)"
     return None
+
+
+def compile_problem(space: SearchSpace, *, cuda: bool) -> str | None:
+    """Why the trials of ``space`` on this rank's GPUs (``cuda``: the rank has one) would fail to compile:
+    a train.compile mode with CUDA graphs, in the base config or among the searched choices, for an OIALR
+    run (see TrainingCompiler); None otherwise, and off GPUs. Judged on every rank before every search."""
+    dims = {d.key: d for d in space.dimensions}
+    if not cuda or dims.keys() & {"oialr", "oialr.enabled", "train"}:
+        return None
+    config = config_from_dict(space.base)
+    if not config.oialr.enabled:
+        return None
+    from ..training._compile import TrainingCompiler, cuda_graphs_refused
+
+    compile_dim = dims.get("train.compile")
+    modes = list(compile_dim.choices) if compile_dim is not None else [config.train.compile]
+    refused = [m for m in modes if isinstance(m, str) and TrainingCompiler(mode=m).uses_cuda_graphs]
+    if not refused:
+        return None
+    if compile_dim is not None:
+        return (f"{space.path}: params.train.compile: {', '.join(refused)} run the step as CUDA graphs, which fail "
+                f"at OIALR's first rank change on GPUs; drop {'it' if len(refused) == 1 else 'them'} from the "
+                "choices (every such trial would fail)")
+    return f"{space.path}: {_where(space)}: {cuda_graphs_refused(refused[0])} (every trial would fail)"
 
 
 def data_problem(space: SearchSpace, stored: str | None = None) -> str | None:

@@ -46,6 +46,16 @@ def _toolchain_errors() -> tuple[type[BaseException], ...]:
             inductor_exc.GPUTooOldForTriton)
 
 
+def cuda_graphs_refused(mode: str) -> str:
+    """Why an OIALR run on a GPU may not compile with ``mode``, which records CUDA graphs. Measured with
+    reduce-overhead on an H100 (torch 2.11): after the first update that drops a rank, the compiled backward
+    returns the new rank's gradient for the old shape and the run dies, with or without cudagraph trees;
+    inductor without CUDA graphs followed the same rank changes."""
+    return (f"train.compile: {mode} runs the step as CUDA graphs, which fail at OIALR's first rank change on "
+            "GPUs; use default or max-autotune-no-cudagraphs (CUDA graphs suit full-rank runs, oialr.enabled: "
+            "false)")
+
+
 class TrainingCompiler:
     """Compiles a model's forward for training per ``mode``, a validated ``train.compile`` (``none``: a
     no-op everywhere)."""
@@ -54,22 +64,20 @@ class TrainingCompiler:
         assert mode in COMPILE_MODES, mode
         self.mode = mode
         if ranks_change and device is not None and device.type == "cuda" and self.uses_cuda_graphs:
-            # Measured on an H100 (torch 2.11): after the first update that drops a rank, the compiled
-            # backward returns the new rank's gradient for the old shape and the run dies, whatever the
-            # cudagraph-tree settings; inductor without CUDA graphs follows every rank (tested there)
-            raise ConfigError(f"train.compile: {mode} runs the step as CUDA graphs, which fail at OIALR's first "
-                              "rank change on GPUs; use default or max-autotune-no-cudagraphs (CUDA graphs suit "
-                              "full-rank runs, oialr.enabled: false)")
+            raise ConfigError(cuda_graphs_refused(mode))
 
     @property
     def uses_cuda_graphs(self) -> bool:
-        """Whether torch.compile's ``mode`` records CUDA graphs (on CUDA devices)."""
+        """Whether torch.compile's ``mode`` records CUDA graphs (on CUDA devices): the mode's own inductor
+        options, else inductor's setting (which TORCHINDUCTOR_CUDAGRAPHS=1 turns on for any mode)."""
         if not self.enabled:
             return False
         import torch._inductor
+        import torch._inductor.config
 
-        return bool(torch._inductor.list_mode_options(None if self.mode == "default" else self.mode)
-                    .get("triton.cudagraphs", False))
+        options = torch._inductor.list_mode_options(None if self.mode == "default" else self.mode)
+        return bool(options.get("triton.cudagraphs", torch._inductor.config.triton.cudagraphs))
+
 
     @property
     def enabled(self) -> bool:

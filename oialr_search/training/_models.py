@@ -113,12 +113,25 @@ def create_model(name: str, *, num_classes: int, in_chans: int, img_size: int, *
 
 def unbuildable(name: str, kwargs: dict, *, img_size: int) -> str | None:
     """Why no trial can build ``name`` with ``kwargs``, whatever its data, or None: an unknown model name,
-    or a keyword the model does not take. Judged by building the model on the meta device (no memory, no
-    data, a fraction of a second); any other failure depends on the data, or on what a search varies, and
-    is left to the trials."""
+    or a keyword the model does not take. Our models and timm's are built once on the meta device (no
+    memory, no data, a fraction of a second); a user's ``module:function`` is imported and its signature
+    checked, not called (what it keeps between calls would be made on the meta device). Any other failure
+    depends on the data, or on what a search varies, and is left to the trials."""
+    import inspect
+
     import torch
 
     try:
+        if ":" in name:
+            builder = _import_builder(name)
+            try:
+                inspect.signature(builder).bind(num_classes=10, in_chans=3, img_size=img_size, **kwargs)
+            except TypeError as exc:
+                return f"model.kwargs: {name}: {exc}"
+            except ValueError:  # a builtin or C function without a signature: the trials judge it
+                return None
+            return None
+        _timm()  # imported outside the meta device: tensors a module makes at import belong on no device
         with torch.device("meta"):
             create_model(name, num_classes=10, in_chans=3, img_size=img_size, **kwargs)
     except ConfigError as exc:
