@@ -32,7 +32,7 @@ def _refuse_unrunnable(space: object, study: str | None = None) -> None:  # a Se
     from ..search._study_checks import compile_problem, data_problem
 
     cuda = torch.cuda.is_available() and torch.cuda.device_count() > 0  # as the search places its ranks
-    problem = data_problem(space, stored=study) or compile_problem(space, cuda=cuda)
+    problem = data_problem(space, stored=study) or compile_problem(space, cuda=cuda, stored=study)
     if problem is not None:
         raise OIALRSearchError(problem)
 

@@ -6,7 +6,7 @@ search starts, new study or not, while its data set is missing (data_problem).""
 from __future__ import annotations
 
 from ..exceptions import ConfigError, DataError
-from ..training import config_from_dict
+from ..training import RunConfig, config_from_dict
 from ..training._data_checks import check_data_source
 from ..training._model_sizes import check_model_sizes
 from ._space import PLACED_KEYS, SearchSpace
@@ -62,24 +62,37 @@ def model_problem(space: SearchSpace) -> str | None:
     # they lie in the space, else each range's first value): a typo in model.name or in a kwarg's name fails
     # every trial (found by a sweep: the budget spent on FAILED trials, exit 0)
     params = space.start_params() or {d.key: d.choices[0] if d.choices else d.low for d in space.dimensions}
-    try:
-        trial = config_from_dict(space.config_for(params))
-    except ConfigError:  # an invalid combination of these values: judged per trial
+    trial = _first_valid(space, [params, {k: v for k, v in params.items() if k.startswith("model.kwargs.")}, {}])
+    if trial is None:
         return None
     from ..training._models import unbuildable  # torch: here only, so the query verbs' imports stay light
 
     problem = unbuildable(trial.model.name, trial.model.kwargs, img_size=trial.data.img_size or 224)
     if problem is not None:
-        named = {key.split(".")[0] for key in searched}  # nested kwargs: the model's keyword is the first part
+        named = {part for key in searched for part in key.split(".")}  # nested kwargs name their own keywords
         where = "params" if any(f"'{key}'" in problem for key in named) else _where(space)
         return f"{space.path}: {where}: {problem} (every trial would fail building its model)"
     return None
 
 
-def compile_problem(space: SearchSpace, *, cuda: bool) -> str | None:
+def _first_valid(space: SearchSpace, candidates: list[dict]) -> RunConfig | None:
+    """The run config of the first of these params that makes a valid one (or None): a combination that
+    is not is judged per trial, and the model is checked with fewer of the searched values."""
+    for params in candidates:
+        try:
+            return config_from_dict(space.config_for(params))
+        except ConfigError:
+            continue
+    return None
+
+
+def compile_problem(space: SearchSpace, *, cuda: bool, stored: str | None = None) -> str | None:
     """Why the trials of ``space`` on this rank's GPUs (``cuda``: the rank has one) would fail to compile:
     a train.compile mode with CUDA graphs, in the base config or among the searched choices, for an OIALR
-    run (see TrainingCompiler); None otherwise, and off GPUs. Judged on every rank before every search."""
+    run (see TrainingCompiler); None otherwise, and off GPUs. Judged on every rank before every search.
+    ``stored``: the name of the stored study ``space`` is. Its searched choices cannot change, so it is
+    refused only when none of them can run (its trials with such a mode fail one by one), and a mode in its
+    base config is changed with resume --set."""
     dims = {d.key: d for d in space.dimensions}
     if not cuda or dims.keys() & {"oialr", "oialr.enabled", "train"}:
         return None
@@ -91,12 +104,17 @@ def compile_problem(space: SearchSpace, *, cuda: bool) -> str | None:
     compile_dim = dims.get("train.compile")
     modes = list(compile_dim.choices) if compile_dim is not None else [config.train.compile]
     refused = [m for m in modes if isinstance(m, str) and TrainingCompiler(mode=m).uses_cuda_graphs]
-    if not refused:
+    if not refused or (stored is not None and compile_dim is not None and len(refused) < len(modes)):
         return None
     if compile_dim is not None:
-        return (f"{space.path}: params.train.compile: {', '.join(refused)} run the step as CUDA graphs, which fail "
-                f"at OIALR's first rank change on GPUs; drop {'it' if len(refused) == 1 else 'them'} from the "
-                "choices (every such trial would fail)")
+        what = (f"{refused[0]} runs" if len(refused) == 1 else f"{', '.join(refused)} run") + " the step as CUDA graphs"
+        fix = (f"run study {stored!r} on nodes without GPUs, or start a new study" if stored is not None else
+               f"drop {'it' if len(refused) == 1 else 'them'} from the choices")
+        return (f"{space.path}: params.train.compile: {what}, which fail at OIALR's first rank change on GPUs; "
+                f"{fix} (every such trial would fail)")
+    if stored is not None:
+        return (f"study {stored!r}: {cuda_graphs_refused(refused[0])}; continue it with 'oialr-search resume "
+                f"--study {stored} --set train.compile=default'")
     return f"{space.path}: {_where(space)}: {cuda_graphs_refused(refused[0])} (every trial would fail)"
 
 

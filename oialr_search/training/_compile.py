@@ -51,6 +51,12 @@ def cuda_graphs_refused(mode: str) -> str:
     reduce-overhead on an H100 (torch 2.11): after the first update that drops a rank, the compiled backward
     returns the new rank's gradient for the old shape and the run dies, with or without cudagraph trees;
     inductor without CUDA graphs followed the same rank changes."""
+    import torch._inductor
+
+    if not torch._inductor.list_mode_options(mode).get("triton.cudagraphs", False):  # inductor's own setting
+        return (f"train.compile: {mode} records CUDA graphs here (inductor's triton.cudagraphs, which "
+                "TORCHINDUCTOR_CUDAGRAPHS=1 sets), and they fail at OIALR's first rank change on GPUs; unset "
+                "TORCHINDUCTOR_CUDAGRAPHS")
     return (f"train.compile: {mode} runs the step as CUDA graphs, which fail at OIALR's first rank change on "
             "GPUs; use default or max-autotune-no-cudagraphs (CUDA graphs suit full-rank runs, oialr.enabled: "
             "false)")
@@ -75,7 +81,7 @@ class TrainingCompiler:
         import torch._inductor
         import torch._inductor.config
 
-        options = torch._inductor.list_mode_options(None if self.mode == "default" else self.mode)
+        options = torch._inductor.list_mode_options(self.mode)
         return bool(options.get("triton.cudagraphs", torch._inductor.config.triton.cudagraphs))
 
 

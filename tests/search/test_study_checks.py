@@ -42,7 +42,15 @@ def user_module(tmp_path, monkeypatch):
 
         def build(*, num_classes, in_chans, img_size, width=8):
             return nn.Sequential(nn.Flatten(), nn.Linear(in_chans * img_size * img_size, num_classes))
-        """))
+
+        def pretrained(fn):
+            @functools.wraps(fn)  # the signature seen through __wrapped__ is fn's, without this keyword
+            def wrapper(*, pretrained=False, **kwargs):
+                return fn(**kwargs)
+            return wrapper
+
+        decorated = pretrained(build)
+        """).replace("import torch\n", "import functools\nimport torch\n", 1))
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "my_models", raising=False)
     yield
@@ -56,6 +64,17 @@ def test_a_users_builder_is_imported_off_the_meta_device_and_its_keywords_checke
     assert my_models.MEAN.device.type == "cpu"  # made on the meta device, every trial's model would use it there
     problem = model_problem(space(tmp_path, model="{name: 'my_models:build', kwargs: {widht: 4}}"))
     assert "model.kwargs: my_models:build: got an unexpected keyword argument 'widht'" in problem
+    # a decorator's wrapper takes what it takes, whatever it wraps
+    assert model_problem(space(tmp_path, model="{name: 'my_models:decorated', kwargs: {pretrained: true}}")) is None
+
+
+def test_a_model_typo_is_found_when_the_first_values_of_the_ranges_make_no_valid_config(tmp_path):
+    """The shift pipeline takes no color jitter, and the base's own values are outside the ranges: the model is
+    built without them."""
+    typo = space(tmp_path, model="{name: mlpp, kwargs: {}}",
+                 params="  data.augment.pipeline: {type: categorical, choices: [shift, timm]}\n"
+                        "  data.augment.color_jitter: {type: float, low: 0.1, high: 0.4}")
+    assert "model.name: unknown model 'mlpp'" in model_problem(typo)
 
 
 def test_nested_model_kwargs_that_a_search_varies_reach_the_model_as_it_takes_them(tmp_path):
@@ -77,7 +96,7 @@ def test_nested_model_kwargs_that_a_search_varies_reach_the_model_as_it_takes_th
     ("reduce-overhead", "false", "", True, None),  # full rank: the shapes never change
     ("default", "true", "", True, None),
     ("none", "true", "  train.compile: {type: categorical, choices: [none, default, reduce-overhead]}", True,
-     "space.yaml: params.train.compile: reduce-overhead run the step as CUDA graphs, which fail at OIALR's first "
+     "space.yaml: params.train.compile: reduce-overhead runs the step as CUDA graphs, which fail at OIALR's first "
      "rank change on GPUs; drop it from the choices"),
     ("none", "true", "  train.compile: {type: categorical, choices: [none, reduce-overhead]}", False, None),
 ])
@@ -88,6 +107,36 @@ def test_cuda_graphs_for_oialr_on_this_ranks_gpus_are_refused_before_the_search(
         assert problem is None
     else:
         assert refused in problem and "\n" not in problem
+
+
+@pytest.mark.parametrize(("compile", "params", "refused"), [
+    # a stored study's searched choices cannot change: it goes on while one of them can run
+    ("none", "  train.compile: {type: categorical, choices: [none, reduce-overhead]}", None),
+    ("none", "  train.compile: {type: categorical, choices: [reduce-overhead, max-autotune]}",
+     "params.train.compile: reduce-overhead, max-autotune run the step as CUDA graphs, which fail at OIALR's first "
+     "rank change on GPUs; run study 's' on nodes without GPUs, or start a new study"),
+    ("reduce-overhead", "", "study 's': train.compile: reduce-overhead runs the step as CUDA graphs, which fail at "
+                            "OIALR's first rank change on GPUs; use default or max-autotune-no-cudagraphs (CUDA "
+                            "graphs suit full-rank runs, oialr.enabled: false); continue it with 'oialr-search "
+                            "resume --study s --set train.compile=default'"),
+])
+def test_a_stored_study_is_refused_only_what_it_can_change(tmp_path, compile, params, refused):
+    problem = compile_problem(space(tmp_path, compile=compile, params=params), cuda=True, stored="s")
+    assert problem == refused if refused is None else refused in problem
+
+
+def test_inductors_own_cuda_graphs_setting_is_named_as_the_cause(tmp_path):
+    import torch._inductor.config
+
+    from oialr_search.training._compile import TrainingCompiler
+
+    with torch._inductor.config.patch({"triton.cudagraphs": True}):  # as TORCHINDUCTOR_CUDAGRAPHS=1 sets
+        assert TrainingCompiler(mode="default").uses_cuda_graphs
+        problem = compile_problem(space(tmp_path, compile="default"), cuda=True)
+    assert not TrainingCompiler(mode="default").uses_cuda_graphs
+    assert problem.endswith("train.compile: default records CUDA graphs here (inductor's triton.cudagraphs, which "
+                            "TORCHINDUCTOR_CUDAGRAPHS=1 sets), and they fail at OIALR's first rank change on GPUs; "
+                            "unset TORCHINDUCTOR_CUDAGRAPHS (every trial would fail)")
 
 
 def test_run_and_resume_judge_the_compile_mode_by_this_ranks_gpus(tmp_path, monkeypatch):
