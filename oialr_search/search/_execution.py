@@ -13,16 +13,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import signal
-import sqlite3
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sqlalchemy.exc import OperationalError
-
 from ..exceptions import ConfigError
-from ..storage import FAILED, PRUNED, Store, Study, Trial, TrialTakenOver
+from ..storage import FAILED, PRUNED, Store, Study, Trial, TrialTakenOver, transient
 from ._devices import Placement
 from ._heartbeat import Heartbeat, grace_period, heartbeat_interval
 from ._objective import TrialOutcome, while_interrupted
@@ -180,7 +177,8 @@ class Trials:
         max_epochs = (config or {}).get("train", {}).get("epochs", 0)
         reporter = EpochReporter(store=self.store, study=self.study, trial_id=trial.id,
                                  objectives=self.space.objectives, pruner=self.space.pruner, max_epochs=max_epochs,
-                                 stored_epochs=(trial.last_epoch or 0) if resume else 0)
+                                 stored_epochs=(trial.last_epoch or 0) if resume else 0,
+                                 label=f"[rank {self.rank}] trial {trial.number}")
         report = reporter if self.workers.group is None else _shared(reporter, self.workers)
         heartbeat = self.heartbeat
         assert heartbeat is not None
@@ -234,7 +232,7 @@ class Trials:
                 raise KeyboardInterrupt from exc
             print(f"[rank {self.rank}] trial {trial.number}: storing its outcome failed ({exc}); its values: "
                   f"state {scored.state}, metrics {outcome.metrics}", file=sys.stderr, flush=True)
-            if _transient(exc) and checkpoint.exists():
+            if transient(exc) and checkpoint.exists():
                 # a lock timeout, a dropped connection: keep the checkpoint and leave the trial to be resumed
                 # (by this job's drain, or the next job), which replays its epochs and stores it exactly
                 with contextlib.suppress(Exception):
@@ -286,15 +284,6 @@ class Trials:
     def follow_to_the_end(self) -> None:
         while self.follow() != "done":
             pass
-
-
-def _transient(exc: BaseException) -> bool:
-    """Whether a storage error may pass (a busy database, a lost connection) rather than repeat."""
-    while exc is not None:
-        if isinstance(exc, (sqlite3.OperationalError, OperationalError)):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
 
 
 def _shared(reporter: EpochReporter, workers: Workers) -> Callable[[dict], bool]:

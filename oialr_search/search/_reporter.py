@@ -13,10 +13,11 @@ against the trials of the jobs before it.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
 
-from ..storage import Store, Study
+from ..storage import Store, Study, transient
 from ._objectives import Objective, minimize_sense, objective_values
 from .pruners import BasePruner
 
@@ -25,7 +26,8 @@ class EpochReporter:
     """``reporter(record) -> bool``: store the epoch, then whether the trial goes on."""
 
     def __init__(self, *, store: Store, study: Study, trial_id: int, objectives: Sequence[Objective],
-                 pruner: BasePruner, max_epochs: int, flush_seconds: float = 1.0, stored_epochs: int = 0) -> None:
+                 pruner: BasePruner, max_epochs: int, flush_seconds: float = 1.0, stored_epochs: int = 0,
+                 label: str | None = None) -> None:
         self.store, self.study, self.trial_id = store, study, trial_id
         self.objectives, self.pruner, self.max_epochs = tuple(objectives), pruner, max_epochs
         self.flush_seconds = flush_seconds
@@ -35,11 +37,24 @@ class EpochReporter:
         self._flushed = time.monotonic()
         # a resumed trial: epochs up to here are stored and were judged (a restart from scratch reports them again)
         self.stored_epochs = stored_epochs
+        self.label = label or f"trial id {trial_id}"  # who says it, in warnings
 
     def flush(self) -> None:
-        self.store.report_epochs(self.trial_id, self.pending)
-        self.pending = []
+        """Store the pending epochs. A busy or unreachable database keeps them pending (the next flush, or
+        the trial's final write, stores them): a lock held past the busy timeout must not fail a healthy
+        trial, whose final write would wait for it the same way."""
+        try:
+            self.store.report_epochs(self.trial_id, self.pending)
+        except RuntimeError as exc:
+            if not transient(exc):
+                raise
+            self._warn(f"storing its epochs failed ({exc}); they are kept and stored later")
+        else:
+            self.pending = []
         self._flushed = time.monotonic()
+
+    def _warn(self, text: str) -> None:
+        print(f"{self.label}: {text}", file=sys.stderr, flush=True)
 
     def __call__(self, record: dict) -> bool:
         if record["epoch"] <= self.stored_epochs:
@@ -51,7 +66,13 @@ class EpochReporter:
             self.flush()
         if not decides:
             return True
-        rows = self.store.epoch_values(self.study, epoch, self._metrics, exclude_trial=self.trial_id)
+        try:
+            rows = self.store.epoch_values(self.study, epoch, self._metrics, exclude_trial=self.trial_id)
+        except RuntimeError as exc:
+            if not transient(exc):
+                raise
+            self._warn(f"the pruner could not read the study's epoch {epoch} ({exc}); the trial goes on")
+            return True
         peers = [minimize_sense(row, self.objectives) for row in rows]
         own = minimize_sense(objective_values(record, self.objectives), self.objectives)
         if self.pruner.should_prune(values=own, peers=peers):

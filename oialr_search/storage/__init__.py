@@ -1,5 +1,6 @@
 """Storage of studies and trials (SQLAlchemy; SQLite by default)."""
 
+from ._errors import transient
 from ._migrate import SchemaOutdated, SchemaTooNew
 from ._schema import COMPLETE, FAILED, INTERRUPTED, PRUNED, RUNNING, STATES
 from ._store import DEFAULT_STORAGE, StorageError, Store, Study, StudyNotFound, Trial, default_storage
@@ -22,4 +23,5 @@ __all__ = [
     "Trial",
     "TrialTakenOver",
     "default_storage",
+    "transient",
 ]

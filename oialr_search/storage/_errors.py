@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import sqlite3
+
+from sqlalchemy.exc import OperationalError
 
 from ..exceptions import OIALRSearchError
 
@@ -32,3 +35,12 @@ def storage_named(text: str, given: str | None) -> str:
         if text.startswith(shown):                            # keeps its --storage, which works as it is
             return f"OIALR_SEARCH_STORAGE={shown.removeprefix('--storage ')}{text[len(shown):]}"
     return text
+
+
+def transient(exc: BaseException | None) -> bool:
+    """Whether a storage error may pass (a busy database, a lost connection) rather than repeat."""
+    while exc is not None:
+        if isinstance(exc, (sqlite3.OperationalError, OperationalError)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False

@@ -165,6 +165,42 @@ def test_a_transient_storage_error_at_the_end_leaves_the_trial_resumable(tmp_pat
     assert _epochs(tmp_path, 0, "t") == [1, 2, 3]
 
 
+def test_a_busy_database_during_a_trials_epochs_does_not_fail_it(tmp_path, monkeypatch, capsys):
+    """A lock held past the busy timeout while a trial stores an epoch (or its pruner reads the study's):
+    the trial goes on, its epochs are stored later, and nothing is FAILED (a sweep found both trials of a
+    2-rank job FAILED for good by a 75-s lock)."""
+    from oialr_search.search import SearchRequest, load_space, run_search
+    from oialr_search.storage import Store
+
+    space = SPACE.replace("epochs: 30", "epochs: 3").replace("hidden: 256", "hidden: 32")
+    (tmp_path / "space.yaml").write_text(space + "pruner: {type: median, min_epochs: 1}\n")
+    locked = RuntimeError("storage: no write lock")
+    locked.__cause__ = sqlite3.OperationalError("database is locked")
+    calls = {"report_epochs": 0, "epoch_values": 0}
+
+    def flaky(name):
+        original = getattr(Store, name)
+
+        def method(self, *args, **kw):
+            calls[name] += 1
+            if calls[name] <= 2:
+                raise locked
+            return original(self, *args, **kw)
+        return method
+
+    for name in calls:
+        monkeypatch.setattr(Store, name, flaky(name))
+    url = f"sqlite:///{tmp_path}/oialr_search.db"
+    req = SearchRequest(study="t", storage=url, space=load_space(tmp_path / "space.yaml"), backend="optuna", budget=2)
+    assert run_search(req, quiet=True) == 0
+    err = capsys.readouterr().err
+    assert "storing its epochs failed (storage: no write lock); they are kept and stored later" in err
+    assert "the pruner could not read the study's epoch" in err
+    rows = trials(tmp_path, "t")
+    assert rows[0]["state"] == "COMPLETE" and rows[1]["state"] in ("COMPLETE", "PRUNED")
+    assert _epochs(tmp_path, 0, "t") == [1, 2, 3]
+
+
 def test_a_trial_that_keeps_killing_its_runs_is_failed_not_resumed_forever(tmp_path, capsys):
     """A trial whose runs died holding it more than MAX_CRASHES times (it runs the node out of memory, say)
     is FAILED with the reason by the next job, which goes on with the budget, instead of dying on it too."""
