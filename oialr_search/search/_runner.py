@@ -32,7 +32,7 @@ from ._objectives import Scored
 from ._optuna_backend import DROPPED
 from ._space import SearchSpace, merge_overrides, same_overrides
 from ._study_checks import data_problem, model_problem, new_study_problem
-from ._workers import Workers, check_ranks_per_trial, split_workers
+from ._workers import Workers, check_ranks_per_trial, idle_barrier, split_workers
 
 Objective = Callable[..., TrialOutcome]
 
@@ -380,7 +380,7 @@ def run_search(req: SearchRequest, *, objective: Objective = run_trial, quiet: b
         trials.close()
         store.engine.dispose()  # SQLite folds its WAL into the database file when the last connection closes
     if comm is not None and size > 1:
-        comm.Barrier()
+        idle_barrier(comm)
     if progress and rank == 0:
         progress.done()
     store.engine.dispose()

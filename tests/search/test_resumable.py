@@ -201,6 +201,27 @@ def test_a_busy_database_during_a_trials_epochs_does_not_fail_it(tmp_path, monke
     assert _epochs(tmp_path, 0, "t") == [1, 2, 3]
 
 
+def test_a_stopped_trial_resumes_on_no_more_threads_than_the_ranks_share(tmp_path, capsys):
+    """Started by a one-rank job on 2 threads, resumed by a job whose ranks have 1 core each: 2 threads would
+    oversubscribe the cores (a sweep measured 70x slower epochs)."""
+    from oialr_search.search import load_space
+    from oialr_search.search._objective import run_trial
+
+    (tmp_path / "space.yaml").write_text(SPACE.replace("epochs: 30", "epochs: 1").replace("hidden: 256", "hidden: 8"))
+    space = load_space(tmp_path / "space.yaml")
+    params = {"oialr.beta": 0.1, "optim.lr": 0.005}
+    before = torch.get_num_threads()
+    try:
+        for stored, share, used in ((2, 1, 1), (1, 2, 1)):
+            config = space.trial_config(params, threads=stored)
+            outcome = run_trial(space, params, device="cpu", threads=share, config=config)
+            assert outcome.state == "COMPLETE" and torch.get_num_threads() == used
+    finally:
+        torch.set_num_threads(before)
+    err = capsys.readouterr().err
+    assert err.count("a stopped trial that ran on 2 threads resumes on 1, this rank's share of the cores") == 1
+
+
 def test_a_trial_that_keeps_killing_its_runs_is_failed_not_resumed_forever(tmp_path, capsys):
     """A trial whose runs died holding it more than MAX_CRASHES times (it runs the node out of memory, say)
     is FAILED with the reason by the next job, which goes on with the budget, instead of dying on it too."""
