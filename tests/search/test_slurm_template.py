@@ -17,6 +17,7 @@ SBATCH = ROOT / "launch" / "slurm_search.sbatch"
 SRUN = """#!/usr/bin/env bash
 while [[ "$1" == --* ]]; do shift; done
 [[ -n "${FAKE_SRUN_SKIP:-}" ]] && exit 0  # the allocation ended before the search took a trial
+[[ -n "${FAKE_SRUN_FAIL:-}" ]] && exit "$FAKE_SRUN_FAIL"  # a rank killed (9), a refused command (2)
 exec "$@"
 """
 SCONTROL = """#!/usr/bin/env bash
@@ -85,3 +86,24 @@ def test_a_requeued_job_keeps_the_stored_budget(tmp_path):
     assert proc.returncode == 0 and _states(tmp_path) == ["COMPLETE"] * 2, proc.stderr[-2000:]
     proc = _job(tmp_path, 3)  # a new submission
     assert proc.returncode == 0 and _states(tmp_path) == ["COMPLETE"] * 3, proc.stderr[-2000:]
+
+
+def test_a_run_that_fails_still_requeues_until_it_fails_three_times_in_a_row(tmp_path):
+    """A rank killed mid-trial fails srun: under set -e the job ended without requeueing, and the dead rank's
+    trials waited for a job nobody queued (found by a sweep). A refused command is not requeued."""
+    assert _job(tmp_path, 1).returncode == 0
+    con = sqlite3.connect(tmp_path / "search.db")
+    with con:
+        con.execute("UPDATE oialr_studies SET budget = 3")
+    con.close()
+    for run in (1, 2, 3):
+        proc = _job(tmp_path, 3, FAKE_SRUN_FAIL="9", SLURM_RESTART_COUNT=str(run))
+        assert proc.returncode == 9
+        requeues = (tmp_path / "scontrol.log").read_text().split().count("requeue")
+        assert requeues == min(run, 2), proc.stderr[-2000:]
+    assert "the last 3 runs of study slurm failed (exit 9); not requeued" in proc.stderr
+    proc = _job(tmp_path, 3, SLURM_RESTART_COUNT="4")  # a run that works resets the count
+    assert proc.returncode == 0 and _states(tmp_path) == ["COMPLETE"] * 3
+    assert not (tmp_path / "work" / ".failed-runs-slurm").exists()
+    proc = _job(tmp_path, 3, FAKE_SRUN_FAIL="2")
+    assert proc.returncode == 2 and (tmp_path / "scontrol.log").read_text().split().count("requeue") == 2
