@@ -233,3 +233,22 @@ def test_an_error_about_the_storage_of_the_environment_names_the_variable_as_its
     hint = "sqlite:///x.db: schema v5 is older; upgrade it with: oialr-search storage upgrade --storage sqlite:///x.db"
     assert storage_named(hint, None) == hint  # the command it suggests works as it is (found in review)
     assert storage_named("--storage sqlite:///x.db: gone", "sqlite:///x.db") == "--storage sqlite:///x.db: gone"
+
+
+def test_status_of_a_study_whose_only_trial_was_released_says_its_time_is_unknown(tmp_path, capsys):
+    """A job stopped (SIGTERM, Ctrl-C) before any trial ended: the released trial has no heartbeat and no
+    finish, so nothing says how long it ran (status printed "elapsed: 0s", found by a sweep)."""
+    from oialr_search.cli import main
+    from oialr_search.storage import Store
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    store = Store(url)
+    study = store.create_study(name="s", space={"raw": {}}, space_path="", metric="val_loss",
+                               direction="minimize", backend="optuna", seed=0, budget=1)
+    trial = store.start_trial(study, params={}, rank=0, island=None, device="cpu")
+    store.release(trial.id)
+    assert main(["status", "--study", "s", "--storage", url]) == 0
+    out = capsys.readouterr().out
+    assert "0 running, 1 stopped" in out, out
+    assert "elapsed: unknown (no job is training a trial now): the last job stopped before any trial ended" in out
+    store.engine.dispose()

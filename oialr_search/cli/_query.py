@@ -146,9 +146,9 @@ def _status(store: Store, name: str) -> bool:
     running = len(beats) - stopped
     if running or end is None and not stopped:
         end = now
-    elif stopped:  # the last sign of life: a finish, or a stopped trial's last heartbeat
-        end = max([t for t in (end, *beats) if t], default=start)
-    elapsed = (end - start).total_seconds() if start else 0.0
+    elif stopped:  # the last sign of life: a finish, or a stopped trial's last heartbeat (a released one has none)
+        end = max([t for t in (end, *beats) if t], default=None)
+    elapsed = f"{(end - start).total_seconds():.0f}s" if start and end else "unknown" if start else "0s"
     pruner = (study.space.get("raw") or {}).get("pruner") or "none"
     pruner = pruner.get("type", "none") if isinstance(pruner, dict) else pruner
     constraints = ", ".join(f"{m} {'>= ' + _fmt(b['min']) if 'min' in b else ''}"
@@ -165,7 +165,8 @@ def _status(store: Store, name: str) -> bool:
     if stopped:
         print(f"stopped: {stopped} trial(s) whose job ended or died while training them (no heartbeat); a job of the "
               f"study resumes them from their checkpoints: oialr-search resume --study {shlex.quote(study.name)}")
-    print(f"elapsed: {elapsed:.0f}s" + (" (no job is training a trial now)" if stopped and not running else ""))
+    print(f"elapsed: {elapsed}" + (" (no job is training a trial now)" if stopped and not running else "")
+          + (": the last job stopped before any trial ended" if elapsed == "unknown" else ""))
     done = not counts.get(RUNNING, 0) and sum(counts.get(s, 0) for s in (COMPLETE, FAILED, PRUNED)) >= study.budget
     if study.multi_objective:
         front = pareto_front(store, study)
