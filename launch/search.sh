@@ -8,10 +8,16 @@ SPACE="${1:?usage: launch/search.sh SPACE.yaml STUDY [RANKS] [-- options]}"
 STUDY="${2:?usage: launch/search.sh SPACE.yaml STUDY [RANKS] [-- options]}"
 shift 2
 RANKS="${1:-}"
-if [ -n "$RANKS" ] && [ "$RANKS" != "--" ]; then shift; fi
-[ "${1:-}" = "--" ] && shift
+case "$RANKS" in
+  ""|--) RANKS="" ;;
+  -*) RANKS="" ;;  # options without the --: they go to oialr-search run as they are
+  *[!0-9]*|0*) echo "launch/search.sh: RANKS must be a positive whole number, got '$RANKS' (options go after --)" >&2
+               exit 2 ;;
+  *) shift ;;
+esac
+if [ "${1:-}" = "--" ]; then shift; fi
 PY="${PYTHON:-$ROOT/.venv/bin/python}"
-if [ -z "$RANKS" ] || [ "$RANKS" = "--" ]; then
+if [ -z "$RANKS" ]; then
   # the venv's Python: the system python3 may have no torch (or another CUDA build) and would count 0 GPUs
   GPUS=$("$PY" -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
   RANKS=$(( GPUS > 1 ? GPUS : 2 ))

@@ -107,3 +107,25 @@ def test_a_run_that_fails_still_requeues_until_it_fails_three_times_in_a_row(tmp
     assert not (tmp_path / "work" / ".failed-runs-slurm").exists()
     proc = _job(tmp_path, 3, FAKE_SRUN_FAIL="2")
     assert proc.returncode == 2 and (tmp_path / "scontrol.log").read_text().split().count("requeue") == 2
+
+
+def test_search_sh_takes_options_with_or_without_a_rank_count(tmp_path):
+    """`launch/search.sh SPACE STUDY --budget 3` ran `mpiexec -n --budget` (found by a sweep)."""
+    import subprocess
+
+    fake = tmp_path / "mpiexec"
+    fake.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$*"\n')
+    fake.chmod(stat.S_IRWXU)
+    script, env = ROOT / "launch" / "search.sh", {**os.environ, "MPIEXEC": str(fake), "PYTHON": "py"}
+
+    def launched(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(script), "s.yaml", "st", *args], capture_output=True, text=True, env=env,
+                              timeout=60)
+
+    for args, ranks in ((["--budget", "3"], "2"), (["4", "--", "--budget", "3"], "4"), (["--", "--budget", "3"], "2")):
+        proc = launched(*args)
+        assert proc.returncode == 0, proc.stderr
+        command = f"-n {ranks} py -m mpi4py -m oialr_search run s.yaml --study st --budget 3"
+        assert proc.stdout.splitlines()[-1] == command
+    proc = launched("four", "--", "--budget", "3")
+    assert proc.returncode == 2 and "RANKS must be a positive whole number, got 'four'" in proc.stderr
