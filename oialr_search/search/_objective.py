@@ -194,8 +194,8 @@ def run_trial(space: SearchSpace, params: dict[str, Any], *, device: str = "auto
         with time_limit(timeout):
             data = _at_the_studys_data(stored_run_config(dict(config)), space) if config is not None else \
                 space.trial_config(params, threads=threads)
-            data["train"] = {**data["train"], "threads": _threads_here(data["train"].get("threads"), threads)}
-            data["train"] = {**data["train"], "device": device}
+            data["train"] = {**data["train"], "device": device,
+                             "threads": _threads_here(data["train"].get("threads"), threads)}
             cfg = config_from_dict(data)
             trainer = _trainer(cfg, group, checkpoint, resume, save)
             if stop is not should_stop:

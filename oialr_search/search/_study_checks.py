@@ -51,8 +51,7 @@ def model_problem(space: SearchSpace) -> str | None:
     dims = {d.key: d for d in space.dimensions}
     if dims.keys() & {"model", "model.name", "model.kwargs"}:
         return None
-    config = config_from_dict(space.base)
-    model = config.model
+    model = config_from_dict(space.base).model
     searched = {k.removeprefix("model.kwargs."): d for k, d in dims.items() if k.startswith("model.kwargs.")}
     try:
         check_model_sizes(model.name, model.kwargs, skip=searched)
