@@ -10,10 +10,13 @@ shift 2
 RANKS="${1:-}"
 case "$RANKS" in
   ""|--) RANKS="" ;;
+  -[0-9]*) echo "launch/search.sh: RANKS must be a positive whole number, got '$RANKS'" >&2; exit 2 ;;
   -*) RANKS="" ;;  # options without the --: they go to oialr-search run as they are
-  *[!0-9]*|0*) echo "launch/search.sh: RANKS must be a positive whole number, got '$RANKS' (options go after --)" >&2
-               exit 2 ;;
-  *) shift ;;
+  *[!0-9]*) echo "launch/search.sh: RANKS must be a positive whole number, got '$RANKS' (options go after --)" >&2
+            exit 2 ;;
+  *) shift
+     RANKS=$((10#$RANKS))  # 08 is 8, not octal
+     if [ "$RANKS" -lt 1 ]; then echo "launch/search.sh: RANKS must be at least 1, got 0" >&2; exit 2; fi ;;
 esac
 if [ "${1:-}" = "--" ]; then shift; fi
 PY="${PYTHON:-$ROOT/.venv/bin/python}"

@@ -48,7 +48,7 @@ class EpochReporter:
         except RuntimeError as exc:
             if not transient(exc):
                 raise
-            self._warn(f"storing its epochs failed ({exc}); they are kept and stored later")
+            self._warn(f"storing its epochs failed ({_first_line(exc)}); they are kept and stored later")
         else:
             self.pending = []
         self._flushed = time.monotonic()
@@ -71,7 +71,7 @@ class EpochReporter:
         except RuntimeError as exc:
             if not transient(exc):
                 raise
-            self._warn(f"the pruner could not read the study's epoch {epoch} ({exc}); the trial goes on")
+            self._warn(f"the pruner could not read the study's epoch {epoch} ({_first_line(exc)}); the trial goes on")
             return True
         peers = [minimize_sense(row, self.objectives) for row in rows]
         own = minimize_sense(objective_values(record, self.objectives), self.objectives)
@@ -79,3 +79,7 @@ class EpochReporter:
             self.pruned_at = epoch
             return False
         return True
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import sqlite3
 
-from sqlalchemy.exc import OperationalError
-
 from ..exceptions import OIALRSearchError
 
 
@@ -37,10 +35,29 @@ def storage_named(text: str, given: str | None) -> str:
     return text
 
 
+# SQLite's result codes for a lock another connection holds (the extended codes share the low byte)
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+# PostgreSQL's SQLSTATE classes that pass: connection exceptions, rollbacks (serialization failure, deadlock),
+# insufficient resources, operator intervention (a server restart); and lock_not_available
+_PASSING_SQLSTATES = ("08", "40", "53", "57")
+
+
 def transient(exc: BaseException | None) -> bool:
-    """Whether a storage error may pass (a busy database, a lost connection) rather than repeat."""
-    while exc is not None:
-        if isinstance(exc, (sqlite3.OperationalError, OperationalError)):
+    """Whether a storage error may pass (a busy or locked database, a lost connection, a server restarting)
+    rather than repeat: not a missing table, a full or read-only disk, or a damaged file, which a retry
+    would meet again."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if getattr(exc, "connection_invalidated", False):  # SQLAlchemy: the connection was lost
             return True
+        if isinstance(exc, sqlite3.OperationalError):
+            code = getattr(exc, "sqlite_errorcode", None)
+            if code is not None:
+                return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
+            return any(m in str(exc) for m in ("database is locked", "database is busy", "table is locked"))
+        if hasattr(exc, "pgcode") and isinstance(exc, Exception):  # a psycopg error (psycopg2 or 3: .pgcode)
+            code = exc.pgcode  # None: no answer from the server (refused, dropped)
+            return code is None or code[:2] in _PASSING_SQLSTATES or code == "55P03"
         exc = exc.__cause__ or exc.__context__
     return False

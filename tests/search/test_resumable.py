@@ -7,6 +7,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -199,6 +200,38 @@ def test_a_busy_database_during_a_trials_epochs_does_not_fail_it(tmp_path, monke
     rows = trials(tmp_path, "t")
     assert rows[0]["state"] == "COMPLETE" and rows[1]["state"] in ("COMPLETE", "PRUNED")
     assert _epochs(tmp_path, 0, "t") == [1, 2, 3]
+
+
+def test_only_storage_errors_that_pass_are_waited_out():
+    """A busy or locked database and a lost connection pass; a missing table or a read-only file does not,
+    and a trial must not train on to its end with nothing stored (found in review)."""
+    from oialr_search.storage import transient
+
+    def raised(sql: str, con: sqlite3.Connection) -> RuntimeError:
+        try:
+            con.execute(sql)
+        except sqlite3.Error as exc:
+            error = RuntimeError("storage: write failed")
+            error.__cause__ = exc
+            return error
+        raise AssertionError(sql)
+
+    assert not transient(raised("SELECT * FROM nowhere", sqlite3.connect(":memory:")))
+    with tempfile.TemporaryDirectory() as folder:
+        path = f"{folder}/db.sqlite"
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("CREATE TABLE t (x)")
+        holder.execute("BEGIN EXCLUSIVE")
+        waiter = sqlite3.connect(path, timeout=0.05)
+        assert transient(raised("INSERT INTO t VALUES (1)", waiter))  # database is locked: SQLITE_BUSY
+        holder.execute("ROLLBACK")
+        holder.close()
+        waiter.close()
+    lost = RuntimeError("storage: read failed")
+    lost.__cause__ = type("OperationalError", (Exception,), {"pgcode": None})("connection refused")
+    assert transient(lost)
+    lost.__cause__.pgcode = "42P01"  # undefined_table
+    assert not transient(lost)
 
 
 def test_a_stopped_trial_resumes_on_no_more_threads_than_the_ranks_share(tmp_path, capsys):

@@ -90,23 +90,41 @@ def test_a_requeued_job_keeps_the_stored_budget(tmp_path):
 
 def test_a_run_that_fails_still_requeues_until_it_fails_three_times_in_a_row(tmp_path):
     """A rank killed mid-trial fails srun: under set -e the job ended without requeueing, and the dead rank's
-    trials waited for a job nobody queued (found by a sweep). A refused command is not requeued."""
+    trials waited for a job nobody queued (found by a sweep). A command refused at the submission's first
+    run is not requeued; on a requeued run a refusal (the database restarting) is a failed run."""
     assert _job(tmp_path, 1).returncode == 0
     con = sqlite3.connect(tmp_path / "search.db")
     with con:
         con.execute("UPDATE oialr_studies SET budget = 3")
     con.close()
     for run in (1, 2, 3):
-        proc = _job(tmp_path, 3, FAKE_SRUN_FAIL="9", SLURM_RESTART_COUNT=str(run))
-        assert proc.returncode == 9
+        proc = _job(tmp_path, 3, FAKE_SRUN_FAIL="9" if run != 2 else "2", SLURM_RESTART_COUNT=str(run))
+        assert proc.returncode == (9 if run != 2 else 2)
         requeues = (tmp_path / "scontrol.log").read_text().split().count("requeue")
         assert requeues == min(run, 2), proc.stderr[-2000:]
     assert "the last 3 runs of study slurm failed (exit 9); not requeued" in proc.stderr
     proc = _job(tmp_path, 3, SLURM_RESTART_COUNT="4")  # a run that works resets the count
     assert proc.returncode == 0 and _states(tmp_path) == ["COMPLETE"] * 3
-    assert not (tmp_path / "work" / ".failed-runs-slurm").exists()
-    proc = _job(tmp_path, 3, FAKE_SRUN_FAIL="2")
+    assert not (tmp_path / "work" / ".failed-runs-slurm-4242").exists()
+    proc = _job(tmp_path, 4, FAKE_SRUN_FAIL="2")  # a new submission's refused command
     assert proc.returncode == 2 and (tmp_path / "scontrol.log").read_text().split().count("requeue") == 2
+
+
+def test_a_run_whose_ranks_died_with_the_budget_taken_requeues_for_their_trials(tmp_path):
+    """The last trials were in flight when their ranks were killed: every trial of the budget is taken and the
+    dead ones' heartbeats are seconds old when the job checks, yet only a next run can resume them (found in
+    review)."""
+    assert _job(tmp_path, 1).returncode == 0
+    con = sqlite3.connect(tmp_path / "search.db")
+    with con:
+        con.execute("UPDATE oialr_studies SET budget = 2")
+        con.execute("INSERT INTO oialr_trials (study_id, number, state, rank, device, params, started, crashes, "
+                    "heartbeat) SELECT study_id, 1, 'RUNNING', 0, 'cpu', params, started, 0, "
+                    "strftime('%Y-%m-%d %H:%M:%f', 'now') FROM oialr_trials WHERE number = 0")
+    con.close()
+    proc = _job(tmp_path, 2, FAKE_SRUN_FAIL="137", SLURM_RESTART_COUNT="1")
+    assert proc.returncode == 137
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"], proc.stderr[-2000:]
 
 
 def test_search_sh_takes_options_with_or_without_a_rank_count(tmp_path):
@@ -122,10 +140,12 @@ def test_search_sh_takes_options_with_or_without_a_rank_count(tmp_path):
         return subprocess.run(["bash", str(script), "s.yaml", "st", *args], capture_output=True, text=True, env=env,
                               timeout=60)
 
-    for args, ranks in ((["--budget", "3"], "2"), (["4", "--", "--budget", "3"], "4"), (["--", "--budget", "3"], "2")):
+    for args, ranks in ((["--budget", "3"], "2"), (["4", "--", "--budget", "3"], "4"), (["--", "--budget", "3"], "2"),
+                        (["08", "--budget", "3"], "8")):
         proc = launched(*args)
         assert proc.returncode == 0, proc.stderr
         command = f"-n {ranks} py -m mpi4py -m oialr_search run s.yaml --study st --budget 3"
         assert proc.stdout.splitlines()[-1] == command
-    proc = launched("four", "--", "--budget", "3")
-    assert proc.returncode == 2 and "RANKS must be a positive whole number, got 'four'" in proc.stderr
+    for ranks in ("four", "-1", "0"):
+        proc = launched(ranks, "--", "--budget", "3")
+        assert proc.returncode == 2 and not proc.stdout and "launch/search.sh: RANKS must be" in proc.stderr
