@@ -38,7 +38,7 @@ def storage_named(text: str, given: str | None) -> str:
 # SQLite's result codes for a lock another connection holds (the extended codes share the low byte)
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 # PostgreSQL's SQLSTATE classes that pass: connection exceptions, rollbacks (serialization failure, deadlock),
-# insufficient resources, operator intervention (a server restart); and lock_not_available
+# insufficient resources but a full disk, operator intervention (a server restart); and lock_not_available
 _PASSING_SQLSTATES = ("08", "40", "53", "57")
 
 
@@ -56,8 +56,10 @@ def transient(exc: BaseException | None) -> bool:
             if code is not None:
                 return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
             return any(m in str(exc) for m in ("database is locked", "database is busy", "table is locked"))
-        if hasattr(exc, "pgcode") and isinstance(exc, Exception):  # a psycopg error (psycopg2 or 3: .pgcode)
-            code = exc.pgcode  # None: no answer from the server (refused, dropped)
-            return code is None or code[:2] in _PASSING_SQLSTATES or code == "55P03"
+        if hasattr(exc, "pgcode") or hasattr(exc, "sqlstate"):  # a psycopg2 (.pgcode) or psycopg 3 (.sqlstate) error
+            code = getattr(exc, "pgcode", None) or getattr(exc, "sqlstate", None)
+            if code is None:  # no answer from the server (refused, dropped), unless the client itself refused
+                return type(exc).__name__ in ("OperationalError", "InterfaceError")
+            return (code[:2] in _PASSING_SQLSTATES and code != "53100") or code == "55P03"  # 53100: disk full
         exc = exc.__cause__ or exc.__context__
     return False

@@ -227,11 +227,19 @@ def test_only_storage_errors_that_pass_are_waited_out():
         holder.execute("ROLLBACK")
         holder.close()
         waiter.close()
-    lost = RuntimeError("storage: read failed")
-    lost.__cause__ = type("OperationalError", (Exception,), {"pgcode": None})("connection refused")
-    assert transient(lost)
-    lost.__cause__.pgcode = "42P01"  # undefined_table
-    assert not transient(lost)
+    def postgres(name: str, attribute: str, code: str | None) -> RuntimeError:
+        error = RuntimeError("storage: read failed")
+        error.__cause__ = type(name, (Exception,), {attribute: code})("from the server")
+        return error
+
+    for attribute in ("pgcode", "sqlstate"):  # psycopg2, psycopg 3
+        for code, passes in ((None, True), ("08006", True), ("40001", True), ("40P01", True), ("55P03", True),
+                             ("57P01", True), ("53300", True), ("53100", False), ("42P01", False)):
+            assert transient(postgres("OperationalError", attribute, code)) == passes, (attribute, code)
+    assert not transient(postgres("ProgrammingError", "pgcode", None))  # the client refused a value
+    invalidated = RuntimeError("storage: write failed")
+    invalidated.__cause__ = type("DBAPIError", (Exception,), {"connection_invalidated": True})()
+    assert transient(invalidated)
 
 
 def test_a_stopped_trial_resumes_on_no_more_threads_than_the_ranks_share(tmp_path, capsys):

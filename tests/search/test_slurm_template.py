@@ -103,6 +103,7 @@ def test_a_run_that_fails_still_requeues_until_it_fails_three_times_in_a_row(tmp
         requeues = (tmp_path / "scontrol.log").read_text().split().count("requeue")
         assert requeues == min(run, 2), proc.stderr[-2000:]
     assert "the last 3 runs of study slurm failed (exit 9); not requeued" in proc.stderr
+    assert (tmp_path / "work" / ".failed-runs-slurm-4242").read_text().split() == ["9", "2", "9"]  # this job's
     proc = _job(tmp_path, 3, SLURM_RESTART_COUNT="4")  # a run that works resets the count
     assert proc.returncode == 0 and _states(tmp_path) == ["COMPLETE"] * 3
     assert not (tmp_path / "work" / ".failed-runs-slurm-4242").exists()
@@ -125,6 +126,29 @@ def test_a_run_whose_ranks_died_with_the_budget_taken_requeues_for_their_trials(
     proc = _job(tmp_path, 2, FAKE_SRUN_FAIL="137", SLURM_RESTART_COUNT="1")
     assert proc.returncode == 137
     assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"], proc.stderr[-2000:]
+
+
+def test_a_failed_run_requeues_when_the_check_cannot_reach_the_database_but_not_before_the_study_exists(tmp_path):
+    """The check failing after a failed run (the database down): requeue, within the count. No study yet (the
+    submission's first run failed before making it): a requeued run would drop --budget and make the study
+    with the default budget instead of $BUDGET (found in review), so no requeue."""
+    proc = _job(tmp_path, 7, FAKE_SRUN_FAIL="1")  # no database at all yet
+    assert proc.returncode == 1 and "no study 'slurm' yet (its first run failed first); not requeued" in proc.stderr
+    assert not (tmp_path / "scontrol.log").exists()
+    (tmp_path / "search.db").write_bytes(b"not a database" * 100)
+    proc = _job(tmp_path, 7, FAKE_SRUN_FAIL="1", SLURM_RESTART_COUNT="1")
+    assert proc.returncode == 1 and "the requeue check failed: " in proc.stderr and "Traceback" not in proc.stderr
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
+
+
+def test_a_failed_run_that_cannot_count_itself_is_not_requeued(tmp_path):
+    """FAILED_RUNS_MAX needs the count: a WORKDIR that cannot be written (full, read-only) would requeue a job
+    failing every run for ever (found in review)."""
+    assert _job(tmp_path, 1).returncode == 0
+    (tmp_path / "file").write_text("")
+    proc = _job(tmp_path, 3, FAKE_SRUN_FAIL="9", SLURM_RESTART_COUNT="1", WORKDIR=str(tmp_path / "file" / "work"))
+    assert proc.returncode == 9 and "cannot be written" in proc.stderr and "not requeued" in proc.stderr
+    assert not (tmp_path / "scontrol.log").exists()
 
 
 def test_search_sh_takes_options_with_or_without_a_rank_count(tmp_path):
