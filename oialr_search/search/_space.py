@@ -83,7 +83,9 @@ class Dimension:
         """Map a backend value (propulate encoding) to the config value, clipped to the range."""
         if self.kind == "categorical":
             return self.choices[min(max(int(round(raw)), 0), len(self.choices) - 1)]
-        value = 10 ** float(raw) if self.log else raw
+        # 15 significant digits: 10 ** log10(0.05) is 0.049999999999999996, and a value the user wrote
+        # (the base config's, which seeds the first trial) must come back as written
+        value = float(f"{10 ** float(raw):.15g}") if self.log else raw
         value = min(max(value, self.low), self.high)
         return int(round(value)) if self.kind == "int" else float(value)
 

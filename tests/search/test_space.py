@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from oialr_search.search import SpaceError, load_space
+from oialr_search.search._space import Dimension
 from oialr_search.training import config_from_dict
 
 SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
@@ -29,6 +30,14 @@ def test_encoding_round_trip_and_config():
         assert d.decode(d.encode(value)) == pytest.approx(value)
     cfg = config_from_dict(space.config_for({"oialr.beta": 0.3, "optim.lr": 1e-3}))
     assert cfg.oialr.beta == 0.3 and cfg.model.kwargs["embed_dim"] == 48 and cfg.train.epochs == 4
+
+
+def test_log_floats_written_by_the_user_come_back_exact():
+    """The first trial is the base config's values, seeded into Propulate in its log10 encoding: a
+    stored weight decay of 0.049999999999999996 for a config that says 0.05 was a sweep's finding."""
+    d = Dimension("optim.weight_decay", "float", 1e-4, 0.3, log=True)
+    for value in (0.05, 0.3, 0.0025, 3e-4, 1e-4):
+        assert d.decode(d.encode(value)) == value
 
 
 @pytest.mark.parametrize(
