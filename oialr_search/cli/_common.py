@@ -73,12 +73,13 @@ def warn_network_storage(command: str, storage: str | None) -> None:
         print(f"oialr-search {command}: warning: {warning}", file=sys.stderr, flush=True)
 
 
-def check_not_the_studys_files(outputs: dict[str, Path], args: argparse.Namespace) -> None:
+def check_not_the_studys_files(outputs: dict[str, Path], args: argparse.Namespace, *,
+                               recorded: str | None = None) -> None:
     """Refuse (one line, before anything is written) an output file that would replace the SQLite database
     (or its -wal/-shm/-journal) or lie in a work folder of its studies: next to the database
     (``<db>.work``, every study's), in ``--workdir``, or in the default ``oialr_search_work``, where
     the kept weights (the only copy of the trained models) and the trials' checkpoints are. ``outputs``: the
-    files by option."""
+    files by option; ``recorded``: the ``--workdir`` the study recorded (known once it is read)."""
     storage = args.storage or default_storage()
     db = sqlite_file(storage)
     database = {os.path.realpath(f"{db}{suffix}") for suffix in ("", "-wal", "-shm", "-journal")} if db else set()
@@ -86,8 +87,9 @@ def check_not_the_studys_files(outputs: dict[str, Path], args: argparse.Namespac
         folders = {study_work_folder(storage, args.study).parent, Path("oialr_search_work")}
     except ArgumentError:
         return  # a URL that does not parse: opening the store says so, in one line
-    if getattr(args, "workdir", None) is not None:
-        folders.add(Path(args.workdir))  # every study's folder in it
+    for workdir in (getattr(args, "workdir", None), recorded):
+        if workdir is not None:
+            folders.add(Path(workdir))  # every study's folder in it
     for option, path in outputs.items():
         real = os.path.realpath(path)
         if real in database:

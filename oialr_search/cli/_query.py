@@ -20,6 +20,7 @@ from .._yaml import dump_yaml
 from ..exceptions import OIALRSearchError
 from ..search import METRICS, pareto_front, parse_pick, pick
 from ..storage import COMPLETE, FAILED, INTERRUPTED, PRUNED, RUNNING, Store, Study, Trial, default_storage
+from ..storage._paths import recorded_workdir
 from ._common import add_storage, add_study, check_not_the_studys_files, write_atomic
 
 
@@ -159,6 +160,8 @@ def _status(store: Store, name: str) -> bool:
           f"{', constraints: ' + constraints if constraints else ''})")
     if study.space.get("overrides"):
         print(f"overrides: {'; '.join(study.space['overrides'])}")
+    if recorded_workdir(study.space):
+        print(f"work folder: {Path(recorded_workdir(study.space), study.name)} (--workdir)")
     print(f"trials: {counts.get(COMPLETE, 0)} complete, {running} running, "
           + (f"{stopped} stopped, " if stopped else "")
           + f"{counts.get(PRUNED, 0)} pruned, {counts.get(FAILED, 0)} failed, {counts.get(INTERRUPTED, 0)} interrupted")
@@ -305,11 +308,12 @@ def _kept_weights(args: argparse.Namespace, study: Study, t: Trial) -> tuple[Pat
     if keep == "none":
         raise OIALRSearchError(f"study {study.name!r} keeps no trained weights (keep_weights: none in its space); "
                                f"train the trial again from its config: export -o tuned.yaml, then train it")
-    path = weights_file(study_work_folder(args.storage or default_storage(), study.name, args.workdir), t.number)
+    workdir = args.workdir if args.workdir is not None else recorded_workdir(study.space)
+    path = weights_file(study_work_folder(args.storage or default_storage(), study.name, workdir), t.number)
     if not path.is_file():
         which = ("the Pareto front" if keep == "front" else "the best on each objective") if study.multi_objective \
             else "the best trial"
-        hint = "" if args.workdir else "; a search run with --workdir DIR needs --workdir DIR here too"
+        hint = "" if workdir else "; a search run with --workdir DIR needs --workdir DIR here too"
         raise OIALRSearchError(f"trial {t.number} of study {study.name!r} has no kept weights ({path} missing; "
                                f"keep_weights: {keep} keeps {which}{hint})")
     try:  # read once: the running search may delete the file any moment (its trial fell off the front)
@@ -358,6 +362,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     _conditions(args)  # a bad --pick is reported before the database is opened
     store = _store(args)
     study = store.get_study(args.study)
+    check_not_the_studys_files(outputs, args, recorded=recorded_workdir(study.space))
     t = _chosen(store, study, args)
     config = config_from_dict(stored_run_config(t.config))  # validates; device stays "auto"
     # every check before the first file is written: a refused export writes nothing

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..storage import Store, default_storage
+from ..storage._paths import recorded_workdir
 from ._common import add_study, check_not_the_studys_files
 
 
@@ -35,6 +36,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     check_not_the_studys_files({"-o": out}, args)
     store = _store(args)
     study = store.get_study(args.study)
+    check_not_the_studys_files({"-o": out}, args, recorded=recorded_workdir(study.space))
     text, notes = study_report(store, study, top=args.top)
     for note in notes:
         print(f"note: {note}")

@@ -8,7 +8,6 @@ import math
 import os
 import shutil
 import sys
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from ..exceptions import OIALRSearchError
 from ..storage import COMPLETE, FAILED, PRUNED, RUNNING, Store, Study, Trial
 from ..storage._errors import storage_named
 from ..storage._filesystems import sqlite_file
-from ..storage._paths import check_writer_storage, study_work_folder
+from ..storage._paths import check_writer_storage
 from ..storage._sqlite import storage_failure
 from ..training import stored_run_config
 from ._devices import place
@@ -32,6 +31,7 @@ from ._objectives import Scored
 from ._optuna_backend import DROPPED
 from ._space import SearchSpace, merge_overrides, same_overrides
 from ._study_checks import data_problem, model_problem, new_study_problem
+from ._work_folder import chosen_workdir, moved_note, propulate_folder, trial_folder
 from ._workers import Workers, check_ranks_per_trial, idle_barrier, split_workers
 
 Objective = Callable[..., TrialOutcome]
@@ -70,35 +70,38 @@ def propulate_available() -> bool:
     return True
 
 
-def work_folder(req: SearchRequest, study: str) -> Path:
-    """The study's work folder, shared by its jobs: ``--workdir``, else next to a SQLite file
-    (``<db>.work/<study>``), else ``oialr_search_work/<study>`` in the working directory. Multi-node
-    jobs need it on a filesystem every node sees (trial checkpoints are resumed by other jobs)."""
-    return study_work_folder(req.storage, study, req.workdir)
-
-
-def trial_folder(req: SearchRequest, study: str, *, make: bool = True) -> Path:
-    """Where the study's running trials keep their checkpoints (``trial_<number>.ckpt``), made unless not ``make``."""
-    folder = work_folder(req, study) / "trials"
-    if make:
-        folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-def propulate_folder(req: SearchRequest, study: str, comm) -> Path:  # noqa: ANN001
-    """This job's own Propulate folder (jobs of one study may run at once; each rebuilds its islands
-    from the database), removed when the job ends. Collective."""
-    name = comm.bcast(f"job-{os.getpid()}-{uuid.uuid4().hex[:8]}" if comm.Get_rank() == 0 else None, root=0)
-    return work_folder(req, study) / "propulate" / name
-
-
 def _shown_overrides(items: tuple[str, ...] | list[str]) -> str:
     return " ".join(f"--set {item}" for item in items) or "no --set"
 
 
-def _prepare(req: SearchRequest, world_size: int) -> tuple[Study, str, int, int, SearchSpace, int, int]:
+def _check_work_folder(req: SearchRequest, workdir: str | None) -> None:
+    folder = trial_folder(req.storage, req.study, workdir, make=False)
+    why = unusable_folder(folder)
+    if why is not None:
+        what = f"--workdir {req.workdir}" if req.workdir is not None else \
+            f"the work folder study {req.study!r} was run with (--workdir {workdir})" if workdir is not None else \
+            "work folder"
+        raise OIALRSearchError(f"{what}: cannot make {folder} ({why}); give --workdir a folder you can write")
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """What rank 0's set-up decided, for every rank."""
+
+    study: Study
+    backend: str
+    budget: int
+    finished: int  # trials finished before this job
+    space: SearchSpace  # overrides applied
+    seed: int  # this job's samplers'
+    job: int  # jobs started on the study before this one
+    workdir: str | None  # the --workdir used (given or recorded); None: the default work folder
+    said_overrides: bool  # the set-up said the overrides (resume --set changed them)
+
+
+def _prepare(req: SearchRequest, world_size: int) -> _Prepared:
     """Rank 0: open storage, create or load the study, count the trials to resume, pick the backend,
-    count this job and seed it.
+    count this job and seed it, and choose the work folder (see _work_folder.py).
 
     Every check of the user's input comes before the first write (bad ``--set`` even before the
     storage is opened), so a refused command changes nothing."""
@@ -110,13 +113,12 @@ def _prepare(req: SearchRequest, world_size: int) -> tuple[Study, str, int, int,
         raise OIALRSearchError(problem)
     with contextlib.suppress(ArgumentError):  # a malformed --storage: the Store says so just below
         check_writer_storage(req.storage)  # the storage's own faults first, worded as the Store words them
-        folder = trial_folder(req, req.study, make=False)
-        why = unusable_folder(folder)
-        if why is not None:
-            raise OIALRSearchError(f"{'--workdir ' + req.workdir if req.workdir is not None else 'work folder'}: "
-                                   f"cannot make {folder} ({why}); give --workdir a folder you can write")
+        if req.workdir is not None or db is not None and not db.exists():  # else: the study may have recorded one
+            _check_work_folder(req, req.workdir)
     store = Store(req.storage)
     existing = store.find_study(req.study)
+    workdir, recorded = chosen_workdir(req.workdir, existing)
+    _check_work_folder(req, workdir)
     if existing is None and problem is not None:  # judged once it is known to be new (a requeued job's is not)
         raise OIALRSearchError(problem)
     if existing is not None and req.budget is not None and req.space is None:  # resume (run keeps it: below)
@@ -163,17 +165,28 @@ def _prepare(req: SearchRequest, world_size: int) -> tuple[Study, str, int, int,
         print(f"backend: Propulate cannot run here ({why}); using the Optuna fallback", flush=True)
         backend = "optuna"
     if existing is None:
-        study = store.create_study(name=req.study, space=space.to_dict(), space_path=space.path, metric=space.metric,
+        stored_space = {**space.to_dict(), **({"workdir": workdir} if workdir is not None else {})}
+        study = store.create_study(name=req.study, space=stored_space, space_path=space.path, metric=space.metric,
                                    direction=space.direction, backend=wanted, seed=req.seed,
                                    budget=req.budget or DEFAULT_BUDGET,
                                    objectives=[o.to_dict() for o in space.objectives],
                                    constraints={c.metric: c.to_dict() for c in space.constraints})
     else:
         study = existing
+        if new_overrides or workdir != recorded:
+            stored_space = {**(space.to_dict() if new_overrides else study.space),
+                            **({"workdir": workdir} if workdir is not None else {})}
+            store.update_study(req.study, space=stored_space)
+            study = dataclasses.replace(study, space=stored_space)
     if new_overrides:
-        store.update_study(req.study, space=space.to_dict())
-        study = dataclasses.replace(study, space=space.to_dict())
         print(f"resume: the base config is now overridden by {_shown_overrides(space.overrides)}", flush=True)
+    if existing is not None and workdir != recorded:
+        note = moved_note(req.storage, req.study, workdir, recorded)
+        if note is not None:
+            print(note, flush=True)
+    elif existing is not None and req.workdir is None and workdir is not None:
+        print(f"work folder: {trial_folder(req.storage, req.study, workdir, make=False).parent} (the study's "
+              f"--workdir)", flush=True)
     if existing is not None and "precision" not in space.base.get("train", {}) and _trained_before_precision(
             store, study):
         space = dataclasses.replace(space, base=stored_run_config(space.base))
@@ -196,7 +209,8 @@ def _prepare(req: SearchRequest, world_size: int) -> tuple[Study, str, int, int,
     finished = store.count(study, (COMPLETE, FAILED, PRUNED))
     running = store.count(study, (RUNNING,))
     job = store.start_job(study)  # the set-up's last write, after every check of the input
-    return study, backend, budget, finished, space, job_seed(req.seed, finished, running, job=job), job
+    return _Prepared(study, backend, budget, finished, space, job_seed(req.seed, finished, running, job=job), job,
+                     workdir, said_overrides=new_overrides)
 
 
 def _trained_before_precision(store: Store, study: Study) -> bool:
@@ -326,7 +340,8 @@ def run_search(req: SearchRequest, *, objective: Objective = run_trial, quiet: b
             print(f"oialr-search: error: {storage_named(error, req.storage if req.storage_given else None)}",
                   file=sys.stderr)
         return code
-    study, backend, budget, finished, space, seed, job = prepared
+    study, backend, budget, finished, space, seed = (prepared.study, prepared.backend, prepared.budget,
+                                                     prepared.finished, prepared.space, prepared.seed)
     store = Store(req.storage, create=False)
     placement = place(comm if size > 1 else None)
     try:
@@ -342,20 +357,20 @@ def run_search(req: SearchRequest, *, objective: Objective = run_trial, quiet: b
         print(f"study {study.name!r}: {backend} on {ranks}, {finished}/{budget} trials finished, "
               f"objective{'s' if len(space.objectives) > 1 else ''} {objectives}, pruner {space.pruner.name}; "
               f"rank 0 on {placement.device} with {placement.threads} thread(s)", flush=True)
-        if space.overrides:
+        if space.overrides and not prepared.said_overrides:
             print(f"base config overridden by {_shown_overrides(space.overrides)}", flush=True)
 
     trials = Trials(store=store, study=study, space=space, objective=objective, placement=placement,
-                    workers=workers, rank=rank, folder=trial_folder(req, study.name), backend=backend,
-                    on_stored=progress.trial if progress else None)
+                    workers=workers, rank=rank, folder=trial_folder(req.storage, study.name, prepared.workdir),
+                    backend=backend, on_stored=progress.trial if progress else None)
     trials.stop.install()
     remaining = max(0, budget - finished)
     # the run config's own values: once per study, not once per job that finds no trial finished
-    start = [space.start_params()] if finished == 0 and job == 0 and backend != "random" and space.start_params() \
-        else []
+    first_job = finished == 0 and prepared.job == 0
+    start = [space.start_params()] if first_job and backend != "random" and space.start_params() else []
     try:
         if backend == "propulate":
-            folder = propulate_folder(req, study.name, comm)
+            folder = propulate_folder(req.storage, study.name, prepared.workdir, comm)
             try:
                 _propulate(comm, rank, store, study, space, folder, workers, trials, budget, remaining, seed, start,
                            ready)

@@ -66,6 +66,14 @@ def check_writable_file(url: str, db: Path) -> None:
                        "the database to a writable place and give that path")
 
 
+def recorded_workdir(space: dict) -> str | None:
+    """The ``--workdir`` (absolute) a study's jobs were last run with, which its stored space keeps so that
+    ``resume`` and ``export`` without ``--workdir`` find its trial checkpoints and kept weights; None
+    when none was given (the default folder) or the study is from a release that did not record it."""
+    value = space.get("workdir")
+    return value if isinstance(value, str) and value else None
+
+
 def study_work_folder(storage: str, study: str, workdir: str | os.PathLike | None = None) -> Path:
     """A study's work folder, shared by its jobs: ``workdir/<study>`` (``--workdir``), else next to a SQLite
     file (``<db>.work/<study>``), else ``oialr_search_work/<study>`` in the working directory. (Here, not in

@@ -103,12 +103,37 @@ def test_best_keeps_the_best_on_each_objective(tmp_path):
     search(tmp_path, "s", 5, "--workdir", "wd")
     expected = expected_keep(trials(tmp_path, "s"), ["maximize", "minimize"], "best")
     assert kept_files(tmp_path / "wd" / "s") == expected and 1 <= len(expected) <= 2
-    # --workdir as given to run; without it the default folder has no weights, and export says so
+    # the study recorded run's --workdir: export finds the weights without it; another folder has none
     best = min(expected)
-    proc = cli(["export", "--study", "s", "--trial", str(best), "--weights", "w.pt", "--workdir", "wd"], tmp_path)
+    proc = cli(["export", "--study", "s", "--trial", str(best), "--weights", "w.pt"], tmp_path)
     assert proc.returncode == 0 and (tmp_path / "w.pt").is_file(), proc.stderr
-    proc = cli(["export", "--study", "s", "--trial", str(best), "--weights", "w2.pt"], tmp_path)
-    assert proc.returncode == 2 and "--workdir" in proc.stderr and not (tmp_path / "w2.pt").exists()
+    proc = cli(["export", "--study", "s", "--trial", str(best), "--weights", "w2.pt", "--workdir", "other"], tmp_path)
+    assert proc.returncode == 2 and "other/s/weights" in proc.stderr and not (tmp_path / "w2.pt").exists()
+    # nor may an export write into the recorded folder
+    proc = cli(["export", "--study", "s", "--trial", str(best), "-o", "wd/s/t.yaml"], tmp_path)
+    assert proc.returncode == 2 and "is in the work folder" in proc.stderr and not (tmp_path / "wd/s/t.yaml").exists()
+
+
+def test_resume_and_status_use_the_work_folder_run_was_given(tmp_path):
+    """A search run with --workdir DIR records it: resume without it keeps the trials' checkpoints and kept
+    weights in DIR (found in a sweep: they went to the default folder, where a stopped trial's checkpoint
+    is not), status shows it, and a resume given another folder moves the record and says what stays behind."""
+    write_space(tmp_path, objectives=SINGLE)
+    search(tmp_path, "s", 2, "--workdir", "wd")
+    assert kept_files(tmp_path / "wd" / "s")
+    proc = cli(["resume", "--study", "s", "--budget", "4"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"work folder: {tmp_path / 'wd' / 's'} (the study's --workdir)" in proc.stdout
+    assert not (tmp_path / "oialr_search.work").exists()  # nothing in the default folder
+    rows = trials(tmp_path, "s")
+    best = min((r for r in rows if r["state"] == "COMPLETE"), key=lambda r: (r["value"], r["number"]))
+    assert len(rows) == 4 and kept_files(tmp_path / "wd" / "s") == {best["number"]}
+    status = cli(["status", "--study", "s"], tmp_path)
+    assert f"work folder: {tmp_path / 'wd' / 's'} (--workdir)" in status.stdout
+    proc = cli(["resume", "--study", "s", "--budget", "5", "--workdir", "wd2"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"now uses {tmp_path / 'wd2' / 's'} (--workdir), not {tmp_path / 'wd' / 's'}" in proc.stdout
+    assert f"work folder: {tmp_path / 'wd2' / 's'}" in cli(["status", "--study", "s"], tmp_path).stdout
 
 
 def test_keep_set_rules():

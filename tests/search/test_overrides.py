@@ -49,7 +49,7 @@ def test_run_set_reaches_every_trial_status_export_and_resume(tmp_path):
                  "optim.weight_decay=0.01"], tmp_path)
     assert moved.returncode == 0, moved.stderr[-3000:]
     assert "now overridden by --set train.epochs=1 --set data.path=/elsewhere --set optim.weight_decay=0.01" \
-        in moved.stdout
+        in moved.stdout and moved.stdout.count("overridden by") == 1  # said once (a sweep saw it twice)
     assert "overrides: train.epochs=1; data.path=/elsewhere; optim.weight_decay=0.01" in status(tmp_path, "s")
     new = configs(tmp_path, "s")[4]
     assert new["data"]["path"] == "/elsewhere" and new["optim"]["weight_decay"] == 0.01 and new["train"]["epochs"] == 1
