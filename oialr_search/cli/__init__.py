@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command in ("run", "resume"):
+            from ..search._preemption import hold_early_signals
+
+            hold_early_signals()
             warn_network_storage(args.command, args.storage)
         return args.func(args)
     except OIALRSearchError as exc:

@@ -12,6 +12,25 @@ import threading
 from types import FrameType
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+_EARLY: list[int] = []  # preemption signals that arrived before the search installed its StopRequest
+
+
+def hold_early_signals() -> None:
+    """At the start of ``run``/``resume``: a preemption signal while modules load and the study is
+    prepared (seconds; torch alone takes several) is kept instead of killing the job with exit code 143, and
+    the search's StopRequest acts on it once installed: no trial is taken and the job exits 0, as one
+    preempted later does (the SLURM template counts any other exit code as a failed run). A second
+    signal exits at once."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in SIGNALS:
+        signal.signal(sig, _held)
+
+
+def _held(signum: int, _frame: FrameType | None) -> None:
+    if _EARLY:
+        os._exit(128 + signum)
+    _EARLY.append(signum)
 
 
 class StopRequest:
@@ -29,10 +48,12 @@ class StopRequest:
             return  # signal handlers belong to the main thread (a search embedded in a thread is not preempted)
         for sig in SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
+        if _EARLY and self.signal is None:  # arrived while the job started (see hold_early_signals)
+            self._handle(_EARLY.pop(), None)
 
     def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)  # type: ignore[arg-type]
+        for sig, handler in self._previous.items():  # (not back to holding: a signal after the search ends it)
+            signal.signal(sig, signal.SIG_DFL if handler is _held else handler)  # type: ignore[arg-type]
         self._previous.clear()
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -98,6 +99,35 @@ def test_sigterm_checkpoints_running_trials_and_the_next_job_resumes_them(tmp_pa
     assert not list(folder.iterdir())  # checkpoints of finished trials are deleted
     for number in (kept, corrupt):  # exactly what an uninterrupted run of the same config gives
         assert rows[number]["value"] == pytest.approx(_uninterrupted(rows[number]).val_loss, rel=1e-9, abs=1e-12)
+
+
+def _catches(pid: int, sig: int) -> bool:
+    """Whether process ``pid`` has a handler for ``sig`` (its SigCgt mask in /proc)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = next(int(line.split()[1], 16) for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(mask >> (sig - 1) & 1)
+
+
+def test_a_sigterm_while_the_job_starts_up_ends_it_with_0_not_143(tmp_path):
+    """SLURM may preempt a job in its first seconds, while torch loads: that ended it with 143, a failed run
+    to the SLURM template (found in a sweep). Now the signal is kept, no trial is taken, and the job exits 0."""
+    (tmp_path / "space.yaml").write_text(SPACE)
+    proc = subprocess.Popen([sys.executable, "-m", "oialr_search", "run", "space.yaml", "--study", "early",
+                             "--budget", "2", "--backend", "optuna"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OIALR_SEARCH_STORAGE": "",
+                                                                    "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 60
+    while not _catches(proc.pid, signal.SIGTERM) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    # before the study is prepared: the search's own handler (installed after that) is not what caught it
+    assert not (tmp_path / "oialr_search.db").exists()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    assert "SIGTERM: checkpointing the running trial" in err and trials(tmp_path, "early") == []
 
 
 def test_a_killed_job_loses_at_most_an_epoch_per_trial(tmp_path):
