@@ -255,6 +255,14 @@ class Transactions:
         self.raw = engine.dialect.name == "sqlite" and not core
         self._cache: dict = {}
 
+    def _connect(self, what: str) -> Any:
+        """A pooled raw connection; failing to get one (the connect events' PRAGMAs meet a locked database, a
+        file gone) is a RuntimeError like the transaction's own, so that callers see one kind of storage error."""
+        try:
+            return self.engine.raw_connection()
+        except (SQLAlchemyError, sqlite3.Error) as exc:
+            raise RuntimeError(f"storage {self.url}: {what} (connecting failed: {exc})") from exc
+
     @contextmanager
     def read(self) -> Iterator[Executor]:
         """A read outside any write transaction: on SQLite each statement reads its own snapshot and never
@@ -266,7 +274,7 @@ class Transactions:
             except SQLAlchemyError as exc:
                 raise RuntimeError(f"storage {self.url}: read failed: {exc}") from exc
             return
-        pooled = self.engine.raw_connection()
+        pooled = self._connect("read")
         try:
             yield SQLiteExecutor(pooled.driver_connection, self._cache, self.engine.dialect)
         except sqlite3.Error as exc:
@@ -283,7 +291,7 @@ class Transactions:
             except SQLAlchemyError as exc:
                 raise RuntimeError(f"storage {self.url}: transaction rolled back: {exc}") from exc
             return
-        pooled = self.engine.raw_connection()  # connect events ran: WAL, busy timeout, foreign keys
+        pooled = self._connect("no write lock")  # connect events ran: WAL, busy timeout, foreign keys
         try:
             conn = pooled.driver_connection
             try:

@@ -144,3 +144,28 @@ def test_looking_for_dead_trials_reads_on_postgres_too(postgres_schema_url):
                                     "AND state LIKE 'idle in transaction%'")).scalar()
     assert open_tx == 0
     store.engine.dispose()
+
+
+def test_a_connection_that_fails_to_open_is_a_storage_error_like_the_transactions(tmp_path, monkeypatch):
+    """The raw SQLite path got its connection outside its error handling: a locked database in the connect
+    events' PRAGMAs escaped as SQLAlchemy's error, which the callers that wait out a busy database (a
+    trial's epoch report, its final write) do not catch, so the rank died (found in review)."""
+    from sqlalchemy.exc import OperationalError
+
+    from oialr_search.storage import transient
+
+    store = Store(f"sqlite:///{tmp_path}/db.sqlite")
+    study = store.create_study(name="s", space={"raw": {}}, space_path="", metric="top1", direction="maximize",
+                               backend="optuna", seed=0, budget=3)
+    t = store.start_trial(study, params={}, rank=0, island=None, device="cpu")
+
+    def locked():
+        orig = sqlite3.OperationalError("database is locked")
+        raise OperationalError("PRAGMA journal_mode=WAL", {}, orig) from orig  # as SQLAlchemy raises it
+
+    monkeypatch.setattr(store.engine, "raw_connection", locked)
+    for attempt in (lambda: store.report_epochs(t.id, [_epoch(1)]),
+                    lambda: store.claim_dead(study, grace=1.0, rank=0, device="cpu")):
+        with pytest.raises(RuntimeError, match="connecting failed") as info:
+            attempt()
+        assert transient(info.value)
