@@ -139,9 +139,16 @@ def _update_owned(tx: Executor, trial_id: int, owner: str | None, fields: dict) 
 
 
 def report_epochs(tx: Executor, trial_id: int, records: list[dict], owner: str | None = None) -> None:
-    tx.many(_INSERT_EPOCH, [epoch_row(trial_id, r) for r in records])
+    """Add the epochs of ``records`` after the last one stored: a retry of a report whose commit went
+    through while its answer was lost (a dropped connection) adds nothing, where it failed on the unique
+    (trial, epoch) before."""
+    reported = tx.one(_TRIAL_CLOCK, {"tid": trial_id})[1] or 0
+    new = [r for r in records if r["epoch"] > reported]
+    if new:
+        tx.many(_INSERT_EPOCH, [epoch_row(trial_id, r) for r in new])
     # progress: a death of a run that follows is not one of a trial that kills every run (see claim_dead)
-    _update_owned(tx, trial_id, owner, {"last_epoch": records[-1]["epoch"], "crashes": 0})
+    _update_owned(tx, trial_id, owner, {"last_epoch": max((r["epoch"] for r in new), default=reported),
+                                        "crashes": 0})
 
 
 def finish_trial(tx: Executor, trial_id: int, *, fields: dict, epochs: list[dict] | None,
