@@ -30,7 +30,7 @@ from ..exceptions import OIALRSearchError
 from ._errors import StorageError, unknown_database
 from ._filesystems import sqlite_file
 from ._schema import RUNNING, SCHEMA_VERSION, Base, EpochRow, MetaRow, StudyRow, TrialRow
-from ._sqlite import storage_failure
+from ._sqlite import read_only_url, storage_failure
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -230,7 +230,10 @@ def _open(url: str, *, write: bool = False) -> Engine:
         sqlite = parsed.get_backend_name() == "sqlite"
         if sqlite and parsed.database not in (None, "", ":memory:") and not Path(parsed.database).is_file():
             raise StorageError(f"--storage {url}: no such database file")
-        return _sqlite_engine(url) if sqlite and write else create_engine(url)
+        if sqlite and write:
+            return _sqlite_engine(url)
+        # a reader leaves no -wal/-shm files behind (an up-to-date or refused database stays as it was)
+        return create_engine(read_only_url(Path(parsed.database)) if sqlite_file(url) else url)
     except NoSuchModuleError:  # an ArgumentError: a URL of a kind or driver SQLAlchemy does not know
         raise unknown_database(url, make_url(url).drivername) from None
     except ArgumentError:

@@ -9,6 +9,7 @@ import contextlib
 import random
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
@@ -55,6 +56,16 @@ def _retry_locked(statement: Callable[[], object]) -> None:
             if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(0.01 * (0.5 + random.random()))
+
+
+def read_only_url(db: Path) -> str:
+    """A URL that reads the SQLite file ``db`` without changing anything. With no -wal file no connection
+    has the database open (the last one to close removes it): read it as immutable, which creates no
+    -wal/-shm files — a query leaves nothing behind, works in a folder it cannot write, and cannot leave
+    files owned by another user that would block the search's own writes. Otherwise join the writers
+    read-only."""
+    mode = "immutable=1" if not db.with_name(db.name + "-wal").exists() else "mode=ro"
+    return f"sqlite:///file:{urllib.parse.quote(str(db.resolve()))}?{mode}&uri=true"
 
 
 def _sqlite_engine(url: str, *, read_only: bool = False) -> Engine:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-import urllib.parse
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -38,6 +37,7 @@ from ._sqlite import (  # noqa: F401 - BUSY_TIMEOUT_MS re-exported
     BUSY_TIMEOUT_MS,
     _sqlite_engine,
     check_writable,
+    read_only_url,
     storage_failure,
 )
 from ._writes import EPOCH_FIELDS, Transactions
@@ -74,12 +74,7 @@ class Store:
                     raise StorageError(f"--storage {self.url}: no such database file")
                 check_sqlite_path(self.url, db)
             if read_only:
-                # With no -wal file no connection has the database open (the last one to close removes
-                # it): read it as immutable, which creates no -wal/-shm files — a query leaves nothing
-                # behind, works in a folder it cannot write, and cannot leave files owned by another
-                # user that would block the search's own writes. Otherwise join the writers read-only.
-                mode = "immutable=1" if not db.with_name(db.name + "-wal").exists() else "mode=ro"
-                connect_url = f"sqlite:///file:{urllib.parse.quote(str(db.resolve()))}?{mode}&uri=true"
+                connect_url = read_only_url(db)
             else:
                 with path_errors(self.url, db):
                     check_writable_file(self.url, db)

@@ -190,6 +190,10 @@ def test_a_read_only_database_is_refused_by_run_before_any_write_and_stays_query
     proc = read_only(target, ["status", "--study", STUDY, "--storage", url], tmp_path)  # queries still work
     assert proc.returncode == 0 and "2 complete" in proc.stdout, proc.stderr
     assert snapshot(tmp_path) == before
+    # nothing to upgrade: said, and nothing left behind (it left -wal/-shm files beside a read-only file)
+    proc = read_only(target, ["storage", "upgrade", "--storage", url], tmp_path)
+    assert proc.returncode == 0 and proc.stdout == f"{url} is up to date (schema v{SCHEMA_VERSION})\n", proc.stderr
+    assert snapshot(tmp_path) == before
 
 
 FULL_DISK = '''\
