@@ -1,9 +1,9 @@
 """Storage of studies and trials (SQLAlchemy; SQLite by default)."""
 
-from ._errors import transient
+from ._errors import StorageError, transient
 from ._migrate import SchemaOutdated, SchemaTooNew
 from ._schema import COMPLETE, FAILED, INTERRUPTED, PRUNED, RUNNING, STATES
-from ._store import DEFAULT_STORAGE, StorageError, Store, Study, StudyNotFound, Trial, default_storage
+from ._store import DEFAULT_STORAGE, Store, Study, StudyNotFound, Trial, default_storage
 from ._writes import TrialTakenOver
 
 __all__ = [

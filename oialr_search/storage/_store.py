@@ -4,24 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sqlite3
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, func, or_, select, update
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..exceptions import OIALRSearchError
 from . import _writes
 from ._clock import SERVER_NOW, DatabaseClock
-from ._errors import StorageError, StudyNotFound, unknown_database
-from ._migrate import prepare_schema, refuse_running_before_upgrade
-from ._paths import check_sqlite_path, check_writable_file, path_errors
+from ._engine import open_database
+from ._errors import StudyNotFound
 from ._records import Study, Trial, _study, _trial, _trials
 from ._schema import (
     COMPLETE,
@@ -32,14 +28,7 @@ from ._schema import (
     StudyRow,
     TrialRow,
 )
-from ._sqlite import (  # noqa: F401 - BUSY_TIMEOUT_MS re-exported
-    _READ_ONLY,
-    BUSY_TIMEOUT_MS,
-    _sqlite_engine,
-    check_writable,
-    read_only_url,
-    storage_failure,
-)
+from ._sqlite import _READ_ONLY, BUSY_TIMEOUT_MS, _sqlite_engine  # noqa: F401 - the last two re-exported
 from ._writes import EPOCH_FIELDS, Transactions
 
 DEFAULT_STORAGE = "sqlite:///oialr_search.db"
@@ -60,62 +49,13 @@ class Store:
 
     def __init__(self, url: str | None = None, *, create: bool = True, read_only: bool = False) -> None:
         self.url = url or default_storage()
-        try:
-            parsed = make_url(self.url)
-        except ArgumentError:
-            raise StorageError(f"--storage {self.url!r}: not a database URL (e.g. sqlite:///search.db)") from None
-        sqlite = parsed.get_backend_name() == "sqlite"
-        connect_url = self.url
-        db: Path | None = None  # the SQLite file, named in the errors
-        if sqlite and parsed.database not in (None, "", ":memory:"):
-            db = Path(parsed.database)
-            with path_errors(self.url, db):
-                if not create and not db.exists():
-                    raise StorageError(f"--storage {self.url}: no such database file")
-                check_sqlite_path(self.url, db)
-            if read_only:
-                connect_url = read_only_url(db)
-            else:
-                with path_errors(self.url, db):
-                    check_writable_file(self.url, db)
-                if create and db.exists():  # before the writer's first connection switches the file to WAL
-                    refuse_running_before_upgrade(self.url)
-        try:
-            # READ COMMITTED on PostgreSQL whatever the server's default: start_trial's statements after the
-            # study's row lock must see what the previous holder committed (see _writes.start_trial)
-            server = {"isolation_level": "READ COMMITTED"} if parsed.get_backend_name() == "postgresql" else {}
-            self.engine = _sqlite_engine(connect_url, read_only=read_only) if sqlite else \
-                create_engine(self.url, pool_pre_ping=True, **server)
-            self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-            self._read_sessions = sessionmaker(self.engine.execution_options(**{_READ_ONLY: True}),
-                                               expire_on_commit=False)
-            self._tx = Transactions(self.engine, self.url)
-            self._owned: dict[int, str] = {}  # trial id -> the token this store started or claimed it with
-            postgres = parsed.get_backend_name() == "postgresql"
-            self._clock = DatabaseClock(self._server_time if postgres else None)  # see _clock
-            # without create, a database with no oialr-search tables (new, empty, another program's) holds no
-            # study: the study lookups say so instead of failing on the missing tables
-            self._has_tables = prepare_schema(self.engine, url=self.url, create=create and not read_only) is not None
-            if sqlite and not read_only:  # refuse a read-only database now, not at the first trial's write
-                check_writable(self.engine)
-        except BaseException as exc:
-            # a refused database (not one, newer, read-only, ...) keeps no connection open: a SQLite one would
-            # keep its -wal and -shm files next to the file for as long as this process lives
-            with contextlib.suppress(AttributeError):
-                self.engine.dispose()
-            if isinstance(exc, NoSuchModuleError):  # create_engine: no dialect or driver of that name
-                raise unknown_database(self.url, parsed.drivername) from None
-            if not isinstance(exc, (DBAPIError, ImportError, sqlite3.Error)):  # sqlite3's own: raised in our BEGIN
-                raise
-            failure = storage_failure(exc, db)  # a full disk, a read-only file, not a database, ...
-            if failure is not None:
-                raise StorageError(f"--storage {self.url}: {failure}") from None
-            hint = ""
-            if isinstance(exc, ImportError) and (parsed.get_backend_name(), parsed.get_driver_name()) == \
-                    ("postgresql", "psycopg2"):  # the default driver of postgresql:// URLs: the extra's
-                hint = "; install the driver with: pip install 'oialr-search[postgres]'"
-            raise StorageError(f"--storage {self.url}: cannot open ({exc.__class__.__name__}: "
-                               f"{str(exc).splitlines()[0]}){hint}") from None
+        self.engine, self._has_tables = open_database(self.url, create=create, read_only=read_only)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._read_sessions = sessionmaker(self.engine.execution_options(**{_READ_ONLY: True}), expire_on_commit=False)
+        self._tx = Transactions(self.engine, self.url)
+        self._owned: dict[int, str] = {}  # trial id -> the token this store started or claimed it with
+        postgres = self.engine.dialect.name == "postgresql"
+        self._clock = DatabaseClock(self._server_time if postgres else None)  # see _clock
 
     def now(self) -> datetime:
         """The database's UTC time (naive, as stored): PostgreSQL's clock, the host's on SQLite (see _clock)."""
