@@ -42,10 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command in ("run", "resume"):
-            from ..search._preemption import hold_early_signals
+            from ..search._preemption import early_signals_held
 
-            hold_early_signals()
-            warn_network_storage(args.command, args.storage)
+            with early_signals_held():
+                warn_network_storage(args.command, args.storage)
+                return args.func(args)
         return args.func(args)
     except OIALRSearchError as exc:
         if str(exc):  # (empty: said by rank 0 of the MPI job, see _search.before_search)

@@ -5,26 +5,35 @@ A second signal exits at once."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from types import FrameType
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 _EARLY: list[int] = []  # preemption signals that arrived before the search installed its StopRequest
 
 
-def hold_early_signals() -> None:
-    """At the start of ``run``/``resume``: a preemption signal while modules load and the study is
-    prepared (seconds; torch alone takes several) is kept instead of killing the job with exit code 143, and
+@contextlib.contextmanager
+def early_signals_held() -> Iterator[None]:
+    """Around ``run``/``resume``: a preemption signal while modules load and the study is prepared
+    (seconds; torch alone takes several) is kept instead of killing the job with exit code 143, and
     the search's StopRequest acts on it once installed: no trial is taken and the job exits 0, as one
     preempted later does (the SLURM template counts any other exit code as a failed run). A second
-    signal exits at once."""
+    signal exits at once. The handlers before it are back afterwards."""
     if threading.current_thread() is not threading.main_thread():
+        yield
         return
-    for sig in SIGNALS:
-        signal.signal(sig, _held)
+    previous = {sig: signal.signal(sig, _held) for sig in SIGNALS}
+    try:
+        yield
+    finally:
+        _EARLY.clear()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _held(signum: int, _frame: FrameType | None) -> None:
@@ -48,7 +57,7 @@ class StopRequest:
             return  # signal handlers belong to the main thread (a search embedded in a thread is not preempted)
         for sig in SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
-        if _EARLY and self.signal is None:  # arrived while the job started (see hold_early_signals)
+        if _EARLY and self.signal is None:  # arrived while the job started (see early_signals_held)
             self._handle(_EARLY.pop(), None)
 
     def restore(self) -> None:

@@ -130,6 +130,21 @@ def test_a_sigterm_while_the_job_starts_up_ends_it_with_0_not_143(tmp_path):
     assert "SIGTERM: checkpointing the running trial" in err and trials(tmp_path, "early") == []
 
 
+def test_the_early_handlers_are_undone_after_the_command():
+    """run and resume called in-process (a notebook, these tests) leave the process's handlers as they were."""
+    from oialr_search.search._preemption import StopRequest, early_signals_held
+
+    before = signal.getsignal(signal.SIGTERM)
+    with early_signals_held():
+        assert signal.getsignal(signal.SIGTERM) is not before
+        os.kill(os.getpid(), signal.SIGTERM)  # held, not fatal
+        stop = StopRequest()
+        stop.install()
+        assert stop() and stop.signal == signal.SIGTERM
+        stop.restore()
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 def test_a_killed_job_loses_at_most_an_epoch_per_trial(tmp_path):
     (tmp_path / "space.yaml").write_text(SPACE)
     proc = _start(tmp_path, "k", 5)
