@@ -23,8 +23,15 @@ def _default_mode() -> int:
 def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
     """A binary file handle whose content replaces ``path`` when the block ends without an error: written to
     a temporary file in the same folder, flushed to disk, then ``os.replace``\\ d over ``path``. On an error
-    (or Ctrl-C) the temporary file is removed and ``path`` is left as it was."""
-    path = Path(path)
+    (or Ctrl-C) the temporary file is removed and ``path`` is left as it was.
+
+    A link is followed (the file it points to is replaced, the link stays), and a path that is not a plain
+    file (``/dev/null``, a FIFO) is written into as it is: replacing it would swap the device for a file."""
+    path = Path(os.path.realpath(path)) if Path(path).is_symlink() else Path(path)
+    if path.exists() and not path.is_file():
+        with open(path, "wb") as fh:
+            yield fh
+        return
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -54,7 +61,17 @@ def output_file(path: str | Path, *, option: str, example: str,
         raise error(f"{option} {out}: is a folder; give a file name such as {out / example}")
     if not out.parent.is_dir():
         raise error(f"{option} {out}: folder {out.parent} does not exist; create it first")
-    if not os.access(out.parent, os.W_OK) or out.exists() and not os.access(out, os.W_OK):
+    target = Path(os.path.realpath(out))
+    if target.exists() and not target.is_file():  # /dev/null, a FIFO: written into as it is (see atomic_writer)
+        if not os.access(target, os.W_OK):
+            raise error(f"{option} {out}: cannot be written")
+        return out
+    # the new file is made in the folder (see atomic_writer): try it, as permissions do not tell for root or
+    # for mounts such as /proc
+    why = unusable_folder(target.parent) if target.parent.is_dir() else f"folder {target.parent} does not exist"
+    if why is not None:
+        raise error(f"{option} {out}: {why}")
+    if target.exists() and not os.access(target, os.W_OK):
         raise error(f"{option} {out}: cannot be written")
     return out
 

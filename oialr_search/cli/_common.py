@@ -17,7 +17,7 @@ from .._files import write_file_atomic
 from ..exceptions import OIALRSearchError
 from ..storage import default_storage
 from ..storage._filesystems import network_storage_warning, sqlite_file
-from ..storage._paths import study_work_folder
+from ..storage._paths import a_studys_file, study_work_folder
 from ..storage._sqlite import storage_failure
 
 # Where launchers put a process's rank before MPI starts: MPICH/Intel MPI (and srun with PMI), Open MPI,
@@ -98,6 +98,9 @@ def check_not_the_studys_files(outputs: dict[str, Path], args: argparse.Namespac
             if Path(real).is_relative_to(os.path.realpath(folder)):
                 raise OIALRSearchError(f"{option} {path}: is in the work folder {folder} (the studies' kept weights "
                                        "and checkpoints); write it elsewhere")
+        what = a_studys_file(path)  # of a study of another database, in a folder of its own
+        if what is not None:
+            raise OIALRSearchError(f"{option} {path}: is named as a study's {what}; write it elsewhere")
 
 
 def storage_failed(args: argparse.Namespace, exc: BaseException) -> str | None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .._files import unusable_folder
 from ..exceptions import OIALRSearchError
+from ..storage._paths import a_studys_file
 from ..training import bundled_configs
 from ._common import write_atomic
 
@@ -85,6 +86,9 @@ def _check_distinct(source: Path, out: Path | None, checkpoint: str | None, weig
         written.append((Path(weights), f"--weights {weights}"))
     seen = {os.path.realpath(source): f"the config being trained ({source})"}
     for path, what in written:
+        kept = a_studys_file(path)
+        if kept is not None:  # another search's only copy of a model, or its trial's checkpoint
+            raise OIALRSearchError(f"{what}: is named as a study's {kept}; write it elsewhere")
         real = os.path.realpath(path)
         if real in seen:
             raise OIALRSearchError(f"{what}: would write over {seen[real]}; give each a file of its own")

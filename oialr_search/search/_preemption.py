@@ -31,9 +31,9 @@ def early_signals_held() -> Iterator[None]:
     try:
         yield
     finally:
-        _EARLY.clear()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        _EARLY.clear()  # after: a signal in between must not outlive the call
 
 
 def _held(signum: int, _frame: FrameType | None) -> None:

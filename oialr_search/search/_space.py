@@ -83,9 +83,7 @@ class Dimension:
         """Map a backend value (propulate encoding) to the config value, clipped to the range."""
         if self.kind == "categorical":
             return self.choices[min(max(int(round(raw)), 0), len(self.choices) - 1)]
-        # 15 significant digits: 10 ** log10(0.05) is 0.049999999999999996, and a value the user wrote
-        # (the base config's, which seeds the first trial) must come back as written
-        value = float(f"{10 ** float(raw):.15g}") if self.log else raw
+        value = _shortest_power(float(raw)) if self.log else raw
         value = min(max(value, self.low), self.high)
         return int(round(value)) if self.kind == "int" else float(value)
 
@@ -96,6 +94,18 @@ class Dimension:
         if self.log:
             return math.log10(value)
         return int(value) if self.kind == "int" else float(value)
+
+
+def _shortest_power(raw: float) -> float:
+    """10 ** raw, as the shortest decimal whose log10 is ``raw``: 10 ** log10(0.05) is 0.049999999999999996,
+    and a value the user wrote (the base config's, which seeds the first trial in this encoding) must come
+    back as written. Other values keep every digit."""
+    value = 10**raw
+    for digits in range(1, 17):
+        short = float(f"{value:.{digits}g}")
+        if math.log10(short) == raw:
+            return short
+    return value
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,6 +65,21 @@ def check_writable_file(url: str, db: Path) -> None:
     raise StorageError(f"--storage {url}: folder {db.parent} is read-only, and SQLite needs to create {side[0].name} "
                        f"and {side[1].name} there (the stored trials are intact); make the folder writable, or copy "
                        "the database to a writable place and give that path")
+
+
+_STUDY_FILES = ((re.compile(r"trial_\d+\.pt"), "weights", "kept weights (the only copy of a trained model)"),
+                (re.compile(r"trial_\d+\.ckpt"), "trials", "running trial's checkpoint"))
+
+
+def a_studys_file(path: str | os.PathLike) -> str | None:
+    """What ``path`` is when it is named as a study keeps its files, in any work folder (``…/weights/
+    trial_<n>.pt``, ``…/trials/trial_<n>.ckpt``), else None: an output must never replace one, whichever
+    database or folder its study is in (a sweep overwrote another database's kept weights with an export)."""
+    real = Path(os.path.realpath(path))
+    for pattern, folder, what in _STUDY_FILES:
+        if real.parent.name == folder and pattern.fullmatch(real.name):
+            return what
+    return None
 
 
 def recorded_workdir(space: dict) -> str | None:

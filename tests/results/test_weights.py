@@ -1,5 +1,7 @@
 """Kept trained weights: which trials keep them (front / best / none), ``export --weights`` and ``load_model``."""
 
+import os
+
 import pytest
 import torch
 
@@ -341,6 +343,54 @@ def test_export_and_report_never_write_over_the_database_or_the_work_folder(fron
         assert len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr, proc.stderr
     assert {p: p.read_bytes() for p in before} == before
     assert not (work / "tuned.yaml").exists() and not (front_study / "oialr_search.db-wal").exists()
+
+
+def test_no_output_replaces_a_kept_weights_file_of_any_study(front_study, tmp_path):
+    """Another database's study keeps its models in its own work folder: an export or a train that names one
+    of its files would replace the only copy, and that study would then export the wrong model (a sweep)."""
+    number = min(kept_files(front_study / "oialr_search.work" / "front"))
+    other = tmp_path / "other.work" / "s"
+    (other / "weights").mkdir(parents=True)
+    (other / "trials").mkdir()
+    kept, ckpt = other / "weights" / "trial_0.pt", other / "trials" / "trial_0.ckpt"
+    kept.write_bytes(b"the only copy")
+    ckpt.write_bytes(b"a checkpoint")
+    cases = [["export", "--study", "front", "--trial", str(number), "--weights", str(kept)],
+             ["export", "--study", "front", "--trial", str(number), "-o", str(ckpt)],
+             ["train", "mnist_vit", "--weights", str(kept)],
+             ["train", "mnist_vit", "--checkpoint", str(ckpt)]]
+    for args in cases:
+        proc = cli(args, front_study)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert "is named as a study's" in proc.stderr, proc.stderr
+    assert kept.read_bytes() == b"the only copy" and ckpt.read_bytes() == b"a checkpoint"
+
+
+def test_an_export_writes_through_a_link_and_into_a_fifo_without_replacing_them(front_study, tmp_path):
+    """Replacing the path (an atomic write) turned /dev/null into a plain file for root (a sweep), and a link
+    into a copy; now the link's target gets the file and a device or FIFO gets the bytes."""
+    import stat
+    import threading
+
+    number = min(kept_files(front_study / "oialr_search.work" / "front"))
+    (tmp_path / "real.yaml").write_text("old")
+    (tmp_path / "link.yaml").symlink_to(tmp_path / "real.yaml")
+    fifo = tmp_path / "pipe.yaml"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    for out in (tmp_path / "link.yaml", fifo):
+        proc = cli(["export", "--study", "front", "--trial", str(number), "-o", str(out)], front_study, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+    reader.join(timeout=30)
+    assert (tmp_path / "link.yaml").is_symlink()
+    assert "exported from study 'front'" in (tmp_path / "real.yaml").read_text()
+    assert stat.S_ISFIFO(fifo.lstat().st_mode) and got and b"exported from study 'front'" in got[0]
+    # a folder that permissions call writable but that takes no new file (root, /proc): one line, not a traceback
+    proc = cli(["export", "--study", "front", "--trial", str(number), "-o", "/proc/tuned.yaml"], front_study)
+    assert proc.returncode == 2 and proc.stderr.strip().endswith("-o /proc/tuned.yaml: /proc cannot be written "
+                                                                 "(No such file or directory)"), proc.stderr
 
 
 def test_ctrl_c_while_the_weights_are_written_is_still_ctrl_c(tmp_path, monkeypatch):
