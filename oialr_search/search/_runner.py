@@ -31,7 +31,7 @@ from ._objectives import Scored
 from ._optuna_backend import DROPPED
 from ._space import SearchSpace, merge_overrides, same_overrides
 from ._study_checks import data_problem, model_problem, new_study_problem
-from ._work_folder import chosen_workdir, moved_note, propulate_folder, trial_folder
+from ._work_folder import chosen_workdir, moved_note, peek_recorded_workdir, propulate_folder, trial_folder
 from ._workers import Workers, check_ranks_per_trial, idle_barrier, split_workers
 
 Objective = Callable[..., TrialOutcome]
@@ -111,14 +111,16 @@ def _prepare(req: SearchRequest, world_size: int) -> _Prepared:
     db = sqlite_file(req.storage)
     if problem is not None and db is not None and not db.exists():  # no database: a new study, refused unwritten
         raise OIALRSearchError(problem)
+    checked = req.workdir
     with contextlib.suppress(ArgumentError):  # a malformed --storage: the Store says so just below
         check_writer_storage(req.storage)  # the storage's own faults first, worded as the Store words them
-        if req.workdir is not None or db is not None and not db.exists():  # else: the study may have recorded one
-            _check_work_folder(req, req.workdir)
+        checked = req.workdir if req.workdir is not None else peek_recorded_workdir(req.storage, req.study)
+        _check_work_folder(req, checked)
     store = Store(req.storage)
     existing = store.find_study(req.study)
     workdir, recorded = chosen_workdir(req.workdir, existing)
-    _check_work_folder(req, workdir)
+    if workdir != checked:  # recorded meanwhile (another job), or the peek could not read it
+        _check_work_folder(req, workdir)
     if existing is None and problem is not None:  # judged once it is known to be new (a requeued job's is not)
         raise OIALRSearchError(problem)
     if existing is not None and req.budget is not None and req.space is None:  # resume (run keeps it: below)
@@ -173,11 +175,10 @@ def _prepare(req: SearchRequest, world_size: int) -> _Prepared:
                                    constraints={c.metric: c.to_dict() for c in space.constraints})
     else:
         study = existing
-        if new_overrides or workdir != recorded:
-            stored_space = {**(space.to_dict() if new_overrides else study.space),
-                            **({"workdir": workdir} if workdir is not None else {})}
-            store.update_study(req.study, space=stored_space)
-            study = dataclasses.replace(study, space=stored_space)
+        updates = {**(space.to_dict() if new_overrides else {}),
+                   **({"workdir": workdir} if workdir != recorded else {})}
+        if updates:  # only these keys: a job that wrote others since this one read the study keeps them
+            study = dataclasses.replace(study, space=store.merge_study_space(req.study, updates))
     if new_overrides:
         print(f"resume: the base config is now overridden by {_shown_overrides(space.overrides)}", flush=True)
     if existing is not None and workdir != recorded:

@@ -14,7 +14,9 @@ import os
 import uuid
 from pathlib import Path
 
-from ..storage import Study
+from ..exceptions import OIALRSearchError
+from ..storage import Store, Study
+from ..storage._filesystems import sqlite_file
 from ..storage._paths import recorded_workdir, study_work_folder
 
 
@@ -41,10 +43,32 @@ def propulate_folder(storage: str, study: str, workdir: str | None, comm) -> Pat
 
 
 def chosen_workdir(given: str | None, existing: Study | None) -> tuple[str | None, str | None]:
-    """(the ``--workdir`` this job uses, the one the study recorded): the given one (absolute), else the
-    recorded one, else None (the default folder)."""
+    """(the ``--workdir`` this job uses, the one the study recorded): the given one (absolute; the recorded
+    one when both are the same folder, through a link or not), else the recorded one, else None (the
+    default folder)."""
     recorded = recorded_workdir(existing.space) if existing is not None else None
-    return (os.path.abspath(given) if given is not None else recorded), recorded
+    if given is None or recorded is not None and os.path.realpath(given) == os.path.realpath(recorded):
+        return recorded, recorded
+    return os.path.abspath(given), recorded
+
+
+def peek_recorded_workdir(storage: str, study: str) -> str | None:
+    """The ``--workdir`` a stored study recorded, read without opening the database for writing (a refused
+    command must not, say, upgrade its schema first); None when there is no such study or it cannot be read."""
+    db = sqlite_file(storage)
+    if db is not None and not db.exists():
+        return None
+    try:
+        store = Store(storage, create=False, read_only=True)
+    except OIALRSearchError:
+        return None
+    try:
+        found = store.find_study(study)
+    except (OIALRSearchError, RuntimeError):
+        return None
+    finally:
+        store.engine.dispose()
+    return recorded_workdir(found.space) if found is not None else None
 
 
 def moved_note(storage: str, study: str, workdir: str | None, recorded: str | None) -> str | None:
@@ -54,5 +78,5 @@ def moved_note(storage: str, study: str, workdir: str | None, recorded: str | No
     if not old.is_dir():
         return None
     new = work_folder(storage, study, workdir)
-    return (f"work folder: study {study!r} now uses {new} (--workdir), not {old}: the trial checkpoints and kept "
-            f"weights there are not used; move them into {new} to keep them")
+    return (f"work folder: study {study!r} now uses {new} (--workdir), not {old}: what is there (stopped trials' "
+            f"checkpoints, kept weights) is not used by this job or later ones; move it into {new} to keep it")

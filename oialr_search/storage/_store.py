@@ -114,6 +114,14 @@ class Store:
             for key, value in fields.items():
                 setattr(row, key, value)
 
+    def merge_study_space(self, name: str, updates: dict) -> dict:
+        """Set ``updates``' keys in the study's stored space, leaving its other keys as they are now (a job
+        that read the study earlier must not undo what another wrote meanwhile); returns the stored space."""
+        with self.session() as s:
+            row = s.scalar(select(StudyRow).where(StudyRow.name == name).with_for_update())
+            row.space = {**row.space, **updates}
+            return row.space
+
     def start_job(self, study: Study) -> int:
         """Count a search job started on ``study``; returns how many were started before it (0 for the
         first). One write transaction: jobs starting at the same moment get different numbers."""

@@ -533,6 +533,20 @@ def test_bad_storage_is_one_line_and_changes_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other.db"]
 
 
+def test_a_run_refused_for_its_work_folder_leaves_an_older_database_as_it_was(tmp_path):
+    """The work folder is checked before the database is opened for writing, which upgrades an older schema
+    (a review: a study's recorded --workdir was looked up only after that)."""
+    make_v1(tmp_path / "oialr_search.db")
+    (tmp_path / "space.yaml").write_text("base: {model: {name: mlp}, data: {name: digits}}\n"
+                                         "params: {optim.lr: {type: float, low: 1.0e-4, high: 1.0e-2}}\n")
+    (tmp_path / "oialr_search.work").write_text("not a folder")  # the default work folder cannot be made
+    before = (tmp_path / "oialr_search.db").read_bytes()
+    proc = run_cli("run", "space.yaml", "--study", "new", "--backend", "optuna", cwd=tmp_path)
+    assert proc.returncode == 2 and "oialr_search.work is not a folder" in proc.stderr, proc.stderr
+    assert (tmp_path / "oialr_search.db").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["oialr_search.db", "oialr_search.work", "space.yaml"]
+
+
 # -- a job of the older release may still be running: no upgrade underneath it, unless forced ---------------------
 def running_message(url: str, n: int = 2) -> str:
     return (f"{url}: {n} trial(s) are RUNNING under the older release's schema v1; stop that job first (or, if it "

@@ -275,3 +275,17 @@ def test_a_budget_lowered_by_another_job_holds_for_a_job_that_began_before(store
     assert store.start_trial(study, params={}, rank=0, island=None, device="cpu", limit=14) is not None
     assert store.start_trial(study, params={}, rank=0, island=None, device="cpu", limit=14) is None
     store.engine.dispose()
+
+
+def test_merging_into_a_studys_space_keeps_what_another_job_wrote_meanwhile(tmp_path):
+    """Two jobs set up one study at once: one records its --workdir while the other stores its resume --set;
+    neither may write back the space it read before the other's write (a review found the overrides lost)."""
+    url = f"sqlite:///{tmp_path}/db.sqlite"
+    a, b = Store(url), Store(url)
+    a.create_study(name="s", space={"raw": {}, "base": {}}, space_path="", metric="val_loss", direction="minimize",
+                   backend="optuna", seed=0, budget=3)
+    read_by_b = b.get_study("s")  # b's view, before a's write
+    a.merge_study_space("s", {"overrides": ["train.epochs=1"], "base": {"train": {"epochs": 1}}})
+    b.merge_study_space(read_by_b.name, {"workdir": "/scratch/w"})
+    assert a.get_study("s").space == {"raw": {}, "base": {"train": {"epochs": 1}}, "overrides": ["train.epochs=1"],
+                                      "workdir": "/scratch/w"}
