@@ -14,7 +14,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from ._errors import StorageError, unknown_database
 from ._migrate import prepare_schema, refuse_running_before_upgrade
 from ._paths import check_sqlite_path, check_writable_file, path_errors
-from ._sqlite import _sqlite_engine, check_writable, read_only_url, storage_failure
+from ._sqlite import _sqlite_engine, check_writable, read_only_engine, storage_failure
 
 
 def open_database(url: str, *, create: bool, read_only: bool) -> tuple[Engine, bool]:
@@ -25,7 +25,6 @@ def open_database(url: str, *, create: bool, read_only: bool) -> tuple[Engine, b
     except ArgumentError:
         raise StorageError(f"--storage {url!r}: not a database URL (e.g. sqlite:///search.db)") from None
     sqlite = parsed.get_backend_name() == "sqlite"
-    connect_url = url
     db: Path | None = None  # the SQLite file, named in the errors
     if sqlite and parsed.database not in (None, "", ":memory:"):
         db = Path(parsed.database)
@@ -33,9 +32,7 @@ def open_database(url: str, *, create: bool, read_only: bool) -> tuple[Engine, b
             if not create and not db.exists():
                 raise StorageError(f"--storage {url}: no such database file")
             check_sqlite_path(url, db)
-        if read_only:
-            connect_url = read_only_url(db)
-        else:
+        if not read_only:
             with path_errors(url, db):
                 check_writable_file(url, db)
             if create and db.exists():  # before the writer's first connection switches the file to WAL
@@ -45,8 +42,10 @@ def open_database(url: str, *, create: bool, read_only: bool) -> tuple[Engine, b
         # READ COMMITTED on PostgreSQL whatever the server's default: start_trial's statements after the
         # study's row lock must see what the previous holder committed (see _writes.start_trial)
         server = {"isolation_level": "READ COMMITTED"} if parsed.get_backend_name() == "postgresql" else {}
-        engine = _sqlite_engine(connect_url, read_only=read_only) if sqlite else \
-            create_engine(url, pool_pre_ping=True, **server)
+        if not sqlite:
+            engine = create_engine(url, pool_pre_ping=True, **server)
+        else:
+            engine = read_only_engine(db) if read_only and db is not None else _sqlite_engine(url, read_only=read_only)
         # without create, a database with no oialr-search tables (new, empty, another program's) holds no
         # study: the study lookups say so instead of failing on the missing tables
         has_tables = prepare_schema(engine, url=url, create=create and not read_only) is not None

@@ -16,6 +16,12 @@ class StudyNotFound(OIALRSearchError):
     """No study of that name in the storage."""
 
 
+class ConnectFailed(RuntimeError):
+    """A connection to the database could not be made (for a write or a read of a running search): it says
+    nothing about what was to be written, so it passes (see ``transient``) — the trial is left to be resumed,
+    never stored FAILED for it."""
+
+
 def unknown_database(url: str, drivername: str) -> StorageError:
     """The error for a URL whose database kind or driver SQLAlchemy does not know (``foo://``)."""
     return StorageError(f"--storage {url}: unknown kind of database or driver {drivername!r} (use sqlite:///FILE, "
@@ -49,7 +55,8 @@ def transient(exc: BaseException | None) -> bool:
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if getattr(exc, "connection_invalidated", False):  # SQLAlchemy: the connection was lost
+        # no connection made (ours), or SQLAlchemy's lost
+        if isinstance(exc, ConnectFailed) or getattr(exc, "connection_invalidated", False):
             return True
         if isinstance(exc, sqlite3.OperationalError):
             code = getattr(exc, "sqlite_errorcode", None)

@@ -7,6 +7,7 @@ not Alembic's default ``alembic_version``, which Optuna's RDB storage uses in a 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shlex
 import sqlite3
@@ -30,7 +31,7 @@ from ..exceptions import OIALRSearchError
 from ._errors import StorageError, unknown_database
 from ._filesystems import sqlite_file
 from ._schema import RUNNING, SCHEMA_VERSION, Base, EpochRow, MetaRow, StudyRow, TrialRow
-from ._sqlite import read_only_url, storage_failure
+from ._sqlite import read_only_engine, storage_failure
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -232,8 +233,13 @@ def _open(url: str, *, write: bool = False) -> Engine:
             raise StorageError(f"--storage {url}: no such database file")
         if sqlite and write:
             return _sqlite_engine(url)
-        # a reader leaves no -wal/-shm files behind (an up-to-date or refused database stays as it was)
-        return create_engine(read_only_url(Path(parsed.database)) if sqlite_file(url) else url)
+        db = sqlite_file(url)
+        if db is not None and not (os.access(db, os.W_OK) and os.access(db.parent, os.W_OK)):
+            # a file nobody here may write (a read-only file or mount, chattr +i): read it immutable, which
+            # leaves no -wal/-shm files beside it; a writable one may have a writer, whom only a plain
+            # connection sees consistently (it removes its -wal/-shm files when it closes)
+            return read_only_engine(db, immutable=True)
+        return create_engine(url)
     except NoSuchModuleError:  # an ArgumentError: a URL of a kind or driver SQLAlchemy does not know
         raise unknown_database(url, make_url(url).drivername) from None
     except ArgumentError:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
+from sqlalchemy.pool import QueuePool
 
 BUSY_TIMEOUT_MS = 60_000
 _READ_ONLY = "oialr_read_only"  # execution option: the session only reads (plain BEGIN, no write lock)
@@ -58,20 +59,30 @@ def _retry_locked(statement: Callable[[], object]) -> None:
             time.sleep(0.01 * (0.5 + random.random()))
 
 
-def read_only_url(db: Path) -> str:
-    """A URL that reads the SQLite file ``db`` without changing anything. With no -wal file no connection
-    has the database open (the last one to close removes it): read it as immutable, which creates no
-    -wal/-shm files — a query leaves nothing behind, works in a folder it cannot write, and cannot leave
-    files owned by another user that would block the search's own writes. Otherwise join the writers
-    read-only."""
-    mode = "immutable=1" if not db.with_name(db.name + "-wal").exists() else "mode=ro"
-    return f"sqlite:///file:{urllib.parse.quote(str(db.resolve()))}?{mode}&uri=true"
+def read_only_engine(db: Path, *, immutable: bool | None = None) -> Engine:
+    """An engine that reads the SQLite file ``db`` without changing anything. With no -wal file no
+    connection has the database open (the last one to close removes it): read it as immutable, which
+    creates no -wal/-shm files — a query leaves nothing behind, works in a folder it cannot write, and
+    cannot leave files owned by another user that would block the search's own writes. Otherwise join the
+    writers read-only. ``immutable`` overrides that choice.
+
+    The SQLite URI goes to sqlite3 as it is: through a SQLAlchemy URL a ``#`` in the path came back
+    decoded, which SQLite reads as the start of a fragment (the options were dropped and a truncated path
+    opened, read-write: a review)."""
+    if immutable is None:
+        immutable = not db.with_name(db.name + "-wal").exists()
+    uri = f"file:{urllib.parse.quote(str(db.resolve()))}?{'immutable=1' if immutable else 'mode=ro'}"
+    return _sqlite_engine("sqlite://", read_only=True, creator=lambda: sqlite3.connect(
+        uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False))
 
 
-def _sqlite_engine(url: str, *, read_only: bool = False) -> Engine:
+def _sqlite_engine(url: str, *, read_only: bool = False, creator: Callable[[], sqlite3.Connection] | None = None
+                   ) -> Engine:
     """SQLite with WAL, a busy timeout and BEGIN IMMEDIATE for writes, so concurrent ranks queue
-    for the lock instead of failing with "database is locked" on a read→write upgrade."""
-    engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+    for the lock instead of failing with "database is locked" on a read→write upgrade. ``creator``: the
+    connections' maker (``url`` is then "sqlite://"), pooled as a file database's are."""
+    engine = create_engine(url, creator=creator, poolclass=QueuePool) if creator is not None else \
+        create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):  # noqa: ANN001

@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.sql import Executable
 
 from ..exceptions import OIALRSearchError
+from ._errors import ConnectFailed
 from ._schema import INTERRUPTED, RUNNING, EpochRow, StudyRow, TrialPayloadRow, TrialRow
 from ._sqlite import _READ_ONLY, _begin_immediate
 
@@ -263,12 +264,13 @@ class Transactions:
         self._cache: dict = {}
 
     def _connect(self, what: str) -> Any:
-        """A pooled raw connection; failing to get one (the connect events' PRAGMAs meet a locked database, a
-        file gone) is a RuntimeError like the transaction's own, so that callers see one kind of storage error."""
+        """A pooled raw connection; failing to get one (the connect events' PRAGMAs meet a locked database, no
+        file handle left) is a RuntimeError like the transaction's own, so that callers see one kind of storage
+        error, and one that passes (ConnectFailed)."""
         try:
             return self.engine.raw_connection()
         except (SQLAlchemyError, sqlite3.Error) as exc:
-            raise RuntimeError(f"storage {self.url}: {what} (connecting failed: {exc})") from exc
+            raise ConnectFailed(f"storage {self.url}: {what} (connecting failed: {exc})") from exc
 
     @contextmanager
     def read(self) -> Iterator[Executor]:

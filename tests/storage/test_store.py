@@ -289,3 +289,19 @@ def test_merging_into_a_studys_space_keeps_what_another_job_wrote_meanwhile(tmp_
     b.merge_study_space(read_by_b.name, {"workdir": "/scratch/w"})
     assert a.get_study("s").space == {"raw": {}, "base": {"train": {"epochs": 1}}, "overrides": ["train.epochs=1"],
                                       "workdir": "/scratch/w"}
+
+
+def test_a_database_in_a_folder_named_with_a_hash_opens_read_only(tmp_path):
+    """The read-only URI went through a SQLAlchemy URL, which decoded the path's %23 back to '#': SQLite read
+    the rest as a fragment and opened (creating) a truncated path, read-write (a review)."""
+    folder = tmp_path / "h#x"
+    folder.mkdir()
+    url = f"sqlite:///{folder}/db.sqlite"
+    writer = Store(url)
+    writer.create_study(name="s", space={"raw": {}}, space_path="", metric="val_loss", direction="minimize",
+                        backend="optuna", seed=0, budget=3)
+    writer.engine.dispose()
+    reader = Store(url, create=False, read_only=True)
+    assert reader.get_study("s").name == "s"
+    reader.engine.dispose()
+    assert [p.name for p in tmp_path.iterdir()] == ["h#x"] and [p.name for p in folder.iterdir()] == ["db.sqlite"]

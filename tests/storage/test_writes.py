@@ -170,6 +170,15 @@ def test_a_connection_that_fails_to_open_is_a_storage_error_like_the_transaction
             attempt()
         assert transient(info.value)
 
+    def cannot_open():  # no file handle left: not a lock, and still nothing to do with the outcome stored
+        orig = sqlite3.OperationalError("unable to open database file")
+        raise OperationalError("PRAGMA journal_mode=WAL", {}, orig) from orig
+
+    monkeypatch.setattr(store.engine, "raw_connection", cannot_open)
+    with pytest.raises(RuntimeError, match="connecting failed") as info:
+        store.finish_trial(t.id, state=COMPLETE, value=1.0)
+    assert transient(info.value)  # so the trial is left to be resumed, not stored FAILED
+
 
 @pytest.mark.parametrize(("db", "core"), [("sqlite", True), ("sqlite", False), ("postgres", True)])
 def test_a_report_retried_after_its_commit_went_through_adds_nothing(tmp_path, request, db, core):
