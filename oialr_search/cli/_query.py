@@ -12,7 +12,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from .._files import output_file, write_file_atomic
@@ -59,8 +59,20 @@ def _objectives_text(study: Study) -> str:
     return ", ".join(f"{o['direction']} {o['metric']}" for o in study.objectives)
 
 
+def _running_and_stopped(store: Store, study: Study, counts: dict[str, int], now: datetime) -> tuple[int, int, list]:
+    """(trials running, trials stopped, their heartbeats): RUNNING trials without a live heartbeat are stopped,
+    their job was stopped or died; the next job resumes them."""
+    from ..search._heartbeat import grace_period
+
+    beats = [beat for _, beat in store.heartbeats(study).values()] if counts.get(RUNNING) else []
+    cutoff = now - timedelta(seconds=grace_period())
+    stopped = sum(beat is None or beat < cutoff for beat in beats)
+    return len(beats) - stopped, stopped, beats
+
+
 def cmd_studies(args: argparse.Namespace) -> int:
     store = _store(args)
+    now = store.now()
     rows = []
     for study, counts in store.studies():
         if study.multi_objective:
@@ -68,14 +80,15 @@ def cmd_studies(args: argparse.Namespace) -> int:
         else:
             trial = store.best_trial(study, full=False)
             best = _fmt(trial.value) if trial else "-"
+        running, stopped, _ = _running_and_stopped(store, study, counts, now)  # as status counts them
         rows.append([study.name, study.backends_text(store.backends(study)), _objectives_text(study),
-                     *(counts.get(s, 0) for s in (COMPLETE, PRUNED, FAILED, RUNNING, INTERRUPTED)), best,
-                     study.created.strftime("%Y-%m-%d %H:%M")])
+                     *(counts.get(s, 0) for s in (COMPLETE, PRUNED, FAILED)), running, stopped,
+                     counts.get(INTERRUPTED, 0), best, study.created.strftime("%Y-%m-%d %H:%M")])
     if not rows:
         print(f"no studies in {store.url}")
         return 0
-    print(_table(rows, ["study", "backend", "objectives", "complete", "pruned", "failed", "running", "interrupted",
-                        "best", "created"]))
+    print(_table(rows, ["study", "backend", "objectives", "complete", "pruned", "failed", "running", "stopped",
+                        "interrupted", "best", "created"]))
     return 0
 
 
@@ -134,17 +147,12 @@ def _ctrl_c_between_refreshes() -> Iterator[Callable[[], contextlib.AbstractCont
 def _status(store: Store, name: str) -> bool:
     """Print the study's status; whether its budget is spent (no trial running, every trial of the budget
     finished), which ends ``status --watch``."""
-    from ..search._heartbeat import grace_period
 
     study = store.get_study(name)
     counts = store.counts(study)
     start, end, _ = store.time_span(study)
     now = store.now()  # the clock the times were stored with (a server's: see storage/_clock.py)
-    # RUNNING trials without a live heartbeat: their job was stopped or died; the next job resumes them
-    beats = [beat for _, beat in store.heartbeats(study).values()] if counts.get(RUNNING) else []
-    cutoff = now - timedelta(seconds=grace_period())
-    stopped = sum(beat is None or beat < cutoff for beat in beats)
-    running = len(beats) - stopped
+    running, stopped, beats = _running_and_stopped(store, study, counts, now)
     if running or end is None and not stopped:
         end = now
     elif stopped:  # the last sign of life: a finish, or a stopped trial's last heartbeat (a released one has none)
@@ -231,7 +239,7 @@ def cmd_pareto(args: argparse.Namespace) -> int:
 
 
 def _conditions(args: argparse.Namespace) -> list | None:
-    return parse_pick(args.pick, METRICS) if getattr(args, "pick", None) else None
+    return parse_pick(args.pick, METRICS) if getattr(args, "pick", None) is not None else None  # '': refused
 
 
 def _chosen(store: Store, study: Study, args: argparse.Namespace) -> Trial:

@@ -141,6 +141,19 @@ def _add_ranks_per_trial(p: argparse.ArgumentParser) -> None:
                         "(one GPU each); train.batch_size stays the global batch (default 1)")
 
 
+def _seed(text: str) -> int:
+    """resume's --seed, in the range run takes (where a new study's is checked with its other settings)."""
+    from ..search._study_checks import MAX_SEED
+
+    try:
+        seed = int(text)
+    except ValueError:
+        seed = -1
+    if not 0 <= seed <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to {MAX_SEED}, got {text!r}")
+    return seed
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run a search (under mpiexec: every rank trains one config at a time)")
     p.add_argument("space", help="search-space YAML (see search_spaces/)")
@@ -165,7 +178,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budget", type=int, default=None,
                    help="the study's new total of finished trials over all its jobs, not a number of new trials "
                         "(default: the stored one)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0, help="the base of this job's sampler seeds (0 to 2³¹−1)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="change or add an override of a non-searched base-config key, e.g. a moved data.path "
                         "(repeatable); merged into the study's stored overrides, later wins")

@@ -204,12 +204,16 @@ def test_bad_pick_exits_2_with_one_line(tmp_path):
     assert run(["run", "space.yaml", "--study", "p", "--budget", "2"], tmp_path).returncode == 0
     before = sorted(p.name for p in tmp_path.iterdir())
     for pick, message in (("accuracy<=3", "unknown metric 'accuracy'"), ("top1 3", "missing operator"),
-                          ("top1>=abc", "is not a number"), ("top1>=1000", "no feasible completed trial")):
+                          ("top1>=abc", "is not a number"), ("top1>=1000", "no feasible completed trial"),
+                          ("", "empty")):  # (an empty --pick was no pick: a sweep)
         for verb in (["best"], ["export", "-o", "x.yaml"]):
             proc = run([*verb, "--study", "p", "--pick", pick], tmp_path)
             lines = proc.stderr.strip().splitlines()
             assert proc.returncode == 2 and len(lines) == 1 and "--pick" in lines[0] and message in lines[0], \
                 proc.stderr
+    for seed in ("-5", "99999999999", "x"):  # in run's range on resume too (a sweep: reduced mod 2**32)
+        proc = run(["resume", "--study", "p", "--seed", seed], tmp_path)
+        assert proc.returncode == 2 and "--seed: must be a whole number from 0 to 2147483647" in proc.stderr
     # queries on an idle database leave nothing behind: no output file, no -wal/-shm files
     assert run(["status", "--study", "p"], tmp_path).returncode == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -85,6 +85,11 @@ def test_sigterm_checkpoints_running_trials_and_the_next_job_resumes_them(tmp_pa
     folder = tmp_path / "oialr_search.work" / "t" / "trials"
     assert {p.name for p in folder.iterdir()} == {f"trial_{r['number']}.ckpt" for r in stopped}
     reached = {r["number"]: r["last_epoch"] for r in stopped}
+    listing = run(["studies"], tmp_path).stdout.splitlines()  # stopped, not running, as status counts them
+    start = {name: listing[0].index(name) for name in ("running", "stopped", "interrupted")}
+    cell = {name: listing[1][start[name]:end].strip() for name, end in (("running", start["stopped"]),
+                                                                       ("stopped", start["interrupted"]))}
+    assert cell == {"running": "0", "stopped": "2"}, listing
     kept, corrupt = sorted(reached)
     (folder / f"trial_{corrupt}.ckpt").write_bytes(b"damaged")  # restarts from scratch, with a message
 
