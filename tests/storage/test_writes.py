@@ -86,14 +86,19 @@ def test_every_database_reads_back_what_sqlite_does(tmp_path, postgres_schema_ur
     assert reads[0][0][0]["metrics"] == {"top1": 53.0, "val_loss": None}
 
 
-@pytest.mark.parametrize(("db", "core"), [("sqlite", True), ("sqlite", False), ("postgres", True)])
-def test_a_failed_write_rolls_back_and_says_so(tmp_path, request, db, core):
+def _one_running_trial(tmp_path, request, db, core):
+    """(store, study, trial): a study with one RUNNING trial, on SQLite (raw or Core writes) or PostgreSQL."""
     url = f"sqlite:///{tmp_path}/db.sqlite" if db == "sqlite" else request.getfixturevalue("postgres_schema_url")
     store = Store(url)
     store._tx = Transactions(store.engine, store.url, core=core)
     study = store.create_study(name="s", space={"raw": {}}, space_path="", metric="top1", direction="maximize",
                                backend="optuna", seed=0, budget=3)
-    t = store.start_trial(study, params={}, rank=0, island=None, device="cpu")
+    return store, study, store.start_trial(study, params={}, rank=0, island=None, device="cpu")
+
+
+@pytest.mark.parametrize(("db", "core"), [("sqlite", True), ("sqlite", False), ("postgres", True)])
+def test_a_failed_write_rolls_back_and_says_so(tmp_path, request, db, core):
+    store, study, t = _one_running_trial(tmp_path, request, db, core)
     store.report_epochs(t.id, [_epoch(1)])
     with pytest.raises(RuntimeError, match="transaction rolled back") as info:
         store.report_epochs(t.id, [_epoch(2), _epoch(2)])  # epoch 2 twice: unique (trial, epoch)
@@ -184,12 +189,7 @@ def test_a_connection_that_fails_to_open_is_a_storage_error_like_the_transaction
 def test_a_report_retried_after_its_commit_went_through_adds_nothing(tmp_path, request, db, core):
     """A dropped connection can lose the answer to a commit that went through; the reporter then keeps the
     epochs and sends them again, which failed on the unique (trial, epoch) and so failed the trial."""
-    url = f"sqlite:///{tmp_path}/db.sqlite" if db == "sqlite" else request.getfixturevalue("postgres_schema_url")
-    store = Store(url)
-    store._tx = Transactions(store.engine, store.url, core=core)
-    study = store.create_study(name="s", space={"raw": {}}, space_path="", metric="top1", direction="maximize",
-                               backend="optuna", seed=0, budget=3)
-    t = store.start_trial(study, params={}, rank=0, island=None, device="cpu")
+    store, study, t = _one_running_trial(tmp_path, request, db, core)
     store.report_epochs(t.id, [_epoch(1), _epoch(2)])
     store.report_epochs(t.id, [_epoch(1), _epoch(2)])  # the retry
     store.report_epochs(t.id, [_epoch(1), _epoch(2), _epoch(3)])  # and the next flush, with it still pending
