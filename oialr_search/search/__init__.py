@@ -9,12 +9,13 @@ from .._lazy import lazy_exports
 
 if TYPE_CHECKING:  # the public names; at run time each is imported from its module on first use (_lazy)
     from ._devices import Placement, place, threads_for
+    from ._dimension import Dimension
     from ._front import pareto_front, pick
     from ._objective import TrialOutcome, run_trial
     from ._objectives import METRICS, Constraint, Objective, Scored, score
     from ._pareto import Condition, PickError, dominates, hypervolume, non_dominated, parse_pick
     from ._runner import BACKENDS, SearchRequest, run_search
-    from ._space import Dimension, OverrideError, SearchSpace, SpaceError, load_space, merge_overrides
+    from ._space import OverrideError, SearchSpace, SpaceError, load_space, merge_overrides
     from .pruners import ASHAPruner, BasePruner, MedianPruner, NopPruner, create_pruner
 
 __all__ = [

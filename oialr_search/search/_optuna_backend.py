@@ -20,8 +20,9 @@ import math
 from collections.abc import Callable, Sequence
 
 from ..storage import COMPLETE, FAILED, INTERRUPTED, PRUNED, Store, Study, Trial
+from ._dimension import Dimension
 from ._objectives import Constraint, Scored
-from ._space import Dimension, SearchSpace
+from ._space import SearchSpace
 
 
 def _distribution(d: Dimension):  # noqa: ANN202

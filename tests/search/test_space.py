@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from oialr_search.search import SpaceError, load_space
-from oialr_search.search._space import Dimension
+from oialr_search.search._dimension import Dimension
 from oialr_search.training import config_from_dict
 
 SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
