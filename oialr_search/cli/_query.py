@@ -147,7 +147,6 @@ def _ctrl_c_between_refreshes() -> Iterator[Callable[[], contextlib.AbstractCont
 def _status(store: Store, name: str) -> bool:
     """Print the study's status; whether its budget is spent (no trial running, every trial of the budget
     finished), which ends ``status --watch``."""
-
     study = store.get_study(name)
     counts = store.counts(study)
     start, end, _ = store.time_span(study)
