@@ -394,6 +394,9 @@ def cmd_export(args: argparse.Namespace) -> int:
                   f"# train it with: oialr-search train {out.name}\n")
         write_atomic(out, header + dump_config(config))
         lines.append(f"wrote {out}: trial {t.number}{how}; {values}")
+    if t.feasible is False:  # only --trial reaches one: best, --pick and the front never choose it
+        lines.append(f"note: trial {t.number} does not meet the study's constraints (see 'oialr-search trials "
+                     f"--study {study.name}'); it is on no front")
     print("\n".join(lines))
     return 0
 

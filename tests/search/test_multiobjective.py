@@ -80,6 +80,16 @@ def test_two_objective_study_stores_both_values_and_the_exact_front(tmp_path, ra
         assert f"top1 = {best_top1:.6g}" in (tmp_path / "pick.yaml").read_text()
 
 
+def test_an_infeasible_trial_exported_by_number_says_so(tmp_path):
+    """--trial N reaches a trial that violates the constraints (best, --pick and the front never choose one):
+    the export says so (a sweep: nothing did)."""
+    write_mo(tmp_path, max_tf=0.01, epochs=1)  # no trial can meet it
+    assert run(["run", "space.yaml", "--study", "inf", "--budget", "1"], tmp_path).returncode == 0
+    assert [t["feasible"] for t in rows(tmp_path, "inf")] == [0]
+    exp = run(["export", "--study", "inf", "--trial", "0", "-o", "infeasible.yaml"], tmp_path)
+    assert exp.returncode == 0 and "note: trial 0 does not meet the study's constraints" in exp.stdout, exp.stderr
+
+
 def _scripted(curves):
     """An objective whose per-epoch values come from ``curves[x]`` (deterministic, no training)."""
 
