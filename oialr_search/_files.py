@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import stat
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,14 +22,62 @@ def _default_mode() -> int:
     return 0o666 & ~mask
 
 
+# a path that names an open descriptor of this process rather than a file: /dev/stdout, /dev/fd/N, ...
+_DESCRIPTOR = re.compile(r"/dev/(?:(stdout)|(stderr)|fd/([0-9]+))|/proc/(self|[0-9]+)/fd/([0-9]+)")
+
+
+def named_descriptor(path: str | Path) -> int | None:
+    """The descriptor ``path`` names (``/dev/stdout``, ``/dev/stderr``, ``/dev/fd/N``, ``/proc/self/fd/N``, or a
+    link to one), or None. Such an output is written through the open descriptor: resolved to a file and
+    replaced, ``export -o /dev/stdout >> log`` wiped the log (a review)."""
+    here = os.path.abspath(path)
+    for _ in range(40):  # links to links, as the kernel follows them
+        match = _DESCRIPTOR.fullmatch(here)
+        if match is not None and match.group(4) in (None, "self", str(os.getpid())):
+            stdout, stderr, fd, _, proc_fd = match.groups()
+            return 1 if stdout else 2 if stderr else int(fd or proc_fd)
+        try:
+            if not os.path.islink(here):
+                return None
+            here = os.path.normpath(os.path.join(os.path.dirname(here), os.readlink(here)))
+        except OSError:  # a link we may not read (another process's descriptor)
+            return None
+    return None
+
+
+def plain_output(path: str | Path) -> bool:
+    """Whether ``path`` is (or will be) a plain file, written atomically; not a descriptor, device or FIFO."""
+    if named_descriptor(path) is not None:
+        return False
+    try:
+        target = Path(os.path.realpath(path))
+    except OSError:  # a link we may not follow: not ours to make a plain file of
+        return False
+    return not target.exists() or target.is_file()
+
+
+def make_folder_for(path: str | Path) -> None:
+    """Make the folder a plain-file output ``path`` is written in (a link's: that of the file it points to)."""
+    if plain_output(path):
+        Path(os.path.realpath(path)).parent.mkdir(parents=True, exist_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
     """A binary file handle whose content replaces ``path`` when the block ends without an error: written to
     a temporary file in the same folder, flushed to disk, then ``os.replace``\\ d over ``path``. On an error
     (or Ctrl-C) the temporary file is removed and ``path`` is left as it was.
 
-    A link is followed (the file it points to is replaced, the link stays), and a path that is not a plain
-    file (``/dev/null``, a FIFO) is written into as it is: replacing it would swap the device for a file."""
+    A link is followed (the file it points to is replaced, the link stays). What is not a plain file is
+    written into as it is: an open descriptor (``/dev/stdout``) through itself, a device or FIFO
+    (``/dev/null``) opened (replacing it would swap the device for a file)."""
+    fd = named_descriptor(path)
+    if fd is not None:
+        sys.stdout.flush()  # what was printed before comes first
+        sys.stderr.flush()
+        with os.fdopen(os.dup(fd), "wb") as fh:
+            yield fh
+        return
     path = Path(os.path.realpath(path)) if Path(path).is_symlink() else Path(path)
     if path.exists() and not path.is_file():
         with open(path, "wb") as fh:
@@ -61,10 +112,21 @@ def output_file(path: str | Path, *, option: str, example: str,
         raise error(f"{option} {out}: is a folder; give a file name such as {out / example}")
     if not out.parent.is_dir():
         raise error(f"{option} {out}: folder {out.parent} does not exist; create it first")
-    target = Path(os.path.realpath(out))
+    fd = named_descriptor(out)
+    if fd is not None:  # /dev/stdout: written through the open descriptor (see atomic_writer)
+        try:
+            os.fstat(fd)
+        except OSError:
+            raise error(f"{option} {out}: descriptor {fd} is not open") from None
+        return out
+    try:
+        target = Path(os.path.realpath(out))
+    except OSError as exc:  # a link we may not follow
+        raise error(f"{option} {out}: cannot be written ({exc.strerror})") from None
     if target.exists() and not target.is_file():  # /dev/null, a FIFO: written into as it is (see atomic_writer)
-        if not os.access(target, os.W_OK):
-            raise error(f"{option} {out}: cannot be written")
+        why = _not_writable_into(target)
+        if why is not None:
+            raise error(f"{option} {out}: {why}")
         return out
     # the new file is made in the folder (see atomic_writer): try it, as permissions do not tell for root or
     # for mounts such as /proc
@@ -74,6 +136,15 @@ def output_file(path: str | Path, *, option: str, example: str,
     if target.exists() and not os.access(target, os.W_OK):
         raise error(f"{option} {out}: cannot be written")
     return out
+
+
+def _not_writable_into(target: Path) -> str | None:
+    """Why the existing non-plain file ``target`` cannot take an output, or None. A FIFO is written as any Unix
+    tool writes one: once a reader opens it (probing for one would hand a waiting reader an empty stream)."""
+    mode = target.stat().st_mode
+    if not (stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode)):
+        return "is not a file, device or pipe"
+    return None if os.access(target, os.W_OK) else "cannot be written"
 
 
 def unusable_folder(folder: Path) -> str | None:

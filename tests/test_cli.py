@@ -73,6 +73,32 @@ def test_train_weights_give_the_trained_model_and_how_its_inputs_were_made(tmp_p
     assert refused.returncode == 2 and "--weights m.json: would write over --out m.json" in refused.stderr
 
 
+def test_train_writes_through_links_and_descriptors_and_refuses_a_socket(tmp_path):
+    """A dangling link's target folder is made (its check and its write looked at different folders: a review),
+    a named descriptor is written through (resolved and replaced, /dev/stdout wiped the log stdout appended
+    to), and a socket is refused up front (it failed after training)."""
+    import socket
+
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(tmp_path / "sock"))
+        refused = run_cli("train", "tiny.yaml", "--quiet", "--out", "sock", cwd=tmp_path)
+    assert refused.returncode == 2 and "--out sock: is not a file, device or pipe" in refused.stderr, refused.stderr
+    (tmp_path / "link.json").symlink_to(tmp_path / "made" / "m.json")
+    (tmp_path / "mystdout").symlink_to("/proc/self/fd/1")
+    log = tmp_path / "log.txt"
+    log.write_text("an earlier line\n")
+    with log.open("ab") as fh:
+        proc = subprocess.run([sys.executable, "-m", "oialr_search", "train", "tiny.yaml", "--quiet", "--out",
+                               "link.json", "--weights", "mystdout"], cwd=tmp_path, stdout=fh, stderr=subprocess.PIPE,
+                              timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "link.json").is_symlink() and json.loads((tmp_path / "made" / "m.json").read_text())["top1"] >= 0
+    assert (tmp_path / "link.config.yaml").is_file()  # named after --out, beside it
+    data = log.read_bytes()
+    assert data.startswith(b"an earlier line\n") and len(data) > 10_000  # the weights, appended
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy.exc import ArgumentError
 
-from .._files import write_file_atomic
+from .._files import make_folder_for, write_file_atomic
 from ..exceptions import OIALRSearchError
 from ..storage import default_storage
 from ..storage._filesystems import network_storage_warning, sqlite_file
@@ -28,8 +28,9 @@ _RANK_0_GRACE_S = 2.0  # on Ctrl-C, how long the other ranks leave rank 0 to rep
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically, creating its folder (``train --out runs/x/metrics.json``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``text`` to ``path`` atomically, creating its folder (``train --out runs/x/metrics.json``; a
+    link's: that of the file it points to)."""
+    make_folder_for(path)
     write_file_atomic(path, text)
 
 

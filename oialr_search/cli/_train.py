@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from .._files import unusable_folder
+from .._files import output_file, plain_output, unusable_folder
 from ..exceptions import OIALRSearchError
 from ..storage._paths import a_studys_file
 from ..training import bundled_configs
@@ -38,7 +38,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         path = Path(value)
         if path.is_dir():
             raise OIALRSearchError(f"{option} {path}: is a folder; give a file name such as {path / example}")
-        why = unusable_folder(path.parent)  # checked before training, not after it
+        if not plain_output(path):  # /dev/null, /dev/stdout, a FIFO: written into (see _files.atomic_writer)
+            output_file(path, option=option, example=example)
+            continue
+        # checked before training, not after it; a link's file is written, in the folder of the link's target
+        why = unusable_folder(Path(os.path.realpath(path)).parent if path.is_symlink() else path.parent)
         if why is not None:
             raise OIALRSearchError(f"{option} {path}: cannot be written ({why})")
     plots = None
@@ -64,7 +68,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(json.dumps(summary))
     if out is not None:
         write_atomic(out, json.dumps({**metrics, "config": config_to_dict(config)}, indent=2))
-        write_atomic(out.with_name(f"{out.stem}.config.yaml"), dump_config(config))
+        if plain_output(out):  # not beside /dev/null or a pipe
+            write_atomic(out.with_name(f"{out.stem}.config.yaml"), dump_config(config))
     if args.weights:  # the trained model, as export --weights writes a trial's: oialr_search.load_model reads it
         save_weights(args.weights, weights_payload(trainer, metrics=summary))
     if plots is not None:
@@ -78,8 +83,10 @@ def _check_distinct(source: Path, out: Path | None, checkpoint: str | None, weig
     checkpoint with the metrics, which a --resume then could not read)."""
     written = []
     if out is not None:
+        written.append((out, f"--out {out}"))
         companion = out.with_name(f"{out.stem}.config.yaml")
-        written += [(out, f"--out {out}"), (companion, f"{companion} (the resolved config --out writes beside {out})")]
+        if plain_output(out):
+            written.append((companion, f"{companion} (the resolved config --out writes beside {out})"))
     if checkpoint:
         written.append((Path(checkpoint), f"--checkpoint {checkpoint}"))
     if weights:

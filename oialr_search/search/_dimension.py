@@ -52,6 +52,8 @@ def _shortest_power(raw: float) -> float:
     and a value the user wrote (the base config's, which seeds the first trial in this encoding) must come
     back as written. Other values keep every digit."""
     value = 10**raw
+    if value == 0 or not math.isfinite(value):  # out of any range: clipped to it by decode
+        return value
     for digits in range(1, 17):
         short = float(f"{value:.{digits}g}")
         if math.log10(short) == raw:

@@ -8,7 +8,7 @@ import math
 import os
 import shutil
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,10 +175,10 @@ def _prepare(req: SearchRequest, world_size: int) -> _Prepared:
                                    constraints={c.metric: c.to_dict() for c in space.constraints})
     else:
         study = existing
-        updates = {**(space.to_dict() if new_overrides else {}),
-                   **({"workdir": workdir} if workdir != recorded else {})}
-        if updates:  # only these keys: a job that wrote others since this one read the study keeps them
-            study = dataclasses.replace(study, space=store.merge_study_space(req.study, updates))
+        if new_overrides or workdir != recorded:
+            study = dataclasses.replace(study, space=store.update_study_space(
+                req.study, lambda stored: _updated_space(stored, req.overrides if new_overrides else (), workdir)))
+            space = SearchSpace.from_dict(study.space) if new_overrides else space  # another job's --set too
     if new_overrides:
         print(f"resume: the base config is now overridden by {_shown_overrides(space.overrides)}", flush=True)
     if existing is not None and workdir != recorded:
@@ -212,6 +212,15 @@ def _prepare(req: SearchRequest, world_size: int) -> _Prepared:
     job = store.start_job(study)  # the set-up's last write, after every check of the input
     return _Prepared(study, backend, budget, finished, space, job_seed(req.seed, finished, running, job=job), job,
                      workdir, said_overrides=new_overrides)
+
+
+def _updated_space(stored: dict, overrides: Sequence[str], workdir: str | None) -> dict:
+    """A study's stored space with ``overrides`` merged into the ones stored now (later wins) and ``workdir``
+    recorded (see Store.update_study_space)."""
+    if overrides:
+        now = SearchSpace.from_dict(stored)
+        stored = {**stored, **now.with_overrides(merge_overrides(now.overrides, overrides)).to_dict()}
+    return {**stored, **({"workdir": workdir} if workdir is not None else {})}
 
 
 def _trained_before_precision(store: Store, study: Study) -> bool:

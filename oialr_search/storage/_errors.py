@@ -43,6 +43,8 @@ def storage_named(text: str, given: str | None) -> str:
 
 # SQLite's result codes for a lock another connection holds (the extended codes share the low byte)
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+# ... and for a database that no retry will open: read-only, damaged, full, not a database
+_SQLITE_LASTING = (8, 11, 13, 26)
 # PostgreSQL's SQLSTATE classes that pass: connection exceptions, rollbacks (serialization failure, deadlock),
 # insufficient resources but a full disk, operator intervention (a server restart); and lock_not_available
 _PASSING_SQLSTATES = ("08", "40", "53", "57")
@@ -53,11 +55,15 @@ def transient(exc: BaseException | None) -> bool:
     rather than repeat: not a missing table, a full or read-only disk, or a damaged file, which a retry
     would meet again."""
     seen: set[int] = set()
+    connecting = False  # no connection could be made (ConnectFailed): passes unless SQLite said why it never will
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        # no connection made (ours), or SQLAlchemy's lost
-        if isinstance(exc, ConnectFailed) or getattr(exc, "connection_invalidated", False):
+        if getattr(exc, "connection_invalidated", False):  # SQLAlchemy: the connection was lost
             return True
+        connecting = connecting or isinstance(exc, ConnectFailed)
+        if isinstance(exc, sqlite3.Error) and connecting:  # a full disk, a read-only or damaged file do not pass
+            code = getattr(exc, "sqlite_errorcode", None)
+            return code is None or code & 0xFF not in _SQLITE_LASTING
         if isinstance(exc, sqlite3.OperationalError):
             code = getattr(exc, "sqlite_errorcode", None)
             if code is not None:
@@ -69,4 +75,4 @@ def transient(exc: BaseException | None) -> bool:
                 return type(exc).__name__ in ("OperationalError", "InterfaceError")
             return (code[:2] in _PASSING_SQLSTATES and code != "53100") or code == "55P03"  # 53100: disk full
         exc = exc.__cause__ or exc.__context__
-    return False
+    return connecting

@@ -235,10 +235,10 @@ def _open(url: str, *, write: bool = False) -> Engine:
             return _sqlite_engine(url)
         db = sqlite_file(url)
         if db is not None and not (os.access(db, os.W_OK) and os.access(db.parent, os.W_OK)):
-            # a file nobody here may write (a read-only file or mount, chattr +i): read it immutable, which
-            # leaves no -wal/-shm files beside it; a writable one may have a writer, whom only a plain
-            # connection sees consistently (it removes its -wal/-shm files when it closes)
-            return read_only_engine(db, immutable=True)
+            # a file we may not write (a read-only file or mount, chattr +i): read it as queries do (immutable
+            # while no -wal says a writer has it open), leaving no -wal/-shm files beside it; a writable one may
+            # have a writer, whom only a plain connection sees consistently (it removes its files when it closes)
+            return read_only_engine(db)
         return create_engine(url)
     except NoSuchModuleError:  # an ArgumentError: a URL of a kind or driver SQLAlchemy does not know
         raise unknown_database(url, make_url(url).drivername) from None

@@ -67,8 +67,8 @@ def check_writable_file(url: str, db: Path) -> None:
                        "the database to a writable place and give that path")
 
 
-_STUDY_FILES = ((re.compile(r"trial_\d+\.pt"), "weights", "kept weights (the only copy of a trained model)"),
-                (re.compile(r"trial_\d+\.ckpt"), "trials", "running trial's checkpoint"))
+_STUDY_FILES = ((re.compile(r"trial_[0-9]+\.pt"), "weights", "kept weights (the only copy of a trained model)"),
+                (re.compile(r"trial_[0-9]+\.ckpt"), "trials", "running trial's checkpoint"))
 
 
 def a_studys_file(path: str | os.PathLike) -> str | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -114,12 +114,13 @@ class Store:
             for key, value in fields.items():
                 setattr(row, key, value)
 
-    def merge_study_space(self, name: str, updates: dict) -> dict:
-        """Set ``updates``' keys in the study's stored space, leaving its other keys as they are now (a job
-        that read the study earlier must not undo what another wrote meanwhile); returns the stored space."""
+    def update_study_space(self, name: str, update: Callable[[dict], dict]) -> dict:
+        """Replace the study's stored space by ``update(the stored space)``, read and written in one locked
+        transaction: a job that read the study earlier must not undo what another wrote meanwhile (two
+        ``resume --set`` at once, one recording its --workdir). Returns the stored space."""
         with self.session() as s:
             row = s.scalar(select(StudyRow).where(StudyRow.name == name).with_for_update())
-            row.space = {**row.space, **updates}
+            row.space = update(dict(row.space))
             return row.space
 
     def start_job(self, study: Study) -> int:

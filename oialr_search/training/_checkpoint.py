@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._files import atomic_writer
+from .._files import atomic_writer, make_folder_for
 from ..exceptions import CheckpointError, ConfigError
 from ._config_io import config_from_dict, config_to_dict
 
@@ -18,8 +18,7 @@ FORMAT_VERSION = 1
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` to ``path`` atomically: a crash leaves the previous checkpoint intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder_for(path)
     with atomic_writer(path) as fh:
         torch.save({"format": FORMAT_VERSION, **payload}, fh)
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .._files import atomic_writer
+from .._files import atomic_writer, make_folder_for
 from ..exceptions import CheckpointError, ConfigError, WeightsError
 from ..lowrank import OIALR
 from ._config import RunConfig
@@ -49,7 +49,7 @@ def weights_payload(trainer: Trainer, **extra: Any) -> dict[str, Any]:
 def save_weights(path: str | Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` to ``path`` atomically (a temporary file in the same folder, then ``os.replace``):
     a reader never sees a half-written file, and a crash leaves the previous one intact."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    make_folder_for(path)
     with atomic_writer(path) as fh:
         torch.save(payload, fh)
 

@@ -169,3 +169,21 @@ def test_a_missing_data_set_is_refused_before_any_search_and_a_moved_one_is_foll
     moved = run(["resume", "--study", "s", "--budget", "2", "--set", f"data.path={tmp_path / 'moved'}"], tmp_path)
     assert moved.returncode == 0, moved.stderr[-3000:]
     assert [t["state"] for t in trials(tmp_path, "s")] == ["COMPLETE", "COMPLETE"]
+
+
+def test_two_jobs_resumed_with_set_at_once_keep_both_overrides(tmp_path):
+    """Each job merges its --set into the overrides stored when it writes, not into those it read at its
+    start (a review: of two resume --set at once, the later write dropped the other's override)."""
+    from oialr_search.search._runner import _updated_space
+    from oialr_search.storage import Store
+
+    space = load_space(write_space(tmp_path))
+    store = Store(f"sqlite:///{tmp_path}/db.sqlite")
+    store.create_study(name="s", space=space.to_dict(), space_path=space.path, metric="val_loss",
+                       direction="minimize", backend="optuna", seed=0, budget=3)
+    for overrides in (["train.batch_size=64"], ["train.epochs=1"]):  # the second job read the study before
+        store.update_study_space("s", lambda stored, o=overrides: _updated_space(stored, o, None))
+    stored = SearchSpace.from_dict(store.get_study("s").space)
+    assert stored.overrides == ("train.batch_size=64", "train.epochs=1")
+    assert stored.base["train"]["batch_size"] == 64 and stored.base["train"]["epochs"] == 1
+    store.engine.dispose()

@@ -285,8 +285,9 @@ def test_merging_into_a_studys_space_keeps_what_another_job_wrote_meanwhile(tmp_
     a.create_study(name="s", space={"raw": {}, "base": {}}, space_path="", metric="val_loss", direction="minimize",
                    backend="optuna", seed=0, budget=3)
     read_by_b = b.get_study("s")  # b's view, before a's write
-    a.merge_study_space("s", {"overrides": ["train.epochs=1"], "base": {"train": {"epochs": 1}}})
-    b.merge_study_space(read_by_b.name, {"workdir": "/scratch/w"})
+    a.update_study_space("s", lambda space: {**space, "overrides": ["train.epochs=1"],
+                                             "base": {"train": {"epochs": 1}}})
+    b.update_study_space(read_by_b.name, lambda space: {**space, "workdir": "/scratch/w"})
     assert a.get_study("s").space == {"raw": {}, "base": {"train": {"epochs": 1}}, "overrides": ["train.epochs=1"],
                                       "workdir": "/scratch/w"}
 

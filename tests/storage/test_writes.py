@@ -184,6 +184,16 @@ def test_a_connection_that_fails_to_open_is_a_storage_error_like_the_transaction
         store.finish_trial(t.id, state=COMPLETE, value=1.0)
     assert transient(info.value)  # so the trial is left to be resumed, not stored FAILED
 
+    def read_only():  # ... but SQLite saying the file is read-only, damaged or full does not pass
+        orig = sqlite3.OperationalError("attempt to write a readonly database")
+        orig.sqlite_errorcode = 8  # SQLITE_READONLY
+        raise OperationalError("PRAGMA journal_mode=WAL", {}, orig) from orig
+
+    monkeypatch.setattr(store.engine, "raw_connection", read_only)
+    with pytest.raises(RuntimeError, match="connecting failed") as info:
+        store.finish_trial(t.id, state=COMPLETE, value=1.0)
+    assert not transient(info.value)
+
 
 @pytest.mark.parametrize(("db", "core"), [("sqlite", True), ("sqlite", False), ("postgres", True)])
 def test_a_report_retried_after_its_commit_went_through_adds_nothing(tmp_path, request, db, core):
