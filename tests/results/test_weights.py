@@ -123,16 +123,16 @@ def test_resume_and_status_use_the_work_folder_run_was_given(tmp_path):
     write_space(tmp_path, objectives=SINGLE)
     search(tmp_path, "s", 2, "--workdir", "wd")
     assert kept_files(tmp_path / "wd" / "s")
-    proc = cli(["resume", "--study", "s", "--budget", "4"], tmp_path)
+    proc = cli(["resume", "--study", "s", "--budget", "3"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"work folder: {tmp_path / 'wd' / 's'} (the study's --workdir)" in proc.stdout
     assert not (tmp_path / "oialr_search.work").exists()  # nothing in the default folder
     rows = trials(tmp_path, "s")
     best = min((r for r in rows if r["state"] == "COMPLETE"), key=lambda r: (r["value"], r["number"]))
-    assert len(rows) == 4 and kept_files(tmp_path / "wd" / "s") == {best["number"]}
+    assert len(rows) == 3 and kept_files(tmp_path / "wd" / "s") == {best["number"]}
     status = cli(["status", "--study", "s"], tmp_path)
     assert f"work folder: {tmp_path / 'wd' / 's'} (--workdir)" in status.stdout
-    proc = cli(["resume", "--study", "s", "--budget", "5", "--workdir", "wd2"], tmp_path)
+    proc = cli(["resume", "--study", "s", "--workdir", "wd2"], tmp_path)  # (nothing left to train)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"now uses {tmp_path / 'wd2' / 's'} (--workdir), not {tmp_path / 'wd' / 's'}" in proc.stdout
     assert f"work folder: {tmp_path / 'wd2' / 's'}" in cli(["status", "--study", "s"], tmp_path).stdout
