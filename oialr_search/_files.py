@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import stat
@@ -30,6 +31,9 @@ def named_descriptor(path: str | Path) -> int | None:
     """The descriptor ``path`` names (``/dev/stdout``, ``/dev/stderr``, ``/dev/fd/N``, ``/proc/self/fd/N``, or a
     link to one), or None. Such an output is written through the open descriptor: resolved to a file and
     replaced, ``export -o /dev/stdout >> log`` wiped the log (a review)."""
+    fd = _same_file_as_stdout_or_stderr(path)
+    if fd is not None:  # however it is reached: /proc/thread-self/fd/1, a link to /dev/fd, the log's own name
+        return fd
     here = os.path.abspath(path)
     for _ in range(40):  # links to links, as the kernel follows them
         match = _DESCRIPTOR.fullmatch(here)
@@ -42,6 +46,23 @@ def named_descriptor(path: str | Path) -> int | None:
             here = os.path.normpath(os.path.join(os.path.dirname(here), os.readlink(here)))
         except OSError:  # a link we may not read (another process's descriptor)
             return None
+    return None
+
+
+def _same_file_as_stdout_or_stderr(path: str | Path) -> int | None:
+    """1 or 2 when ``path`` is the file (or pipe, or terminal) this process's stdout or stderr writes to: it
+    is then written through that descriptor, never replaced (``export -o log >> log`` kept the log's
+    earlier lines only so)."""
+    try:
+        target = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    for fd in (1, 2):
+        try:
+            if os.path.samestat(target, os.fstat(fd)):
+                return fd
+        except OSError:
+            continue
     return None
 
 
@@ -115,9 +136,11 @@ def output_file(path: str | Path, *, option: str, example: str,
     fd = named_descriptor(out)
     if fd is not None:  # /dev/stdout: written through the open descriptor (see atomic_writer)
         try:
-            os.fstat(fd)
-        except OSError:
+            writable = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
+        except (OSError, OverflowError):
             raise error(f"{option} {out}: descriptor {fd} is not open") from None
+        if not writable:
+            raise error(f"{option} {out}: descriptor {fd} is not open for writing")
         return out
     try:
         target = Path(os.path.realpath(out))

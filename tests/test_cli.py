@@ -2,6 +2,7 @@
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -84,6 +85,18 @@ def test_train_writes_through_links_and_descriptors_and_refuses_a_socket(tmp_pat
         sock.bind(str(tmp_path / "sock"))
         refused = run_cli("train", "tiny.yaml", "--quiet", "--out", "sock", cwd=tmp_path)
     assert refused.returncode == 2 and "--out sock: is not a file, device or pipe" in refused.stderr, refused.stderr
+    # refused up front too, each found by a third review to fail after training or to lose data
+    os.mkfifo(tmp_path / "pipe")
+    (tmp_path / "d.config.yaml").mkdir()
+    sqlite3.connect(tmp_path / "other.db").execute("CREATE TABLE t (x)").connection.commit()
+    for args, message in ((["--checkpoint", "pipe"], "--checkpoint pipe: must be a file (written every epoch"),
+                          (["--out", "/dev/stdin"], "--out /dev/stdin: descriptor 0 is not open for writing"),
+                          (["--out", "d.json"], "d.config.yaml (the resolved config beside --out) d.config.yaml: is "
+                                                "a folder"),
+                          (["--weights", "other.db"], "--weights other.db: is a SQLite database; write it elsewhere")):
+        refused = run_cli("train", "tiny.yaml", "--quiet", *args, cwd=tmp_path)
+        assert refused.returncode == 2 and message in refused.stderr, (args, refused.stderr)
+        assert len(refused.stderr.strip().splitlines()) == 1
     (tmp_path / "link.json").symlink_to(tmp_path / "made" / "m.json")
     (tmp_path / "mystdout").symlink_to("/proc/self/fd/1")
     log = tmp_path / "log.txt"

@@ -83,7 +83,8 @@ def check_not_the_studys_files(outputs: dict[str, Path], args: argparse.Namespac
     files by option; ``recorded``: the ``--workdir`` the study recorded (known once it is read)."""
     storage = args.storage or default_storage()
     db = sqlite_file(storage)
-    database = {os.path.realpath(f"{db}{suffix}") for suffix in ("", "-wal", "-shm", "-journal")} if db else set()
+    # SQLite names its -wal/-shm after the file a link points to
+    database = {os.path.realpath(db) + suffix for suffix in ("", "-wal", "-shm", "-journal")} if db else set()
     try:
         folders = {study_work_folder(storage, args.study).parent, Path("oialr_search_work")}
     except ArgumentError:
@@ -101,7 +102,7 @@ def check_not_the_studys_files(outputs: dict[str, Path], args: argparse.Namespac
                                        "and checkpoints); write it elsewhere")
         what = a_studys_file(path)  # of a study of another database, in a folder of its own
         if what is not None:
-            raise OIALRSearchError(f"{option} {path}: is named as a study's {what}; write it elsewhere")
+            raise OIALRSearchError(f"{option} {path}: {what}; write it elsewhere")
 
 
 def storage_failed(args: argparse.Namespace, exc: BaseException) -> str | None:

@@ -30,21 +30,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     source = resolve_config_path(args.config)
     config = load_config(source, args.set)
     out = Path(args.out) if args.out else None
-    _check_distinct(source, out, args.checkpoint, args.weights)
+    # the resolved config beside --out, when --out is a file (not /dev/null or a pipe): decided once
+    companion = out.with_name(f"{out.stem}.config.yaml") if out is not None and plain_output(out) else None
+    _check_distinct(source, out, args.checkpoint, args.weights, companion)
     for option, value, example in (("--out", out, "metrics.json"), ("--checkpoint", args.checkpoint, "run.ckpt"),
-                                   ("--weights", args.weights, "model.pt")):
-        if value is None:
-            continue
-        path = Path(value)
-        if path.is_dir():
-            raise OIALRSearchError(f"{option} {path}: is a folder; give a file name such as {path / example}")
-        if not plain_output(path):  # /dev/null, /dev/stdout, a FIFO: written into (see _files.atomic_writer)
-            output_file(path, option=option, example=example)
-            continue
-        # checked before training, not after it; a link's file is written, in the folder of the link's target
-        why = unusable_folder(Path(os.path.realpath(path)).parent if path.is_symlink() else path.parent)
-        if why is not None:
-            raise OIALRSearchError(f"{option} {path}: cannot be written ({why})")
+                                   ("--weights", args.weights, "model.pt"),
+                                   (f"{companion} (the resolved config beside --out)", companion, "m.config.yaml")):
+        if value is not None:
+            _check_output(Path(value), option, example)
     plots = None
     if args.plots:  # checked before training, not after it
         from ..plots import check_output_dir
@@ -68,8 +61,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(json.dumps(summary))
     if out is not None:
         write_atomic(out, json.dumps({**metrics, "config": config_to_dict(config)}, indent=2))
-        if plain_output(out):  # not beside /dev/null or a pipe
-            write_atomic(out.with_name(f"{out.stem}.config.yaml"), dump_config(config))
+        if companion is not None:
+            write_atomic(companion, dump_config(config))
     if args.weights:  # the trained model, as export --weights writes a trial's: oialr_search.load_model reads it
         save_weights(args.weights, weights_payload(trainer, metrics=summary))
     if plots is not None:
@@ -77,16 +70,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_distinct(source: Path, out: Path | None, checkpoint: str | None, weights: str | None = None) -> None:
+def _check_output(path: Path, option: str, example: str) -> None:
+    """An output of train, checked before training (one line, exit 2), not after it."""
+    if path.is_dir():
+        raise OIALRSearchError(f"{option} {path}: is a folder; give a file name such as {path / example}")
+    if not plain_output(path):  # /dev/null, /dev/stdout, a FIFO: written into (see _files.atomic_writer)
+        if option == "--checkpoint":  # replaced every epoch, read back by --resume
+            raise OIALRSearchError(f"--checkpoint {path}: must be a file (written every epoch, read back by --resume)")
+        output_file(path, option=option, example=example)
+        return
+    # a link's file is written, in the folder of the link's target
+    why = unusable_folder(Path(os.path.realpath(path)).parent if path.is_symlink() else path.parent)
+    if why is not None:
+        raise OIALRSearchError(f"{option} {path}: cannot be written ({why})")
+
+
+def _check_distinct(source: Path, out: Path | None, checkpoint: str | None, weights: str | None = None,
+                    companion: Path | None = None) -> None:
     """The files train writes (the metrics, the resolved config beside them, the checkpoint) must be files of
     their own, none of them the config being trained (a sweep overwrote the config with the metrics, and the
     checkpoint with the metrics, which a --resume then could not read)."""
     written = []
     if out is not None:
         written.append((out, f"--out {out}"))
-        companion = out.with_name(f"{out.stem}.config.yaml")
-        if plain_output(out):
-            written.append((companion, f"{companion} (the resolved config --out writes beside {out})"))
+    if companion is not None:
+        written.append((companion, f"{companion} (the resolved config --out writes beside {out})"))
     if checkpoint:
         written.append((Path(checkpoint), f"--checkpoint {checkpoint}"))
     if weights:
@@ -95,7 +103,7 @@ def _check_distinct(source: Path, out: Path | None, checkpoint: str | None, weig
     for path, what in written:
         kept = a_studys_file(path)
         if kept is not None:  # another search's only copy of a model, or its trial's checkpoint
-            raise OIALRSearchError(f"{what}: is named as a study's {kept}; write it elsewhere")
+            raise OIALRSearchError(f"{what}: {kept}; write it elsewhere")
         real = os.path.realpath(path)
         if real in seen:
             raise OIALRSearchError(f"{what}: would write over {seen[real]}; give each a file of its own")

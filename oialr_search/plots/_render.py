@@ -165,6 +165,8 @@ def check_output_dir(path: str | os.PathLike, *, option: str = "-o") -> Path:
     """A folder to write figures into: an existing folder, or a new one in an existing folder (a missing
     parent is an error rather than a tree of folders made from a typo). ``option`` names it in errors."""
     out = Path(path)
+    if out.is_symlink() and not out.exists():
+        raise PlotError(f"{option} {out}: is a broken link; give a folder for the figures")
     if out.exists() and not out.is_dir():
         raise PlotError(f"{option} {out}: exists and is not a folder; give a folder for the figures")
     if not out.exists():

@@ -73,13 +73,27 @@ _STUDY_FILES = ((re.compile(r"trial_[0-9]+\.pt"), "weights", "kept weights (the 
 
 def a_studys_file(path: str | os.PathLike) -> str | None:
     """What ``path`` is when it is named as a study keeps its files, in any work folder (``…/weights/
-    trial_<n>.pt``, ``…/trials/trial_<n>.ckpt``), else None: an output must never replace one, whichever
-    database or folder its study is in (a sweep overwrote another database's kept weights with an export)."""
+    trial_<n>.pt``, ``…/trials/trial_<n>.ckpt``), or is a SQLite database or one of its journals, else None:
+    an output must never replace one, whichever database or folder its study is in (a sweep overwrote
+    another database's kept weights with an export)."""
     real = Path(os.path.realpath(path))
     for pattern, folder, what in _STUDY_FILES:
         if real.parent.name == folder and pattern.fullmatch(real.name):
-            return what
+            return f"is named as a study's {what}"
+    for suffix in ("-wal", "-shm", "-journal", ""):  # a database (train --weights replaced one: a review)
+        if real.name.endswith(suffix) and _sqlite_database(real.with_name(real.name[:len(real.name) - len(suffix)])):
+            return "is a SQLite database" + (f"'s {suffix[1:]} file" if suffix else "")
     return None
+
+
+def _sqlite_database(path: Path) -> bool:
+    try:
+        if not path.is_file():  # (opening a FIFO to look would wait for a writer)
+            return False
+        with open(path, "rb") as fh:
+            return fh.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        return False
 
 
 def recorded_workdir(space: dict) -> str | None:

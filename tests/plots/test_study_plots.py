@@ -333,6 +333,7 @@ def test_report_is_one_self_contained_file_with_front_figures_and_failures(study
         (["plot", "--study", "broken", "-o", "figs"], "has no completed trial yet (2 failed)"),
         (["plot", "--study", "mo", "-o", "missing/figs"], "folder missing does not exist"),
         (["plot", "--study", "mo", "-o", "afile"], "exists and is not a folder"),
+        (["plot", "--study", "mo", "-o", "dangling"], "is a broken link"),  # (a traceback after rendering)
         (["report", "--study", "mo", "-o", "missing/r.html"], "folder missing does not exist"),
         (["report", "--study", "broken", "-o", "r.html"], "has no completed trial yet"),
         (["report", "--study", "ghost", "-o", "r.html"], "no study named 'ghost'"),
@@ -343,6 +344,7 @@ def test_report_is_one_self_contained_file_with_front_figures_and_failures(study
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(study, tmp_path, args, message):
     (tmp_path / "afile").write_text("keep")
     (tmp_path / "adir").mkdir()
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
     storage = [] if "--storage" in args else ["--storage", f"sqlite:///{study}/oialr_search.db"]
     before, db = sorted(p.name for p in tmp_path.rglob("*")), database_state(study)
     proc = run([*args, *storage], tmp_path)

@@ -1,6 +1,8 @@
 """Kept trained weights: which trials keep them (front / best / none), ``export --weights`` and ``load_model``."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -336,7 +338,11 @@ def test_export_and_report_never_write_over_the_database_or_the_work_folder(fron
              (["export", "-o", str(work.parent / "other" / "t.yaml")], "is in the work folder"),
              (["export", "--workdir", "elsewhere", "-o", str(weights)], "is in the work folder"),
              (["report", "-o", str(work.parent / "other.html")], "is in the work folder"),
-             (["export", "--workdir", "elsewhere", "-o", "elsewhere/b/t.yaml"], "is in the work folder elsewhere")]
+             (["export", "--workdir", "elsewhere", "-o", "elsewhere/b/t.yaml"], "is in the work folder elsewhere"),
+             # the database through a link: SQLite names its -wal after the file (a third review)
+             (["report", "--storage", "sqlite:///link.db", "-o", "oialr_search.db-wal"], "is the study's database")]
+    if not (front_study / "link.db").exists():
+        (front_study / "link.db").symlink_to(front_study / "oialr_search.db")
     for args, message in cases:
         proc = cli([*args, "--study", "front", *(["--trial", str(kept)] if args[0] == "export" else [])], front_study)
         assert proc.returncode == 2, proc.stderr
@@ -387,6 +393,16 @@ def test_an_export_writes_through_a_link_and_into_a_fifo_without_replacing_them(
     assert (tmp_path / "link.yaml").is_symlink()
     assert "exported from study 'front'" in (tmp_path / "real.yaml").read_text()
     assert stat.S_ISFIFO(fifo.lstat().st_mode) and got and b"exported from study 'front'" in got[0]
+    # the file stdout appends to, named as it is: appended through stdout, not replaced (a third review)
+    log = tmp_path / "log.txt"
+    log.write_text("an earlier line\n")
+    with log.open("ab") as fh:
+        proc = subprocess.run([sys.executable, "-m", "oialr_search", "export", "--study", "front", "--trial",
+                               str(number), "-o", str(log)], cwd=front_study, stdout=fh, stderr=subprocess.PIPE,
+                              timeout=120, env={**os.environ, "OIALR_SEARCH_STORAGE": ""})
+    assert proc.returncode == 0, proc.stderr
+    text = log.read_text()
+    assert text.startswith("an earlier line\n# exported from study 'front'") and f"wrote {log}" in text
     # a folder that permissions call writable but that takes no new file (root, /proc): one line, not a traceback
     proc = cli(["export", "--study", "front", "--trial", str(number), "-o", "/proc/tuned.yaml"], front_study)
     assert proc.returncode == 2 and proc.stderr.strip().endswith("-o /proc/tuned.yaml: /proc cannot be written "
