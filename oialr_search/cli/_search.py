@@ -142,7 +142,7 @@ def _add_ranks_per_trial(p: argparse.ArgumentParser) -> None:
 
 
 def _seed(text: str) -> int:
-    """--seed: stored in a 32-bit column on PostgreSQL (run), the base of a job's sampler seeds (resume)."""
+    """resume's --seed, the base of the job's sampler seeds: in the range a new study takes."""
     from ..search._study_checks import MAX_SEED
 
     try:
@@ -164,7 +164,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budget", type=int, default=None,
                    help="the study's total of finished trials over all its jobs, not a number of new trials "
                         "(default 20; a study continued without it keeps its own)")
-    p.add_argument("--seed", type=_seed, default=0, help="the study's sampler seed (0 to 2³¹−1)")
+    # (a new study's seed is checked with its name and space; one stored by an earlier release continues)
+    p.add_argument("--seed", type=int, default=0, help="the study's sampler seed (0 to 2³¹−1 for a new study)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of the space's base config (not a searched one), value parsed as YAML, e.g. "
                         "--set data.path=/scratch/cifar-10-batches-py (repeatable); stored with the study")

@@ -169,6 +169,7 @@ statistics = torch.cat([whole.model[2].running_mean, whole.model[2].running_var]
 whole.group, whole.val_batches.rank, whole.val_batches.ranks = None, 0, 1
 own = whole.evaluate()  # this rank's model alone on the whole validation split
 Trainer(cfg, log=None, group=group, checkpoint=checkpoint, save=leader).fit(stop_after=1)
+comm.Barrier()  # the leader's checkpoint is written before any rank reads it (a search resumes in a later job)
 resumed = Trainer(cfg, log=None, group=group, checkpoint=checkpoint, resume=True, save=leader).fit()
 everyone = comm.gather({"mask": masks[0], "stats": statistics, "own": own[0]}, root=0)
 if leader:
