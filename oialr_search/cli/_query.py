@@ -167,8 +167,9 @@ def _status(store: Store, name: str) -> bool:
           f"{', constraints: ' + constraints if constraints else ''})")
     if study.space.get("overrides"):
         print(f"overrides: {'; '.join(study.space['overrides'])}")
-    if recorded_workdir(study.space):
-        print(f"work folder: {Path(recorded_workdir(study.space), study.name)} (--workdir)")
+    recorded = recorded_workdir(study.space)
+    if recorded:
+        print(f"work folder: {Path(recorded, study.name)} (--workdir)")
     print(f"trials: {counts.get(COMPLETE, 0)} complete, {running} running, "
           + (f"{stopped} stopped, " if stopped else "")
           + f"{counts.get(PRUNED, 0)} pruned, {counts.get(FAILED, 0)} failed, {counts.get(INTERRUPTED, 0)} interrupted")

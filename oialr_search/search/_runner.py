@@ -119,7 +119,8 @@ def _prepare(req: SearchRequest, world_size: int) -> _Prepared:
     store = Store(req.storage)
     existing = store.find_study(req.study)
     workdir, recorded = chosen_workdir(req.workdir, existing)
-    if workdir != checked:  # recorded meanwhile (another job), or the peek could not read it
+    # recorded meanwhile (another job), or the peek could not read it (a given one: checked, only made absolute)
+    if req.workdir is None and workdir != checked:
         _check_work_folder(req, workdir)
     if existing is None and problem is not None:  # judged once it is known to be new (a requeued job's is not)
         raise OIALRSearchError(problem)
