@@ -124,11 +124,14 @@ def write_file_atomic(path: str | Path, data: bytes | str) -> None:
 
 
 def output_file(path: str | Path, *, option: str, example: str,
-                error: type[OIALRSearchError] = OIALRSearchError) -> Path:
+                error: type[OIALRSearchError] = OIALRSearchError, binary: bool = False) -> Path:
     """``path`` as a file a command may write, checked before it writes anything: not a folder, in an existing
-    folder (never created: a typo must not leave a tree of folders), writable. ``example``: a file name to
-    suggest when ``path`` is a folder."""
+    folder (never created: a typo must not leave a tree of folders), writable; with ``binary``, not a terminal
+    (as gzip refuses to write to one). ``example``: a file name to suggest when ``path`` is a folder."""
     out = Path(path)
+    if binary and _a_terminal(out):
+        raise error(f"{option} {out}: is a terminal, and this output is binary; give a file name such as {example}, "
+                    "or redirect it to a file")
     if out.is_dir():
         raise error(f"{option} {out}: is a folder; give a file name such as {out / example}")
     if not out.parent.is_dir():
@@ -159,6 +162,27 @@ def output_file(path: str | Path, *, option: str, example: str,
     if target.exists() and not os.access(target, os.W_OK):
         raise error(f"{option} {out}: cannot be written")
     return out
+
+
+def _a_terminal(path: Path) -> bool:
+    """Whether ``path`` names a terminal: an open descriptor (/dev/stdout on a tty) or a terminal device. A FIFO
+    is never opened here (see _not_writable_into)."""
+    fd = named_descriptor(path)
+    if fd is not None:
+        try:
+            return os.isatty(fd)
+        except OSError:
+            return False
+    try:
+        if not stat.S_ISCHR(os.stat(path).st_mode):
+            return False
+        fd = os.open(path, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        return os.isatty(fd)
+    finally:
+        os.close(fd)
 
 
 def _not_writable_into(target: Path) -> str | None:

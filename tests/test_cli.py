@@ -291,3 +291,26 @@ def test_status_of_a_study_whose_only_trial_was_released_says_its_time_is_unknow
     assert "0 running, 1 stopped" in out, out
     assert "elapsed: unknown (no job is training a trial now): the last job stopped before any trial ended" in out
     store.engine.dispose()
+
+
+def test_binary_weights_are_not_written_to_a_terminal(tmp_path):
+    """``--weights /dev/stdout`` on a terminal would fill it with binary (as gzip, refused up front); the text
+    outputs may go there."""
+    import pty
+
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    leader, follower = pty.openpty()
+    try:
+        for args in (["train", "tiny.yaml", "--quiet", "--weights", "/dev/stdout"],
+                     ["export", "--study", "s", "--storage", f"sqlite:///{tmp_path}/s.db", "--weights", "/dev/stdout"]):
+            proc = subprocess.run([sys.executable, "-m", "oialr_search", *args], cwd=tmp_path, stdout=follower,
+                                  stderr=subprocess.PIPE, text=True, timeout=300)
+            assert proc.returncode == 2, proc.stderr
+            said = proc.stderr.strip()
+            assert said.endswith("--weights /dev/stdout: is a terminal, and this output is binary; give a file name "
+                                 "such as model.pt, or redirect it to a file"), said
+            assert len(proc.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "s.db").exists()
+    finally:
+        os.close(leader)
+        os.close(follower)

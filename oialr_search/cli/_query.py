@@ -298,7 +298,7 @@ def _outputs(args: argparse.Namespace) -> dict[str, Path]:
                                "give --weights compact.pt2 too")
     examples = {"-o": "tuned.yaml", "--weights": "compact.pt2" if args.compact else "model.pt"}
     for flag, path in outputs.items():
-        output_file(path, option=flag, example=examples[flag])
+        output_file(path, option=flag, example=examples[flag], binary=flag == "--weights")
     if len({p.resolve() for p in outputs.values()}) < len(outputs):
         raise OIALRSearchError(f"{', '.join(outputs)}: give each a file of its own")
     check_not_the_studys_files(outputs, args)

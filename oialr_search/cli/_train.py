@@ -77,7 +77,7 @@ def _check_output(path: Path, option: str, example: str) -> None:
     if not plain_output(path):  # /dev/null, /dev/stdout, a FIFO: written into (see _files.atomic_writer)
         if option == "--checkpoint":  # replaced every epoch, read back by --resume
             raise OIALRSearchError(f"--checkpoint {path}: must be a file (written every epoch, read back by --resume)")
-        output_file(path, option=option, example=example)
+        output_file(path, option=option, example=example, binary=option == "--weights")
         return
     # a link's file is written, in the folder of the link's target
     why = unusable_folder(Path(os.path.realpath(path)).parent if path.is_symlink() else path.parent)
