@@ -62,10 +62,11 @@ class Trials:
         self._look_for_dead = 0.0  # monotonic time of the next look (see resume_dead)
 
     def close(self) -> None:
-        """The end of the job on this rank: no more heartbeats, the signal handlers restored."""
+        """The end of the job's trials on this rank: no more heartbeats. The signal handlers stay until the
+        job's closing barrier is passed (``stop.restore()``): a rank waiting there for one still training
+        must take a preemption signal as that one does, not die of it and take the job down with it."""
         if self.heartbeat is not None:
             self.heartbeat.close()
-        self.stop.restore()
 
     @property
     def closed(self) -> bool:
@@ -80,7 +81,7 @@ class Trials:
         """Claim a slot for ``params`` and run it; None once ``limit`` trials exist (``full``), when closed,
         or when the run was not stored (preempted, taken over, left resumable)."""
         if self.closed:
-            self.workers.send(None)
+            self.workers.send_task(None)
             return None
         try:
             config = self.space.trial_config(params, threads=self.placement.threads)
@@ -90,11 +91,11 @@ class Trials:
             trial = self.store.start_trial(self.study, params=params, rank=self.rank, island=island,
                                            device=self.device, config=config, limit=limit, backend=self.backend)
         except BaseException:
-            self.workers.send(None)  # the followers must not wait for a trial that never starts
+            self.workers.send_task(None)  # the followers must not wait for a trial that never starts
             raise
         if trial is None:
             self.full = True
-            self.workers.send(None)
+            self.workers.send_task(None)
             return None
         return self._run(trial, params, config, resume=False)
 
@@ -162,7 +163,7 @@ class Trials:
                           "without a beat", flush=True)
             time.sleep(pause)
             pause = min(1.5 * pause, longest)
-        self.workers.send(DONE)
+        self.workers.send_task(DONE)
 
     def _run(self, trial: Trial, params: dict, config: dict | None, *, resume: bool) -> Ran | None:
         try:
@@ -178,7 +179,7 @@ class Trials:
 
     def _train_and_store(self, trial: Trial, params: dict, config: dict | None, *, resume: bool) -> Ran | None:
         checkpoint = self.checkpoint(trial)
-        self.workers.send({"params": params, "config": config, "checkpoint": str(checkpoint), "resume": resume})
+        self.workers.send_task({"params": params, "config": config, "checkpoint": str(checkpoint), "resume": resume})
         max_epochs = (config or {}).get("train", {}).get("epochs", 0)
         reporter = EpochReporter(store=self.store, study=self.study, trial_id=trial.id,
                                  objectives=self.space.objectives, pruner=self.space.pruner, max_epochs=max_epochs,

@@ -375,42 +375,45 @@ def run_search(req: SearchRequest, *, objective: Objective = run_trial, quiet: b
                     workers=workers, rank=rank, folder=trial_folder(req.storage, study.name, prepared.workdir),
                     backend=backend, on_stored=progress.trial if progress else None)
     trials.stop.install()
-    remaining = max(0, budget - finished)
-    # the run config's own values: once per study, not once per job that finds no trial finished
-    first_job = finished == 0 and prepared.job == 0
-    start = [space.start_params()] if first_job and backend != "random" and space.start_params() else []
     try:
-        if backend == "propulate":
-            folder = propulate_folder(req.storage, study.name, prepared.workdir, comm)
-            try:
-                _propulate(comm, rank, store, study, space, folder, workers, trials, budget, remaining, seed, start,
-                           ready)
-            finally:  # also on Ctrl-C or a preemption: this job's own folder (the next rebuilds from the database)
-                if rank == 0:
-                    shutil.rmtree(folder, ignore_errors=True)
-        elif workers.leader:
-            from ._optuna_backend import run_optuna
+        remaining = max(0, budget - finished)
+        # the run config's own values: once per study, not once per job that finds no trial finished
+        first_job = finished == 0 and prepared.job == 0
+        start = [space.start_params()] if first_job and backend != "random" and space.start_params() else []
+        try:
+            if backend == "propulate":
+                folder = propulate_folder(req.storage, study.name, prepared.workdir, comm)
+                try:
+                    _propulate(comm, rank, store, study, space, folder, workers, trials, budget, remaining, seed, start,
+                               ready)
+                finally:  # also on Ctrl-C or a preemption: this job's own folder (the next rebuilds from the database)
+                    if rank == 0:
+                        shutil.rmtree(folder, ignore_errors=True)
+            elif workers.leader:
+                from ._optuna_backend import run_optuna
 
-            run_space = space if backend == "optuna" else dataclasses.replace(space, sampler={"type": "random"})
-            run_optuna(space=run_space, store=store, study=study, seed=seed, rank=workers.worker,
-                       evaluate=lambda p: _stored(trials.new(p, None, limit=budget), trials),
-                       resume=lambda: trials.resume_dead() is not None, enqueue=start if rank == 0 else (),
-                       ready=ready)
-        ready()
-        if workers.leader:
-            trials.drain()
-        else:
-            trials.follow_to_the_end()
-        workers.close(lost=trials.lost)
-    finally:
-        trials.close()
-        store.engine.dispose()  # SQLite folds its WAL into the database file when the last connection closes
-    if comm is not None and size > 1:
-        idle_barrier(comm)
-    if progress and rank == 0:
-        progress.done()
-    store.engine.dispose()
-    return 0
+                run_space = space if backend == "optuna" else dataclasses.replace(space, sampler={"type": "random"})
+                run_optuna(space=run_space, store=store, study=study, seed=seed, rank=workers.worker,
+                           evaluate=lambda p: _stored(trials.new(p, None, limit=budget), trials),
+                           resume=lambda: trials.resume_dead() is not None, enqueue=start if rank == 0 else (),
+                           ready=ready)
+            ready()
+            if workers.leader:
+                trials.drain()
+            else:
+                trials.follow_to_the_end()
+            workers.close(lost=trials.lost)
+        finally:
+            trials.close()
+            store.engine.dispose()  # SQLite folds its WAL into the database file when the last connection closes
+        if comm is not None and size > 1:
+            idle_barrier(comm)
+        if progress and rank == 0:
+            progress.done()
+        store.engine.dispose()
+        return 0
+    finally:  # after the closing barrier (see Trials.close)
+        trials.stop.restore()
 
 
 def _propulate(comm, rank: int, store: Store, study: Study, space: SearchSpace, folder: Path,  # noqa: ANN001

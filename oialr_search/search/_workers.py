@@ -44,6 +44,14 @@ class Workers:
         """Leader: send ``value`` to the group's other ranks. Followers: receive it. Collective."""
         return value if self.group_comm is None else self.group_comm.bcast(value, root=0)
 
+    def send_task(self, value: Any) -> Any:  # noqa: ANN401
+        """``send`` for what the group trains next (a trial; None: nothing this time; DONE), which the followers
+        wait for in ``follow`` sleeping: the wait may last the leader's whole end-of-job drain (up to a grace
+        period), which a blocking bcast, polled at full speed by MPICH, spent spinning a core."""
+        if self.group_comm is not None:
+            idle_barrier(self.group_comm)
+        return self.send(value)
+
     def trial(self, run: Callable[[], Any]) -> tuple[Any, bool, str | None]:
         """Every rank of a group runs each trial through this: ``run()`` (returning a TrialOutcome), then
         ``_after_trial`` with how it ended, also when ``run`` raises an Exception (a custom objective's),
@@ -93,7 +101,7 @@ class Workers:
         """Follower: train what the leader sends next (``train(task, report)``, ``task`` the dict the
         leader sent). Returns "trained", "none" (the leader had nothing this time) or "done" (the
         leader is finished: no more messages)."""
-        task = self.send(None)
+        task = self.send_task(None)
         if task is None or task == DONE:
             return "done" if task == DONE else "none"
         train(task, self._decision)

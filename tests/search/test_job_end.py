@@ -2,8 +2,14 @@
 and a rank done with its trials took a core from the rank still training: a sweep saw epochs 70x slower on 2
 cores), yet lets ranks that arrive together go at once; the drain sees the job's last trials end at once."""
 
+import os
+import signal
+import sqlite3
 import subprocess
 import sys
+import time
+
+import pytest
 
 from oialr_search.search._execution import Trials
 from oialr_search.search._workers import idle_barrier
@@ -82,8 +88,89 @@ def test_the_drain_looks_often_at_first_then_backs_off_to_half_a_heartbeat_inter
     trials = object.__new__(Trials)  # only what drain() uses
     trials.lost, trials.stop, trials.store, trials.study = False, lambda: False, _Store(40), None
     trials.resume_dead = lambda now=False: None
-    trials.workers = type("W", (), {"send": staticmethod(sent.append)})()
+    trials.workers = type("W", (), {"send_task": staticmethod(sent.append)})()
     trials.drain()
     assert len(slept) == 40 and sent == ["done"]
     assert slept[0] <= 0.01 and sum(slept[:3]) < 0.05  # the first three looks within 50 ms
     assert slept == sorted(slept) and slept[-1] == 0.5  # then every half interval, at most 0.5 s
+
+
+JOB = """
+import os, sys, time
+from mpi4py import MPI
+from oialr_search.search import SearchRequest, load_space, run_search
+from oialr_search.search._objective import TrialOutcome
+from oialr_search.search._preemption import early_signals_held
+
+rank = MPI.COMM_WORLD.Get_rank()
+
+
+def objective(space, params, *, should_stop, **_):
+    if os.environ.get("DIE"):  # a job killed while training its trial
+        os._exit(9)
+    start = time.monotonic()
+    while os.environ.get("SLOW_RANK") == str(rank) and time.monotonic() - start < 60:  # trains until preempted
+        if should_stop():
+            return TrialOutcome("RUNNING", preempted=True)
+        time.sleep(0.02)
+    if os.environ.get("SLOW_RANK") and rank == 0:
+        time.sleep(2)  # until rank 1 took the other trial
+    return TrialOutcome("COMPLETE", metrics={"val_loss": 1.0})
+
+
+cpu = time.process_time()
+with early_signals_held():  # as the CLI's run and resume
+    code = run_search(SearchRequest(study="s", storage="sqlite:///s.db", space=load_space("space.yaml"),
+                                    backend="optuna", budget=int(os.environ["BUDGET"]),
+                                    ranks_per_trial=int(os.environ.get("K", "1"))), objective=objective)
+print(f"rank {rank} exit {code} cpu {time.process_time() - cpu:.2f}", flush=True)
+sys.exit(code)
+"""
+SPACE = """\
+base: {model: {name: mlp}, data: {name: digits}}
+objective: {metric: val_loss}
+params:
+  optim.lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}
+"""
+
+
+def _job(tmp_path, ranks, **env):
+    (tmp_path / "job.py").write_text(JOB)
+    (tmp_path / "space.yaml").write_text(SPACE)
+    return subprocess.Popen([str(MPIEXEC), "-n", str(ranks), sys.executable, "-m", "mpi4py", "job.py"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "OIALR_SEARCH_HEARTBEAT": "1", "OMP_NUM_THREADS": "1", **env})
+
+
+def test_a_preemption_while_a_rank_waits_at_the_closing_barrier_stops_the_job_in_order(tmp_path):
+    """Rank 0 is done and waits at the closing barrier while rank 1 trains: SIGTERM to the job (as SLURM sends
+    it to every task) must checkpoint rank 1's trial and end the job with 0. Rank 0 had restored the default
+    handler before the barrier: it died, and mpiexec killed rank 1 before it released its trial (a review)."""
+    proc = _job(tmp_path, 2, BUDGET="2", SLOW_RANK="1")
+    for line in proc.stdout:  # rank 0's trial is stored, rank 1's trains (at most 60 s)
+        if "1/2 finished" in line:
+            break
+    else:
+        pytest.fail(f"no trial finished: {proc.communicate()[1][-3000:]}")
+    time.sleep(4)  # rank 0's drain sees rank 1's trial beat again, then it waits at the barrier
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-3000:]
+    assert "rank 0 exit 0" in out and "rank 1 exit 0" in out, out
+    with sqlite3.connect(tmp_path / "s.db") as db:
+        rows = db.execute("SELECT state, heartbeat FROM oialr_trials ORDER BY number").fetchall()
+    assert [state for state, _ in sorted(rows)] == ["COMPLETE", "RUNNING"], rows
+    assert sorted(rows)[1][1] is None, rows  # rank 1's trial released: the next job resumes it at once
+
+
+def test_followers_sleep_while_their_leader_drains(tmp_path):
+    """With --ranks-per-trial 2 the follower waited for its leader's next message in a blocking bcast, spinning
+    a core for the whole end-of-job drain, which here waits out a killed job's trial (a review)."""
+    killed = _job(tmp_path, 1, BUDGET="1", DIE="1")
+    assert killed.wait(timeout=120) == 9, killed.communicate()[1][-2000:]
+    proc = _job(tmp_path, 2, BUDGET="1", K="2")  # the drain waits 6 heartbeat intervals, then resumes the trial
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    assert "resuming trial 0 of an earlier job" in out, out
+    cpu = {int(line.split()[1]): float(line.split()[5]) for line in out.splitlines() if line.startswith("rank ")}
+    assert cpu[1] < cpu[0] + 1, out  # as its leader (start-up alike); spinning, it spent seconds of the drain more
