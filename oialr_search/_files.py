@@ -164,9 +164,13 @@ def output_file(path: str | Path, *, option: str, example: str,
     return out
 
 
+# Linux's terminal devices by major number: ttyN and ttySN, /dev/tty and the console, the pseudo-terminals
+_TTY_MAJORS = frozenset({4, 5, *range(136, 144)})
+
+
 def _a_terminal(path: Path) -> bool:
-    """Whether ``path`` names a terminal: an open descriptor (/dev/stdout on a tty) or a terminal device. A FIFO
-    is never opened here (see _not_writable_into)."""
+    """Whether ``path`` names a terminal: an open descriptor (/dev/stdout on a tty) or a terminal device, told by
+    its device number: opening a device only to look at it may have effects (a watchdog starts counting)."""
     fd = named_descriptor(path)
     if fd is not None:
         try:
@@ -174,15 +178,10 @@ def _a_terminal(path: Path) -> bool:
         except OSError:
             return False
     try:
-        if not stat.S_ISCHR(os.stat(path).st_mode):
-            return False
-        fd = os.open(path, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
+        info = os.stat(path)
     except OSError:
         return False
-    try:
-        return os.isatty(fd)
-    finally:
-        os.close(fd)
+    return stat.S_ISCHR(info.st_mode) and os.major(info.st_rdev) in _TTY_MAJORS
 
 
 def _not_writable_into(target: Path) -> str | None:
