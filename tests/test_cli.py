@@ -314,3 +314,22 @@ def test_binary_weights_are_not_written_to_a_terminal(tmp_path):
     finally:
         os.close(leader)
         os.close(follower)
+
+
+def test_the_command_ignores_preemption_signals_once_its_work_is_done(tmp_path, monkeypatch):
+    """A search's rank that has finished still waits for the others while MPI finalizes: SLURM's SIGTERM killed
+    it there, and the finished job's exit code 143 read as a failed run (a review)."""
+    import signal
+
+    from oialr_search.cli import console
+
+    monkeypatch.setattr(sys, "argv", ["oialr-search", "studies", "--storage", f"sqlite:///{tmp_path}/none.db"])
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        with pytest.raises(SystemExit) as exited:
+            console()
+        assert isinstance(exited.value.code, int)
+        assert all(signal.getsignal(sig) is signal.SIG_IGN for sig in before)
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)

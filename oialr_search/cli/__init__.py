@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
 
 from ..exceptions import OIALRSearchError
@@ -74,4 +75,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-__all__ = ["build_parser", "main"]
+def console() -> None:
+    """The ``oialr-search`` command and ``python -m oialr_search``: ``main()``, then exit with its code. Preemption
+    signals are ignored from then on: the process is ending anyway, and a search's rank dying of one while MPI
+    finalizes (it waits for the other ranks) turned a finished job's exit code into 143, which the SLURM template
+    counts as a failed run (a review)."""
+    code = main()
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
+    sys.exit(code)
+
+
+__all__ = ["build_parser", "console", "main"]

@@ -99,6 +99,21 @@ class Trials:
             return None
         return self._run(trial, params, config, resume=False)
 
+    def turn(self, params: dict, island: int | None, limit: int | None = None) -> Ran | None:
+        """One proposal's turn (the Propulate backend's evaluation): resume a dead trial if there is one, else
+        run ``params`` (see new). The group's followers get exactly one task message, as they follow once per
+        turn: a resumed trial that ran without being stored (preempted, taken over) is the turn's, and a failed
+        look for dead trials sends "nothing" (they waited for a second message, or for one never sent)."""
+        sent = self.workers.tasks_sent
+        try:
+            ran = self.resume_dead()
+            if ran is None and self.workers.tasks_sent == sent:
+                ran = self.new(params, island, limit)
+        finally:
+            if self.workers.tasks_sent == sent:
+                self.workers.send_task(None)
+        return ran
+
     def resume_dead(self, *, now: bool = False) -> Ran | None:
         """Resume one RUNNING trial of a dead job (its heartbeat is older than the grace period), from
         its checkpoint: same number, params and seed. None when there is none (or when closed).

@@ -434,7 +434,7 @@ def _propulate(comm, rank: int, store: Store, study: Study, space: SearchSpace, 
         if not workers.leader:
             trials.follow()
             return None
-        ran = trials.resume_dead() or trials.new(params, island, limit=budget)
+        ran = trials.turn(params, island, limit=budget)
         return (ran[0], ran[2]) if ran is not None else None
 
     run_propulate(comm=comm, space=space, store=store, study=study, folder=folder, generations=generations,

@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -74,9 +75,14 @@ class _Store:
     def __init__(self, looks: int) -> None:
         self.looks = looks
 
+    beat = datetime(2026, 1, 1)
+
     def heartbeats(self, study):  # noqa: ANN001, ANN201
         self.looks -= 1
-        return {7: (3, None)} if self.looks >= 0 else {}
+        return {7: (3, self.beat)} if self.looks >= 0 else {}  # beating (the same beat: silent, not yet dead)
+
+    def now(self) -> datetime:
+        return self.beat + timedelta(seconds=1)
 
 
 def test_the_drain_looks_often_at_first_then_backs_off_to_half_a_heartbeat_interval(monkeypatch):
@@ -96,7 +102,7 @@ def test_the_drain_looks_often_at_first_then_backs_off_to_half_a_heartbeat_inter
 
 
 JOB = """
-import os, sys, time
+import os, signal, sys, time
 from mpi4py import MPI
 from oialr_search.search import SearchRequest, load_space, run_search
 from oialr_search.search._objective import TrialOutcome
@@ -105,9 +111,14 @@ from oialr_search.search._preemption import early_signals_held
 rank = MPI.COMM_WORLD.Get_rank()
 
 
-def objective(space, params, *, should_stop, **_):
+def objective(space, params, *, should_stop, resume=False, **_):
     if os.environ.get("DIE"):  # a job killed while training its trial
         os._exit(9)
+    if resume and os.environ.get("PREEMPT_RESUMED"):  # preempted while it resumes that trial
+        os.kill(os.getpid(), signal.SIGTERM)
+        while not should_stop():
+            time.sleep(0.02)
+        return TrialOutcome("RUNNING", preempted=True)
     start = time.monotonic()
     while os.environ.get("SLOW_RANK") == str(rank) and time.monotonic() - start < 60:  # trains until preempted
         if should_stop():
@@ -118,6 +129,12 @@ def objective(space, params, *, should_stop, **_):
     return TrialOutcome("COMPLETE", metrics={"val_loss": 1.0})
 
 
+if os.environ.get("ONE_WORKER_PROPULATE"):  # Propulate with one worker of K ranks (the job runs Optuna there)
+    import dataclasses
+    from oialr_search.search import _runner
+
+    prepare = _runner._prepare
+    _runner._prepare = lambda req, size: dataclasses.replace(prepare(req, size), backend="propulate")
 cpu = time.process_time()
 with early_signals_held():  # as the CLI's run and resume
     code = run_search(SearchRequest(study="s", storage="sqlite:///s.db", space=load_space("space.yaml"),
@@ -174,3 +191,20 @@ def test_followers_sleep_while_their_leader_drains(tmp_path):
     assert "resuming trial 0 of an earlier job" in out, out
     cpu = {int(line.split()[1]): float(line.split()[5]) for line in out.splitlines() if line.startswith("rank ")}
     assert cpu[1] < cpu[0] + 1, out  # as its leader (start-up alike); spinning, it spent seconds of the drain more
+
+
+def test_a_group_preempted_while_it_resumes_a_dead_trial_under_propulate_ends_in_order(tmp_path):
+    """Propulate's followers follow once per generation: a resumed dead trial that was preempted, then a new
+    trial for the same generation, sent them two task messages, and the leader waited for them forever at the
+    second (a review)."""
+    killed = _job(tmp_path, 1, BUDGET="2", DIE="1")
+    assert killed.wait(timeout=120) == 9, killed.communicate()[1][-2000:]
+    time.sleep(6.5)  # the killed job's trial is dead (6 heartbeat intervals)
+    proc = _job(tmp_path, 2, BUDGET="2", K="2", ONE_WORKER_PROPULATE="1", PREEMPT_RESUMED="1")
+    try:
+        out, err = proc.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"the job hung: {proc.communicate()[1][-3000:]}")
+    assert proc.returncode == 0, err[-3000:]
+    assert "resuming trial 0 of an earlier job" in out and "checkpointed at step boundary" in err, (out, err)
