@@ -181,7 +181,8 @@ def _a_terminal(path: Path) -> bool:
         info = os.stat(path)
     except OSError:
         return False
-    return stat.S_ISCHR(info.st_mode) and os.major(info.st_rdev) in _TTY_MAJORS
+    # (elsewhere the numbers mean other devices; the user's own terminal is stdout's, told above)
+    return sys.platform.startswith("linux") and stat.S_ISCHR(info.st_mode) and os.major(info.st_rdev) in _TTY_MAJORS
 
 
 def _not_writable_into(target: Path) -> str | None:

@@ -107,8 +107,8 @@ class Trials:
         sent = self.workers.tasks_sent
         try:
             ran = self.resume_dead()
-            if ran is None and self.workers.tasks_sent == sent:
-                ran = self.new(params, island, limit)
+            if ran is None and (self.workers.group_comm is None or self.workers.tasks_sent == sent):
+                ran = self.new(params, island, limit)  # (alone, a rank runs the proposal after a resumed trial too)
         finally:
             if self.workers.tasks_sent == sent:
                 self.workers.send_task(None)

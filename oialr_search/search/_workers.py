@@ -35,7 +35,7 @@ class Workers:
     group: TrialGroup | None = None  # the torch.distributed view of it
     _over: bool = False  # a follower received OVER in place of an epoch decision
     broken: bool = False  # a collective of the group's process group failed: it no longer communicates
-    tasks_sent: int = 0  # send_task calls (see the Propulate backend's evaluation: one per generation)
+    tasks_sent: int = 0  # a leader's send_task calls (Trials.turn sends one per Propulate generation)
 
     @property
     def leader(self) -> bool:
@@ -49,7 +49,8 @@ class Workers:
         """``send`` for what the group trains next (a trial; None: nothing this time; DONE), which the followers
         wait for in ``follow`` sleeping: the wait may last the leader's whole end-of-job drain (up to a grace
         period), which a blocking bcast, polled at full speed by MPICH, spent spinning a core."""
-        self.tasks_sent += 1
+        if self.leader:
+            self.tasks_sent += 1
         if self.group_comm is not None:
             idle_barrier(self.group_comm)
         return self.send(value)

@@ -208,3 +208,21 @@ def test_a_group_preempted_while_it_resumes_a_dead_trial_under_propulate_ends_in
         pytest.fail(f"the job hung: {proc.communicate()[1][-3000:]}")
     assert proc.returncode == 0, err[-3000:]
     assert "resuming trial 0 of an earlier job" in out and "checkpointed at step boundary" in err, (out, err)
+
+
+def test_a_rank_alone_still_runs_the_proposal_after_a_resumed_trial_that_was_not_stored():
+    """Only a group's followers need one task message per turn: a rank training alone runs the generation's
+    proposal after a resumed dead trial that was taken over, as before (second review)."""
+    from oialr_search.search._workers import Workers
+
+    trials = object.__new__(Trials)  # only what turn() uses
+    trials.workers = Workers(1, 0, 1)
+    ran = []
+
+    def resume_dead():
+        trials.workers.send_task({"params": {}})  # it ran, and was taken over: nothing stored
+        return None
+
+    trials.resume_dead = resume_dead
+    trials.new = lambda params, island, limit: ran.append(params) or "stored"
+    assert trials.turn({"x": 1}, None) == "stored" and ran == [{"x": 1}]
