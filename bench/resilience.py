@@ -52,7 +52,7 @@ def main() -> None:
             out = run_trial(space, params, device="cpu", threads=1)
             times["plain"].append(time.perf_counter() - start)
             epochs = len(out.epochs)
-            trial = store.start_trial(study, params=params, rank=0, island=None, device="cpu")
+            trial = store.start_trial(study, params=params, rank=0, island=None, device="cpu", grace=beat.grace)
             ckpt = folder / f"trial_{r}.ckpt"
             beat.start(trial.id)
             start = time.perf_counter()

@@ -12,14 +12,14 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 from .._files import output_file, write_file_atomic
 from .._yaml import dump_yaml
 from ..exceptions import OIALRSearchError
 from ..search import METRICS, pareto_front, parse_pick, pick
-from ..storage import COMPLETE, FAILED, INTERRUPTED, PRUNED, RUNNING, Store, Study, Trial, default_storage
+from ..storage import COMPLETE, FAILED, INTERRUPTED, PRUNED, RUNNING, Store, Study, Trial, default_storage, is_dead
 from ..storage._paths import recorded_workdir
 from ._common import add_storage, add_study, check_not_the_studys_files, write_atomic
 
@@ -60,14 +60,15 @@ def _objectives_text(study: Study) -> str:
 
 
 def _running_and_stopped(store: Store, study: Study, counts: dict[str, int], now: datetime) -> tuple[int, int, list]:
-    """(trials running, trials stopped, their heartbeats): RUNNING trials without a live heartbeat are stopped,
-    their job was stopped or died; the next job resumes them."""
+    """(trials running, trials stopped, their heartbeats): dead RUNNING trials are stopped (their deadline has
+    passed, or they have none and no live heartbeat: see ``is_dead``), their job was stopped or died; the next job
+    resumes them."""
     from ..search._heartbeat import grace_period
 
-    beats = [beat for _, beat in store.heartbeats(study).values()] if counts.get(RUNNING) else []
-    cutoff = now - timedelta(seconds=grace_period())
-    stopped = sum(beat is None or beat < cutoff for beat in beats)
-    return len(beats) - stopped, stopped, beats
+    running = list(store.heartbeats(study).values()) if counts.get(RUNNING) else []
+    grace = grace_period()
+    stopped = sum(is_dead(beat, deadline, now=now, grace=grace) for _, beat, deadline in running)
+    return len(running) - stopped, stopped, [beat for _, beat, _ in running]
 
 
 def cmd_studies(args: argparse.Namespace) -> int:

@@ -21,7 +21,7 @@ from pathlib import Path
 from ..exceptions import ConfigError
 from ..storage import FAILED, PRUNED, Store, Study, Trial, TrialTakenOver, transient
 from ._devices import Placement
-from ._heartbeat import Heartbeat, grace_period, heartbeat_interval
+from ._heartbeat import GRACE_INTERVALS, Heartbeat, grace_period, heartbeat_interval
 from ._objective import TrialOutcome, while_interrupted
 from ._objectives import Scored, score
 from ._preemption import StopRequest
@@ -89,7 +89,8 @@ class Trials:
             config = None  # an invalid combination: run_trial stores the trial FAILED with the reason
         try:
             trial = self.store.start_trial(self.study, params=params, rank=self.rank, island=island,
-                                           device=self.device, config=config, limit=limit, backend=self.backend)
+                                           device=self.device, config=config, limit=limit, backend=self.backend,
+                                           grace=grace_period())
         except BaseException:
             self.workers.send_task(None)  # the followers must not wait for a trial that never starts
             raise
@@ -155,7 +156,7 @@ class Trials:
         trial is watched until it finishes, beats again (a live job holds it) or is resumed here. Then
         release the followers."""
         interval = heartbeat_interval()
-        watched: dict[int, tuple[int, object]] | None = None  # id: (number, heartbeat when first seen)
+        watched: dict[int, tuple] | None = None  # id: (number, heartbeat, deadline) when first seen
         told: set[int] = set()
         # one read per look; often at first, as the trials watched are mostly the last ones of this job's other
         # ranks, which end within moments (a look every 0.5 s from the start kept the Optuna backend's ranks
@@ -169,13 +170,16 @@ class Trials:
             watched = {i: seen for i, seen in watched.items() if running.get(i) == seen}  # still silent
             if not watched:
                 break
-            for trial_id, (number, beat) in watched.items():
-                if trial_id not in told and beat is not None and \
-                        (self.store.now() - beat).total_seconds() > 1.5 * interval:
+            for trial_id, (number, beat, deadline) in watched.items():
+                if trial_id in told or beat is None:
+                    continue
+                # the holding job's grace period (and so its interval), as its deadline says; ours without one
+                grace = (deadline - beat).total_seconds() if deadline is not None else grace_period()
+                silent = (self.store.now() - beat).total_seconds()
+                if silent > 1.5 * grace / GRACE_INTERVALS:
                     told.add(trial_id)
-                    print(f"[rank {self.rank}] trial {number} stopped beating {int(interval * 1.5)}s ago or "
-                          f"more (its job was stopped?): resuming it once {int(grace_period())}s have passed "
-                          "without a beat", flush=True)
+                    print(f"[rank {self.rank}] trial {number} stopped beating {int(silent)}s ago (its job was "
+                          f"stopped?): resuming it once {int(grace)}s have passed without a beat", flush=True)
             time.sleep(pause)
             pause = min(1.5 * pause, longest)
         self.workers.send_task(DONE)

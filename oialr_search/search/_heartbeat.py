@@ -6,7 +6,9 @@ While a rank trains a trial, a daemon thread refreshes the trial's heartbeat eve
 its checkpoint. So several jobs can work on one study at once, and none mistakes a live trial of
 another for a dead one, as Optuna's heartbeats do for its RDB storage.
 
-``OIALR_SEARCH_HEARTBEAT`` sets the interval in seconds (default 10; the grace is 6 intervals).
+``OIALR_SEARCH_HEARTBEAT`` sets the interval in seconds (default 10; the grace is 6 intervals). Each beat
+also stores the trial's deadline, the beat's time plus the grace period, so that jobs with other intervals
+judge the trial by this job's grace period, not their own.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from .._environment import seconds_from_env
 from ..storage import Store
 
 DEFAULT_INTERVAL = 10.0
+GRACE_INTERVALS = 6  # beats a trial may miss before it is dead: a busy database or a stalled thread is not a death
 
 
 def heartbeat_interval() -> float:
@@ -27,7 +30,7 @@ def heartbeat_interval() -> float:
 
 def grace_period() -> float:
     """Seconds without a heartbeat after which a RUNNING trial is dead."""
-    return 6 * heartbeat_interval()
+    return GRACE_INTERVALS * heartbeat_interval()
 
 
 class Heartbeat:
@@ -36,6 +39,7 @@ class Heartbeat:
     def __init__(self, store: Store, *, interval: float | None = None) -> None:
         self.store = store
         self.interval = interval or heartbeat_interval()
+        self.grace = GRACE_INTERVALS * self.interval  # the deadline each beat sets
         self._trial: int | None = None
         self._wake = threading.Event()
         self._lock = threading.Lock()
@@ -68,7 +72,7 @@ class Heartbeat:
                 if self._trial is None or self._closed:
                     continue
                 try:
-                    if not self.store.beat(self._trial):
+                    if not self.store.beat(self._trial, grace=self.grace):
                         self.lost = True
                 except Exception as exc:  # noqa: BLE001 - the next beat retries; the training must go on
                     if not self._warned:

@@ -8,9 +8,9 @@ from datetime import datetime
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-SCHEMA_VERSION = 6  # v1: the first release; v2: objectives, constraints, per-epoch reports; v3: heartbeats;
-# v4: deaths of a trial's runs (crashes); v5: jobs started on a study; v6: the backend that proposed a trial
-# (see _migrations)
+SCHEMA_VERSION = 7  # v1: the first release; v2: objectives, constraints, per-epoch reports; v3: heartbeats;
+# v4: deaths of a trial's runs (crashes); v5: jobs started on a study; v6: the backend that proposed a trial;
+# v7: a RUNNING trial's deadline (see _migrations)
 
 # Trial states. INTERRUPTED: the job died while the trial was running (set on resume).
 RUNNING, COMPLETE, FAILED, PRUNED, INTERRUPTED = "RUNNING", "COMPLETE", "FAILED", "PRUNED", "INTERRUPTED"
@@ -68,6 +68,10 @@ class TrialRow(Base):
     # refreshed every few seconds while the trial runs (v3); a RUNNING trial with an old or NULL one is dead
     heartbeat: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     owner: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the run holding it (v3)
+    # its last heartbeat plus the grace period of the job holding it (v7): past it, the trial is dead, whatever
+    # the looking job's own grace period. NULL when released, or written by an earlier release: then the
+    # heartbeat and the looking job's grace period decide
+    deadline: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     # runs of it that died while holding it (its heartbeat went stale, not released): bounded resumes (v4)
     crashes: Mapped[int] = mapped_column(Integer, server_default="0")
     # propulate, optuna or random (v6; NULL in trials of earlier releases): what ran, where the study's own

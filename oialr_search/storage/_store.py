@@ -163,11 +163,13 @@ class Store:
 
     # -- trials ------------------------------------------------------------------------------------
     def start_trial(self, study: Study, *, params: dict, rank: int, island: int | None, device: str,
-                    config: dict | None = None, limit: int | None = None, backend: str | None = None) -> Trial | None:
+                    config: dict | None = None, limit: int | None = None, backend: str | None = None,
+                    grace: float | None = None) -> Trial | None:
         """Record a RUNNING trial with the next free number (safe with concurrent writers).
 
         With ``limit``, returns None instead once the study holds that many trials that are not
         INTERRUPTED (the check and the insert are one transaction). ``backend``: what proposed it.
+        ``grace``: the job's grace period, which sets the trial's deadline (None: none; see claim_dead).
         """
         owner = uuid.uuid4().hex
         for _ in range(20):
@@ -175,7 +177,8 @@ class Store:
                 with self._tx.write() as tx:  # started (the first heartbeat) once the lock is held, after the wait
                     started = self.now()
                     row = {"rank": rank, "island": island, "device": device, "params": params, "started": started,
-                           "heartbeat": started, "owner": owner, "backend": backend}
+                           "heartbeat": started, "deadline": _writes.deadline(started, grace), "owner": owner,
+                           "backend": backend}
                     claimed = _writes.start_trial(tx, study_id=study.id, row=row, config=config, limit=limit)
                 if claimed is None:
                     return None
@@ -211,14 +214,15 @@ class Store:
         self._owned.pop(trial_id, None)
 
     # -- liveness: heartbeats and resuming the trials of dead jobs ----------------------------------------
-    def beat(self, trial_id: int) -> bool:
-        """Refresh a running trial's heartbeat (one short write; the heartbeat thread calls it). False
-        when this store no longer holds the trial (another job took it over)."""
+    def beat(self, trial_id: int, *, grace: float | None = None) -> bool:
+        """Refresh a running trial's heartbeat, and its deadline to ``grace`` seconds from now (one short write;
+        the heartbeat thread calls it). False when this store no longer holds the trial (another job took it
+        over)."""
         owner = self._owned.get(trial_id)
         if owner is None:
             return False
         with self._tx.write() as tx:
-            return _writes.beat(tx, trial_id, owner, self.now())
+            return _writes.beat(tx, trial_id, owner, self.now(), grace)
 
     def release(self, trial_id: int) -> None:
         """Leave a trial RUNNING but dead at once (its job is stopping and checkpointed it): the next
@@ -230,12 +234,12 @@ class Store:
             _writes.release(tx, trial_id, owner)
 
     def claim_dead(self, study: Study, *, grace: float, rank: int, device: str) -> Trial | None:
-        """Atomically take over the lowest-numbered RUNNING trial whose heartbeat is older than ``grace``
-        seconds (or NULL): its heartbeat becomes now, its rank and device this rank's. None if there is
+        """Atomically take over the lowest-numbered dead RUNNING trial: its deadline has passed, or it has none
+        and its heartbeat is NULL or older than ``grace`` seconds (this job's grace period). Its heartbeat
+        becomes now, its deadline ``grace`` seconds from now, its rank and device this rank's. None if there is
         none. Two jobs never claim the same trial: the check and the update are one write transaction."""
-        cutoff = self.now() - timedelta(seconds=grace)
         with self._tx.read() as tx:  # every rank asks before every trial; almost always there is none
-            if not _writes.any_dead(tx, study_id=study.id, cutoff=cutoff):
+            if not _writes.any_dead(tx, study_id=study.id, now=self.now(), grace=grace):
                 return None
         owner = uuid.uuid4().hex
         with self._tx.write() as tx:
@@ -249,19 +253,20 @@ class Store:
             return _trials(s, [row], full=True)[0]
 
     def dead_trials(self, study: Study, *, grace: float) -> int:
-        """How many RUNNING trials have no live heartbeat (their jobs died: the next job resumes them)."""
-        cutoff = self.now() - timedelta(seconds=grace)
+        """How many RUNNING trials are dead (their jobs died: the next job resumes them); ``grace``: the looking
+        job's, for trials without a deadline (see claim_dead)."""
+        now = self.now()
         with self.session(write=False) as s:
-            return s.scalar(select(func.count()).where(
-                TrialRow.study_id == study.id, TrialRow.state == RUNNING,
-                or_(TrialRow.heartbeat.is_(None), TrialRow.heartbeat < cutoff))) or 0
+            return s.scalar(_writes.COUNT_DEAD, {"sid": study.id, "now": now,
+                                                 "cutoff": now - timedelta(seconds=grace)}) or 0
 
-    def heartbeats(self, study: Study) -> dict[int, tuple[int, datetime | None]]:
-        """The RUNNING trials by id: (number, last heartbeat) (one read: a job that drains watches them)."""
+    def heartbeats(self, study: Study) -> dict[int, tuple[int, datetime | None, datetime | None]]:
+        """The RUNNING trials by id: (number, last heartbeat, deadline) (one read: a job that drains watches
+        them; see ``_writes.is_dead``)."""
         with self.session(write=False) as s:
-            rows = s.execute(select(TrialRow.id, TrialRow.number, TrialRow.heartbeat).where(
+            rows = s.execute(select(TrialRow.id, TrialRow.number, TrialRow.heartbeat, TrialRow.deadline).where(
                 TrialRow.study_id == study.id, TrialRow.state == RUNNING)).all()
-        return {trial_id: (number, beat) for trial_id, number, beat in rows}
+        return {trial_id: (number, beat, deadline) for trial_id, number, beat, deadline in rows}
 
     def mark_interrupted(self, study: Study) -> int:
         """Mark the trials left RUNNING by a job that died; returns how many."""

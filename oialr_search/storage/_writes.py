@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import bindparam, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.sql import Executable
@@ -325,42 +325,60 @@ class Transactions:
 
 
 # -- liveness ------------------------------------------------------------------------------------------
+# A RUNNING trial is dead once its deadline has passed (v7: the holding job's last beat plus that job's grace
+# period, so jobs with different heartbeat intervals judge a trial alike); one without a deadline (released by
+# its job, or written by an earlier release) once its heartbeat is NULL or older than ``cutoff`` (the looking
+# job's grace period ago).
+_IS_DEAD = or_(TrialRow.deadline < bindparam("now"),
+               and_(TrialRow.deadline.is_(None),
+                    or_(TrialRow.heartbeat.is_(None), TrialRow.heartbeat < bindparam("cutoff"))))
 # both only while the caller still holds the trial: a run that lost it must not keep it alive, or free it
 _BEAT = update(TrialRow).where(TrialRow.id == bindparam("tid"), TrialRow.state == RUNNING,
                                TrialRow.owner == bindparam("me"))
 _RELEASE = _BEAT
 _DEAD = (select(TrialRow.id, TrialRow.heartbeat, TrialRow.crashes)
-         .where(TrialRow.study_id == bindparam("sid"), TrialRow.state == RUNNING,
-                or_(TrialRow.heartbeat.is_(None), TrialRow.heartbeat < bindparam("cutoff")))
+         .where(TrialRow.study_id == bindparam("sid"), TrialRow.state == RUNNING, _IS_DEAD)
          .order_by(TrialRow.number).limit(1).with_for_update(skip_locked=True))
-_ANY_DEAD = (select(TrialRow.id)
-             .where(TrialRow.study_id == bindparam("sid"), TrialRow.state == RUNNING,
-                    or_(TrialRow.heartbeat.is_(None), TrialRow.heartbeat < bindparam("cutoff"))).limit(1))
+_ANY_DEAD = select(TrialRow.id).where(TrialRow.study_id == bindparam("sid"), TrialRow.state == RUNNING,
+                                      _IS_DEAD).limit(1)
+COUNT_DEAD = select(func.count()).where(TrialRow.study_id == bindparam("sid"), TrialRow.state == RUNNING, _IS_DEAD)
 
 
-def beat(tx: Executor, trial_id: int, owner: str, now: datetime) -> bool:
-    """False when ``owner`` no longer holds the trial."""
-    return bool(tx.run(_BEAT, {"tid": trial_id, "me": owner, "heartbeat": now}))
+def is_dead(heartbeat: datetime | None, deadline: datetime | None, *, now: datetime, grace: float) -> bool:
+    """The rule above for a trial already read: ``grace`` is the looking job's, used when there is no deadline."""
+    if deadline is not None:
+        return deadline < now
+    return heartbeat is None or heartbeat < now - timedelta(seconds=grace)
+
+
+def deadline(now: datetime, grace: float | None) -> datetime | None:
+    """A holder's deadline: ``now`` plus its grace period (None: no deadline, the looking job's grace decides)."""
+    return now + timedelta(seconds=grace) if grace is not None else None
+
+
+def beat(tx: Executor, trial_id: int, owner: str, now: datetime, grace: float | None = None) -> bool:
+    """False when ``owner`` no longer holds the trial. ``grace``: the holding job's grace period."""
+    return bool(tx.run(_BEAT, {"tid": trial_id, "me": owner, "heartbeat": now, "deadline": deadline(now, grace)}))
 
 
 def release(tx: Executor, trial_id: int, owner: str) -> None:
-    tx.run(_RELEASE, {"tid": trial_id, "me": owner, "heartbeat": None})
+    tx.run(_RELEASE, {"tid": trial_id, "me": owner, "heartbeat": None, "deadline": None})
 
 
-def any_dead(tx: Executor, *, study_id: int, cutoff: datetime) -> bool:
-    """Whether the study has a trial whose heartbeat is older than ``cutoff`` (a read: the claim that follows
-    re-checks under the lock)."""
-    return tx.first(_ANY_DEAD, {"sid": study_id, "cutoff": cutoff}) is not None
+def any_dead(tx: Executor, *, study_id: int, now: datetime, grace: float) -> bool:
+    """Whether the study has a dead trial (a read: the claim that follows re-checks under the lock)."""
+    return tx.first(_ANY_DEAD, {"sid": study_id, "now": now, "cutoff": now - timedelta(seconds=grace)}) is not None
 
 
 def claim_dead(tx: Executor, *, study_id: int, now: datetime, grace: float, rank: int, device: str,
                owner: str) -> int | None:
-    """The id of the dead trial this transaction took over for ``owner`` (see Store.claim_dead), or None."""
-    found = tx.first(_DEAD, {"sid": study_id, "cutoff": now - timedelta(seconds=grace)})
+    """The id of the dead trial this transaction took over for ``owner`` (see Store.claim_dead), or None.
+    ``grace``: the claiming job's, which judges trials without a deadline and sets the claimed one's."""
+    found = tx.first(_DEAD, {"sid": study_id, "now": now, "cutoff": now - timedelta(seconds=grace)})
     if found is None:
         return None
     # a stale heartbeat: the run died holding it (a released trial, or one of an older release, has none)
     crashes = (found[2] or 0) + (found[1] is not None)
-    tx.run(_UPDATE_TRIAL, {"tid": found[0], "heartbeat": now, "rank": rank, "device": device, "owner": owner,
-                           "crashes": crashes})
+    tx.run(_UPDATE_TRIAL, {"tid": found[0], "heartbeat": now, "deadline": deadline(now, grace), "rank": rank,
+                           "device": device, "owner": owner, "crashes": crashes})
     return found[0]

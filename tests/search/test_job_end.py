@@ -79,7 +79,7 @@ class _Store:
 
     def heartbeats(self, study):  # noqa: ANN001, ANN201
         self.looks -= 1
-        return {7: (3, self.beat)} if self.looks >= 0 else {}  # beating (the same beat: silent, not yet dead)
+        return {7: (3, self.beat, None)} if self.looks >= 0 else {}  # the same beat: silent, not yet dead
 
     def now(self) -> datetime:
         return self.beat + timedelta(seconds=1)

@@ -1,6 +1,7 @@
 """Searches that survive their jobs: trials checkpoint as they run, a job that is killed or preempted
 leaves them resumable, the next job resumes them where they were, and jobs share a study safely."""
 
+import contextlib
 import json
 import os
 import signal
@@ -378,3 +379,36 @@ def test_a_job_started_right_after_a_kill_resumes_the_trial_that_still_looks_ali
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "trial 0 stopped beating" in resumed.stdout and "resuming trial 0 of an earlier job" in resumed.stdout
     assert [r["state"] for r in trials(tmp_path, "d")] == ["COMPLETE"]
+
+
+def test_a_job_with_a_shorter_heartbeat_leaves_the_live_trials_of_a_slower_beating_job_alone(tmp_path):
+    """A trial is judged by the grace period of the job that holds it (its deadline, v7), not by the looking
+    job's: a job with OIALR_SEARCH_HEARTBEAT=0.2 (grace 1.2 s) beside one that beats every 4 s took the other's
+    live trial over between two of its beats, and the other job's run of it was dropped."""
+    (tmp_path / "space.yaml").write_text(SPACE)
+    slow = subprocess.Popen([sys.executable, "-m", "oialr_search", "run", "space.yaml", "--study", "d", "--budget",
+                             "2", "--backend", "optuna"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True,
+                            env={**os.environ, "OIALR_SEARCH_STORAGE": "", "OMP_NUM_THREADS": "1",
+                                 "OIALR_SEARCH_HEARTBEAT": "4"})
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and proc_alive(slow):
+            time.sleep(0.2)
+            with contextlib.suppress(sqlite3.OperationalError):
+                if any(r["state"] == "RUNNING" and (r["last_epoch"] or 0) >= 1 for r in trials(tmp_path, "d")):
+                    break
+        time.sleep(2)  # the trial's heartbeat is now older than the fast job's grace period
+        fast = run(["resume", "--study", "d"], tmp_path, env={"OIALR_SEARCH_HEARTBEAT": "0.2"})
+        out, err = slow.communicate(timeout=180)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(slow.pid, signal.SIGKILL)
+    assert fast.returncode == 0 and slow.returncode == 0, (fast.stderr[-2000:], err[-2000:])
+    assert "resuming trial 0" not in fast.stdout and "taken over" not in err
+    rows = trials(tmp_path, "d")
+    assert [r["state"] for r in rows] == ["COMPLETE", "COMPLETE"] and rows[0]["crashes"] == 0
+
+
+def proc_alive(proc: subprocess.Popen) -> bool:
+    return proc.poll() is None

@@ -97,9 +97,9 @@ class V1Meta(V1):
 
 
 NEW_COLUMNS = {"oialr_studies": {"objectives", "constraints", "jobs"},  # jobs: v5
-               # heartbeat and owner: v3; crashes: v4; backend: v6
+               # heartbeat and owner: v3; crashes: v4; backend: v6; deadline: v7
                "oialr_trials": {"objective_values", "feasible", "last_epoch", "heartbeat", "owner", "crashes",
-                                "backend"},
+                                "backend", "deadline"},
                "oialr_trial_epochs": {"compression", "train_seconds"}}
 NEW_DEFAULTS = {"crashes": 0, "jobs": 0}  # the new columns' values in old rows; None for the others
 PAYLOADS = "oialr_trial_payloads"
@@ -737,9 +737,9 @@ def test_schema_check_does_not_wait_for_a_writer(tmp_path, start):
         engine.dispose()
 
 
-@pytest.mark.parametrize("release", ["v2", "v3", "v4"])
+@pytest.mark.parametrize("release", ["v2", "v3", "v4", "v6"])
 def test_a_database_of_an_earlier_release_is_upgraded_with_every_row(tmp_path, release):
-    """v1 -> v2, v3 or v4 (the schemas of earlier releases, a study with a finished and a RUNNING trial), then
+    """v1 -> v2, v3, v4 or v6 (the schemas of earlier releases, a study with a finished and a RUNNING trial), then
     this release's `storage upgrade --force`: every row kept, the new columns NULL (crashes, jobs 0), the RUNNING
     trial resumable."""
     url = make_v1(tmp_path / f"{release}.db", running=True)
@@ -758,7 +758,8 @@ def test_a_database_of_an_earlier_release_is_upgraded_with_every_row(tmp_path, r
         assert len(after[table]) == len(rows)
         for old, new in zip(rows, after[table], strict=True):
             if table == "oialr_trials":  # left NULL by v2 for trials stored before it; v6 fills it in
-                assert old["last_epoch"] is None and new["last_epoch"] == last_stored_epoch(after, new["id"])
+                assert old["last_epoch"] == (None if release < "v6" else new["last_epoch"])
+                assert new["last_epoch"] == last_stored_epoch(after, new["id"])
                 old = {**old, "last_epoch": new["last_epoch"]}
             assert {k: new[k] for k in old} == old or table == "oialr_meta"
             assert all(new[k] == NEW_DEFAULTS.get(k) for k in set(new) - set(old))

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from oialr_search.storage import COMPLETE, RUNNING, Store, TrialTakenOver
+from oialr_search.storage import COMPLETE, RUNNING, Store, TrialTakenOver, is_dead
 from oialr_search.storage._clock import DatabaseClock, host_now
 
 EPOCH = {"epoch": 1, "step": 3, "train_loss": 1.0, "val_loss": 0.5, "top1": 50.0, "top5": 90.0, "lr": 1e-3,
@@ -76,7 +76,41 @@ def test_claims_count_the_runs_that_died_holding_the_trial(store_url):
         b.report_epochs(trial.id, [EPOCH])  # progress: the deaths so far were not the trial's doing
         assert b.get_trial(study, trial.number).crashes == 0
         time.sleep(0.05)
+        # b's claim set the trial's deadline a minute ahead (b's grace period): a's shorter one does not count
+        assert a.claim_dead(study, grace=0.01, rank=0, device="cpu") is None
+        assert b.beat(trial.id, grace=0.01)  # b's last beat, as a job with a short grace period
+        time.sleep(0.05)
         assert a.claim_dead(study, grace=0.01, rank=0, device="cpu").crashes == 1
+    finally:
+        a.engine.dispose()
+        b.engine.dispose()
+
+
+def test_a_trial_is_dead_by_the_deadline_of_the_job_holding_it_not_by_the_looking_jobs_grace(store_url):
+    """v7: each start, beat and claim sets the trial's deadline from the holding job's grace period; a job with a
+    shorter one (another OIALR_SEARCH_HEARTBEAT) took live trials over, one with a longer one waited too long."""
+    a, b = Store(store_url), Store(store_url)
+    try:
+        study = a.create_study(name="s", space={"raw": {}}, space_path="", metric="val_loss", direction="minimize",
+                               backend="optuna", seed=0, budget=5)
+        slow = a.start_trial(study, params={"x": 1}, rank=0, island=None, device="cpu", grace=3600)
+        quick = a.start_trial(study, params={"x": 2}, rank=0, island=None, device="cpu", grace=0.05)
+        time.sleep(0.1)
+        for grace in (0.01, 3600):  # whatever the looking job's grace: the quick trial is dead, the slow one alive
+            assert b.dead_trials(study, grace=grace) == 1
+            now = b.now()
+            assert {number: is_dead(beat, deadline, now=now, grace=grace)
+                    for number, beat, deadline in b.heartbeats(study).values()} == {0: False, 1: True}
+        taken = b.claim_dead(study, grace=0.5, rank=1, device="cpu")
+        assert taken is not None and taken.number == quick.number
+        assert b.claim_dead(study, grace=0.01, rank=1, device="cpu") is None  # the slow one, and b's claim: alive
+        assert a.beat(slow.id, grace=0.05)  # its holder's next deadline is 50 ms ahead
+        time.sleep(0.6)
+        first = b.claim_dead(study, grace=3600, rank=1, device="cpu")
+        second = a.claim_dead(study, grace=3600, rank=0, device="cpu")
+        assert (first.number, second.number) == (slow.number, quick.number)
+        a.release(quick.id)  # released: dead at once, also to a job with a long grace period
+        assert b.dead_trials(study, grace=3600) == 1
     finally:
         a.engine.dispose()
         b.engine.dispose()
