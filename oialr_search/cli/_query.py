@@ -175,8 +175,8 @@ def _status(store: Store, name: str) -> bool:
           + (f"{stopped} stopped, " if stopped else "")
           + f"{counts.get(PRUNED, 0)} pruned, {counts.get(FAILED, 0)} failed, {counts.get(INTERRUPTED, 0)} interrupted")
     if stopped:
-        print(f"stopped: {stopped} trial(s) whose job ended or died while training them (no heartbeat); a job of the "
-              f"study resumes them from their checkpoints: oialr-search resume --study {shlex.quote(study.name)}")
+        print(f"stopped: {stopped} trial(s) whose job ended or died while training them (no live heartbeat); a job of "
+              f"the study resumes them from their checkpoints: oialr-search resume --study {shlex.quote(study.name)}")
     print(f"elapsed: {elapsed}" + (" (no job is training a trial now)" if stopped and not running else "")
           + (": the last job stopped before any trial ended" if elapsed == "unknown" else ""))
     done = not counts.get(RUNNING, 0) and sum(counts.get(s, 0) for s in (COMPLETE, FAILED, PRUNED)) >= study.budget

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..exceptions import ConfigError
-from ..storage import FAILED, PRUNED, Store, Study, Trial, TrialTakenOver, transient
+from ..storage import FAILED, PRUNED, Store, Study, Trial, TrialTakenOver, holder_grace, transient
 from ._devices import Placement
 from ._heartbeat import GRACE_INTERVALS, Heartbeat, grace_period, heartbeat_interval
 from ._objective import TrialOutcome, while_interrupted
@@ -116,7 +116,7 @@ class Trials:
         return ran
 
     def resume_dead(self, *, now: bool = False) -> Ran | None:
-        """Resume one RUNNING trial of a dead job (its heartbeat is older than the grace period), from
+        """Resume one RUNNING trial of a dead job (its deadline has passed: see Store.claim_dead), from
         its checkpoint: same number, params and seed. None when there is none (or when closed).
 
         Looks at most once per heartbeat interval unless ``now``: a trial becomes dead six intervals
@@ -174,7 +174,7 @@ class Trials:
                 if trial_id in told or beat is None:
                     continue
                 # the holding job's grace period (and so its interval), as its deadline says; ours without one
-                grace = (deadline - beat).total_seconds() if deadline is not None else grace_period()
+                grace = holder_grace(beat, deadline) or grace_period()
                 silent = (self.store.now() - beat).total_seconds()
                 if silent > 1.5 * grace / GRACE_INTERVALS:
                     told.add(trial_id)

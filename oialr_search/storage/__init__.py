@@ -4,7 +4,7 @@ from ._errors import StorageError, transient
 from ._migrate import SchemaOutdated, SchemaTooNew
 from ._schema import COMPLETE, FAILED, INTERRUPTED, PRUNED, RUNNING, STATES
 from ._store import DEFAULT_STORAGE, Store, Study, StudyNotFound, Trial, default_storage
-from ._writes import TrialTakenOver, is_dead
+from ._writes import TrialTakenOver, holder_grace, is_dead
 
 __all__ = [
     "COMPLETE",
@@ -23,6 +23,7 @@ __all__ = [
     "Trial",
     "TrialTakenOver",
     "default_storage",
+    "holder_grace",
     "is_dead",
     "transient",
 ]

@@ -215,9 +215,9 @@ class Store:
 
     # -- liveness: heartbeats and resuming the trials of dead jobs ----------------------------------------
     def beat(self, trial_id: int, *, grace: float | None = None) -> bool:
-        """Refresh a running trial's heartbeat, and its deadline to ``grace`` seconds from now (one short write;
-        the heartbeat thread calls it). False when this store no longer holds the trial (another job took it
-        over)."""
+        """Refresh a running trial's heartbeat, and its deadline to ``grace`` seconds from now (None: the deadline
+        is left, and no longer counts; one short write, the heartbeat thread's). False when this store no longer
+        holds the trial (another job took it over)."""
         owner = self._owned.get(trial_id)
         if owner is None:
             return False

@@ -163,7 +163,7 @@ def finish_trial(tx: Executor, trial_id: int, *, fields: dict, epochs: list[dict
     new = [e for e in epochs or [] if e["epoch"] > (reported or 0)]
     if new:
         tx.many(_INSERT_EPOCH, [epoch_row(trial_id, e) for e in new])
-    _update_owned(tx, trial_id, owner, {**fields, "finished": finished,
+    _update_owned(tx, trial_id, owner, {**fields, "finished": finished, "deadline": None,
                                         "duration": (finished - started).total_seconds(),
                                         "last_epoch": new[-1]["epoch"] if new else reported})
     if rank_trajectory is not None:
@@ -328,9 +328,12 @@ class Transactions:
 # A RUNNING trial is dead once its deadline has passed (v7: the holding job's last beat plus that job's grace
 # period, so jobs with different heartbeat intervals judge a trial alike); one without a deadline (released by
 # its job, or written by an earlier release) once its heartbeat is NULL or older than ``cutoff`` (the looking
-# job's grace period ago).
-_IS_DEAD = or_(TrialRow.deadline < bindparam("now"),
-               and_(TrialRow.deadline.is_(None),
+# job's grace period ago). A deadline before the heartbeat is none: a job of an earlier release (which may run
+# on after an upgrade: upgrades wait only for RUNNING trials) claims and beats without touching the deadline,
+# and the previous holder's would make its live trial look dead.
+_HAS_DEADLINE = TrialRow.deadline >= TrialRow.heartbeat  # (false when either is NULL)
+_IS_DEAD = or_(and_(_HAS_DEADLINE, TrialRow.deadline < bindparam("now")),
+               and_(~_HAS_DEADLINE | TrialRow.deadline.is_(None) | TrialRow.heartbeat.is_(None),
                     or_(TrialRow.heartbeat.is_(None), TrialRow.heartbeat < bindparam("cutoff"))))
 # both only while the caller still holds the trial: a run that lost it must not keep it alive, or free it
 _BEAT = update(TrialRow).where(TrialRow.id == bindparam("tid"), TrialRow.state == RUNNING,
@@ -344,9 +347,16 @@ _ANY_DEAD = select(TrialRow.id).where(TrialRow.study_id == bindparam("sid"), Tri
 COUNT_DEAD = select(func.count()).where(TrialRow.study_id == bindparam("sid"), TrialRow.state == RUNNING, _IS_DEAD)
 
 
+def holder_grace(heartbeat: datetime | None, deadline: datetime | None) -> float | None:
+    """The grace period of the job holding a trial, as its deadline says; None without one (see above)."""
+    if heartbeat is None or deadline is None or deadline < heartbeat:
+        return None
+    return (deadline - heartbeat).total_seconds()
+
+
 def is_dead(heartbeat: datetime | None, deadline: datetime | None, *, now: datetime, grace: float) -> bool:
     """The rule above for a trial already read: ``grace`` is the looking job's, used when there is no deadline."""
-    if deadline is not None:
+    if holder_grace(heartbeat, deadline) is not None:
         return deadline < now
     return heartbeat is None or heartbeat < now - timedelta(seconds=grace)
 
@@ -357,8 +367,10 @@ def deadline(now: datetime, grace: float | None) -> datetime | None:
 
 
 def beat(tx: Executor, trial_id: int, owner: str, now: datetime, grace: float | None = None) -> bool:
-    """False when ``owner`` no longer holds the trial. ``grace``: the holding job's grace period."""
-    return bool(tx.run(_BEAT, {"tid": trial_id, "me": owner, "heartbeat": now, "deadline": deadline(now, grace)}))
+    """False when ``owner`` no longer holds the trial. ``grace``: the holding job's grace period, which moves the
+    deadline; None leaves it as it is (it then falls behind the heartbeat: no deadline, see above)."""
+    fields = {"heartbeat": now} if grace is None else {"heartbeat": now, "deadline": deadline(now, grace)}
+    return bool(tx.run(_BEAT, {"tid": trial_id, "me": owner, **fields}))
 
 
 def release(tx: Executor, trial_id: int, owner: str) -> None:

@@ -101,6 +101,24 @@ def test_the_drain_looks_often_at_first_then_backs_off_to_half_a_heartbeat_inter
     assert slept == sorted(slept) and slept[-1] == 0.5  # then every half interval, at most 0.5 s
 
 
+def test_the_drain_says_when_a_silent_trial_will_be_resumed_by_its_holders_grace_period(monkeypatch, capsys):
+    # the job holding the trial beats every 100 s (its deadline is 600 s after its beat): this job's own
+    # grace period (6 s) says nothing about when the trial counts as dead
+    monkeypatch.setenv("OIALR_SEARCH_HEARTBEAT", "1")
+    monkeypatch.setattr("oialr_search.search._execution.time.sleep", lambda s: None)
+    store, looks = _Store(3), iter(range(3))
+    store.heartbeats = lambda study: \
+        {7: (3, store.beat, store.beat + timedelta(seconds=600))} if next(looks, None) is not None else {}
+    store.now = lambda: store.beat + timedelta(seconds=200)  # silent for two of its intervals
+    trials = object.__new__(Trials)
+    trials.lost, trials.stop, trials.store, trials.study, trials.rank = False, lambda: False, store, None, 0
+    trials.resume_dead = lambda now=False: None
+    trials.workers = type("W", (), {"send_task": staticmethod(lambda task: None)})()
+    trials.drain()
+    assert capsys.readouterr().out == ("[rank 0] trial 3 stopped beating 200s ago (its job was stopped?): resuming it "
+                                       "once 600s have passed without a beat\n")
+
+
 JOB = """
 import os, signal, sys, time
 from mpi4py import MPI

@@ -5,9 +5,12 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from sqlalchemy import select, update
 
-from oialr_search.storage import COMPLETE, RUNNING, Store, TrialTakenOver, is_dead
+from oialr_search.search._heartbeat import GRACE_INTERVALS, Heartbeat
+from oialr_search.storage import COMPLETE, RUNNING, Store, TrialTakenOver, holder_grace, is_dead
 from oialr_search.storage._clock import DatabaseClock, host_now
+from oialr_search.storage._schema import TrialRow
 
 EPOCH = {"epoch": 1, "step": 3, "train_loss": 1.0, "val_loss": 0.5, "top1": 50.0, "top5": 90.0, "lr": 1e-3,
          "trainable_fraction": 0.3, "seconds": 1.0}
@@ -114,6 +117,55 @@ def test_a_trial_is_dead_by_the_deadline_of_the_job_holding_it_not_by_the_lookin
     finally:
         a.engine.dispose()
         b.engine.dispose()
+
+
+def test_a_deadline_behind_the_heartbeat_is_none(store_url):
+    """A job of an earlier release, still running after the upgrade (upgrades wait only for RUNNING trials),
+    claims and beats without touching the deadline: the previous holder's, behind its heartbeat, must not make
+    its live trial look dead; it is judged by its heartbeat and the looking job's grace period, as before."""
+    a, b = Store(store_url), Store(store_url)
+    try:
+        study = a.create_study(name="s", space={"raw": {}}, space_path="", metric="val_loss", direction="minimize",
+                               backend="optuna", seed=0, budget=5)
+        trial = a.start_trial(study, params={}, rank=0, island=None, device="cpu", grace=0.05)
+        time.sleep(0.1)
+        with a.engine.begin() as conn:  # what an earlier release's claim and beat write: heartbeat and owner only
+            conn.execute(update(TrialRow).where(TrialRow.id == trial.id).values(heartbeat=a.now(), owner="old"))
+        assert b.dead_trials(study, grace=3600) == 0 and b.claim_dead(study, grace=3600, rank=1, device="cpu") is None
+        (number, beat, deadline), = b.heartbeats(study).values()
+        assert deadline < beat and holder_grace(beat, deadline) is None
+        assert not is_dead(beat, deadline, now=b.now(), grace=3600) and is_dead(beat, deadline, now=b.now(), grace=0)
+        time.sleep(0.1)
+        assert b.claim_dead(study, grace=0.05, rank=1, device="cpu").number == trial.number  # its beat is stale
+    finally:
+        a.engine.dispose()
+        b.engine.dispose()
+
+
+def test_each_beat_of_a_job_moves_the_deadline_to_its_grace_period_ahead(store_url):
+    store = Store(store_url)
+    try:
+        study = store.create_study(name="s", space={"raw": {}}, space_path="", metric="val_loss", direction="minimize",
+                                   backend="optuna", seed=0, budget=5)
+        trial = store.start_trial(study, params={}, rank=0, island=None, device="cpu", grace=7.0)
+        (_, started, first), = store.heartbeats(study).values()
+        assert holder_grace(started, first) == 7.0
+        heartbeat = Heartbeat(store, interval=0.05)
+        heartbeat.start(trial.id)
+        time.sleep(0.3)
+        heartbeat.stop()
+        heartbeat.close()
+        (_, beat, deadline), = store.heartbeats(study).values()
+        assert beat > started and holder_grace(beat, deadline) == pytest.approx(GRACE_INTERVALS * 0.05)
+        time.sleep(0.35)
+        assert store.beat(trial.id)  # no grace: the deadline stays, and counts no more once the heartbeat passes it
+        (_, beat, kept), = store.heartbeats(study).values()
+        assert kept == deadline and holder_grace(beat, kept) is None
+        store.finish_trial(trial.id, state=COMPLETE, epochs=[])
+        with store.engine.connect() as conn:
+            assert conn.scalar(select(TrialRow.deadline).where(TrialRow.id == trial.id)) is None
+    finally:
+        store.engine.dispose()
 
 
 def _clock_off_by(store: Store, offset: timedelta) -> None:
