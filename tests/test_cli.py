@@ -255,7 +255,7 @@ def test_status_of_a_study_whose_only_trial_stopped_counts_the_time_to_its_last_
                                direction="minimize", backend="optuna", seed=0, budget=1)
     trial = store.start_trial(study, params={}, rank=0, island=None, device="cpu")
     time.sleep(1.2)
-    assert store.beat(trial.id)  # its last sign of life, 1.2 s after its start; then its job dies
+    assert store.beat(trial.id, grace=None)  # its last sign of life, 1.2 s after its start; then its job dies
     time.sleep(0.8)
     assert main(["status", "--study", "s", "--storage", url]) == 0
     out = capsys.readouterr().out

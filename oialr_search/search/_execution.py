@@ -174,7 +174,8 @@ class Trials:
                 if trial_id in told or beat is None:
                     continue
                 # the holding job's grace period (and so its interval), as its deadline says; ours without one
-                grace = holder_grace(beat, deadline) or grace_period()
+                grace = holder_grace(beat, deadline)
+                grace = grace_period() if grace is None else grace
                 silent = (self.store.now() - beat).total_seconds()
                 if silent > 1.5 * grace / GRACE_INTERVALS:
                     told.add(trial_id)

@@ -69,8 +69,9 @@ class TrialRow(Base):
     heartbeat: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     owner: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the run holding it (v3)
     # its last heartbeat plus the grace period of the job holding it (v7): past it, the trial is dead, whatever
-    # the looking job's own grace period. NULL when released, or written by an earlier release: then the
-    # heartbeat and the looking job's grace period decide
+    # the looking job's own grace period. It counts only while the owner token is one of a job that keeps it
+    # (see _writes.DEADLINE_OWNER); without one (released, held by an earlier release's job) the heartbeat
+    # and the looking job's grace period decide
     deadline: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     # runs of it that died while holding it (its heartbeat went stale, not released): bounded resumes (v4)
     crashes: Mapped[int] = mapped_column(Integer, server_default="0")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -171,7 +170,7 @@ class Store:
         INTERRUPTED (the check and the insert are one transaction). ``backend``: what proposed it.
         ``grace``: the job's grace period, which sets the trial's deadline (None: none; see claim_dead).
         """
-        owner = uuid.uuid4().hex
+        owner = _writes.new_owner()
         for _ in range(20):
             try:
                 with self._tx.write() as tx:  # started (the first heartbeat) once the lock is held, after the wait
@@ -214,10 +213,10 @@ class Store:
         self._owned.pop(trial_id, None)
 
     # -- liveness: heartbeats and resuming the trials of dead jobs ----------------------------------------
-    def beat(self, trial_id: int, *, grace: float | None = None) -> bool:
-        """Refresh a running trial's heartbeat, and its deadline to ``grace`` seconds from now (None: the deadline
-        is left, and no longer counts; one short write, the heartbeat thread's). False when this store no longer
-        holds the trial (another job took it over)."""
+    def beat(self, trial_id: int, *, grace: float | None) -> bool:
+        """Refresh a running trial's heartbeat, and its deadline to ``grace`` seconds from now (None: no deadline,
+        as ``start_trial``'s; one short write, the heartbeat thread's). False when this store no longer holds the
+        trial (another job took it over)."""
         owner = self._owned.get(trial_id)
         if owner is None:
             return False
@@ -241,7 +240,7 @@ class Store:
         with self._tx.read() as tx:  # every rank asks before every trial; almost always there is none
             if not _writes.any_dead(tx, study_id=study.id, now=self.now(), grace=grace):
                 return None
-        owner = uuid.uuid4().hex
+        owner = _writes.new_owner()
         with self._tx.write() as tx:
             trial_id = _writes.claim_dead(tx, study_id=study.id, now=self.now(), grace=grace, rank=rank,
                                           device=device, owner=owner)
@@ -261,10 +260,10 @@ class Store:
                                                  "cutoff": now - timedelta(seconds=grace)}) or 0
 
     def heartbeats(self, study: Study) -> dict[int, tuple[int, datetime | None, datetime | None]]:
-        """The RUNNING trials by id: (number, last heartbeat, deadline) (one read: a job that drains watches
-        them; see ``_writes.is_dead``)."""
+        """The RUNNING trials by id: (number, last heartbeat, the deadline that counts or None) (one read: a job
+        that drains watches them; see ``is_dead``)."""
         with self.session(write=False) as s:
-            rows = s.execute(select(TrialRow.id, TrialRow.number, TrialRow.heartbeat, TrialRow.deadline).where(
+            rows = s.execute(select(TrialRow.id, TrialRow.number, TrialRow.heartbeat, _writes.DEADLINE).where(
                 TrialRow.study_id == study.id, TrialRow.state == RUNNING)).all()
         return {trial_id: (number, beat, deadline) for trial_id, number, beat, deadline in rows}
 

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import math
 import sqlite3
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.sql import Executable
@@ -328,13 +329,16 @@ class Transactions:
 # A RUNNING trial is dead once its deadline has passed (v7: the holding job's last beat plus that job's grace
 # period, so jobs with different heartbeat intervals judge a trial alike); one without a deadline (released by
 # its job, or written by an earlier release) once its heartbeat is NULL or older than ``cutoff`` (the looking
-# job's grace period ago). A deadline before the heartbeat is none: a job of an earlier release (which may run
-# on after an upgrade: upgrades wait only for RUNNING trials) claims and beats without touching the deadline,
-# and the previous holder's would make its live trial look dead.
-_HAS_DEADLINE = TrialRow.deadline >= TrialRow.heartbeat  # (false when either is NULL)
-_IS_DEAD = or_(and_(_HAS_DEADLINE, TrialRow.deadline < bindparam("now")),
-               and_(~_HAS_DEADLINE | TrialRow.deadline.is_(None) | TrialRow.heartbeat.is_(None),
-                    or_(TrialRow.heartbeat.is_(None), TrialRow.heartbeat < bindparam("cutoff"))))
+# job's grace period ago). A deadline counts only under an owner token of a job that keeps it (DEADLINE_OWNER):
+# a job of an earlier release, which may run on after an upgrade (upgrades wait only for RUNNING trials),
+# claims, beats and releases with its own token and leaves the deadline as it was, which would make its live
+# trial look dead.
+DEADLINE_OWNER = "dl:"
+_COUNTS = and_(TrialRow.deadline.is_not(None), TrialRow.owner.like(DEADLINE_OWNER + "%"))
+_IGNORED = or_(TrialRow.deadline.is_(None), TrialRow.owner.is_(None), TrialRow.owner.not_like(DEADLINE_OWNER + "%"))
+DEADLINE = case((_COUNTS, TrialRow.deadline), else_=None)  # the deadline that counts, or NULL
+_IS_DEAD = or_(and_(_COUNTS, TrialRow.deadline < bindparam("now")),
+               and_(_IGNORED, or_(TrialRow.heartbeat.is_(None), TrialRow.heartbeat < bindparam("cutoff"))))
 # both only while the caller still holds the trial: a run that lost it must not keep it alive, or free it
 _BEAT = update(TrialRow).where(TrialRow.id == bindparam("tid"), TrialRow.state == RUNNING,
                                TrialRow.owner == bindparam("me"))
@@ -347,16 +351,21 @@ _ANY_DEAD = select(TrialRow.id).where(TrialRow.study_id == bindparam("sid"), Tri
 COUNT_DEAD = select(func.count()).where(TrialRow.study_id == bindparam("sid"), TrialRow.state == RUNNING, _IS_DEAD)
 
 
+def new_owner() -> str:
+    """A token for the run that starts or claims a trial (its writes check it), marking a job that keeps a deadline."""
+    return DEADLINE_OWNER + uuid.uuid4().hex
+
+
 def holder_grace(heartbeat: datetime | None, deadline: datetime | None) -> float | None:
-    """The grace period of the job holding a trial, as its deadline says; None without one (see above)."""
-    if heartbeat is None or deadline is None or deadline < heartbeat:
-        return None
-    return (deadline - heartbeat).total_seconds()
+    """The grace period of the job holding a trial, from its heartbeat and the deadline that counts (``DEADLINE``);
+    None without one."""
+    return (deadline - heartbeat).total_seconds() if heartbeat is not None and deadline is not None else None
 
 
 def is_dead(heartbeat: datetime | None, deadline: datetime | None, *, now: datetime, grace: float) -> bool:
-    """The rule above for a trial already read: ``grace`` is the looking job's, used when there is no deadline."""
-    if holder_grace(heartbeat, deadline) is not None:
+    """The rule above for a trial already read (``deadline``: the one that counts, ``DEADLINE``): ``grace`` is the
+    looking job's, used when there is none."""
+    if deadline is not None:
         return deadline < now
     return heartbeat is None or heartbeat < now - timedelta(seconds=grace)
 
@@ -366,11 +375,10 @@ def deadline(now: datetime, grace: float | None) -> datetime | None:
     return now + timedelta(seconds=grace) if grace is not None else None
 
 
-def beat(tx: Executor, trial_id: int, owner: str, now: datetime, grace: float | None = None) -> bool:
+def beat(tx: Executor, trial_id: int, owner: str, now: datetime, grace: float | None) -> bool:
     """False when ``owner`` no longer holds the trial. ``grace``: the holding job's grace period, which moves the
-    deadline; None leaves it as it is (it then falls behind the heartbeat: no deadline, see above)."""
-    fields = {"heartbeat": now} if grace is None else {"heartbeat": now, "deadline": deadline(now, grace)}
-    return bool(tx.run(_BEAT, {"tid": trial_id, "me": owner, **fields}))
+    deadline (None: no deadline, the looking jobs' grace periods decide)."""
+    return bool(tx.run(_BEAT, {"tid": trial_id, "me": owner, "heartbeat": now, "deadline": deadline(now, grace)}))
 
 
 def release(tx: Executor, trial_id: int, owner: str) -> None:

@@ -2,6 +2,7 @@
 lost it can no longer write to it (keep it alive, free it, report epochs or store an outcome)."""
 
 import time
+import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -22,12 +23,12 @@ def test_a_claimed_trial_belongs_to_its_claimer_alone(store_url):
         study = a.create_study(name="s", space={"raw": {}}, space_path="", metric="val_loss", direction="minimize",
                                backend="optuna", seed=0, budget=5)
         trial = a.start_trial(study, params={"x": 1}, rank=0, island=None, device="cpu", config={"c": 1})
-        assert a.beat(trial.id) and b.claim_dead(study, grace=60, rank=1, device="cpu") is None  # alive
+        assert a.beat(trial.id, grace=None) and b.claim_dead(study, grace=60, rank=1, device="cpu") is None  # alive
         time.sleep(1.0)  # A's beat is older than the grace below, B's claim will be far younger (even under load)
         taken = b.claim_dead(study, grace=0.5, rank=1, device="cuda:1")  # A looks dead to B: B takes it
         assert taken.number == trial.number and taken.params == {"x": 1} and taken.config == {"c": 1}
         assert c.claim_dead(study, grace=0.5, rank=2, device="cpu") is None  # B's claim made it alive
-        assert not a.beat(trial.id)  # A learns it lost the trial ...
+        assert not a.beat(trial.id, grace=None)  # A learns it lost the trial ...
         with pytest.raises(TrialTakenOver):
             a.report_epochs(trial.id, [EPOCH])  # ... and cannot write to it
         with pytest.raises(TrialTakenOver):
@@ -54,7 +55,7 @@ def test_a_released_trial_is_dead_at_once(store_url):
         a.release(trial.id)  # preempted: checkpointed, resumable now
         assert a.dead_trials(study, grace=60) == 1
         assert b.claim_dead(study, grace=60, rank=0, device="cpu").number == trial.number
-        assert not a.beat(trial.id)
+        assert not a.beat(trial.id, grace=None)
     finally:
         a.engine.dispose()
         b.engine.dispose()
@@ -119,24 +120,29 @@ def test_a_trial_is_dead_by_the_deadline_of_the_job_holding_it_not_by_the_lookin
         b.engine.dispose()
 
 
-def test_a_deadline_behind_the_heartbeat_is_none(store_url):
+def test_the_deadline_does_not_count_under_a_job_of_an_earlier_release(store_url):
     """A job of an earlier release, still running after the upgrade (upgrades wait only for RUNNING trials),
-    claims and beats without touching the deadline: the previous holder's, behind its heartbeat, must not make
-    its live trial look dead; it is judged by its heartbeat and the looking job's grace period, as before."""
+    claims, beats and releases with its own token and leaves the deadline as it was: the previous holder's,
+    passing while that job holds the trial, made its live trial look dead. Its trials are judged by their
+    heartbeat and the looking job's grace period, as before v7 (two reviews)."""
     a, b = Store(store_url), Store(store_url)
     try:
         study = a.create_study(name="s", space={"raw": {}}, space_path="", metric="val_loss", direction="minimize",
                                backend="optuna", seed=0, budget=5)
-        trial = a.start_trial(study, params={}, rank=0, island=None, device="cpu", grace=0.05)
-        time.sleep(0.1)
-        with a.engine.begin() as conn:  # what an earlier release's claim and beat write: heartbeat and owner only
-            conn.execute(update(TrialRow).where(TrialRow.id == trial.id).values(heartbeat=a.now(), owner="old"))
+        trial = a.start_trial(study, params={}, rank=0, island=None, device="cpu", grace=0.3)
+        old = update(TrialRow).where(TrialRow.id == trial.id)
+        with a.engine.begin() as conn:  # the earlier release's claim (before a's deadline) and its beats
+            conn.execute(old.values(heartbeat=a.now(), owner=uuid.uuid4().hex))
+        time.sleep(0.4)  # a's deadline has passed, the old job's last beat is 0.4 s old
         assert b.dead_trials(study, grace=3600) == 0 and b.claim_dead(study, grace=3600, rank=1, device="cpu") is None
-        (number, beat, deadline), = b.heartbeats(study).values()
-        assert deadline < beat and holder_grace(beat, deadline) is None
-        assert not is_dead(beat, deadline, now=b.now(), grace=3600) and is_dead(beat, deadline, now=b.now(), grace=0)
-        time.sleep(0.1)
-        assert b.claim_dead(study, grace=0.05, rank=1, device="cpu").number == trial.number  # its beat is stale
+        (_, beat, deadline), = b.heartbeats(study).values()
+        assert deadline is None and holder_grace(beat, deadline) is None  # the stored one does not count
+        assert not is_dead(beat, deadline, now=b.now(), grace=3600) and is_dead(beat, deadline, now=b.now(), grace=0.1)
+        assert b.claim_dead(study, grace=0.1, rank=1, device="cpu").number == trial.number  # its beat is stale
+        b.release(trial.id)
+        with a.engine.begin() as conn:  # the earlier release's claim again, then its release: no heartbeat
+            conn.execute(old.values(heartbeat=None, owner=uuid.uuid4().hex, deadline=a.now() + timedelta(hours=1)))
+        assert b.dead_trials(study, grace=3600) == 1
     finally:
         a.engine.dispose()
         b.engine.dispose()
@@ -157,10 +163,9 @@ def test_each_beat_of_a_job_moves_the_deadline_to_its_grace_period_ahead(store_u
         heartbeat.close()
         (_, beat, deadline), = store.heartbeats(study).values()
         assert beat > started and holder_grace(beat, deadline) == pytest.approx(GRACE_INTERVALS * 0.05)
-        time.sleep(0.35)
-        assert store.beat(trial.id)  # no grace: the deadline stays, and counts no more once the heartbeat passes it
-        (_, beat, kept), = store.heartbeats(study).values()
-        assert kept == deadline and holder_grace(beat, kept) is None
+        assert store.beat(trial.id, grace=None)  # no deadline: the looking jobs' grace periods decide
+        (_, beat, deadline), = store.heartbeats(study).values()
+        assert deadline is None and holder_grace(beat, deadline) is None
         store.finish_trial(trial.id, state=COMPLETE, epochs=[])
         with store.engine.connect() as conn:
             assert conn.scalar(select(TrialRow.deadline).where(TrialRow.id == trial.id)) is None
@@ -184,13 +189,13 @@ def test_a_node_whose_clock_is_off_neither_looks_dead_nor_takes_live_trials(post
         study = on_time.create_study(name="s", space={"raw": {}}, space_path="", metric="val_loss",
                                      direction="minimize", backend="optuna", seed=0, budget=5)
         late = behind.start_trial(study, params={"x": 1}, rank=0, island=None, device="cpu")
-        assert behind.beat(late.id)
+        assert behind.beat(late.id, grace=None)
         live = on_time.start_trial(study, params={"x": 2}, rank=0, island=None, device="cpu")
         _clock_off_by(on_time, timedelta(minutes=10))  # a step after its first reading of the server's clock
         for store in (on_time, ahead):
             assert store.dead_trials(study, grace=60) == 0
             assert store.claim_dead(study, grace=60, rank=1, device="cpu") is None
-        assert behind.beat(late.id) and on_time.beat(live.id)  # both still hold their trials
+        assert behind.beat(late.id, grace=None) and on_time.beat(live.id, grace=None)  # both still hold their trials
         assert abs((behind.now() - ahead.now()).total_seconds()) < 5  # one clock
         behind.finish_trial(late.id, state=COMPLETE, value=0.1)
         stored = on_time.get_trial(study, late.number)

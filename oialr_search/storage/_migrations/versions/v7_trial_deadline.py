@@ -3,8 +3,9 @@ grace period. A trial is dead once its deadline has passed, whatever grace perio
 it uses: before, a job with a shorter ``OIALR_SEARCH_HEARTBEAT`` took over the live trials of one with a
 longer interval.
 
-One nullable column: a trial of an earlier release, or one released by its job, has none, and is judged
-by its heartbeat and the looking job's grace period, as before.
+One nullable column. A trial without a deadline that counts (released by its job, or held by a job of an
+earlier release, whose owner token lacks the ``dl:`` mark of jobs that keep one) is judged by its heartbeat
+and the looking job's grace period, as before.
 """
 
 import sqlalchemy as sa
