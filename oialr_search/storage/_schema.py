@@ -65,7 +65,8 @@ class TrialRow(Base):
     started: Mapped[datetime] = mapped_column(DateTime)
     finished: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     duration: Mapped[float | None] = mapped_column(Float, nullable=True)
-    # refreshed every few seconds while the trial runs (v3); a RUNNING trial with an old or NULL one is dead
+    # refreshed every few seconds while the trial runs (v3); with no deadline that counts (below), a RUNNING
+    # trial with an old or NULL one is dead (see _writes' liveness rule)
     heartbeat: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     owner: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the run holding it (v3)
     # its last heartbeat plus the grace period of the job holding it (v7): past it, the trial is dead, whatever

@@ -330,12 +330,13 @@ class Transactions:
 # period, so jobs with different heartbeat intervals judge a trial alike); one without a deadline (released by
 # its job, or written by an earlier release) once its heartbeat is NULL or older than ``cutoff`` (the looking
 # job's grace period ago). A deadline counts only under an owner token of a job that keeps it (DEADLINE_OWNER):
-# a job of an earlier release, which may run on after an upgrade (upgrades wait only for RUNNING trials),
+# a job of an earlier release, which may run on after an upgrade (one refuses only while trials are RUNNING),
 # claims, beats and releases with its own token and leaves the deadline as it was, which would make its live
 # trial look dead.
 DEADLINE_OWNER = "dl:"
-_COUNTS = and_(TrialRow.deadline.is_not(None), TrialRow.owner.like(DEADLINE_OWNER + "%"))
-_IGNORED = or_(TrialRow.deadline.is_(None), TrialRow.owner.is_(None), TrialRow.owner.not_like(DEADLINE_OWNER + "%"))
+_MARKED = func.substr(TrialRow.owner, 1, len(DEADLINE_OWNER)) == DEADLINE_OWNER  # (LIKE ignores case on SQLite)
+_COUNTS = and_(TrialRow.deadline.is_not(None), _MARKED)
+_IGNORED = or_(TrialRow.deadline.is_(None), TrialRow.owner.is_(None), ~_MARKED)
 DEADLINE = case((_COUNTS, TrialRow.deadline), else_=None)  # the deadline that counts, or NULL
 _IS_DEAD = or_(and_(_COUNTS, TrialRow.deadline < bindparam("now")),
                and_(_IGNORED, or_(TrialRow.heartbeat.is_(None), TrialRow.heartbeat < bindparam("cutoff"))))

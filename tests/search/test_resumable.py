@@ -399,6 +399,7 @@ def test_a_job_with_a_shorter_heartbeat_leaves_the_live_trials_of_a_slower_beati
                 if any(r["state"] == "RUNNING" and (r["last_epoch"] or 0) >= 1 for r in trials(tmp_path, "d")):
                     break
         time.sleep(2)  # the trial's heartbeat is now older than the fast job's grace period
+        assert [r["state"] for r in trials(tmp_path, "d")] == ["RUNNING"]  # (else the test proves nothing)
         fast = run(["resume", "--study", "d"], tmp_path, env={"OIALR_SEARCH_HEARTBEAT": "0.2"})
         out, err = slow.communicate(timeout=180)
     finally:

@@ -1,7 +1,8 @@
 """v7: a deadline per RUNNING trial, written by the job that holds it: its last heartbeat plus that job's
 grace period. A trial is dead once its deadline has passed, whatever grace period the job that looks at
 it uses: before, a job with a shorter ``OIALR_SEARCH_HEARTBEAT`` took over the live trials of one with a
-longer interval.
+longer interval. (A job of an earlier release, still running after the upgrade, still judges every trial by
+its own interval: its code is what it is.)
 
 One nullable column. A trial without a deadline that counts (released by its job, or held by a job of an
 earlier release, whose owner token lacks the ``dl:`` mark of jobs that keep one) is judged by its heartbeat
