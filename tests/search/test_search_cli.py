@@ -184,8 +184,10 @@ def test_killed_search_resumes_with_another_rank_count(tmp_path):
     write_space(tmp_path, epochs=6)
     cmd = [str(MPIEXEC), "-n", "2", sys.executable, "-m", "mpi4py", "-m", "oialr_search", "run", "space.yaml",
            "--study", "k", "--budget", "200"]
+    # the killed trials are dead 3 s after the kill: a trial is judged by the interval of the job that held it
+    beats = {"OIALR_SEARCH_HEARTBEAT": "0.5"}
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True, env={**os.environ, "OIALR_SEARCH_STORAGE": ""})
+                            start_new_session=True, env={**os.environ, "OIALR_SEARCH_STORAGE": "", **beats})
     deadline = time.time() + 180
     done = []
     while time.time() < deadline:
@@ -204,8 +206,7 @@ def test_killed_search_resumes_with_another_rank_count(tmp_path):
     # Propulate's own checkpoints are never written: every job rebuilds its islands from the database
     assert not list((tmp_path / "oialr_search.work" / "k" / "propulate").glob("job-*/island_*"))
     target = len(before) + 4
-    resumed = run(["resume", "--study", "k", "--budget", str(target)], tmp_path, ranks=4,
-                  env={"OIALR_SEARCH_HEARTBEAT": "0.5"})  # the killed trials are dead after 3 s
+    resumed = run(["resume", "--study", "k", "--budget", str(target)], tmp_path, ranks=4, env=beats)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     after = {r["number"]: r for r in trials(tmp_path, "k")}
     for number, row in before.items():  # no completed trial lost or changed
