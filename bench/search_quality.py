@@ -46,7 +46,7 @@ DIGITS_BASE = {
 
 
 def make_space(folder: Path, task: str, *, objectives: list[dict], pruner: dict | None, name: str,
-               epochs: int | None = None) -> Path:
+               epochs: int | None = None, sampler: str | None = None) -> Path:
     space = yaml.safe_load((ROOT / "search_spaces" / "mnist_quick.yaml").read_text())
     space.pop("objective", None)
     space.pop("description", None)
@@ -60,6 +60,8 @@ def make_space(folder: Path, task: str, *, objectives: list[dict], pruner: dict 
         space.setdefault("set", {})["train.epochs"] = epochs
     if pruner:
         space["pruner"] = pruner
+    if sampler:
+        space["sampler"] = sampler
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(space, sort_keys=False))
     return path
@@ -147,14 +149,15 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None, help="epochs per trial (default: the space's, 4 for mnist)")
     ap.add_argument("--min-epochs", type=int, default=1, help="ASHA's first rung, part (c)")
     ap.add_argument("--reduction", type=int, default=3, help="ASHA's reduction factor, part (c)")
+    ap.add_argument("--sampler", default=None, help="the Optuna backend's sampler (default: the space's, tpe)")
     ap.add_argument("--keep", type=Path, default=None, help="keep the databases in this folder")
     args = ap.parse_args()
     folder = args.keep or Path(tempfile.mkdtemp(prefix="oialr-quality-"))
     folder.mkdir(parents=True, exist_ok=True)
     single = make_space(folder, args.task, objectives=[{"metric": "val_loss"}], pruner=None, name="single",
-                        epochs=args.epochs)
+                        epochs=args.epochs, sampler=args.sampler)
     front = make_space(folder, args.task, objectives=[{"metric": "top1"}, {"metric": "trainable_fraction"}],
-                       pruner=None, name="front", epochs=args.epochs)
+                       pruner=None, name="front", epochs=args.epochs, sampler=args.sampler)
     asha = make_space(folder, args.task, objectives=[{"metric": "val_loss"}], name="asha", epochs=args.epochs,
                       pruner={"type": "asha", "min_epochs": args.min_epochs, "reduction": args.reduction})
     seeds = range(args.seeds)

@@ -16,12 +16,15 @@ it still ran (two jobs on one study) is looked at again, and added once it has a
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 
 from ..storage import COMPLETE, FAILED, INTERRUPTED, PRUNED, Store, Study, Trial
 from ._dimension import Dimension
-from ._objectives import Constraint, Scored
+from ._objectives import Constraint, Scored, minimize_sense
+from ._projection import projected_values
 from ._space import SearchSpace
 
 
@@ -50,29 +53,26 @@ def _violations(metrics: dict | None, constraints: Sequence[Constraint]) -> list
     return out
 
 
-def make_sampler(space: SearchSpace, seed: int):  # noqa: ANN201
-    import optuna
-
-    spec = space.sampler
-    if spec["type"] == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if spec["type"] == "nsga2":  # constraints reach NSGA-II and TPE through each trial's set_constraint
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=spec.get("population_size", 8))
-    # multivariate TPE models the dimensions jointly; few startup trials because our budgets are tens
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=spec.get("startup_trials", 5), multivariate=True)
+def _projected_metrics(space: SearchSpace, projected: Sequence[float]) -> dict:
+    """The metrics a projected pruned trial is judged by: its projected objectives only, so a constraint on
+    any other metric (not projected) counts as violated, as with Propulate (``projected_feasible``)."""
+    return {o.metric: v for o, v in zip(space.objectives, projected, strict=True)}
 
 
-def _frozen(t: Trial, dists: dict, space: SearchSpace):  # noqa: ANN202
+def _frozen(t: Trial, dists: dict, space: SearchSpace, projected: Sequence[float] | None = None):  # noqa: ANN202
+    """``t`` as an Optuna trial; a PRUNED one with ``projected`` values as COMPLETE with those."""
     import optuna
 
     n = len(space.objectives)
-    ok = t.state == COMPLETE and t.values is not None and len(t.values) == n and \
-        all(v is not None and math.isfinite(v) for v in t.values)
+    values = list(projected) if projected is not None else t.values
+    ok = (t.state == COMPLETE or projected is not None) and values is not None and len(values) == n and \
+        all(v is not None and math.isfinite(v) for v in values)
+    metrics = _projected_metrics(space, projected) if projected is not None else t.metrics
     extra = {}
     if space.constraints:
-        extra = {"constraints": {f"c{i}": v for i, v in enumerate(_violations(t.metrics, space.constraints))}}
+        extra = {"constraints": {f"c{i}": v for i, v in enumerate(_violations(metrics, space.constraints))}}
     if ok:
-        return optuna.trial.create_trial(params=t.params, distributions=dists, values=list(t.values),
+        return optuna.trial.create_trial(params=t.params, distributions=dists, values=values,
                                          state=optuna.trial.TrialState.COMPLETE, **extra)
     if t.state == PRUNED:
         steps = _last_step(t.last_epoch, t.values, n)
@@ -94,6 +94,81 @@ def _last_step(epoch: int | None, values: Sequence[float | None] | None, objecti
 DROPPED = object()  # what ``evaluate`` returns for a trial that ran but was not stored (see run_optuna)
 
 
+class _Feed:
+    """What one process's in-memory Optuna study has learned from the store.
+
+    Trials of every process reach it once they finish (``add``). For a sampler that
+    ``learns_from_running`` (the GP) it also holds the other processes' running trials as RUNNING
+    placeholders, told FAIL once they leave RUNNING (the finished trial is then added like any other),
+    and a PRUNED trial as COMPLETE with its projection to the end of training; one that cannot be
+    projected yet (no completed trial reached its epoch) waits until it can.
+    """
+
+    def __init__(self, ostudy, space: SearchSpace, store: Store, study: Study, dists: dict) -> None:  # noqa: ANN001
+        from ._samplers import learns_from_running
+
+        self.ostudy, self.space, self.store, self.study, self.dists = ostudy, space, store, study, dists
+        self.project = learns_from_running(space.sampler)
+        self.seen: set[int] = set()
+        self.placeholders: dict[int, int] = {}  # store id of another process's running trial -> Optuna number
+        self.unprojected: dict[int, Trial] = {}  # pruned trials waiting for a completed trial to project with
+        self.completed = False  # a trial completed since the waiting ones were last tried
+
+    def sync(self, running: Sequence[Trial]) -> None:
+        """Placeholders for the running trials not yet known; FAIL for those no longer running."""
+        import optuna
+
+        if not self.project:
+            return
+        now = {t.id for t in running}
+        for tid in [tid for tid in self.placeholders if tid not in now]:
+            self.ostudy.tell(self.placeholders.pop(tid), state=optuna.trial.TrialState.FAIL)
+        for t in running:
+            if t.id in self.placeholders or t.id in self.seen or set(t.params) != set(self.dists):
+                continue
+            try:
+                self.ostudy.add_trial(optuna.trial.create_trial(
+                    params=t.params, distributions=self.dists, state=optuna.trial.TrialState.RUNNING))
+            except ValueError:
+                continue  # a value outside the current space
+            self.placeholders[t.id] = self.ostudy.get_trials(deepcopy=False)[-1].number
+
+    def add(self, t: Trial) -> None:
+        """A finished trial, once (a pruned one perhaps later, see the class doc)."""
+        if t.id in self.seen:
+            return
+        self.seen.add(t.id)
+        self._add(t)
+
+    def retry_unprojected(self) -> None:
+        """Project the waiting pruned trials again if a trial completed since the last try."""
+        if self.completed and self.unprojected:
+            waiting, self.unprojected, self.completed = list(self.unprojected.values()), {}, False
+            for t in waiting:
+                self._add(t)
+
+    def _add(self, t: Trial) -> None:
+        if set(t.params) != set(self.dists) or t.state not in (COMPLETE, FAILED, PRUNED):
+            return
+        projected = None
+        if self.project and t.state == PRUNED:
+            projected = self.projected(t.values, t.last_epoch)
+            if projected is None:
+                self.unprojected[t.id] = t
+                return
+        self.completed |= t.state == COMPLETE
+        with contextlib.suppress(ValueError):  # a value outside the current space (edited before a resume)
+            self.ostudy.add_trial(_frozen(t, self.dists, self.space, projected))
+
+    def projected(self, values: Sequence[float | None] | None, epoch: int | None) -> list[float] | None:
+        """A pruned trial's values projected to the end of training, in the objectives' own directions."""
+        objectives = self.space.objectives
+        if not values or len(values) != len(objectives) or any(v is None for v in values):
+            return None
+        at_end = projected_values(self.store, self.study, objectives, epoch, minimize_sense(values, objectives))
+        return None if at_end is None else [v if o.minimize else -v for o, v in zip(objectives, at_end, strict=True)]
+
+
 def run_optuna(*, space: SearchSpace, store: Store, study: Study, seed: int, rank: int,
                evaluate: Callable[[dict], tuple[Trial, Scored, dict | None] | None],
                resume: Callable[[], bool] | None = None, enqueue: Sequence[dict] = (),
@@ -108,35 +183,31 @@ def run_optuna(*, space: SearchSpace, store: Store, study: Study, seed: int, ran
     """
     import optuna
 
+    from ._samplers import make_sampler
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     dists = {d.key: _distribution(d) for d in space.dimensions}
     directions = [o.direction for o in space.objectives]
-    sampler = make_sampler(space, (seed * 7919 + rank) % 2**32)  # numpy's RandomState takes [0, 2³²)
+    sampler = make_sampler(space.sampler, (seed * 7919 + rank) % 2**32)  # numpy's RandomState takes [0, 2³²)
     ostudy = optuna.create_study(directions=directions, sampler=sampler)
+    feed = _Feed(ostudy, space, store, study, dists)
     pending = list(enqueue)  # enqueued after the first sync, so a resume does not try them again
-    seen: set[int] = set()
     interrupted: dict[int, int] = {}  # id -> number of trials that may still get a result
     watermark = 0
     if ready is not None:
         ready()
     while True:
-        finished, watermark = store.finished_since(study, watermark)
+        finished, running, watermark = store.finished_since(study, watermark)
         if interrupted:
             finished += store.trials_numbered(study, list(interrupted.values()))
+        feed.sync(running)
         for t in finished:
             if t.state == INTERRUPTED:
                 interrupted.setdefault(t.id, t.number)
                 continue
             interrupted.pop(t.id, None)
-            if t.id in seen:
-                continue
-            seen.add(t.id)
-            if set(t.params) != set(dists) or t.state not in (COMPLETE, FAILED, PRUNED):
-                continue
-            try:
-                ostudy.add_trial(_frozen(t, dists, space))
-            except ValueError:
-                continue  # a value outside the current space (the space was edited before a resume)
+            feed.add(t)
+        feed.retry_unprojected()
         if resume is not None and resume():
             continue
         for params in pending:
@@ -151,14 +222,21 @@ def run_optuna(*, space: SearchSpace, store: Store, study: Study, seed: int, ran
             ostudy.tell(trial, state=optuna.trial.TrialState.FAIL)
             return
         stored, scored, metrics = result
-        seen.add(stored.id)
-        for i, v in enumerate(_violations(metrics, space.constraints)):
+        feed.seen.add(stored.id)
+        projected = feed.projected(scored.values, scored.stopped_at) \
+            if feed.project and scored.state == PRUNED else None
+        judged = metrics if projected is None else _projected_metrics(space, projected)
+        for i, v in enumerate(_violations(judged, space.constraints)):
             trial.set_constraint(f"c{i}", v)
-        if scored.state == COMPLETE:
-            ostudy.tell(trial, list(scored.values))
+        if scored.state == COMPLETE or projected is not None:  # a projection: learned from as completed
+            ostudy.tell(trial, list(scored.values) if projected is None else projected)
+            feed.completed |= scored.state == COMPLETE
         elif scored.state == PRUNED:
             for step, value in _last_step(scored.stopped_at, scored.values, len(directions)).items():
                 trial.report(value, step)
             ostudy.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            if feed.project:  # no completed trial to project it with yet: learned from once there is
+                feed.unprojected[stored.id] = dataclasses.replace(
+                    stored, state=PRUNED, values=scored.values, last_epoch=scored.stopped_at, metrics=metrics)
         else:
             ostudy.tell(trial, state=optuna.trial.TrialState.FAIL)

@@ -8,7 +8,8 @@ A space file (YAML)::
     # objectives: [{metric: top1}, {metric: trainable_fraction}]   (directions default per metric)
     constraints: {trainable_fraction: {max: 0.2}}           # optional: violators are infeasible
     pruner: {type: asha, min_epochs: 1, reduction: 3}       # optional: none (default), median, asha
-    sampler: tpe                                            # Optuna backend: tpe (default), nsga2, random
+    sampler: auto                                           # Optuna backend: auto (default: GP, then TPE), gp,
+                                                            # tpe, nsga2, random
     trial_timeout: 600              # seconds; a trial running longer is stopped and FAILED
     trial_checkpoint_minutes: 15    # also checkpoint a running trial within an epoch this often
     params:
@@ -38,7 +39,8 @@ from ._dimension import Dimension
 from ._objectives import METRICS, Constraint, Objective
 from .pruners import BasePruner, create_pruner
 
-SAMPLERS = {"tpe": {"startup_trials"}, "nsga2": {"population_size"}, "random": set()}
+SAMPLERS = {"auto": {"startup_trials"}, "gp": {"startup_trials"}, "tpe": {"startup_trials"},
+            "nsga2": {"population_size"}, "random": set()}
 TOP_KEYS = ("base", "set", "objective", "objectives", "constraints", "pruner", "sampler", "params", "trial_timeout",
             "trial_checkpoint_minutes", "keep_weights", "description")
 KEEP_WEIGHTS = ("front", "best", "none")  # which completed trials keep their trained weights (see _weights.py)
@@ -66,7 +68,7 @@ class SearchSpace:
     objectives: tuple[Objective, ...] = (Objective("val_loss", "minimize"),)
     constraints: tuple[Constraint, ...] = ()
     pruner: BasePruner = field(default_factory=lambda: create_pruner(None))
-    sampler: dict = field(default_factory=lambda: {"type": "tpe"})
+    sampler: dict = field(default_factory=lambda: {"type": "auto"})
     trial_timeout: float | None = None
     raw: dict = field(default_factory=dict)
     overrides: tuple[str, ...] = ()  # "key=value" items (run/resume --set), applied to the base after `set`
@@ -311,7 +313,7 @@ def _pruner(path: Path, spec: Any) -> BasePruner:
 
 
 def _sampler(path: Path, spec: Any) -> dict:
-    spec = {"type": "tpe"} if spec is None else ({"type": spec} if isinstance(spec, str) else spec)
+    spec = {"type": "auto"} if spec is None else ({"type": spec} if isinstance(spec, str) else spec)
     if not isinstance(spec, dict) or spec.get("type") not in SAMPLERS:
         got = spec.get("type") if isinstance(spec, dict) else spec
         raise _err(path, "sampler", f"must be one of {', '.join(SAMPLERS)} (or {{type: ..., ...}}), got {got!r}")

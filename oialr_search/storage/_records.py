@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -64,6 +65,14 @@ class Trial:
     feasible: bool | None = None  # None: no constraints were checked (v1 trials, failed trials)
     last_epoch: int | None = None
     crashes: int = 0  # runs of it that died while holding it (see Store.claim_dead)
+
+
+class Progress(NamedTuple):
+    """What :meth:`Store.finished_since` found: trials that finished, those still running, the next watermark."""
+
+    finished: list[Trial]
+    running: list[Trial]
+    watermark: int
 
 
 def _study(row: StudyRow) -> Study:

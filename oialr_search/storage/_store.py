@@ -17,7 +17,7 @@ from . import _writes
 from ._clock import SERVER_NOW, DatabaseClock
 from ._engine import open_database
 from ._errors import StudyNotFound
-from ._records import Study, Trial, _study, _trial, _trials
+from ._records import Progress, Study, Trial, _study, _trial, _trials
 from ._schema import (
     COMPLETE,
     INTERRUPTED,
@@ -284,19 +284,20 @@ class Store:
                 q = q.where(TrialRow.state.in_(states))
             return _trials(s, s.scalars(q.order_by(TrialRow.number)).all(), full=full)
 
-    def finished_since(self, study: Study, watermark: int) -> tuple[list[Trial], int]:
-        """Trials that are no longer RUNNING, with id >= ``watermark``, and the next watermark.
+    def finished_since(self, study: Study, watermark: int) -> Progress:
+        """Trials that are no longer RUNNING, with id >= ``watermark``, the trials still RUNNING, and the
+        next watermark.
 
         The watermark is the lowest id still RUNNING (or one past the highest id), so a trial that
         finishes after a later-numbered one is still returned by the next call; the caller skips
-        ids it has seen.
+        ids it has seen. Every RUNNING trial has an id at or above it, so ``running`` is all of them.
         """
         with self.session(write=False) as s:
             rows = s.scalars(select(TrialRow).where(TrialRow.study_id == study.id, TrialRow.id >= watermark)
                              .order_by(TrialRow.id)).all()
-        running = [r.id for r in rows if r.state == RUNNING]
-        nxt = min(running) if running else (rows[-1].id + 1 if rows else watermark)
-        return [_trial(r) for r in rows if r.state != RUNNING], nxt
+        running = [r for r in rows if r.state == RUNNING]
+        nxt = running[0].id if running else (rows[-1].id + 1 if rows else watermark)
+        return Progress([_trial(r) for r in rows if r.state != RUNNING], [_trial(r) for r in running], nxt)
 
     def epochs(self, trial_id: int) -> list[dict]:
         with self.session(write=False) as s:

@@ -192,7 +192,7 @@ def test_queries_answer_while_a_writer_holds_the_lock_and_change_nothing(tmp_pat
         ("pruner: {type: hyperband}", "space.yaml: pruner.type: must be one of none, median, asha"),
         ("pruner: {type: asha, reduction: 1}", "space.yaml: pruner.reduction: must be an integer >= 2"),
         ("pruner: {type: median, rungs: 3}", "space.yaml: pruner.rungs: unknown field"),
-        ("sampler: cmaes", "space.yaml: sampler: must be one of tpe, nsga2, random"),
+        ("sampler: cmaes", "space.yaml: sampler: must be one of auto, gp, tpe, nsga2, random"),
         ("sampler: {type: nsga2, population_size: 1}", "space.yaml: sampler.population_size: expected an integer"),
         ("sampler: {type: tpe, population_size: 8}", "space.yaml: sampler.population_size: unknown option"),
     ],
@@ -232,15 +232,18 @@ def test_bad_pick_exits_2_with_one_line(tmp_path):
 PARAMS = {"oialr.beta": 0.1, "optim.lr": 0.005, "oialr.update_frequency": 3, "model.kwargs.hidden": 16}
 
 
-def _optuna_run(tmp_path, monkeypatch, before, finish, meanwhile=None, own=2):
+def _optuna_run(tmp_path, monkeypatch, before, finish, meanwhile=None, own=2, extra=""):
     """Run the Optuna backend for ``own`` trials of its own in a study that ``before(store, study)``
     prepared; ``finish(store, trial)`` stores each of them and returns its (Scored, metrics);
-    ``meanwhile(store)`` runs while the first one trains. Returns the backend's Optuna study."""
+    ``meanwhile(store)`` runs while the first one trains (``meanwhile(store, ostudy)`` if it takes two
+    arguments). Returns the backend's Optuna study."""
+    import inspect
+
     import optuna
 
     from oialr_search.search import _optuna_backend
 
-    write_space(tmp_path)
+    write_space(tmp_path, extra=extra)
     space = load_space(tmp_path / "space.yaml")
     store = Store(f"sqlite:///{tmp_path}/db.sqlite")
     study = store.create_study(name="s", space=space.to_dict(), space_path="", metric="val_loss",
@@ -253,7 +256,7 @@ def _optuna_run(tmp_path, monkeypatch, before, finish, meanwhile=None, own=2):
     def evaluate(p):
         calls.append(p)
         if len(calls) == 1 and meanwhile is not None:
-            meanwhile(store)
+            meanwhile(*(store, studies[0])[:len(inspect.signature(meanwhile).parameters)])
         if len(calls) > own:
             return None
         mine = store.start_trial(study, params=p, rank=0, island=None, device="cpu")
@@ -320,7 +323,7 @@ def test_optuna_ranks_pruned_trials_by_where_they_stopped(tmp_path, monkeypatch)
         store.finish_trial(mine.id, state=PRUNED, value=0.9, values=[0.9], epochs=[{"epoch": 1, "val_loss": 0.9}])
         return Scored(PRUNED, [0.9], True, None, stopped_at=1), {"val_loss": 0.9}
 
-    ostudy = _optuna_run(tmp_path, monkeypatch, before, finish, own=1)
+    ostudy = _optuna_run(tmp_path, monkeypatch, before, finish, own=1, extra="sampler: tpe")
     pruned = [t for t in ostudy.trials if t.state == optuna.trial.TrialState.PRUNED]
     assert sorted(list(t.intermediate_values.items()) for t in pruned) == [[(1, 0.9)], [(2, 0.7)]]
 

@@ -142,11 +142,12 @@ def test_finished_since_returns_trials_that_finish_out_of_order(store_url):
     study = _study(store)
     first, second = (store.start_trial(study, params={"i": i}, rank=i, island=None, device="cpu") for i in (0, 1))
     store.finish_trial(second.id, state=COMPLETE, value=1.0, values=[1.0])
-    got, mark = store.finished_since(study, 0)
+    got, running, mark = store.finished_since(study, 0)
     assert [t.id for t in got] == [second.id] and mark == first.id  # the first is still running
+    assert [(t.id, t.params) for t in running] == [(first.id, {"i": 0})]  # what a GP sampler spreads away from
     store.finish_trial(first.id, state=COMPLETE, value=2.0, values=[2.0])  # finishes after a later-numbered one
-    got, mark = store.finished_since(study, mark)
-    assert first.id in [t.id for t in got] and mark == second.id + 1
+    got, running, mark = store.finished_since(study, mark)
+    assert first.id in [t.id for t in got] and mark == second.id + 1 and running == []
 
 
 def test_constraints_keep_infeasible_trials_from_best(store_url):

@@ -1,0 +1,137 @@
+"""The Optuna backend's samplers: the default GP-then-TPE choice, and what the GP is given that TPE is
+not (other processes' running trials, pruned trials projected to the end of training)."""
+
+import optuna
+import pytest
+
+from oialr_search.search import Scored, load_space
+from oialr_search.search._samplers import AutoSampler, make_sampler
+from oialr_search.storage import COMPLETE, PRUNED
+
+from .test_multiobjective import PARAMS, _optuna_run
+from .test_search_cli import write_space
+
+Running, Complete, Pruned, Fail = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.COMPLETE,
+                                   optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+
+
+def _epochs(*values):
+    return [{"epoch": e, "val_loss": v} for e, v in enumerate(values, 1)]
+
+
+def _complete(store, mine):
+    store.finish_trial(mine.id, state=COMPLETE, value=1.0, values=[1.0])
+    return Scored(COMPLETE, [1.0], None, None), {"val_loss": 1.0}
+
+
+def test_the_default_sampler_is_auto_and_gp_is_selectable(tmp_path):
+    assert load_space(write_space(tmp_path)).sampler == {"type": "auto"}
+    space = load_space(write_space(tmp_path, extra="sampler: {type: gp, startup_trials: 3}"))
+    sampler = make_sampler(space.sampler, 0)
+    assert isinstance(sampler, optuna.samplers.GPSampler) and sampler._n_startup_trials == 3
+    assert isinstance(make_sampler({"type": "auto"}, 0), AutoSampler)
+    assert isinstance(make_sampler({"type": "tpe"}, 0), optuna.samplers.TPESampler)
+
+
+def test_auto_sampler_uses_the_gp_until_enough_trials_completed_then_tpe():
+    gp = optuna.samplers.GPSampler(seed=0, n_startup_trials=2)
+    tpe = optuna.samplers.TPESampler(seed=0, n_startup_trials=2)
+    auto = AutoSampler(gp=gp, tpe=tpe, gp_trials=4)
+    study = optuna.create_study(sampler=auto)
+    used = []
+    for _ in range(6):
+        trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+        used.append(auto.current)
+        study.tell(trial, (trial.params["x"] - 0.3) ** 2)
+    assert used == [gp] * 4 + [tpe] * 2
+    study.ask()  # a failed or running trial does not count towards the switch
+    study.tell(len(study.trials) - 1, state=Fail)
+    assert auto.current is tpe
+
+
+def test_the_gp_sees_other_processes_running_trials_until_they_finish(tmp_path, monkeypatch):
+    """While another rank trains a trial, this process's GP holds it as RUNNING (its q-batch expected
+    improvement then proposes away from it); once it finishes, the placeholder is FAIL and the result is
+    added as COMPLETE."""
+    trials, seen = {}, {}
+
+    def before(store, study):
+        trials["other"] = store.start_trial(study, params=PARAMS, rank=1, island=None, device="cpu")
+
+    def meanwhile(store, ostudy):
+        seen["while"] = [(t.state, t.params) for t in ostudy.trials]
+        store.finish_trial(trials["other"].id, state=COMPLETE, value=0.3, values=[0.3])
+
+    ostudy = _optuna_run(tmp_path, monkeypatch, before, _complete, meanwhile)
+    assert (Running, PARAMS) in seen["while"]  # the placeholder, beside this process's own running trial
+    states = [(t.state, t.values) for t in ostudy.trials][:-1]  # the last: the ask that found the budget used
+    assert states.count((Fail, None)) == 1 and (Complete, [0.3]) in states
+    assert sorted(t.values[0] for t in ostudy.trials if t.state == Complete) == [0.3, 1.0, 1.0]
+
+
+def test_tpe_gets_no_placeholders(tmp_path, monkeypatch):
+    trials = {}
+
+    def before(store, study):
+        trials["other"] = store.start_trial(study, params=PARAMS, rank=1, island=None, device="cpu")
+
+    ostudy = _optuna_run(tmp_path, monkeypatch, before, _complete, extra="sampler: tpe",
+                         meanwhile=lambda store: store.finish_trial(trials["other"].id, state=COMPLETE, value=0.3,
+                                                                    values=[0.3]))
+    assert [t.state for t in ostudy.trials][:-1] == [Complete] * 3
+
+
+def test_the_gp_learns_from_a_pruned_trial_by_its_projection(tmp_path, monkeypatch):
+    """Another rank's trial pruned at epoch 1 (0.9 then) reaches the GP as COMPLETE with its value
+    projected by the completed trial's change from epoch 1 to its end (0.8 → 0.5: -0.3), so 0.6."""
+    def before(store, study):
+        done = store.start_trial(study, params={**PARAMS, "oialr.beta": 0.2}, rank=1, island=None, device="cpu")
+        store.finish_trial(done.id, state=COMPLETE, value=0.5, values=[0.5], epochs=_epochs(0.8, 0.6, 0.5))
+        pruned = store.start_trial(study, params=PARAMS, rank=1, island=None, device="cpu")
+        store.finish_trial(pruned.id, state=PRUNED, value=0.9, values=[0.9], epochs=_epochs(0.9))
+
+    ostudy = _optuna_run(tmp_path, monkeypatch, before, _complete, own=1)
+    assert sorted(t.values[0] for t in ostudy.trials if t.state == Complete) == pytest.approx([0.5, 0.6, 1.0])
+    assert not [t for t in ostudy.trials if t.state == Pruned]
+
+
+def test_a_pruned_trial_with_nothing_to_project_with_waits_for_a_completed_trial(tmp_path, monkeypatch):
+    """This process's own trial is pruned at epoch 1 before any trial completed: told PRUNED (the GP
+    ignores it) and added as COMPLETE with its projection once another rank's trial completes."""
+    trials = {}
+
+    def before(store, study):
+        trials["other"] = store.start_trial(study, params={**PARAMS, "oialr.beta": 0.2}, rank=1, island=None,
+                                            device="cpu")
+
+    def finish(store, mine):
+        if not trials.get("mine"):
+            trials["mine"] = mine
+            store.finish_trial(mine.id, state=PRUNED, value=0.9, values=[0.9], epochs=_epochs(0.9))
+            return Scored(PRUNED, [0.9], None, None, stopped_at=1), {"val_loss": 0.9}
+        store.finish_trial(trials["other"].id, state=COMPLETE, value=0.4, values=[0.4],
+                           epochs=_epochs(0.7, 0.4))  # completes while this process trains its second trial
+        return _complete(store, mine)
+
+    ostudy = _optuna_run(tmp_path, monkeypatch, before, finish, own=2)
+    assert [t.intermediate_values for t in ostudy.trials if t.state == Pruned] == [{1: 0.9}]
+    assert sorted(t.values[0] for t in ostudy.trials if t.state == Complete) == pytest.approx([0.4, 0.6, 1.0])
+
+
+def test_a_projected_pruned_trial_is_judged_by_the_constraints_on_its_projection(tmp_path, monkeypatch):
+    """A constraint on an objective is judged on the projected value; one on any other metric (not
+    projected) counts as violated, as for Propulate."""
+    extra = "constraints: {val_loss: {max: 0.65}, trainable_fraction: {max: 0.5}}"
+
+    def before(store, study):
+        done = store.start_trial(study, params={**PARAMS, "oialr.beta": 0.2}, rank=1, island=None, device="cpu")
+        store.finish_trial(done.id, state=COMPLETE, value=0.5, values=[0.5], epochs=_epochs(0.8, 0.5),
+                           metrics={"val_loss": 0.5, "trainable_fraction": 0.1}, feasible=True)
+        pruned = store.start_trial(study, params=PARAMS, rank=1, island=None, device="cpu")
+        store.finish_trial(pruned.id, state=PRUNED, value=0.9, values=[0.9], epochs=_epochs(0.9),
+                           metrics={"val_loss": 0.9, "trainable_fraction": 0.1}, feasible=False)
+
+    ostudy = _optuna_run(tmp_path, monkeypatch, before, _complete, own=1, extra=extra)
+    projected = next(t for t in ostudy.trials if t.params == PARAMS)
+    assert projected.state == Complete and projected.values == pytest.approx([0.6])
+    assert list(projected.constraints.values()) == pytest.approx([0.6 - 0.65, 1.0])
