@@ -6,9 +6,12 @@ Launches each mode under the venv's mpiexec with the same ranks and an objective
 (sleep), then with a zero-cost objective, and prints:
   - fixed cost: completed evaluations per second as a fraction of ideal (ranks / cost);
   - zero cost: service time per trial (proposal + storage), rank-seconds / trials;
-(``--only fixed|zero|storage`` runs one part, ``--modes`` a subset of the modes)
-and finally storage figures on a 10,000-trial study with realistic rank trajectories: recording one
-trial, and the ``status``, ``best`` and ``pareto`` verbs (in-process, output discarded).
+(``--only fixed|zero|storage|sampler`` runs one part, ``--modes`` a subset of the modes)
+then storage figures on a 10,000-trial study with realistic rank trajectories: recording one
+trial, and the ``status``, ``best`` and ``pareto`` verbs (in-process, output discarded); and finally
+the Optuna samplers' own seconds per proposal by the trials they learn from. service-optuna searches
+with TPE, so that it measures the service: the default sampler's GP costs more per proposal, which
+the last part prints.
 The service's objectives report ``--epochs`` epochs per trial (each one stored as it happens), so
 the per-epoch writes are part of what is measured.
 Modes: ``service-propulate`` and ``service-optuna`` (our runner and store, real SQLite file),
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -28,10 +32,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+# TPE, the cheapest model-based sampler, so that service-optuna measures the service; what the default
+# sampler's GP costs per proposal is printed apart (--only sampler)
 SPACE = """\
 base:
   model: {name: mlp}
   data: {name: digits}
+sampler: tpe
 params:
   oialr.beta: {type: float, low: 0.05, high: 0.5, log: true}
   optim.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
@@ -220,6 +227,53 @@ def storage_figures(folder: Path, n: int = 10_000, trajectory_kb: int = 100) -> 
         print(f"{label:>12}: {_timed(lambda args=args: args.func(args)):7.1f} ms")
 
 
+def sampler_figures(counts: tuple[int, ...], reps: int = 3) -> None:
+    """Seconds per proposal of the Optuna backend's model-based samplers by the completed trials they
+    learn from, on the demo space's ten dimensions (search_spaces/mnist_quick.yaml), one thread."""
+    import random
+
+    import optuna
+    import torch
+
+    from oialr_search.search import load_space
+    from oialr_search.search._optuna_backend import _distribution
+    from oialr_search.search._samplers import make_sampler
+
+    torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = load_space(Path(__file__).resolve().parents[1] / "search_spaces" / "mnist_quick.yaml")
+    dists = {d.key: _distribution(d) for d in space.dimensions}
+    rng = random.Random(0)
+
+    def draw(d) -> float | int:  # noqa: ANN001 - uniform over the dimension's own (log) scale
+        lo, hi = (math.log(d.low), math.log(d.high)) if d.log else (d.low, d.high)
+        x = rng.uniform(lo, hi)
+        x = math.exp(x) if d.log else x
+        return min(d.high, max(d.low, round(x))) if isinstance(d, optuna.distributions.IntDistribution) else x
+
+    def propose(study) -> None:  # noqa: ANN001
+        trial = study.ask(dists)
+        study.tell(trial, _fake_value(trial.params))
+
+    print("\n== The Optuna sampler's own cost: seconds per proposal by completed trials learned from "
+          "(10 dimensions, one thread)")
+    print(f"{'sampler':>10} " + " ".join(f"{n:>7d}" for n in counts))
+    for kind in ("gp", "tpe"):
+        study = optuna.create_study(sampler=make_sampler({"type": kind}, 0))
+        row = []
+        for n in counts:
+            while len(study.trials) < n:
+                params = {k: draw(d) for k, d in dists.items()}
+                study.add_trial(optuna.trial.create_trial(params=params, distributions=dists,
+                                                          value=_fake_value(params)))
+            propose(study)  # untimed: the first proposal pays one-off costs
+            start = time.perf_counter()
+            for _ in range(reps):
+                propose(study)
+            row.append((time.perf_counter() - start) / reps)
+        print(f"{kind:>10} " + " ".join(f"{t:7.3f}" for t in row), flush=True)
+
+
 def fixed(args: argparse.Namespace, folder: Path) -> None:
     print(f"== Fixed-cost evaluations: {args.cost}s each, {args.ranks} ranks, {args.per_rank} per rank")
     print(f"{'mode':>18} {'trials':>7} {'wall s':>8} {'efficiency':>11} {'set-up s (untimed)':>19}")
@@ -250,7 +304,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4, help="epochs each service trial reports")
     ap.add_argument("--storage-trials", type=int, default=10_000)
     ap.add_argument("--trajectory-kb", type=int, default=100)
-    ap.add_argument("--only", choices=("fixed", "zero", "storage"), help="run one part only")
+    ap.add_argument("--sampler-trials", type=int, nargs="+", default=[25, 50, 100, 200],
+                    help="completed trials at which the samplers' proposals are timed")
+    ap.add_argument("--only", choices=("fixed", "zero", "storage", "sampler"), help="run one part only")
     ap.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     args = ap.parse_args()
     if args.worker:
@@ -259,6 +315,9 @@ def main() -> None:
     if args.only == "storage":
         with tempfile.TemporaryDirectory() as tmp:
             storage_figures(Path(tmp), args.storage_trials, args.trajectory_kb)
+        return
+    if args.only == "sampler":
+        sampler_figures(tuple(args.sampler_trials))
         return
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -272,6 +331,7 @@ def main() -> None:
             zero(args, folder)
         if args.only is None:
             storage_figures(folder, args.storage_trials, args.trajectory_kb)
+            sampler_figures(tuple(args.sampler_trials))
 
 
 if __name__ == "__main__":

@@ -6,12 +6,14 @@ that finishes after a later-numbered one still reaches every sampler. Nothing wa
 locks (which kept 8 workers on one SQLite file only 54% busy), it works with and without MPI, and a
 resume just rebuilds the study from the database.
 
-Multi-objective studies use Optuna's native support (TPE by default, NSGA-II with ``sampler:
-nsga2``); constraints reach the sampler through each trial's constraints (Optuna 5's ``set_constraint``);
-a pruned trial is told PRUNED, with its value at the epoch it stopped at as its last intermediate value
-(single-objective), which is what TPE ranks pruned trials by: the later they stopped, then the better
-that value (without it, every pruned trial tied). A trial another job's start marked INTERRUPTED while
-it still ran (two jobs on one study) is looked at again, and added once it has a result.
+Multi-objective studies use Optuna's native support; the sampler is the space's (``_samplers``: the
+GP, then TPE, by default); constraints reach the sampler through each trial's constraints (Optuna 5's
+``set_constraint``). For TPE a pruned trial is told PRUNED, with its value at the epoch it stopped at
+as its last intermediate value (single-objective), which is what TPE ranks pruned trials by: the later
+they stopped, then the better that value (without it, every pruned trial tied). The GP ignores pruned
+trials and knows of parallel proposals only through running trials, so it gets more (``_Feed``). A
+trial another job's start marked INTERRUPTED while it still ran (two jobs on one study) is looked at
+again, and added once it has a result.
 """
 
 from __future__ import annotations

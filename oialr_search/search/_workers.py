@@ -128,6 +128,7 @@ def idle_barrier(comm: Any, poll: float = 0.05) -> None:  # noqa: ANN401
     The sleeps start at 0.2 ms and grow by a quarter up to ``poll``: the barrier only advances when a rank
     tests it, one round of its messages per test, so sleeping ``poll`` from the start made even ranks that
     arrive together wait several polls (0.2–0.25 s at 8 ranks, a sixth of a zero-cost search's wall)."""
+    assert poll > 0, "a zero poll would spin at full speed, which this function exists to avoid"
     request = comm.Ibarrier()
     delay = min(0.0002, poll)
     while not request.Test():
