@@ -55,7 +55,7 @@ def settings_section(study: Study, backends: dict[str, int]) -> list[str]:
     rows = [["objectives", ", ".join(f"{o['direction']} {o['metric']}" for o in study.objectives)],
             ["constraints", _constraints(study)],
             ["pruner", _spec(raw.get("pruner"), "none")],
-            ["sampler (Optuna backend)", _spec(raw.get("sampler"), "auto")],
+            ["sampler (Optuna backend)", _spec(study.space.get("sampler") or raw.get("sampler"), "tpe")],
             ["backend", study.backends_text(backends)], ["budget", str(study.budget)], ["seed", str(study.seed)],
             ["space file", study.space_path or study.space.get("path") or ""],
             ["trial timeout", f"{raw['trial_timeout']} s" if raw.get("trial_timeout") else "none"],

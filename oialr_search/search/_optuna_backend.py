@@ -41,12 +41,13 @@ def _distribution(d: Dimension):  # noqa: ANN202
 
 
 def _violations(metrics: dict | None, constraints: Sequence[Constraint]) -> list[float]:
-    """Optuna's convention: one number per bound, > 0 by how much it is violated."""
+    """Optuna's convention: one number per bound, > 0 by how much it is violated. As many for every trial
+    (the GP refuses trials with differing counts): a missing or non-finite metric violates each bound by 1."""
     out = []
     for c in constraints:
         v = (metrics or {}).get(c.metric)
         if v is None or not math.isfinite(v):
-            out.append(1.0)
+            out += [1.0] * ((c.low is not None) + (c.high is not None))
             continue
         if c.low is not None:
             out.append(c.low - v)
@@ -99,33 +100,45 @@ DROPPED = object()  # what ``evaluate`` returns for a trial that ran but was not
 class _Feed:
     """What one process's in-memory Optuna study has learned from the store.
 
-    Trials of every process reach it once they finish (``add``). For a sampler that
-    ``learns_from_running`` (the GP) it also holds the other processes' running trials as RUNNING
-    placeholders, told FAIL once they leave RUNNING (the finished trial is then added like any other),
-    and a PRUNED trial as COMPLETE with its projection to the end of training; one that cannot be
-    projected yet (no completed trial reached its epoch) waits until it can.
+    Trials of every process reach it once they finish (``add``). While the next proposal is the GP's
+    (``gp``: ``sampler: gp``, or ``auto`` before its switch to TPE) it also gets the other processes'
+    running trials as RUNNING placeholders, told FAIL once they leave RUNNING (the finished trial is then
+    added like any other), and a PRUNED trial as COMPLETE with its projection to the end of training;
+    one that cannot be projected yet (no completed trial reached its epoch) waits until a trial
+    completes. A pruned trial without finite values (diverged) has nothing to project: it is added
+    PRUNED, which the GP ignores, as Optuna's GP ignores failed trials. Once ``auto`` has switched, TPE
+    gets trials as with ``sampler: tpe`` (what it was given before stays).
     """
 
     def __init__(self, ostudy, space: SearchSpace, store: Store, study: Study, dists: dict) -> None:  # noqa: ANN001
-        from ._samplers import learns_from_running
+        from ._samplers import gp_trials
 
         self.ostudy, self.space, self.store, self.study, self.dists = ostudy, space, store, study, dists
-        self.project = learns_from_running(space.sampler)
         self.seen: set[int] = set()
         self.placeholders: dict[int, int] = {}  # store id of another process's running trial -> Optuna number
         self.unprojected: dict[int, Trial] = {}  # pruned trials waiting for a completed trial to project with
         self.completed = False  # a trial completed since the waiting ones were last tried
+        self.complete = 0  # COMPLETE trials in the study (projected ones too): what auto switches by
+        self._gp_trials = gp_trials(ostudy.sampler)
+        self._offsets: dict = {}  # stop epoch -> projection offsets, read once per round (a resume reads many)
+
+    @property
+    def gp(self) -> bool:
+        """Whether the next proposal is the GP's."""
+        return self.complete < self._gp_trials
+
+    def refresh(self) -> None:
+        """Before each round of adding and before telling: projections from the store as it is now."""
+        self._offsets = {}
 
     def sync(self, running: Sequence[Trial]) -> None:
         """Placeholders for the running trials not yet known; FAIL for those no longer running."""
         import optuna
 
-        if not self.project:
-            return
         now = {t.id for t in running}
         for tid in [tid for tid in self.placeholders if tid not in now]:
             self.ostudy.tell(self.placeholders.pop(tid), state=optuna.trial.TrialState.FAIL)
-        for t in running:
+        for t in running if self.gp else ():
             if t.id in self.placeholders or t.id in self.seen or set(t.params) != set(self.dists):
                 continue
             try:
@@ -143,31 +156,42 @@ class _Feed:
         self._add(t)
 
     def retry_unprojected(self) -> None:
-        """Project the waiting pruned trials again if a trial completed since the last try."""
-        if self.completed and self.unprojected:
+        """Add the waiting pruned trials if a trial completed since the last try (or as PRUNED, for TPE)."""
+        if self.unprojected and (self.completed or not self.gp):
             waiting, self.unprojected, self.completed = list(self.unprojected.values()), {}, False
             for t in waiting:
                 self._add(t)
 
+    def wait(self, t: Trial) -> bool:
+        """Keep a pruned trial the GP cannot learn from yet, if it can later (finite values)."""
+        if self.gp and t.values and all(v is not None and math.isfinite(v) for v in t.values):
+            self.unprojected[t.id] = t
+            return True
+        return False
+
     def _add(self, t: Trial) -> None:
+        import optuna
+
         if set(t.params) != set(self.dists) or t.state not in (COMPLETE, FAILED, PRUNED):
             return
-        projected = None
-        if self.project and t.state == PRUNED:
-            projected = self.projected(t.values, t.last_epoch)
-            if projected is None:
-                self.unprojected[t.id] = t
-                return
-        self.completed |= t.state == COMPLETE
+        projected = self.projected(t.values, t.last_epoch) if t.state == PRUNED else None
+        if projected is None and t.state == PRUNED and self.wait(t):
+            return
+        frozen = _frozen(t, self.dists, self.space, projected)
         with contextlib.suppress(ValueError):  # a value outside the current space (edited before a resume)
-            self.ostudy.add_trial(_frozen(t, self.dists, self.space, projected))
+            self.ostudy.add_trial(frozen)
+            self.completed |= t.state == COMPLETE
+            self.complete += frozen.state == optuna.trial.TrialState.COMPLETE
 
     def projected(self, values: Sequence[float | None] | None, epoch: int | None) -> list[float] | None:
-        """A pruned trial's values projected to the end of training, in the objectives' own directions."""
+        """A pruned trial's values projected to the end of training, in the objectives' own directions
+        (None for TPE, or with nothing to project with)."""
         objectives = self.space.objectives
-        if not values or len(values) != len(objectives) or any(v is None for v in values):
+        if not self.gp or not values or len(values) != len(objectives) or \
+                not all(v is not None and math.isfinite(v) for v in values):
             return None
-        at_end = projected_values(self.store, self.study, objectives, epoch, minimize_sense(values, objectives))
+        at_end = projected_values(self.store, self.study, objectives, epoch, minimize_sense(values, objectives),
+                                  cache=self._offsets)
         return None if at_end is None else [v if o.minimize else -v for o, v in zip(objectives, at_end, strict=True)]
 
 
@@ -202,7 +226,7 @@ def run_optuna(*, space: SearchSpace, store: Store, study: Study, seed: int, ran
         finished, running, watermark = store.finished_since(study, watermark)
         if interrupted:
             finished += store.trials_numbered(study, list(interrupted.values()))
-        feed.sync(running)
+        feed.refresh()
         for t in finished:
             if t.state == INTERRUPTED:
                 interrupted.setdefault(t.id, t.number)
@@ -210,6 +234,7 @@ def run_optuna(*, space: SearchSpace, store: Store, study: Study, seed: int, ran
             interrupted.pop(t.id, None)
             feed.add(t)
         feed.retry_unprojected()
+        feed.sync(running)
         if resume is not None and resume():
             continue
         for params in pending:
@@ -225,20 +250,21 @@ def run_optuna(*, space: SearchSpace, store: Store, study: Study, seed: int, ran
             return
         stored, scored, metrics = result
         feed.seen.add(stored.id)
-        projected = feed.projected(scored.values, scored.stopped_at) \
-            if feed.project and scored.state == PRUNED else None
+        feed.refresh()
+        projected = feed.projected(scored.values, scored.stopped_at) if scored.state == PRUNED else None
         judged = metrics if projected is None else _projected_metrics(space, projected)
         for i, v in enumerate(_violations(judged, space.constraints)):
             trial.set_constraint(f"c{i}", v)
         if scored.state == COMPLETE or projected is not None:  # a projection: learned from as completed
             ostudy.tell(trial, list(scored.values) if projected is None else projected)
             feed.completed |= scored.state == COMPLETE
+            feed.complete += 1
         elif scored.state == PRUNED:
             for step, value in _last_step(scored.stopped_at, scored.values, len(directions)).items():
                 trial.report(value, step)
             ostudy.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            if feed.project:  # no completed trial to project it with yet: learned from once there is
-                feed.unprojected[stored.id] = dataclasses.replace(
-                    stored, state=PRUNED, values=scored.values, last_epoch=scored.stopped_at, metrics=metrics)
+            # nothing to project it with yet: the GP learns from it once there is
+            feed.wait(dataclasses.replace(stored, state=PRUNED, values=scored.values, last_epoch=scored.stopped_at,
+                                          metrics=metrics))
         else:
             ostudy.tell(trial, state=optuna.trial.TrialState.FAIL)

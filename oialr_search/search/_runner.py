@@ -147,6 +147,7 @@ def _prepare(req: SearchRequest, world_size: int) -> _Prepared:
         if existing.space.get("raw") != space.to_dict()["raw"]:
             raise OIALRSearchError(f"study {req.study!r} already exists with a different search space; "
                                    f"continue it with 'oialr-search resume --study {req.study}' or pick a new name")
+        space = space.with_sampler_of(existing.space)
         stored = existing.space.get("overrides") or []
         if not same_overrides(stored, space.overrides):
             raise OIALRSearchError(f"study {req.study!r} was run with {_shown_overrides(stored)}, not "

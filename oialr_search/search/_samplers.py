@@ -10,7 +10,7 @@ grows with the trials it fits (about 0.1 s per proposal at 50 trials, 0.4 s at 2
 and cubic beyond), which TPE's does not, so long studies go on with TPE, as Optuna's AutoSampler does.
 The switch happens between proposals, never inside one.
 
-Two things the GP needs that TPE does not (``learns_from_running``): it ignores PRUNED trials, so the
+Two things the GP needs that TPE does not (``gp_trials``): it ignores PRUNED trials, so the
 backend gives it a pruned trial as completed with its projection to the end of training (as Propulate
 gets it, see ``_projection``); and it spreads the proposals of parallel workers apart only where it
 knows their running trials (q-batch expected improvement), so the backend adds the other processes'
@@ -19,6 +19,7 @@ running trials to its study while they run.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,9 +29,12 @@ GP_TRIALS = 200  # the auto sampler's switch from the GP to TPE, in completed tr
 STARTUP_TRIALS = 5  # random proposals before a model is fitted: our budgets are tens of trials
 
 
-def learns_from_running(spec: dict) -> bool:
-    """Whether the sampler of ``spec`` wants other workers' running trials and projected pruned ones."""
-    return spec["type"] in ("auto", "gp")
+def gp_trials(sampler: optuna.samplers.BaseSampler) -> float:
+    """Up to how many completed trials ``sampler``'s proposals are the GP's, which wants other workers'
+    running trials and projected pruned ones (see the module doc): 0 for samplers without one."""
+    if isinstance(sampler, AutoSampler):
+        return sampler.gp_trials
+    return math.inf if isinstance(sampler, optuna.samplers.GPSampler) else 0
 
 
 def make_sampler(spec: dict, seed: int) -> optuna.samplers.BaseSampler:
@@ -65,6 +69,10 @@ class AutoSampler(optuna.samplers.BaseSampler):
     def current(self) -> optuna.samplers.BaseSampler:
         """The sampler of the trial being proposed (or of the last one)."""
         return self._current
+
+    @property
+    def gp_trials(self) -> int:
+        return self._gp_trials
 
     def before_trial(self, study, trial) -> None:  # noqa: ANN001
         done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))

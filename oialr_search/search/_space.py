@@ -41,6 +41,7 @@ from .pruners import BasePruner, create_pruner
 
 SAMPLERS = {"auto": {"startup_trials"}, "gp": {"startup_trials"}, "tpe": {"startup_trials"},
             "nsga2": {"population_size"}, "random": set()}
+LEGACY_SAMPLER = {"type": "tpe"}  # the default of the releases before ``auto``: their studies keep it
 TOP_KEYS = ("base", "set", "objective", "objectives", "constraints", "pruner", "sampler", "params", "trial_timeout",
             "trial_checkpoint_minutes", "keep_weights", "description")
 KEEP_WEIGHTS = ("front", "best", "none")  # which completed trials keep their trained weights (see _weights.py)
@@ -129,9 +130,10 @@ class SearchSpace:
         return _parse(self.raw, Path(self.path), base=base, overrides=overrides)
 
     def to_dict(self) -> dict:
-        """What a study stores: the space file's content, its resolved base (overrides applied) and,
-        when there are overrides, them and the base before them."""
-        data = {"path": self.path, "raw": self.raw, "base": self.base}
+        """What a study stores: the space file's content, its resolved base (overrides applied), the
+        Optuna backend's sampler (so a later release's default does not change it) and, when there are
+        overrides, them and the base before them."""
+        data = {"path": self.path, "raw": self.raw, "base": self.base, "sampler": self.sampler}
         if self.overrides:
             data.update(overrides=list(self.overrides), space_base=self.space_base)
         return data
@@ -140,7 +142,15 @@ class SearchSpace:
     def from_dict(cls, data: dict) -> SearchSpace:
         overrides = tuple(data.get("overrides") or ())
         base = data.get("space_base", data["base"]) if overrides else data["base"]
-        return _parse(data["raw"], Path(data["path"]), base=base, overrides=overrides)
+        space = _parse(data["raw"], Path(data["path"]), base=base, overrides=overrides)
+        return space.with_sampler_of(data)
+
+    def with_sampler_of(self, data: dict) -> SearchSpace:
+        """This space with the sampler a study stored as ``data`` searches with: a study stored by a release
+        whose default sampler was TPE, and whose file named none, keeps TPE under this release's default."""
+        if "sampler" in data or "sampler" in (data.get("raw") or {}):
+            return self
+        return replace(self, sampler=dict(LEGACY_SAMPLER))
 
 
 def _split(item: str) -> tuple[str, str]:
