@@ -2,14 +2,15 @@
 
     python bench/search_quality.py [--task mnist|digits] [--seeds 3] [--budgets 24 48] [--ranks 2]
                                    [--parts abc] [--backends ...] [--epochs N] [--min-epochs 1]
-                                   [--reduction 3]
+                                   [--reduction 3] [--sampler auto|gp|tpe|nsga2|random]
 
 Every search is a real ``oialr-search run`` under the venv's mpiexec (``--ranks`` ranks), on a space
 built from ``search_spaces/mnist_quick.yaml`` (``--task mnist``: the mini-ViT on embedded MNIST, ~14 s
 a trial on one core) or the same OIALR/lr dimensions on an MLP over sklearn's digits (``--task
 digits``, ~1 s a trial). Prints mean ± sd over seeds of:
 
-  (a) the best val_loss for Propulate, Optuna (TPE) and random search, at each budget;
+  (a) the best val_loss for Propulate, Optuna (the space's sampler, ``--sampler`` to pick another) and
+      random search, at each budget;
   (b) the hypervolume of the (top1 ↑, trainable_fraction ↓) front, normalized to [0, 1] with the
       reference point (top1 0, trainable_fraction 1), for the same three;
   (c) with and without ASHA (``--min-epochs``, ``--reduction``; default 1 and 3) at equal trial
@@ -149,7 +150,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None, help="epochs per trial (default: the space's, 4 for mnist)")
     ap.add_argument("--min-epochs", type=int, default=1, help="ASHA's first rung, part (c)")
     ap.add_argument("--reduction", type=int, default=3, help="ASHA's reduction factor, part (c)")
-    ap.add_argument("--sampler", default=None, help="the Optuna backend's sampler (default: the space's, tpe)")
+    ap.add_argument("--sampler", default=None, help="the Optuna backend's sampler (default: the space's, auto)")
     ap.add_argument("--keep", type=Path, default=None, help="keep the databases in this folder")
     args = ap.parse_args()
     folder = args.keep or Path(tempfile.mkdtemp(prefix="oialr-quality-"))

@@ -1,8 +1,9 @@
 """An in-memory Optuna study built from our store, for ``optuna.visualization.matplotlib``.
 
-The trials are converted exactly as the Optuna backend feeds its sampler (``_frozen``: values, state,
-constraints from the study's bounds), with the distributions of the study's search space, so the history,
-parallel-coordinate and importance figures see what the sampler saw.
+The trials are converted as the Optuna backend feeds TPE (``_frozen``: values, state, constraints from the
+study's bounds), with the distributions of the study's search space, so the history, parallel-coordinate
+and importance figures see the stored results (the GP sampler is also given pruned trials projected to the
+end of training, which these figures leave out).
 """
 
 from __future__ import annotations

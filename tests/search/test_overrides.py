@@ -132,7 +132,7 @@ def test_stored_overrides_survive_the_spaces_own_set_and_later_wins(tmp_path):
     # replacing the overrides starts from the space's own base, not the overridden one
     assert again.with_overrides([]).base["train"]["epochs"] == 3
     assert merge_overrides(["a.b=1", "c=2"], ["a.b=3"]) == ("c=2", "a.b=3")
-    assert load_space(path).to_dict().keys() == {"path", "raw", "base"}  # no overrides: stored as before
+    assert load_space(path).to_dict().keys() == {"path", "raw", "base", "sampler"}  # no overrides: none stored
     with pytest.raises(OverrideError, match="--set train.device: the search sets it"):
         load_space(path).with_overrides(["train.device=cpu"])
 
