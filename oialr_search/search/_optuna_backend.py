@@ -116,7 +116,8 @@ class _Feed:
         self.ostudy, self.space, self.store, self.study, self.dists = ostudy, space, store, study, dists
         self.seen: set[int] = set()
         self.placeholders: dict[int, int] = {}  # store id of another process's running trial -> Optuna number
-        self.unprojected: dict[int, Trial] = {}  # pruned trials waiting for a completed trial to project with
+        self.unprojected: dict[int, tuple[Trial, bool]] = {}  # pruned trials waiting for a completed trial to
+        # project with, and whether they are this process's own (told PRUNED already)
         self.completed = False  # a trial completed since the waiting ones were last tried
         self.complete = 0  # COMPLETE trials in the study (projected ones too): what auto switches by
         self._gp_trials = gp_trials(ostudy.sampler)
@@ -156,29 +157,33 @@ class _Feed:
         self._add(t)
 
     def retry_unprojected(self) -> None:
-        """Add the waiting pruned trials if a trial completed since the last try (or as PRUNED, for TPE)."""
+        """Add the waiting pruned trials if a trial completed since the last try, or as PRUNED once the
+        proposals are TPE's (this process's own are in the study as PRUNED already)."""
         if self.unprojected and (self.completed or not self.gp):
             waiting, self.unprojected, self.completed = list(self.unprojected.values()), {}, False
-            for t in waiting:
-                self._add(t)
+            for t, told in waiting:
+                self._add(t, told=told)
 
-    def wait(self, t: Trial) -> bool:
-        """Keep a pruned trial the GP cannot learn from yet, if it can later (finite values)."""
+    def wait(self, t: Trial, *, told: bool = False) -> bool:
+        """Keep a pruned trial the GP cannot learn from yet, if it can later (finite values); ``told``: this
+        process's own, told PRUNED already."""
         if self.gp and t.values and all(v is not None and math.isfinite(v) for v in t.values):
-            self.unprojected[t.id] = t
+            self.unprojected[t.id] = (t, told)
             return True
         return False
 
-    def _add(self, t: Trial) -> None:
+    def _add(self, t: Trial, *, told: bool = False) -> None:
+        """Add ``t`` (projected, for the GP), keep it waiting, or drop it: this process's own pruned trial
+        (``told``) is in the study as PRUNED already."""
         import optuna
 
         if set(t.params) != set(self.dists) or t.state not in (COMPLETE, FAILED, PRUNED):
             return
         projected = self.projected(t.values, t.last_epoch) if t.state == PRUNED else None
-        if projected is None and t.state == PRUNED and self.wait(t):
+        if projected is None and t.state == PRUNED and (self.wait(t, told=told) or told):
             return
-        frozen = _frozen(t, self.dists, self.space, projected)
         with contextlib.suppress(ValueError):  # a value outside the current space (edited before a resume)
+            frozen = _frozen(t, self.dists, self.space, projected)
             self.ostudy.add_trial(frozen)
             self.completed |= t.state == COMPLETE
             self.complete += frozen.state == optuna.trial.TrialState.COMPLETE
@@ -265,6 +270,6 @@ def run_optuna(*, space: SearchSpace, store: Store, study: Study, seed: int, ran
             ostudy.tell(trial, state=optuna.trial.TrialState.PRUNED)
             # nothing to project it with yet: the GP learns from it once there is
             feed.wait(dataclasses.replace(stored, state=PRUNED, values=scored.values, last_epoch=scored.stopped_at,
-                                          metrics=metrics))
+                                          metrics=metrics), told=True)
         else:
             ostudy.tell(trial, state=optuna.trial.TrialState.FAIL)

@@ -127,7 +127,7 @@ class SearchSpace:
         like ``train --set``), replacing the overrides it had. Raises :class:`OverrideError` for a
         malformed item, an unknown key, an invalid resulting config, or a key the space searches."""
         base = self.space_base if self.space_base is not None else self.base
-        return _parse(self.raw, Path(self.path), base=base, overrides=overrides)
+        return replace(_parse(self.raw, Path(self.path), base=base, overrides=overrides), sampler=self.sampler)
 
     def to_dict(self) -> dict:
         """What a study stores: the space file's content, its resolved base (overrides applied), the
@@ -146,9 +146,13 @@ class SearchSpace:
         return space.with_sampler_of(data)
 
     def with_sampler_of(self, data: dict) -> SearchSpace:
-        """This space with the sampler a study stored as ``data`` searches with: a study stored by a release
-        whose default sampler was TPE, and whose file named none, keeps TPE under this release's default."""
-        if "sampler" in data or "sampler" in (data.get("raw") or {}):
+        """This space with the sampler of the study stored as ``data``: the one it stored, so a later
+        release's default does not change it; for a study stored by a release before that (whose default
+        was TPE), the one its file named, else TPE."""
+        stored = data.get("sampler")
+        if isinstance(stored, dict) and stored.get("type") in SAMPLERS:
+            return replace(self, sampler=dict(stored))
+        if (data.get("raw") or {}).get("sampler") is not None:
             return self
         return replace(self, sampler=dict(LEGACY_SAMPLER))
 

@@ -244,3 +244,78 @@ def test_a_study_stored_without_a_sampler_keeps_tpe(tmp_path):
             return "optuna"
 
     assert "<td>sampler (Optuna backend)</td><td>tpe</td>" in "".join(settings_section(_Study, {}))
+
+
+@pytest.mark.parametrize("extra", ["", "sampler: tpe"])
+def test_an_own_pruned_trial_waiting_at_the_switch_reaches_tpe_once(tmp_path, monkeypatch, extra):
+    """This process's pruned trial waits for a projection; auto switches to TPE before it gets one: TPE
+    holds it once (as PRUNED), as with sampler: tpe."""
+    from oialr_search.search import _samplers
+
+    monkeypatch.setattr(_samplers, "GP_TRIALS", 2)
+    trials = {}
+
+    def before(store, study):
+        for name, beta in (("a", 0.2), ("b", 0.3)):
+            trials[name] = store.start_trial(study, params={**PARAMS, "oialr.beta": beta}, rank=1, island=None,
+                                             device="cpu")
+
+    def finish(store, mine):
+        if "mine" not in trials:
+            trials["mine"] = mine
+            store.finish_trial(mine.id, state=PRUNED, value=0.9, values=[0.9], epochs=_epochs(0.9))
+            return Scored(PRUNED, [0.9], None, None, stopped_at=1), {"val_loss": 0.9}
+        for name, value in (("a", 0.4), ("b", 0.5)):  # two complete: the next proposal is TPE's
+            store.finish_trial(trials[name].id, state=COMPLETE, value=value, values=[value],
+                               epochs=_epochs(value + 0.3, value))
+        return _complete(store, mine)
+
+    ostudy = _optuna_run(tmp_path, monkeypatch, before, finish, own=2, extra=extra)
+    assert [t.intermediate_values for t in ostudy.trials if t.state == Pruned] == [{1: 0.9}]
+
+
+@pytest.mark.parametrize("extra", ["", "sampler: tpe", "sampler: nsga2"])
+def test_a_stored_trial_outside_the_space_is_left_out(tmp_path, monkeypatch, extra):
+    """A trial whose value the space no longer holds (the file was edited before a resume) is not given to
+    the sampler, and the search goes on."""
+    def before(store, study):
+        _done(store, study, 0.9, 0.5)  # oialr.beta is searched on [0.05, 0.5]
+
+    ostudy = _optuna_run(tmp_path, monkeypatch, before, _complete, own=1, extra=extra)
+    assert [t.values for t in ostudy.trials][:-1] == [[1.0]]
+
+
+def test_a_study_keeps_its_stored_sampler_through_resume_set(tmp_path):
+    """What a study stored wins over what its file would give now: the sampler stored with it, or for a
+    study of an earlier release (none stored) TPE unless its file named one; a --set on resume keeps it."""
+    from oialr_search.search import SearchSpace
+    from oialr_search.search._runner import _updated_space
+
+    stored = load_space(write_space(tmp_path)).to_dict()
+    assert SearchSpace.from_dict({**stored, "sampler": {"type": "gp"}}).sampler == {"type": "gp"}
+    old = {k: v for k, v in stored.items() if k != "sampler"}
+    assert SearchSpace.from_dict(old).with_overrides(["train.batch_size=64"]).sampler == {"type": "tpe"}
+    assert _updated_space(old, ["train.batch_size=64"], None)["sampler"] == {"type": "tpe"}
+    null = {**old, "raw": {**old["raw"], "sampler": None}}  # `sampler:` left empty: the default then, TPE
+    assert SearchSpace.from_dict(null).sampler == {"type": "tpe"}
+
+
+def test_resume_set_on_a_study_of_an_earlier_release_keeps_tpe(tmp_path):
+    """Through the CLI: a study stored without a sampler (an earlier release) is resumed with --set; it
+    searched with TPE, and the stored space now says so."""
+    import json
+    import sqlite3
+
+    from .test_search_cli import run
+
+    write_space(tmp_path, epochs=1)
+    assert run(["run", "space.yaml", "--study", "s", "--budget", "1"], tmp_path).returncode == 0
+    con = sqlite3.connect(tmp_path / "oialr_search.db")
+    space = json.loads(con.execute("SELECT space FROM oialr_studies").fetchone()[0])
+    del space["sampler"]  # as the earlier release stored it
+    con.execute("UPDATE oialr_studies SET space = ?", (json.dumps(space),))
+    con.commit()
+    resumed = run(["resume", "--study", "s", "--budget", "2", "--set", "train.batch_size=64"], tmp_path)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    space = json.loads(con.execute("SELECT space FROM oialr_studies").fetchone()[0])
+    assert space["sampler"] == {"type": "tpe"} and space["overrides"] == ["train.batch_size=64"]
