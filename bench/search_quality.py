@@ -160,7 +160,8 @@ def main() -> None:
     front = make_space(folder, args.task, objectives=[{"metric": "top1"}, {"metric": "trainable_fraction"}],
                        pruner=None, name="front", epochs=args.epochs, sampler=args.sampler)
     asha = make_space(folder, args.task, objectives=[{"metric": "val_loss"}], name="asha", epochs=args.epochs,
-                      pruner={"type": "asha", "min_epochs": args.min_epochs, "reduction": args.reduction})
+                      pruner={"type": "asha", "min_epochs": args.min_epochs, "reduction": args.reduction},
+                      sampler=args.sampler)
     seeds = range(args.seeds)
     print(f"== task {args.task}, {args.ranks} ranks, seeds {list(seeds)}, budgets {args.budgets} ({folder})")
     if "a" in args.parts:

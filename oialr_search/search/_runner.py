@@ -366,7 +366,8 @@ def run_search(req: SearchRequest, *, objective: Objective = run_trial, quiet: b
     if progress and rank == 0:
         objectives = ", ".join(f"{o.direction} {o.metric}" for o in space.objectives)
         ranks = f"{size} rank(s)" if workers.k == 1 else f"{workers.workers} worker(s) of {workers.k} ranks"
-        print(f"study {study.name!r}: {backend} on {ranks}, {finished}/{budget} trials finished, "
+        sampler = f" ({space.sampler['type']})" if backend == "optuna" else ""
+        print(f"study {study.name!r}: {backend}{sampler} on {ranks}, {finished}/{budget} trials finished, "
               f"objective{'s' if len(space.objectives) > 1 else ''} {objectives}, pruner {space.pruner.name}; "
               f"rank 0 on {placement.device} with {placement.threads} thread(s)", flush=True)
         if space.overrides and not prepared.said_overrides:

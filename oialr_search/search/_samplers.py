@@ -7,8 +7,8 @@ learned from ``GP_TRIALS`` completed trials, and multivariate TPE after that. At
 can afford, tens of trials, the GP is the better model: on the digits task (bench/search_quality.py,
 2 ranks, 10 seeds) its best val_loss at 24 trials was 0.184 against TPE's 0.199 and random search's
 0.213 (README, "Backends"). Its cost grows with the trials it fits (about 0.1 s per proposal at 50
-trials, 0.4 s at 200 on one core here, and cubic beyond), which TPE's does not, so long studies go on
-with TPE. The switch happens between proposals, never inside one.
+trials, 0.4 s at 200 on one core here, and cubic beyond); TPE's stays at milliseconds, so long studies
+go on with TPE. The switch happens between proposals, never inside one.
 
 Two things the GP needs that TPE does not (``gp_trials``): it ignores PRUNED trials, so the
 backend gives it a pruned trial as completed with its projection to the end of training (as Propulate

@@ -152,6 +152,9 @@ class SearchSpace:
         stored = data.get("sampler")
         if isinstance(stored, dict) and stored.get("type") in SAMPLERS:
             return replace(self, sampler=dict(stored))
+        if stored is not None:  # written by a later release: searching with another sampler would mislead
+            raise SpaceError(f"the study's sampler {stored!r} is not one this release knows ({', '.join(SAMPLERS)}); "
+                             f"continue it with the release that created it")
         if (data.get("raw") or {}).get("sampler") is not None:
             return self
         return replace(self, sampler=dict(LEGACY_SAMPLER))

@@ -6,6 +6,7 @@ import pytest
 
 from oialr_search.search import Scored, load_space
 from oialr_search.search._samplers import AutoSampler, make_sampler
+from oialr_search.search._space import SpaceError
 from oialr_search.storage import COMPLETE, PRUNED
 
 from .test_multiobjective import PARAMS, _optuna_run
@@ -38,15 +39,20 @@ def test_auto_sampler_uses_the_gp_until_enough_trials_completed_then_tpe():
     tpe = optuna.samplers.TPESampler(seed=0, n_startup_trials=2)
     auto = AutoSampler(gp=gp, tpe=tpe, gp_trials=4)
     study = optuna.create_study(sampler=auto)
+    x = {"x": optuna.distributions.FloatDistribution(0, 1)}
     used = []
-    for _ in range(6):
-        trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    for _ in range(3):
+        trial = study.ask(x)
+        used.append(auto.current)
+        study.tell(trial, (trial.params["x"] - 0.3) ** 2)
+    study.tell(study.ask(x), state=Fail)  # failed, running and pruned trials do not count towards the switch
+    study.add_trial(optuna.trial.create_trial(params={"x": 0.5}, distributions=x, state=Running))
+    study.add_trial(optuna.trial.create_trial(params={"x": 0.6}, distributions=x, state=Pruned))
+    for _ in range(3):
+        trial = study.ask(x)
         used.append(auto.current)
         study.tell(trial, (trial.params["x"] - 0.3) ** 2)
     assert used == [gp] * 4 + [tpe] * 2
-    study.ask()  # a failed or running trial does not count towards the switch
-    study.tell(len(study.trials) - 1, state=Fail)
-    assert auto.current is tpe
 
 
 def test_the_gp_sees_other_processes_running_trials_until_they_finish(tmp_path, monkeypatch):
@@ -137,6 +143,15 @@ def test_a_projected_pruned_trial_is_judged_by_the_constraints_on_its_projection
     assert list(projected.constraints.values()) == pytest.approx([0.6 - 0.65, 1.0])
 
 
+def _watch_feeds(monkeypatch):
+    """The backend's _Feed objects, as run_optuna makes them."""
+    from oialr_search.search import _optuna_backend
+
+    feeds, real = [], _optuna_backend._Feed
+    monkeypatch.setattr(_optuna_backend, "_Feed", lambda *a: feeds.append(real(*a)) or feeds[-1])
+    return feeds
+
+
 GP_EARLY = "sampler: {type: gp, startup_trials: 2}"  # the GP fits a model from the second completed trial
 
 
@@ -162,8 +177,10 @@ def test_the_gp_fits_with_running_trials_and_two_sided_constraints_on_a_missing_
         _done(store, study, 0.3, 0.6, metrics={"val_loss": 0.6}, feasible=False)  # no trainable_fraction
         store.start_trial(study, params=PARAMS, rank=1, island=None, device="cpu")  # runs on
 
+    feeds = _watch_feeds(monkeypatch)
     ostudy = _optuna_run(tmp_path, monkeypatch, before, _complete, own=2, extra=extra)
     assert fitted and fitted[0] == 1  # the model ran, knowing the running trial
+    assert feeds[0].complete == len([t for t in ostudy.trials if t.state == Complete]) == 4  # its own counted
     assert {len(t.constraints) for t in ostudy.trials if t.state == Complete} == {2}
 
 
@@ -235,15 +252,19 @@ def test_a_study_stored_without_a_sampler_keeps_tpe(tmp_path):
     named = load_space(write_space(tmp_path, extra="sampler: gp"), ).to_dict()
     assert SearchSpace.from_dict({k: v for k, v in named.items() if k != "sampler"}).sampler == {"type": "gp"}
 
-    class _Study:
-        space, objectives, constraints, budget, seed, space_path = old, [], {}, 4, 0, ""
-        created = __import__("datetime").datetime(2026, 1, 1)
+    def report(stored_space):
+        class _Study:
+            space, objectives, constraints, budget, seed, space_path = stored_space, [], {}, 4, 0, ""
+            created = __import__("datetime").datetime(2026, 1, 1)
 
-        @staticmethod
-        def backends_text(_):
-            return "optuna"
+            @staticmethod
+            def backends_text(_):
+                return "optuna"
 
-    assert "<td>sampler (Optuna backend)</td><td>tpe</td>" in "".join(settings_section(_Study, {}))
+        return "".join(settings_section(_Study, {}))
+
+    assert "<td>sampler (Optuna backend)</td><td>tpe</td>" in report(old)
+    assert "<td>sampler (Optuna backend)</td><td>auto</td>" in report(stored)  # what it stored, not the file
 
 
 @pytest.mark.parametrize("extra", ["", "sampler: tpe"])
@@ -298,6 +319,8 @@ def test_a_study_keeps_its_stored_sampler_through_resume_set(tmp_path):
     assert _updated_space(old, ["train.batch_size=64"], None)["sampler"] == {"type": "tpe"}
     null = {**old, "raw": {**old["raw"], "sampler": None}}  # `sampler:` left empty: the default then, TPE
     assert SearchSpace.from_dict(null).sampler == {"type": "tpe"}
+    with pytest.raises(SpaceError, match="sampler {'type': 'cmaes'} is not one this release knows"):
+        SearchSpace.from_dict({**stored, "sampler": {"type": "cmaes"}})  # a later release's
 
 
 def test_resume_set_on_a_study_of_an_earlier_release_keeps_tpe(tmp_path):
@@ -319,3 +342,4 @@ def test_resume_set_on_a_study_of_an_earlier_release_keeps_tpe(tmp_path):
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     space = json.loads(con.execute("SELECT space FROM oialr_studies").fetchone()[0])
     assert space["sampler"] == {"type": "tpe"} and space["overrides"] == ["train.batch_size=64"]
+    assert "optuna (tpe) on 1 rank(s)" in resumed.stdout  # the run's first line names the sampler
