@@ -56,6 +56,10 @@ def _violations(metrics: dict | None, constraints: Sequence[Constraint]) -> list
     return out
 
 
+def _all_finite(values: Sequence[float | None] | None) -> bool:
+    return bool(values) and all(v is not None and math.isfinite(v) for v in values)
+
+
 def _projected_metrics(space: SearchSpace, projected: Sequence[float]) -> dict:
     """The metrics a projected pruned trial is judged by: its projected objectives only, so a constraint on
     any other metric (not projected) counts as violated, as with Propulate (``projected_feasible``)."""
@@ -68,8 +72,7 @@ def _frozen(t: Trial, dists: dict, space: SearchSpace, projected: Sequence[float
 
     n = len(space.objectives)
     values = list(projected) if projected is not None else t.values
-    ok = (t.state == COMPLETE or projected is not None) and values is not None and len(values) == n and \
-        all(v is not None and math.isfinite(v) for v in values)
+    ok = (t.state == COMPLETE or projected is not None) and _all_finite(values) and len(values) == n
     metrics = _projected_metrics(space, projected) if projected is not None else t.metrics
     extra = {}
     if space.constraints:
@@ -167,7 +170,7 @@ class _Feed:
     def wait(self, t: Trial, *, told: bool = False) -> bool:
         """Keep a pruned trial the GP cannot learn from yet, if it can later (finite values); ``told``: this
         process's own, told PRUNED already."""
-        if self.gp and t.values and all(v is not None and math.isfinite(v) for v in t.values):
+        if self.gp and _all_finite(t.values):
             self.unprojected[t.id] = (t, told)
             return True
         return False
@@ -192,8 +195,7 @@ class _Feed:
         """A pruned trial's values projected to the end of training, in the objectives' own directions
         (None for TPE, or with nothing to project with)."""
         objectives = self.space.objectives
-        if not self.gp or not values or len(values) != len(objectives) or \
-                not all(v is not None and math.isfinite(v) for v in values):
+        if not self.gp or not _all_finite(values) or len(values) != len(objectives):
             return None
         at_end = projected_values(self.store, self.study, objectives, epoch, minimize_sense(values, objectives),
                                   cache=self._offsets)
