@@ -147,14 +147,17 @@ class SearchSpace:
 
     def with_sampler_of(self, data: dict) -> SearchSpace:
         """This space with the sampler of the study stored as ``data``: the one it stored, so a later
-        release's default does not change it; for a study stored by a release before that (whose default
-        was TPE), the one its file named, else TPE."""
+        release's default does not change it (one this release cannot run, a later release's, is refused
+        whatever the backend: the study's searches stay as they began); for a study stored by a release
+        before that (whose default was TPE), the one its file named, else TPE."""
         stored = data.get("sampler")
-        if isinstance(stored, dict) and stored.get("type") in SAMPLERS:
-            return replace(self, sampler=dict(stored))
-        if stored is not None:  # written by a later release: searching with another sampler would mislead
-            raise SpaceError(f"the study's sampler {stored!r} is not one this release knows ({', '.join(SAMPLERS)}); "
-                             f"continue it with the release that created it")
+        if stored is not None:
+            try:  # checked as a file's entry is: a later release's sampler or option would be run as another
+                return replace(self, sampler=_sampler(Path(self.path), stored))
+            except SpaceError as exc:
+                raise SpaceError(f"the study's stored sampler {stored!r} is not one this release can run "
+                                 f"({str(exc).partition('sampler')[2].lstrip('.: ')}); continue it with the release "
+                                 f"that created it") from None
         if (data.get("raw") or {}).get("sampler") is not None:
             return self
         return replace(self, sampler=dict(LEGACY_SAMPLER))

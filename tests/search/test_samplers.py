@@ -319,8 +319,11 @@ def test_a_study_keeps_its_stored_sampler_through_resume_set(tmp_path):
     assert _updated_space(old, ["train.batch_size=64"], None)["sampler"] == {"type": "tpe"}
     null = {**old, "raw": {**old["raw"], "sampler": None}}  # `sampler:` left empty: the default then, TPE
     assert SearchSpace.from_dict(null).sampler == {"type": "tpe"}
-    with pytest.raises(SpaceError, match="sampler {'type': 'cmaes'} is not one this release knows"):
+    with pytest.raises(SpaceError, match="stored sampler {'type': 'cmaes'} is not one this release can run "
+                                         r"\(must be one of auto, gp, tpe, nsga2, random"):
         SearchSpace.from_dict({**stored, "sampler": {"type": "cmaes"}})  # a later release's
+    with pytest.raises(SpaceError, match=r"\(kernel: unknown option for sampler gp; it takes startup_trials\)"):
+        SearchSpace.from_dict({**stored, "sampler": {"type": "gp", "kernel": "rbf"}})  # or a later option
 
 
 def test_resume_set_on_a_study_of_an_earlier_release_keeps_tpe(tmp_path):
