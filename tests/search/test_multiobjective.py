@@ -50,7 +50,7 @@ def test_two_objective_study_stores_both_values_and_the_exact_front(tmp_path, ra
     write_mo(tmp_path, max_tf=0.39, epochs=3)
     proc = run(["run", "space.yaml", "--study", "mo", "--budget", "10"], tmp_path, ranks=ranks)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert ("propulate" if ranks else "optuna") + " on" in proc.stdout
+    assert ("propulate on" if ranks else "optuna (auto) on") in proc.stdout  # auto: the default sampler
     trials = rows(tmp_path, "mo")
     assert len(trials) >= 10
     for t in trials:
