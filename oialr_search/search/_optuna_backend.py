@@ -121,7 +121,7 @@ class _Feed:
         self.placeholders: dict[int, int] = {}  # store id of another process's running trial -> Optuna number
         self.unprojected: dict[int, tuple[Trial, bool]] = {}  # pruned trials waiting for a completed trial to
         # project with, and whether they are this process's own (told PRUNED already)
-        self.completed = False  # a trial completed since the waiting ones were last tried
+        self.fresh_completion = False  # a trial completed since the waiting ones were last tried
         self.complete = 0  # COMPLETE trials in the study (projected ones too): what auto switches by
         self._gp_trials = gp_trials(ostudy.sampler)
         self._offsets: dict = {}  # stop epoch -> projection offsets, read once per round (a resume reads many)
@@ -162,8 +162,8 @@ class _Feed:
     def retry_unprojected(self) -> None:
         """Add the waiting pruned trials if a trial completed since the last try, or as PRUNED once the
         proposals are TPE's (this process's own are in the study as PRUNED already)."""
-        if self.unprojected and (self.completed or not self.gp):
-            waiting, self.unprojected, self.completed = list(self.unprojected.values()), {}, False
+        if self.unprojected and (self.fresh_completion or not self.gp):
+            waiting, self.unprojected, self.fresh_completion = list(self.unprojected.values()), {}, False
             for t, told in waiting:
                 self._add(t, told=told)
 
@@ -188,7 +188,7 @@ class _Feed:
         with contextlib.suppress(ValueError):  # a value outside the current space (edited before a resume)
             frozen = _frozen(t, self.dists, self.space, projected)
             self.ostudy.add_trial(frozen)
-            self.completed |= t.state == COMPLETE
+            self.fresh_completion |= t.state == COMPLETE
             self.complete += frozen.state == optuna.trial.TrialState.COMPLETE
 
     def projected(self, values: Sequence[float | None] | None, epoch: int | None) -> list[float] | None:
@@ -264,7 +264,7 @@ def run_optuna(*, space: SearchSpace, store: Store, study: Study, seed: int, ran
             trial.set_constraint(f"c{i}", v)
         if scored.state == COMPLETE or projected is not None:  # a projection: learned from as completed
             ostudy.tell(trial, list(scored.values) if projected is None else projected)
-            feed.completed |= scored.state == COMPLETE
+            feed.fresh_completion |= scored.state == COMPLETE
             feed.complete += 1
         elif scored.state == PRUNED:
             for step, value in _last_step(scored.stopped_at, scored.values, len(directions)).items():
