@@ -43,6 +43,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -137,11 +138,19 @@ def peak_memory(device: torch.device, fn: Callable[[], None]) -> str:
     return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
 
 
-def gpu_seconds(device: torch.device, fn: Callable[[], None], calls: int) -> float | None:
-    """Seconds of GPU kernels (and copies) per call of fn, from the profiler; None off CUDA.
+class Kernels(NamedTuple):
+    """What the GPU ran per call of a function: kernel (and copy) seconds, and how many were launched."""
 
-    Against the wall time per call it says whether the GPU or the host sets the pace: a step whose
-    kernels take far less than its wall time is bound by the host (Python and kernel launches)."""
+    seconds: float
+    launches: float
+
+
+def gpu_profile(device: torch.device, fn: Callable[[], None], calls: int) -> Kernels | None:
+    """The GPU's kernels (and copies) per call of fn, from the profiler; None off CUDA.
+
+    Against the wall time per call, their seconds say whether the GPU or the host sets the pace: a step
+    whose kernels take far less than its wall time is bound by the host (Python and kernel launches), and
+    the launches per step say how much of that the launches alone explain (a few microseconds each)."""
     if device.type != "cuda":
         return None
     fn()
@@ -151,8 +160,19 @@ def gpu_seconds(device: torch.device, fn: Callable[[], None], calls: int) -> flo
             fn()
         sync(device)
     cuda = torch.autograd.DeviceType.CUDA
-    micros = sum(e.self_device_time_total for e in prof.key_averages() if e.device_type == cuda)
-    return micros / 1e6 / calls
+    events = [e for e in prof.key_averages() if e.device_type == cuda]
+    return Kernels(sum(e.self_device_time_total for e in events) / 1e6 / calls,
+                   sum(e.count for e in events) / calls)
+
+
+def gpu_seconds(device: torch.device, fn: Callable[[], None], calls: int) -> float | None:
+    """Seconds of GPU kernels (and copies) per call of fn (see :func:`gpu_profile`); None off CUDA."""
+    k = gpu_profile(device, fn, calls)
+    return None if k is None else k.seconds
+
+
+def launches(k: Kernels | None) -> str:
+    return "-" if k is None else f"{k.launches:.0f}"
 
 
 def busy(gpu: float | None, wall: float) -> str:
@@ -289,9 +309,10 @@ def forced_ranks(label: str, spec: dict, device: str, batch: int, rounds: int, s
     print(f"\n== 3. OIALR vs full rank at forced ranks: {label}, batch {batch}, {full.precision.name}, "
           f"{tokens} tokens (median of {rounds} x {steps} steps)")
     print(f"{'variant':>12} {'step s':>9} {'ratio':>7} {'trainable':>10} {'FLOP ratio':>11} {'GPU busy':>9} "
-          f"{'GPU ratio':>9} {'peak memory':>12}")
+          f"{'GPU ratio':>9} {'kernels':>8} {'peak memory':>12}")
     shapes = set()
-    gpu = {name: gpu_seconds(full.device, fn, steps) for name, fn in fns.items()}
+    prof = {name: gpu_profile(full.device, fn, steps) for name, fn in fns.items()}
+    gpu = {name: None if k is None else k.seconds for name, k in prof.items()}
     for name, t in variants.items():
         ratio = times[name] / times["full-rank"]
         trainable = t.oialr.counts().trainable_fraction
@@ -299,7 +320,7 @@ def forced_ranks(label: str, spec: dict, device: str, batch: int, rounds: int, s
         mem = peak_memory(t.device, lambda t=t: t.train_step(x, y))
         gpu_ratio = "-" if gpu[name] is None else f"{gpu[name] / gpu['full-rank']:.3f}"
         print(f"{name:>12} {times[name]:9.4f} {ratio:7.3f} {100 * trainable:9.1f}% {flops:11.3f} "
-              f"{busy(gpu[name], times[name]):>9} {gpu_ratio:>9} {mem:>12}")
+              f"{busy(gpu[name], times[name]):>9} {gpu_ratio:>9} {launches(prof[name]):>8} {mem:>12}")
         shapes |= {(f.out_features, f.in_features, f.rank, tokens) for _, f in t.oialr.factors}
     return sorted(shapes)
 
@@ -417,12 +438,13 @@ def compiled(spec: dict, device: str, batch: int, rounds: int, steps: int, mode:
     times = time_interleaved(fns, full.device, rounds, steps)
     print(f"\n== 6. train.compile ({_compile.BACKEND}, mode {mode}): Table-3 mini-ViT, batch {batch} "
           f"(median of {rounds} x {steps} steps)")
-    print(f"{'variant':>26} {'step s':>9} {'images/s':>10} {'vs eager':>9} {'GPU busy':>9} {'first 2 steps s':>16}")
+    print(f"{'variant':>26} {'step s':>9} {'images/s':>10} {'vs eager':>9} {'GPU busy':>9} {'kernels':>8} "
+          f"{'first 2 steps s':>16}")
     for name, fn in fns.items():
         eager = times[name.replace("compiled", "eager")]
-        gpu = gpu_seconds(full.device, fn, steps)
+        k = gpu_profile(full.device, fn, steps)
         print(f"{name:>26} {times[name]:9.4f} {batch / times[name]:10.0f} {eager / times[name]:8.2f}x "
-              f"{busy(gpu, times[name]):>9} {first[name]:16.1f}")
+              f"{busy(None if k is None else k.seconds, times[name]):>9} {launches(k):>8} {first[name]:16.1f}")
     for how in ("eager", "compiled"):
         fp32, full_low = times[f"fp32 full-rank {how}"], times[f"{low} full-rank {how}"]
         ratio = (f"; rank 10% / full rank ({low}) {times[f'{low} rank 10% {how}'] / full_low:.3f}" if oialr_too
