@@ -9,9 +9,10 @@ Launches each mode under the venv's mpiexec with the same ranks and an objective
 (``--only fixed|zero|storage|sampler`` runs one part, ``--modes`` a subset of the modes)
 then storage figures on a 10,000-trial study with realistic rank trajectories: recording one
 trial, and the ``status``, ``best`` and ``pareto`` verbs (in-process, output discarded); and finally
-the Optuna samplers' own seconds per proposal by the trials they learn from. service-optuna searches
-with TPE, so that it measures the service: the default sampler's GP costs more per proposal, which
-the last part prints.
+the Optuna samplers' and the Propulate backend's surrogate's own seconds per proposal by the trials
+they learn from. service-optuna searches with TPE and service-propulate breeds as plain Propulate
+does, so that they measure the service: the default sampler's GP and Propulate's surrogate pick cost
+more per proposal, which the last part prints.
 The service's objectives report ``--epochs`` epochs per trial (each one stored as it happens), so
 the per-epoch writes are part of what is measured.
 Modes: ``service-propulate`` and ``service-optuna`` (our runner and store, real SQLite file),
@@ -67,6 +68,12 @@ def worker(mode: str, cost: float, per_rank: int, folder: Path, epochs: int) -> 
         space = load_space(folder / "space.yaml")
         import optuna  # noqa: F401  - one-off import costs stay out of the timed region, as for
         import propulate  # noqa: F401  the plain modes
+
+        from oialr_search.search import _surrogate
+
+        # Propulate's own breeding, as plain-propulate's, so that service-propulate measures the service
+        # (as service-optuna searches with TPE); what the surrogate's pick costs is printed apart
+        _surrogate.CANDIDATES = 1
 
         def objective(space, params, *, report=None, **_):  # noqa: ANN001, ANN202
             value = _fake_value(params)
@@ -272,6 +279,36 @@ def sampler_figures(counts: tuple[int, ...], reps: int = 3) -> None:
                 propose(study)
             row.append((time.perf_counter() - start) / reps)
         print(f"{kind:>10} " + " ".join(f"{t:7.3f}" for t in row), flush=True)
+    print(f"{'propulate':>10} " + " ".join(f"{surrogate_pick_seconds(space, n, reps):7.3f}" for n in counts)
+          + "   (the Propulate backend's surrogate pick of 16 children)", flush=True)
+
+
+def surrogate_pick_seconds(space, n: int, reps: int) -> float:  # noqa: ANN001
+    """Seconds per proposal of the Propulate backend's surrogate pick with ``n`` evaluated individuals."""
+    import random
+
+    from propulate.population import Individual
+
+    from oialr_search.search._propulate_backend import limits_of
+    from oialr_search.search._selection import default_breeding
+    from oialr_search.search._surrogate import SurrogatePick
+
+    rng = random.Random(0)
+    limits = limits_of(space)
+
+    def individual() -> Individual:
+        ind = Individual({k: type(lo)(rng.uniform(lo, hi)) for k, (lo, hi) in limits.items()}, limits)
+        ind.loss = _fake_value({k: float(v) for k, v in ind.items()})
+        ind.active = True
+        return ind
+
+    population = [individual() for _ in range(n)]
+    pick = SurrogatePick(default_breeding(limits, pop_size=8, rng=rng, sigma_factor=0.15), limits, rng=rng)
+    pick(population)  # untimed: the first pays one-off costs (imports)
+    start = time.perf_counter()
+    for _ in range(reps):
+        pick(population)
+    return (time.perf_counter() - start) / reps
 
 
 def fixed(args: argparse.Namespace, folder: Path) -> None:

@@ -38,6 +38,7 @@ from ._objectives import Scored, minimize_sense, objectives_from
 from ._projection import projected_feasible, projected_values
 from ._scalarization import PROJECTED, RescoringPropagator, attach
 from ._space import SearchSpace
+from ._surrogate import SurrogatePick
 from ._workers import Workers
 
 # (params, island) -> (the params that ran, the stored outcome); None when nothing was stored (a follower
@@ -191,7 +192,9 @@ def run_propulate(*, comm, space: SearchSpace, store: Store, study: Study, folde
         if first:
             anchor(design, limits, _traits(space, limits, first))
         breeding.false_prop = DesignInit(design[island][local::sizes[island]], limits, breeding.false_prop)
-    propagator = RescoringPropagator(breeding, n_objectives=len(space.objectives), pop_size=pop_size)
+    # each evaluation runs the most promising of several bred children, by a model of the island (_surrogate)
+    picking = SurrogatePick(breeding, limits, rng=random.Random(seed * 7919 + worker + 104729))
+    propagator = RescoringPropagator(picking, n_objectives=len(space.objectives), pop_size=pop_size)
 
     pending = [first] if first and comm.Get_rank() == 0 else []
 
