@@ -204,6 +204,7 @@ def run_propulate(*, comm, space: SearchSpace, store: Store, study: Study, folde
                 _set_traits(individual, space, limits, pending.pop())
             proposed = decode(space, individual)
             result = evaluate(proposed, island)
+            picking.idle = result is None  # nothing ran: the next proposals are likely thrown away too
             if result is None:
                 return attach(individual, None, "FAILED")
             params, scored = result

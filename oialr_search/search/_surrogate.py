@@ -62,7 +62,12 @@ class SurrogatePick:
 
     ``inner`` is a :class:`propulate.propagators.Conditional` (its ``pop_size`` says when breeding
     starts); ``rng`` seeds the model's fits, so a seeded search stays reproducible. ``candidates``:
-    ``CANDIDATES`` when None (1: no model, Propulate's own breeding)."""
+    ``CANDIDATES`` when None (1: no model, Propulate's own breeding). While ``idle`` is set (by the
+    backend, when its rank's last proposal ran no trial: the budget is full, or the rank was preempted
+    or closed) Propulate still breeds once per generation it has left, so the model is skipped: those
+    proposals are never run, and fitting one costs up to a second."""
+
+    idle = False
 
     def __init__(self, inner, limits: Mapping[str, tuple], *, rng: random.Random,  # noqa: ANN001
                  candidates: int | None = None, max_points: int = MAX_POINTS) -> None:
@@ -73,7 +78,7 @@ class SurrogatePick:
         self.point = _scale(limits)
 
     def __call__(self, individuals: list):  # noqa: ANN204
-        if len(individuals) < self.inner.pop_size or self.candidates == 1:
+        if len(individuals) < self.inner.pop_size or self.candidates == 1 or self.idle:
             return self.inner(individuals)  # the initial design, consumed in order: never bred more than once
         finite = sorted((ind for ind in individuals if math.isfinite(float(ind.loss))), key=lambda i: float(i.loss))
         finite = finite[:self.max_points]
@@ -87,6 +92,7 @@ class SurrogatePick:
         from sklearn.exceptions import ConvergenceWarning
         from sklearn.gaussian_process import GaussianProcessRegressor
         from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
+        from threadpoolctl import threadpool_limits
 
         x = np.array([self.point(ind) for ind in points])
         y = _normal_scores(np.array([float(ind.loss) for ind in points]))
@@ -94,7 +100,8 @@ class SurrogatePick:
             + WhiteKernel(1e-2, (1e-6, 1.0))
         gp = GaussianProcessRegressor(kernel, normalize_y=True, n_restarts_optimizer=1,
                                       random_state=self.rng.randrange(2**31))
-        with warnings.catch_warnings():
+        # one BLAS thread: the matrices are small, and the rank's other cores belong to the other ranks
+        with warnings.catch_warnings(), threadpool_limits(limits=1):
             warnings.simplefilter("ignore", ConvergenceWarning)  # a length scale at its bound is fine here
             try:
                 gp.fit(x, y)

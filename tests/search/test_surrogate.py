@@ -5,8 +5,11 @@ import random
 
 import numpy as np
 import pytest
+from propulate.population import Individual
 from scipy.stats import norm
 
+from oialr_search.search._design import DesignInit
+from oialr_search.search._selection import default_breeding
 from oialr_search.search._surrogate import SurrogatePick, _normal_scores, expected_improvement
 
 LIMITS = {"p0": (0.0, 1.0), "p1": (0, 4)}
@@ -33,10 +36,40 @@ def population(xs, f=lambda x: (x - 0.3) ** 2):
     return [Ind(x, loss=f(x)) for x in xs]
 
 
-def test_the_initial_design_runs_as_bred():
-    inner = Inner([Ind(0.5)], pop_size=4)
-    child = SurrogatePick(inner, LIMITS, rng=random.Random(0))(population([0.1, 0.9, 0.5]))
-    assert child["p0"] == 0.5 and inner.calls == 1  # a design point is never bred twice
+def test_the_initial_design_is_not_bred_more_than_once():
+    # Propulate's own propagator with the design in front, and enough finite losses for a model: below the
+    # breeding population each proposal takes the next design point, without breeding 15 more
+    limits = {"a": (0.0, 1.0), "b": (0.0, 1.0)}
+    breeding = default_breeding(limits, pop_size=8, rng=random.Random(0), sigma_factor=0.15)
+    breeding.false_prop = DesignInit([{"a": i / 20, "b": i / 20} for i in range(20)], limits, breeding.false_prop)
+    pop = []
+    for i in range(6):
+        ind = Individual({"a": 0.9 - i / 10, "b": 0.1 + i / 10}, limits)
+        ind.loss = float(i)
+        pop.append(ind)
+    child = SurrogatePick(breeding, limits, rng=random.Random(0))(pop)
+    assert child["a"] == 0.0 and len(breeding.false_prop.points) == 19
+
+
+def test_real_individuals_are_bred_and_picked_without_changing_the_parents():
+    limits = {"a": (0.0, 1.0), "b": (0, 4)}
+    breeding = default_breeding(limits, pop_size=4, rng=random.Random(0), sigma_factor=0.15)
+    pop = []
+    for i in range(10):
+        ind = Individual({"a": i / 10, "b": i % 5}, limits)
+        ind.loss = (i / 10 - 0.3) ** 2
+        pop.append(ind)
+    before = [(dict(ind), ind.loss) for ind in pop]
+    child = SurrogatePick(breeding, limits, rng=random.Random(0))(pop)
+    assert isinstance(child, Individual) and set(child) == {"a", "b"}
+    assert [(dict(ind), ind.loss) for ind in pop] == before
+
+
+def test_an_idle_rank_breeds_without_the_model():
+    inner = Inner([Ind(0.9), Ind(0.31)], pop_size=4)
+    pick = SurrogatePick(inner, LIMITS, rng=random.Random(0), candidates=2)
+    pick.idle = True  # its last proposal ran no trial (budget full, preempted, closed)
+    assert pick(population(np.linspace(0, 1, 10)))["p0"] == 0.9 and inner.calls == 1
 
 
 def test_the_child_the_model_expects_best_runs():
@@ -60,17 +93,6 @@ def test_too_few_finite_losses_give_the_first_child_without_breeding_more():
     inner = Inner([Ind(0.7), Ind(0.31)], pop_size=4)
     child = SurrogatePick(inner, LIMITS, rng=random.Random(0), candidates=2)(pop)
     assert child["p0"] == 0.7 and inner.calls == 1
-
-
-def test_the_pick_is_reproducible_under_a_seed():
-    def pick(seed: int) -> float:
-        rng = np.random.default_rng(1)
-        pop = [Ind(float(x), int(k), float(x - 0.3) ** 2 + 0.1 * k) for x, k in
-               zip(rng.random(15), rng.integers(0, 5, 15), strict=True)]
-        children = [Ind(float(x), int(k)) for x, k in zip(rng.random(8), rng.integers(0, 5, 8), strict=True)]
-        return SurrogatePick(Inner(children), LIMITS, rng=random.Random(seed), candidates=8)(pop)["p0"]
-
-    assert pick(3) == pick(3)
 
 
 def test_expected_improvement_matches_its_closed_form():
