@@ -155,7 +155,8 @@ def _skip_checkpoints(propulator) -> None:  # noqa: ANN001
 
 def run_propulate(*, comm, space: SearchSpace, store: Store, study: Study, folder: Path, generations: int,  # noqa: ANN001
                   seed: int, evaluate: RunTrial, workers: Workers | None = None, first: dict | None = None,
-                  trials: int, fresh: bool = False, ready: Callable[[], None] | None = None) -> None:
+                  trials: int, fresh: bool = False, ready: Callable[[], None] | None = None,
+                  done: Callable[[], bool] | None = None) -> None:
     """Run this rank's share (``generations`` evaluations) of the search. Collective.
 
     ``workers``: the ranks in groups that train one trial each (Propulate's ``ranks_per_worker``);
@@ -163,7 +164,8 @@ def run_propulate(*, comm, space: SearchSpace, store: Store, study: Study, folde
     which rank 0 evaluates instead of its first proposal, so a fresh search starts from a known-good
     point. ``fresh``: no island was rebuilt from stored trials, so the islands' first breeding
     populations come from one sliced Latin hypercube (see _design) instead of uniform draws.
-    ``trials``: how many trials this job runs in all.
+    ``trials``: how many trials this job runs in all. ``done()``: this rank takes no more trials (its
+    remaining generations' proposals are bred without the surrogate's model).
     """
     from propulate import Islands
     from propulate.propagators import SelectMin, SelectUniform
@@ -193,7 +195,7 @@ def run_propulate(*, comm, space: SearchSpace, store: Store, study: Study, folde
             anchor(design, limits, _traits(space, limits, first))
         breeding.false_prop = DesignInit(design[island][local::sizes[island]], limits, breeding.false_prop)
     # each evaluation runs the most promising of several bred children, by a model of the island (_surrogate)
-    picking = SurrogatePick(breeding, limits, rng=random.Random(seed * 7919 + worker + 104729))
+    picking = SurrogatePick(breeding, limits, rng=random.Random(seed * 7919 + worker + 104729), idle=done)
     propagator = RescoringPropagator(picking, n_objectives=len(space.objectives), pop_size=pop_size)
 
     pending = [first] if first and comm.Get_rank() == 0 else []
@@ -204,7 +206,6 @@ def run_propulate(*, comm, space: SearchSpace, store: Store, study: Study, folde
                 _set_traits(individual, space, limits, pending.pop())
             proposed = decode(space, individual)
             result = evaluate(proposed, island)
-            picking.idle = result is None  # nothing ran: the next proposals are likely thrown away too
             if result is None:
                 return attach(individual, None, "FAILED")
             params, scored = result

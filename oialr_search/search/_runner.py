@@ -441,4 +441,4 @@ def _propulate(comm, rank: int, store: Store, study: Study, space: SearchSpace, 
 
     run_propulate(comm=comm, space=space, store=store, study=study, folder=folder, generations=generations,
                   seed=seed, evaluate=propulate_evaluate, workers=workers, first=start[0] if start else None,
-                  fresh=not seeded, trials=remaining, ready=ready)
+                  fresh=not seeded, trials=remaining, ready=ready, done=lambda: trials.closed or trials.full)

@@ -62,23 +62,23 @@ class SurrogatePick:
 
     ``inner`` is a :class:`propulate.propagators.Conditional` (its ``pop_size`` says when breeding
     starts); ``rng`` seeds the model's fits, so a seeded search stays reproducible. ``candidates``:
-    ``CANDIDATES`` when None (1: no model, Propulate's own breeding). While ``idle`` is set (by the
-    backend, when its rank's last proposal ran no trial: the budget is full, or the rank was preempted
-    or closed) Propulate still breeds once per generation it has left, so the model is skipped: those
-    proposals are never run, and fitting one costs up to a second."""
-
-    idle = False
+    ``CANDIDATES`` when None (1: no model, Propulate's own breeding). ``idle()``, asked before each
+    breeding, says that the rank takes no more trials (the budget is full, or it was preempted or
+    closed): Propulate still breeds once per generation it has left, and those proposals are never
+    run, so they are bred without the model (a fit costs up to a second)."""
 
     def __init__(self, inner, limits: Mapping[str, tuple], *, rng: random.Random,  # noqa: ANN001
-                 candidates: int | None = None, max_points: int = MAX_POINTS) -> None:
+                 candidates: int | None = None, max_points: int = MAX_POINTS,
+                 idle: Callable[[], bool] | None = None) -> None:
         candidates = CANDIDATES if candidates is None else candidates
         if candidates < 1:
             raise ValueError(f"candidates must be at least 1, got {candidates}")
         self.inner, self.candidates, self.max_points, self.rng = inner, candidates, max_points, rng
         self.point = _scale(limits)
+        self.idle = idle or (lambda: False)
 
     def __call__(self, individuals: list):  # noqa: ANN204
-        if len(individuals) < self.inner.pop_size or self.candidates == 1 or self.idle:
+        if len(individuals) < self.inner.pop_size or self.candidates == 1 or self.idle():
             return self.inner(individuals)  # the initial design, consumed in order: never bred more than once
         finite = sorted((ind for ind in individuals if math.isfinite(float(ind.loss))), key=lambda i: float(i.loss))
         finite = finite[:self.max_points]
@@ -101,7 +101,8 @@ class SurrogatePick:
         gp = GaussianProcessRegressor(kernel, normalize_y=True, n_restarts_optimizer=1,
                                       random_state=self.rng.randrange(2**31))
         # one BLAS thread: the matrices are small, and the rank's other cores belong to the other ranks
-        with warnings.catch_warnings(), threadpool_limits(limits=1):
+        # (entered outside catch_warnings, which would repeat a warning of its own on every fit)
+        with threadpool_limits(limits=1), warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)  # a length scale at its bound is fine here
             try:
                 gp.fit(x, y)

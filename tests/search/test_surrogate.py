@@ -1,7 +1,10 @@
 """SurrogatePick: the Propulate backend runs the most promising of several bred children."""
 
 import math
+import os
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,6 +14,8 @@ from scipy.stats import norm
 from oialr_search.search._design import DesignInit
 from oialr_search.search._selection import default_breeding
 from oialr_search.search._surrogate import SurrogatePick, _normal_scores, expected_improvement
+
+from .test_search_cli import MPIEXEC
 
 LIMITS = {"p0": (0.0, 1.0), "p1": (0, 4)}
 
@@ -67,9 +72,67 @@ def test_real_individuals_are_bred_and_picked_without_changing_the_parents():
 
 def test_an_idle_rank_breeds_without_the_model():
     inner = Inner([Ind(0.9), Ind(0.31)], pop_size=4)
-    pick = SurrogatePick(inner, LIMITS, rng=random.Random(0), candidates=2)
-    pick.idle = True  # its last proposal ran no trial (budget full, preempted, closed)
+    idle = [True]  # the rank takes no more trials (budget full, preempted, closed)
+    pick = SurrogatePick(inner, LIMITS, rng=random.Random(0), candidates=2, idle=lambda: idle[0])
     assert pick(population(np.linspace(0, 1, 10)))["p0"] == 0.9 and inner.calls == 1
+
+
+# Two ranks search with the Propulate backend and a zero-cost objective; each sends itself SIGTERM (a
+# preemption) at its 14th trial, once the island breeds with the model. Prints the model fits per rank
+# before and after the signal.
+PREEMPTED = """
+import os, signal, sys
+from pathlib import Path
+from mpi4py import MPI
+from oialr_search.search import SearchRequest, TrialOutcome, load_space, run_search, _surrogate
+from oialr_search.storage import COMPLETE
+
+fits, calls, signalled = [0, 0], [0], []
+fit = _surrogate.SurrogatePick._expected_improvement
+def counted(self, *args):
+    fits[bool(signalled)] += 1
+    return fit(self, *args)
+_surrogate.SurrogatePick._expected_improvement = counted
+
+def objective(space, params, *, report=None, **_):
+    calls[0] += 1
+    if calls[0] == 14:
+        signalled.append(True)
+        os.kill(os.getpid(), signal.SIGTERM)
+    value = sum(float(v) for v in params.values())
+    record = {"epoch": 1, "step": 1, "train_loss": 1.0, "val_loss": value, "top1": 50.0, "top5": 90.0, "lr": 1e-3,
+              "trainable_fraction": 0.5, "seconds": 0.0, "compression": 0.5, "train_seconds": 0.0}
+    if report is not None:
+        report(record)
+    return TrialOutcome(COMPLETE, {"val_loss": value}, [record], [])
+
+folder = Path(sys.argv[1])
+req = SearchRequest(study="p", storage=f"sqlite:///{folder}/p.db", space=load_space(folder / "space.yaml"),
+                    backend="propulate", budget=400)
+rc = run_search(req, objective=objective, quiet=True)
+print(f"FITS {MPI.COMM_WORLD.Get_rank()} {rc} {calls[0]} {fits[0]} {fits[1]}", flush=True)
+"""
+
+SMALL_SPACE = """\
+base:
+  model: {name: mlp}
+  data: {name: digits}
+params:
+  optim.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
+  schedule.k_decay: {type: float, low: 0.5, high: 4.0}
+"""
+
+
+def test_a_preempted_rank_fits_no_model_for_the_generations_it_has_left(tmp_path):
+    (tmp_path / "space.yaml").write_text(SMALL_SPACE)
+    (tmp_path / "worker.py").write_text(PREEMPTED)
+    proc = subprocess.run([str(MPIEXEC), "-n", "2", sys.executable, str(tmp_path / "worker.py"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    rows = [line.split()[1:] for line in proc.stdout.splitlines() if line.startswith("FITS ")]
+    assert proc.returncode == 0 and len(rows) == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    for _rank, rc, calls, before, after in rows:
+        assert (rc, calls) == ("0", "14"), rows  # the job ended cleanly after the preemption, no trial more
+        assert int(before) > 0 and int(after) == 0, rows  # 186 generations left on each rank: none fitted
 
 
 def test_the_child_the_model_expects_best_runs():
