@@ -131,7 +131,8 @@ class LowRankWeight(nn.Module):
     # -- OIALR basis update ------------------------------------------------------------------------
     @torch.no_grad()
     def rotate_(self, beta: float, min_rank: int = 1) -> Rotation:
-        """Re-diagonalize Σ, rotate the bases into its singular vectors and drop small values.
+        """Re-diagonalize Σ, rotate the bases into its singular vectors and drop small values. Σ becomes a
+        new Parameter: an optimizer that trains the old one must take it in its place (``replace_parameter``).
 
         Σ = P diag(σ) Qᵀ; U ← U P; Vᵀ ← Qᵀ Vᵀ; Σ ← diag(σ): the layer's function is unchanged. Then
         every σᵢ < beta·max(σ) is dropped (never fewer than ``min_rank``, never more than before).
@@ -153,8 +154,11 @@ class LowRankWeight(nn.Module):
         alignment = kept / keep if keep else 1.0
         self.U = (self.U @ p_k).contiguous()
         self.Vh = (qh_k @ self.Vh).contiguous()
-        self.sigma.data = torch.diag(s[:keep]).contiguous()
-        self.sigma.grad = None
+        # A new Parameter, not new .data in the old one: whatever still holds the old one's gradient
+        # accumulator (a DDP reducer, a recorded CUDA graph's backward) would hand the new shape's gradient
+        # to a node that expects the old shape. The optimizer takes it in the old one's place
+        # (``replace_parameter``, which the OIALR update calls).
+        self.sigma = nn.Parameter(torch.diag(s[:keep]).contiguous(), requires_grad=self.sigma.requires_grad)
         return Rotation(old_rank, keep, stability, p_k, qh_k.T, alignment)
 
     @torch.no_grad()

@@ -12,7 +12,7 @@ from ..exceptions import CheckpointError
 from ._config import OIALRConfig
 from ._convert import convert_to_low_rank, low_rank_factors
 from ._factor import LowRankWeight, ceil_layers
-from ._optim_state import rotate_state
+from ._optim_state import replace_parameter
 
 
 @dataclass
@@ -128,9 +128,9 @@ class OIALR:
         stability: dict[str, float] = {}
         alignment: dict[str, float] = {}
         for name, factor in chosen:
-            old_shape = factor.sigma.shape
+            old = factor.sigma
             rot = factor.rotate_(self.config.beta, self.config.min_rank)
-            rotate_state(self.optimizer, factor.sigma, old_shape, rot.left, rot.right)
+            replace_parameter(self.optimizer, old, factor.sigma, rot.left, rot.right)
             stability[name], alignment[name] = rot.stability, rot.alignment
         record = self._record(step, self.updates_done, [n for n, _ in chosen], stability,
                               time.perf_counter() - start, alignment)

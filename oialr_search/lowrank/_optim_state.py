@@ -41,7 +41,8 @@ def _transport(state: dict, shape: torch.Size, left: Tensor, right: Tensor) -> d
 @torch.no_grad()
 def replace_parameter(optimizer: torch.optim.Optimizer | None, old: Tensor, new: Tensor, left: Tensor,
                       right: Tensor) -> None:
-    """Put ``new`` in ``old``'s place (same group, same position) and transport its state."""
+    """Put ``new`` in ``old``'s place (same group, same position) and transport its state: at the switch
+    (W → Σ) and at every basis update (Σ → leftᵀ Σ right, a new Parameter of the new rank)."""
     if optimizer is None:
         return
     for group in optimizer.param_groups:
@@ -52,14 +53,3 @@ def replace_parameter(optimizer: torch.optim.Optimizer | None, old: Tensor, new:
                 if state:
                     optimizer.state[new] = _transport(state, old.shape, left, right)
                 return
-
-
-@torch.no_grad()
-def rotate_state(optimizer: torch.optim.Optimizer | None, param: Tensor, old_shape: torch.Size, left: Tensor,
-                 right: Tensor) -> None:
-    """Transport ``param``'s state after Σ ← leftᵀ Σ right (its shape already changed)."""
-    if optimizer is None or param not in optimizer.state:
-        return
-    state = optimizer.state[param]
-    if state:
-        optimizer.state[param] = _transport(state, old_shape, left, right)

@@ -54,12 +54,13 @@ def test_first_moment_follows_the_rotation():
     _step(model, opt, x, y)
     f = factors[1][1]
     m_before = opt.state[f.sigma]["exp_avg"].clone()
-    from oialr_search.lowrank._optim_state import rotate_state
+    from oialr_search.lowrank._optim_state import replace_parameter
 
-    old_shape = f.sigma.shape
+    old = f.sigma
     rot = f.rotate_(beta=0.3)
-    rotate_state(opt, f.sigma, old_shape, rot.left, rot.right)
-    assert f.rank < 32
+    assert f.sigma is not old and old.shape == (32, 32)  # a new Parameter; the old one is left as it was
+    replace_parameter(opt, old, f.sigma, rot.left, rot.right)
+    assert f.rank < 32 and old not in opt.state and any(p is f.sigma for g in opt.param_groups for p in g["params"])
     torch.testing.assert_close(opt.state[f.sigma]["exp_avg"], rot.left.T @ m_before @ rot.right)
     assert opt.state[f.sigma]["exp_avg_sq"].shape == (f.rank, f.rank)
     _step(model, opt, x, y)  # AdamW accepts the resized state
