@@ -25,14 +25,10 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def _refuse_unrunnable(space: object, study: str | None = None) -> None:  # a SearchSpace
-    """Refuse a search whose data set is not where ``space`` says (see data_problem), or whose trials this
-    rank's GPUs could not compile (compile_problem); ``study``: a stored one."""
-    import torch
+    """Refuse a search whose data set is not where ``space`` says (see data_problem); ``study``: a stored one."""
+    from ..search._study_checks import data_problem
 
-    from ..search._study_checks import compile_problem, data_problem
-
-    cuda = torch.cuda.is_available() and torch.cuda.device_count() > 0  # as the search places its ranks
-    problem = data_problem(space, stored=study) or compile_problem(space, cuda=cuda, stored=study)
+    problem = data_problem(space, stored=study)
     if problem is not None:
         raise OIALRSearchError(problem)
 

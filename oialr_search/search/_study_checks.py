@@ -85,38 +85,6 @@ def _first_valid(space: SearchSpace, candidates: list[dict]) -> RunConfig | None
     return None
 
 
-def compile_problem(space: SearchSpace, *, cuda: bool, stored: str | None = None) -> str | None:
-    """Why the trials of ``space`` on this rank's GPUs (``cuda``: the rank has one) would fail to compile:
-    a train.compile mode with CUDA graphs, in the base config or among the searched choices, for an OIALR
-    run (see TrainingCompiler); None otherwise, and off GPUs. Judged on every rank before every search.
-    ``stored``: the name of the stored study ``space`` is. Its searched choices cannot change, so it is
-    refused only when none of them can run (its trials with such a mode fail one by one), and a mode in its
-    base config is changed with resume --set."""
-    dims = {d.key: d for d in space.dimensions}
-    if not cuda or dims.keys() & {"oialr", "oialr.enabled", "train"}:
-        return None
-    config = config_from_dict(space.base)
-    if not config.oialr.enabled:
-        return None
-    from ..training._compile import TrainingCompiler, cuda_graphs_refused
-
-    compile_dim = dims.get("train.compile")
-    modes = list(compile_dim.choices) if compile_dim is not None else [config.train.compile]
-    refused = [m for m in modes if isinstance(m, str) and TrainingCompiler(mode=m).uses_cuda_graphs]
-    if not refused or (stored is not None and compile_dim is not None and len(refused) < len(modes)):
-        return None
-    if compile_dim is not None:
-        what = (f"{refused[0]} runs" if len(refused) == 1 else f"{', '.join(refused)} run") + " the step as CUDA graphs"
-        fix = (f"run study {stored!r} on nodes without GPUs, or start a new study" if stored is not None else
-               f"drop {'it' if len(refused) == 1 else 'them'} from the choices")
-        return (f"{space.path}: params.train.compile: {what}, which fail at OIALR's first rank change on GPUs; "
-                f"{fix} (every such trial would fail)")
-    if stored is not None:
-        return (f"study {stored!r}: {cuda_graphs_refused(refused[0])}; continue it with 'oialr-search resume "
-                f"--study {stored} --set train.compile=default'")
-    return f"{space.path}: {_where(space)}: {cuda_graphs_refused(refused[0])} (every trial would fail)"
-
-
 def data_problem(space: SearchSpace, stored: str | None = None) -> str | None:
     """Why every trial of ``space`` would fail to load its data: an on-disk data set (data.path) that is not
     there in its layout, unless data.name or data.path is searched; None otherwise. Files are looked at,

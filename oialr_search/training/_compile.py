@@ -46,44 +46,15 @@ def _toolchain_errors() -> tuple[type[BaseException], ...]:
             inductor_exc.GPUTooOldForTriton)
 
 
-def cuda_graphs_refused(mode: str) -> str:
-    """Why an OIALR run on a GPU may not compile with ``mode``, which records CUDA graphs. Measured with
-    reduce-overhead on an H100 (torch 2.11): after the first update that drops a rank, the compiled backward
-    returns the new rank's gradient for the old shape and the run dies, with or without cudagraph trees;
-    inductor without CUDA graphs followed the same rank changes."""
-    import torch._inductor
-
-    if not torch._inductor.list_mode_options(mode).get("triton.cudagraphs", False):  # inductor's own setting
-        return (f"train.compile: {mode} records CUDA graphs here (inductor's triton.cudagraphs, which "
-                "TORCHINDUCTOR_CUDAGRAPHS=1 sets), and they fail at OIALR's first rank change on GPUs; unset "
-                "TORCHINDUCTOR_CUDAGRAPHS")
-    return (f"train.compile: {mode} runs the step as CUDA graphs, which fail at OIALR's first rank change on "
-            "GPUs; use default or max-autotune-no-cudagraphs (CUDA graphs suit full-rank runs, oialr.enabled: "
-            "false)")
-
-
 class TrainingCompiler:
     """Compiles a model's forward for training per ``mode``, a validated ``train.compile`` (``none``: a
-    no-op everywhere)."""
+    no-op everywhere). The modes that record CUDA graphs (reduce-overhead, max-autotune) follow OIALR's
+    rank changes too: each update gives Σ a new Parameter (see ``LowRankWeight.rotate_``), so a recorded
+    backward never meets a gradient accumulator of the old shape; the graphs are recorded anew after it."""
 
-    def __init__(self, *, mode: str, device: torch.device | None = None, ranks_change: bool = False) -> None:
+    def __init__(self, *, mode: str) -> None:
         assert mode in COMPILE_MODES, mode
         self.mode = mode
-        if ranks_change and device is not None and device.type == "cuda" and self.uses_cuda_graphs:
-            raise ConfigError(cuda_graphs_refused(mode))
-
-    @property
-    def uses_cuda_graphs(self) -> bool:
-        """Whether torch.compile's ``mode`` records CUDA graphs (on CUDA devices): the mode's own inductor
-        options, else inductor's setting (which TORCHINDUCTOR_CUDAGRAPHS=1 turns on for any mode)."""
-        if not self.enabled:
-            return False
-        import torch._inductor
-        import torch._inductor.config
-
-        options = torch._inductor.list_mode_options(self.mode)
-        return bool(options.get("triton.cudagraphs", torch._inductor.config.triton.cudagraphs))
-
 
     @property
     def enabled(self) -> bool:

@@ -145,8 +145,7 @@ class TrainConfig:
     fp32) | fp32 | bf16 | fp16 (with a loss scaler). Trained tensors stay fp32 either way.
 
     ``compile``: none | default | reduce-overhead (CUDA graphs) | max-autotune | max-autotune-no-cudagraphs,
-    torch.compile's mode for the training forward (see ``_compile``; an OIALR run on a GPU refuses the
-    modes with CUDA graphs, which fail at its first rank change)."""
+    torch.compile's mode for the training forward (see ``_compile``)."""
 
     epochs: int = 10
     batch_size: int = 128

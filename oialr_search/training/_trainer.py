@@ -101,7 +101,7 @@ class Trainer:
             torch.set_num_threads(tc.threads)
         self.device = resolve_device(tc.device)
         use_device(self.device)
-        self.compiler = TrainingCompiler(mode=tc.compile, device=self.device, ranks_change=config.oialr.enabled)
+        self.compiler = TrainingCompiler(mode=tc.compile)
         self.precision = Precision(tc.precision, self.device)
         seed_everything(tc.seed)
         self.data = data or load_data(config.data.name, path=config.data.path, val_fraction=config.data.val_fraction,

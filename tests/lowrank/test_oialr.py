@@ -87,3 +87,28 @@ def test_records_counts_and_stability():
     counts = count_parameters(model, original)
     assert counts.trainable == events[30].trainable
     assert all(r <= 32 for r in ctl.ranks.values())
+
+
+def test_a_graph_alive_across_a_rank_change_does_not_break_the_next_backward():
+    """Whatever still holds Σ's gradient accumulator across an update (here a graph kept alive; on a GPU a
+    recorded CUDA graph of train.compile reduce-overhead, or a DDP reducer) must not meet the new rank: with
+    Σ's .data replaced in place, the next backward failed ("MmBackward0 returned an invalid gradient at
+    index 0 - got [11, 11] but expected shape compatible with [16, 16]"), as the compiled backward did on
+    an H100. Σ is a new Parameter at every update, which the optimizer trains in the old one's place."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    ctl = OIALR(model, opt, OIALRConfig(delay=0, update_frequency=1, beta=0.5, layer_fraction=1.0,
+                                        keep_last_layer=False), total_steps=10)
+    x = torch.randn(4, 16)
+    ctl.before_step(0)  # the switch
+    kept = model(x).sum()  # alive across the update
+    old = [f.sigma for _, f in ctl.factors]
+    record = ctl.before_step(1)
+    assert record.ranks == {"0.factor": 11, "2.factor": 8}  # both ranks dropped
+    model(x).pow(2).mean().backward()
+    opt.step()
+    trained = {id(p) for g in opt.param_groups for p in g["params"]}
+    for (_, f), before in zip(ctl.factors, old, strict=True):
+        assert f.sigma.grad is not None and id(f.sigma) in trained and id(before) not in trained
+    assert kept.grad_fn is not None

@@ -1,15 +1,13 @@
 """What run and resume refuse before a search because every trial would fail: a model no trial can build
-(judged on the meta device, never leaving a user's module with meta tensors) and a compile mode this rank's
-GPUs cannot run OIALR with."""
+(judged on the meta device, never leaving a user's module with meta tensors)."""
 
 import sys
 import textwrap
 
 import pytest
 
-from oialr_search.exceptions import OIALRSearchError
 from oialr_search.search import load_space
-from oialr_search.search._study_checks import compile_problem, model_problem
+from oialr_search.search._study_checks import model_problem
 
 BASE = """\
 base:
@@ -86,67 +84,3 @@ def test_nested_model_kwargs_that_a_search_varies_reach_the_model_as_it_takes_th
                  params="  model.kwargs.blok_args.attn_layer: {type: categorical, choices: [se, eca]}")
     assert "params: model.kwargs: ResNet.__init__() got an unexpected keyword argument 'blok_args'" in \
         model_problem(typo)
-
-
-@pytest.mark.parametrize(("compile", "oialr", "params", "cuda", "refused"), [
-    ("reduce-overhead", "true", "", True, "space.yaml: base/set: train.compile: reduce-overhead runs the step as "
-                                           "CUDA graphs, which fail at OIALR's first rank change on GPUs"),
-    ("max-autotune", "true", "", True, "train.compile: max-autotune runs the step as CUDA graphs"),
-    ("reduce-overhead", "true", "", False, None),  # no GPU on this rank: no CUDA graphs
-    ("reduce-overhead", "false", "", True, None),  # full rank: the shapes never change
-    ("default", "true", "", True, None),
-    ("none", "true", "  train.compile: {type: categorical, choices: [none, default, reduce-overhead]}", True,
-     "space.yaml: params.train.compile: reduce-overhead runs the step as CUDA graphs, which fail at OIALR's first "
-     "rank change on GPUs; drop it from the choices"),
-    ("none", "true", "  train.compile: {type: categorical, choices: [none, reduce-overhead]}", False, None),
-])
-def test_cuda_graphs_for_oialr_on_this_ranks_gpus_are_refused_before_the_search(tmp_path, compile, oialr, params,
-                                                                                  cuda, refused):
-    problem = compile_problem(space(tmp_path, compile=compile, oialr=oialr, params=params), cuda=cuda)
-    if refused is None:
-        assert problem is None
-    else:
-        assert refused in problem and "\n" not in problem
-
-
-@pytest.mark.parametrize(("compile", "params", "refused"), [
-    # a stored study's searched choices cannot change: it goes on while one of them can run
-    ("none", "  train.compile: {type: categorical, choices: [none, reduce-overhead]}", None),
-    ("none", "  train.compile: {type: categorical, choices: [reduce-overhead, max-autotune]}",
-     "params.train.compile: reduce-overhead, max-autotune run the step as CUDA graphs, which fail at OIALR's first "
-     "rank change on GPUs; run study 's' on nodes without GPUs, or start a new study"),
-    ("reduce-overhead", "", "study 's': train.compile: reduce-overhead runs the step as CUDA graphs, which fail at "
-                            "OIALR's first rank change on GPUs; use default or max-autotune-no-cudagraphs (CUDA "
-                            "graphs suit full-rank runs, oialr.enabled: false); continue it with 'oialr-search "
-                            "resume --study s --set train.compile=default'"),
-])
-def test_a_stored_study_is_refused_only_what_it_can_change(tmp_path, compile, params, refused):
-    problem = compile_problem(space(tmp_path, compile=compile, params=params), cuda=True, stored="s")
-    assert problem == refused if refused is None else refused in problem
-
-
-def test_inductors_own_cuda_graphs_setting_is_named_as_the_cause(tmp_path):
-    import torch._inductor.config
-
-    from oialr_search.training._compile import TrainingCompiler
-
-    with torch._inductor.config.patch({"triton.cudagraphs": True}):  # as TORCHINDUCTOR_CUDAGRAPHS=1 sets
-        assert TrainingCompiler(mode="default").uses_cuda_graphs
-        problem = compile_problem(space(tmp_path, compile="default"), cuda=True)
-    assert not TrainingCompiler(mode="default").uses_cuda_graphs
-    assert problem.endswith("train.compile: default records CUDA graphs here (inductor's triton.cudagraphs, which "
-                            "TORCHINDUCTOR_CUDAGRAPHS=1 sets), and they fail at OIALR's first rank change on GPUs; "
-                            "unset TORCHINDUCTOR_CUDAGRAPHS (every trial would fail)")
-
-
-def test_run_and_resume_judge_the_compile_mode_by_this_ranks_gpus(tmp_path, monkeypatch):
-    import torch
-
-    from oialr_search.cli import _search
-
-    refused = space(tmp_path, compile="reduce-overhead")
-    _search._refuse_unrunnable(refused)  # no GPU here
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    with pytest.raises(OIALRSearchError, match="reduce-overhead runs the step as CUDA graphs"):
-        _search._refuse_unrunnable(refused)

@@ -152,33 +152,3 @@ def test_an_unknown_compile_mode_is_refused_naming_the_key(mode):
     wanted = "must be one of none, default, reduce-overhead" if isinstance(mode, str) else "expected a string"
     with pytest.raises(ConfigError, match=rf"^train\.compile: {wanted}"):
         _config(mode)
-
-
-@pytest.mark.parametrize("mode", ["reduce-overhead", "max-autotune"])
-def test_cuda_graphs_are_refused_for_an_oialr_run_on_a_gpu(mode, monkeypatch, tmp_path, capsys):
-    """On a GPU their compiled backward fails at the first rank change (an H100, torch 2.11); the run is
-    refused before it loads anything. No GPU here: the trainer is given a CUDA device it never uses."""
-    from oialr_search.cli import main
-    from oialr_search.training import _trainer
-
-    monkeypatch.setattr(_trainer, "resolve_device", lambda spec: torch.device("cuda"))
-    monkeypatch.setattr(_trainer, "use_device", lambda device: None)
-    monkeypatch.setattr(_trainer, "load_data", lambda *a, **k: pytest.fail("data loaded before the refusal"))
-    out = tmp_path / "metrics.json"
-    code = main(["train", "mnist_vit", "--set", f"train.compile={mode}", "--set", "train.precision=fp32",
-                 "--out", str(out)])
-    err = capsys.readouterr().err
-    assert code == 2 and not list(tmp_path.iterdir())
-    assert err.startswith(f"oialr-search train: error: train.compile: {mode} runs the step as CUDA graphs")
-    assert "use default or max-autotune-no-cudagraphs" in err and err.count("\n") == 1
-
-
-@pytest.mark.parametrize(("mode", "device", "oialr"), [
-    ("reduce-overhead", "cuda", False),  # a full-rank run keeps its shapes: CUDA graphs are fine
-    ("reduce-overhead", "cpu", True),  # no CUDA graphs off CUDA
-    ("default", "cuda", True),
-    ("max-autotune-no-cudagraphs", "cuda", True),
-])
-def test_compile_modes_that_follow_rank_changes_are_accepted(mode, device, oialr):
-    compiler = _compile.TrainingCompiler(mode=mode, device=torch.device(device), ranks_change=oialr)
-    assert compiler.uses_cuda_graphs == (mode == "reduce-overhead")
