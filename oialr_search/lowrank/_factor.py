@@ -132,7 +132,8 @@ class LowRankWeight(nn.Module):
     @torch.no_grad()
     def rotate_(self, beta: float, min_rank: int = 1) -> Rotation:
         """Re-diagonalize Σ, rotate the bases into its singular vectors and drop small values. Σ becomes a
-        new Parameter: an optimizer that trains the old one must take it in its place (``replace_parameter``).
+        new Parameter: an optimizer that trains the old one must take it in its place (``replace_parameter``;
+        hooks and attributes set on the old one do not carry over).
 
         Σ = P diag(σ) Qᵀ; U ← U P; Vᵀ ← Qᵀ Vᵀ; Σ ← diag(σ): the layer's function is unchanged. Then
         every σᵢ < beta·max(σ) is dropped (never fewer than ``min_rank``, never more than before).

@@ -130,7 +130,11 @@ class OIALR:
         for name, factor in chosen:
             old = factor.sigma
             rot = factor.rotate_(self.config.beta, self.config.min_rank)
-            replace_parameter(self.optimizer, old, factor.sigma, rot.left, rot.right)
+            if not replace_parameter(self.optimizer, old, factor.sigma, rot.left, rot.right):
+                # no optimizer of ours trains Σ (OIALR(model, None, ...) and the caller's own optimizer): the
+                # values go into the old Parameter, which that optimizer holds, as before Σ became a new one
+                # per update; its state of the old shape is the caller's to reset
+                old.data, factor.sigma = factor.sigma.data, old
             stability[name], alignment[name] = rot.stability, rot.alignment
         record = self._record(step, self.updates_done, [n for n, _ in chosen], stability,
                               time.perf_counter() - start, alignment)

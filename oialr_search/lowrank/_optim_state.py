@@ -40,11 +40,13 @@ def _transport(state: dict, shape: torch.Size, left: Tensor, right: Tensor) -> d
 
 @torch.no_grad()
 def replace_parameter(optimizer: torch.optim.Optimizer | None, old: Tensor, new: Tensor, left: Tensor,
-                      right: Tensor) -> None:
+                      right: Tensor) -> bool:
     """Put ``new`` in ``old``'s place (same group, same position) and transport its state: at the switch
-    (W → Σ) and at every basis update (Σ → leftᵀ Σ right, a new Parameter of the new rank)."""
+    (W → Σ) and at every basis update (Σ → leftᵀ Σ right, a new Parameter of the new rank). Returns
+    whether ``optimizer`` trained ``old``; ``old`` keeps no gradient either way."""
+    old.grad = None  # whatever still holds ``old`` (a graph alive across an update) need not keep it too
     if optimizer is None:
-        return
+        return False
     for group in optimizer.param_groups:
         for i, p in enumerate(group["params"]):
             if p is old:
@@ -52,4 +54,5 @@ def replace_parameter(optimizer: torch.optim.Optimizer | None, old: Tensor, new:
                 state = optimizer.state.pop(old, None)
                 if state:
                     optimizer.state[new] = _transport(state, old.shape, left, right)
-                return
+                return True
+    return False

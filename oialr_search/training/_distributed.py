@@ -209,8 +209,8 @@ def sync_after_event(model: nn.Module, optimizer: torch.optim.Optimizer, ranks: 
 def rewrap(model: nn.Module, optimizer: torch.optim.Optimizer, ranks: dict[str, int], device: torch.device,
            group: TrialGroup) -> nn.Module:
     """The DDP wrapper after an OIALR event. The caller drops the old wrapper first, and for good: its
-    reducer holds the parameters' gradient accumulators, which still carry the old shapes of Σ, and a
-    backward through them fails. Then the state is synchronized and a new wrapper is built."""
+    reducer holds the old parameters (each event makes new Σ Parameters of new shapes), so the new ones
+    would never be averaged across ranks. Then the state is synchronized and a new wrapper is built."""
     gc.collect()  # the old reducer may sit in reference cycles
     sync_after_event(model, optimizer, ranks, group)
     return wrap(model, device, group)

@@ -112,3 +112,39 @@ def test_a_graph_alive_across_a_rank_change_does_not_break_the_next_backward():
     for (_, f), before in zip(ctl.factors, old, strict=True):
         assert f.sigma.grad is not None and id(f.sigma) in trained and id(before) not in trained
     assert kept.grad_fn is not None
+
+
+def test_without_an_optimizer_of_its_own_an_update_keeps_the_callers_optimizer_training_sigma():
+    """OIALR(model, None, ...) with the caller's own optimizer: that optimizer holds the Σ Parameters, so an
+    update puts the new values into them (as before Σ became a new Parameter per update), and they train."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
+    ctl = OIALR(model, None, OIALRConfig(delay=0, update_frequency=1, beta=0.5, layer_fraction=1.0,
+                                         keep_last_layer=False), total_steps=10)
+    ctl.before_step(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)  # the caller's, made after the switch
+    held = [f.sigma for _, f in ctl.factors]
+    x = torch.randn(4, 16)
+    for step in (1, 2):
+        ctl.before_step(step)
+        opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        before = [f.sigma.detach().clone() for _, f in ctl.factors]
+        opt.step()
+        for (_, f), p, b in zip(ctl.factors, held, before, strict=True):
+            assert f.sigma is p and not torch.equal(f.sigma, b)  # the held Parameter is Σ, and it trained
+    assert ctl.ranks["0.factor"] < 16 and ctl.ranks["2.factor"] < 8  # the updates dropped ranks
+
+
+def test_the_replaced_sigma_keeps_no_gradient():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    ctl = OIALR(model, opt, OIALRConfig(delay=0, update_frequency=1, beta=0.5, layer_fraction=1.0,
+                                        keep_last_layer=False), total_steps=10)
+    ctl.before_step(0)
+    model(torch.randn(4, 16)).sum().backward()
+    old = [f.sigma for _, f in ctl.factors]
+    assert all(p.grad is not None for p in old)
+    ctl.before_step(1)
+    assert all(p.grad is None for p in old) and all(f.sigma is not p for (_, f), p in zip(ctl.factors, old))

@@ -13,8 +13,7 @@ BASE = """\
 base:
   model: %(model)s
   data: {name: digits, val_fraction: 0.2}
-  train: {epochs: 1, batch_size: 64, compile: %(compile)s}
-  oialr: {enabled: %(oialr)s}
+  train: {epochs: 1, batch_size: 64}
 objective: {metric: val_loss}
 params:
   optim.lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}
@@ -22,10 +21,9 @@ params:
 """
 
 
-def space(tmp_path, *, model="{name: mlp, kwargs: {hidden: 24, depth: 1}}", compile="none", oialr="true",
-          params=""):
+def space(tmp_path, *, model="{name: mlp, kwargs: {hidden: 24, depth: 1}}", params=""):
     path = tmp_path / "space.yaml"
-    path.write_text(BASE % {"model": model, "compile": compile, "oialr": oialr, "params": params})
+    path.write_text(BASE % {"model": model, "params": params})
     return load_space(path)
 
 
