@@ -23,7 +23,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from oialr_search.lowrank._optim_state import replace_parameter  # noqa: E402
 from oialr_search.training import Trainer, config_from_dict, train  # noqa: E402
 
 
@@ -43,9 +42,7 @@ def force_ranks(trainer: Trainer, fraction: float) -> None:
     """Switch to low rank now and cut every factor to ``fraction`` of its full rank (optimizer state too)."""
     trainer.oialr.switch(trainer.step)
     for _, f in trainer.oialr.factors:
-        old = f.sigma
-        rot = f.rotate_(beta=1.0, min_rank=max(1, math.ceil(fraction * f.full_rank)))
-        replace_parameter(trainer.optimizer, old, f.sigma, rot.left, rot.right)
+        trainer.oialr.rotate(f, beta=1.0, min_rank=max(1, math.ceil(fraction * f.full_rank)))
 
 
 def make_trainer(width: int, batch: int, enabled: bool) -> Trainer:

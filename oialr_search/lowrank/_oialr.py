@@ -11,7 +11,7 @@ from torch import nn
 from ..exceptions import CheckpointError
 from ._config import OIALRConfig
 from ._convert import convert_to_low_rank, low_rank_factors
-from ._factor import LowRankWeight, ceil_layers
+from ._factor import LowRankWeight, Rotation, ceil_layers
 from ._optim_state import replace_parameter
 
 
@@ -128,18 +128,23 @@ class OIALR:
         stability: dict[str, float] = {}
         alignment: dict[str, float] = {}
         for name, factor in chosen:
-            old = factor.sigma
-            rot = factor.rotate_(self.config.beta, self.config.min_rank)
-            if not replace_parameter(self.optimizer, old, factor.sigma, rot.left, rot.right):
-                # no optimizer of ours trains Σ (OIALR(model, None, ...) and the caller's own optimizer): the
-                # values go into the old Parameter, which that optimizer holds, as before Σ became a new one
-                # per update; its state of the old shape is the caller's to reset
-                old.data, factor.sigma = factor.sigma.data, old
+            rot = self.rotate(factor, self.config.beta, self.config.min_rank)
             stability[name], alignment[name] = rot.stability, rot.alignment
         record = self._record(step, self.updates_done, [n for n, _ in chosen], stability,
                               time.perf_counter() - start, alignment)
         self.updates_done += 1
         return record
+
+    def rotate(self, factor: LowRankWeight, beta: float, min_rank: int = 1) -> Rotation:
+        """``factor.rotate_(beta, min_rank)``, with the optimizer training the new Σ in the old one's place."""
+        old = factor.sigma
+        rot = factor.rotate_(beta, min_rank)
+        if not replace_parameter(self.optimizer, old, factor.sigma, rot.left, rot.right):
+            # no optimizer of ours trains Σ (OIALR(model, None, ...) and the caller's own optimizer): the
+            # values go into the old Parameter, which that optimizer holds, as before Σ became a new one
+            # per update; its state of the old shape is the caller's to reset
+            old.data, factor.sigma = factor.sigma.data, old
+        return rot
 
     def _record(self, step: int, update: int, updated: list[str], stability: dict[str, float],
                 seconds: float, alignment: dict[str, float] | None = None) -> UpdateRecord:
