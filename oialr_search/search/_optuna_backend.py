@@ -1,7 +1,7 @@
 """Optuna backend: a sampler in every process, sharing trials through our database.
 
 Each process keeps an in-memory Optuna study and, before every ask, adds the trials that finished
-since its last look, read from our store by a watermark (the lowest id still running), so a trial
+since its last look (``_finished``: read by a watermark, the lowest id still running), so a trial
 that finishes after a later-numbered one still reaches every sampler. Nothing waits on Optuna's RDB
 locks (which kept 8 workers on one SQLite file only 54% busy), it works with and without MPI, and a
 resume just rebuilds the study from the database.
@@ -11,9 +11,7 @@ GP, then TPE, by default); constraints reach the sampler through each trial's co
 ``set_constraint``). For TPE a pruned trial is told PRUNED, with its value at the epoch it stopped at
 as its last intermediate value (single-objective), which is what TPE ranks pruned trials by: the later
 they stopped, then the better that value (without it, every pruned trial tied). The GP ignores pruned
-trials and knows of parallel proposals only through running trials, so it gets more (``_Feed``). A
-trial another job's start marked INTERRUPTED while it still ran (two jobs on one study) is looked at
-again, and added once it has a result.
+trials and knows of parallel proposals only through running trials, so it gets more (``_Feed``).
 """
 
 from __future__ import annotations
@@ -23,8 +21,9 @@ import dataclasses
 import math
 from collections.abc import Callable, Sequence
 
-from ..storage import COMPLETE, FAILED, INTERRUPTED, PRUNED, Store, Study, Trial
+from ..storage import COMPLETE, FAILED, PRUNED, Store, Study, Trial
 from ._dimension import Dimension
+from ._finished import FinishedTrials
 from ._objectives import Constraint, Scored, minimize_sense
 from ._projection import projected_values
 from ._space import SearchSpace
@@ -225,20 +224,13 @@ def run_optuna(*, space: SearchSpace, store: Store, study: Study, seed: int, ran
     ostudy = optuna.create_study(directions=directions, sampler=sampler)
     feed = _Feed(ostudy, space, store, study, dists)
     pending = list(enqueue)  # enqueued after the first sync, so a resume does not try them again
-    interrupted: dict[int, int] = {}  # id -> number of trials that may still get a result
-    watermark = 0
+    reader = FinishedTrials(store, study)
     if ready is not None:
         ready()
     while True:
-        finished, running, watermark = store.finished_since(study, watermark)
-        if interrupted:
-            finished += store.trials_numbered(study, list(interrupted.values()))
+        finished, running = reader.poll()
         feed.refresh()
         for t in finished:
-            if t.state == INTERRUPTED:
-                interrupted.setdefault(t.id, t.number)
-                continue
-            interrupted.pop(t.id, None)
             feed.add(t)
         feed.retry_unprojected()
         feed.sync(running)

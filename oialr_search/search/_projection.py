@@ -29,9 +29,14 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from ..storage import Store, Study
+from ..storage import PRUNED, Store, Study
 from ._objectives import Constraint, Objective, minimize_sense
+from ._scalarization import PROJECTED
+
+if TYPE_CHECKING:
+    from ._space import SearchSpace
 
 Curve = tuple[Sequence[float], Sequence[float]]  # (values at an epoch, final values) of one completed trial
 
@@ -86,3 +91,15 @@ def projected_feasible(projected: Sequence[float], objectives: Sequence[Objectiv
         return None
     raw = {o.metric: (v if o.minimize else -v) for o, v in zip(objectives, projected, strict=True)}
     return all(c.metric in raw and c.holds(raw[c.metric]) for c in constraints)
+
+
+def ranked_as(store: Store, study: Study, space: SearchSpace, values: tuple[float, ...] | None, state: str,
+              feasible: bool | None, stopped_at: int | None, *,
+              cache: dict | None = None) -> tuple[tuple[float, ...] | None, str, bool | None]:
+    """(values, state, feasibility) as Propulate ranks a trial: a PRUNED one by its projection to the end
+    of training where the study has completed trials to project with (see the module)."""
+    if state == PRUNED and values is not None:
+        projected = projected_values(store, study, space.objectives, stopped_at, values, cache=cache)
+        if projected is not None:
+            return projected, PROJECTED, projected_feasible(projected, space.objectives, space.constraints)
+    return values, state, feasible

@@ -35,10 +35,11 @@ from ..storage import COMPLETE, PRUNED, Store, Study
 from ._design import DesignInit, anchor, sliced_latin_hypercube
 from ._objective import while_interrupted
 from ._objectives import Scored, minimize_sense, objectives_from
-from ._projection import projected_feasible, projected_values
-from ._scalarization import PROJECTED, RescoringPropagator, attach
+from ._projection import ranked_as
+from ._scalarization import RescoringPropagator, attach
 from ._space import SearchSpace
-from ._surrogate import SurrogatePick
+from ._study_points import StudyPoints
+from ._surrogate import MAX_POINTS, SurrogatePick
 from ._workers import Workers
 
 # (params, island) -> (the params that ran, the stored outcome); None when nothing was stored (a follower
@@ -120,18 +121,6 @@ def rebuild_checkpoints(store: Store, study: Study, space: SearchSpace, folder: 
     return len(trials)
 
 
-def ranked_as(store: Store, study: Study, space: SearchSpace, values: tuple[float, ...] | None, state: str,
-              feasible: bool | None, stopped_at: int | None, *,
-              cache: dict | None = None) -> tuple[tuple[float, ...] | None, str, bool | None]:
-    """(values, state, feasibility) as Propulate ranks a trial: a PRUNED one by its projection to the end
-    of training where the study has completed trials to project with (see _projection)."""
-    if state == PRUNED and values is not None:
-        projected = projected_values(store, study, space.objectives, stopped_at, values, cache=cache)
-        if projected is not None:
-            return projected, PROJECTED, projected_feasible(projected, space.objectives, space.constraints)
-    return values, state, feasible
-
-
 def _traits(space: SearchSpace, limits: dict, params: dict) -> dict:
     """``params`` in Propulate's encoding (the inverse of :func:`decode`)."""
     return {f"p{i}": type(limits[f"p{i}"][0])(d.encode(params[d.key])) for i, d in enumerate(space.dimensions)}
@@ -162,8 +151,8 @@ def run_propulate(*, comm, space: SearchSpace, store: Store, study: Study, folde
     ``workers``: the ranks in groups that train one trial each (Propulate's ``ranks_per_worker``);
     the islands are made of workers. ``first``: the run config's own values (the same on every rank),
     which rank 0 evaluates instead of its first proposal, so a fresh search starts from a known-good
-    point. ``fresh``: no island was rebuilt from stored trials, so the islands' first breeding
-    populations come from one sliced Latin hypercube (see _design) instead of uniform draws.
+    point. ``fresh``: no island was rebuilt from stored trials, so the islands' first trials come from
+    one sliced Latin hypercube (see _design) instead of uniform draws.
     ``trials``: how many trials this job runs in all. ``done()``: this rank takes no more trials (its
     remaining generations' proposals are bred without the surrogate's model).
     """
@@ -184,18 +173,24 @@ def run_propulate(*, comm, space: SearchSpace, store: Store, study: Study, folde
     # budgets of tens of trials recombining the first few random ones, one or two traits at a time: with
     # 8 and 15% the front's hypervolume at 24 trials went from 0.83 ± 0.14 to 0.90 ± 0.07 and the best
     # got better too (bench/search_quality.py --task digits, 15 seeds; see the README)
-    pop_size = max(8, 2 * n_workers)  # on a fresh search the first pop_size come from a Latin hypercube
+    pop_size = max(8, 2 * n_workers)  # on a fresh search the first pop_size, in all islands, come from a design
     breeding = default_breeding(limits, pop_size=pop_size, rng=rng, sigma_factor=0.15)  # see _selection
+    init = None
     if fresh:
-        # as many points per island as it breeds from, or as the smallest island's share of the trials if
-        # fewer, so every point is run
+        # one design of a breeding population's size shared out among the islands (the surrogate sees every
+        # island's trials, and picks an island's first children among uniform draws once its share is run),
+        # or the smallest island's share of the trials if fewer, so every point is run
         per_island = trials * min(sizes) // n_workers
-        design = sliced_latin_hypercube(limits, max(1, min(pop_size, per_island)), len(sizes), seed)
+        design = sliced_latin_hypercube(limits, max(1, min(-(-pop_size // len(sizes)), per_island)), len(sizes), seed)
         if first:
             anchor(design, limits, _traits(space, limits, first))
-        breeding.false_prop = DesignInit(design[island][local::sizes[island]], limits, breeding.false_prop)
-    # each evaluation runs the most promising of several bred children, by a model of the island (_surrogate)
-    picking = SurrogatePick(breeding, limits, rng=random.Random(seed * 7919 + worker + 104729), idle=done)
+        init = breeding.false_prop = DesignInit(design[island][local::sizes[island]], limits, breeding.false_prop)
+    # each evaluation runs the most promising of several bred children, by a model of the whole study's trials
+    # (_surrogate, _study_points)
+    history = StudyPoints(store=store, study=study, space=space, encode=lambda params: _traits(space, limits, params),
+                          keep=MAX_POINTS)
+    picking = SurrogatePick(breeding, limits, rng=random.Random(seed * 7919 + worker + 104729), idle=done,
+                            history=history.points, design_left=lambda: init is not None and bool(init.points))
     propagator = RescoringPropagator(picking, n_objectives=len(space.objectives), pop_size=pop_size)
 
     pending = [first] if first and comm.Get_rank() == 0 else []

@@ -49,6 +49,12 @@ def attach(individual, values: Sequence[float] | None, state: str, feasible: boo
     setattr(individual, VALUES, tuple(values) if values is not None else None)
     setattr(individual, STATE, state)
     setattr(individual, FEASIBLE, feasible)
+    return provisional(values, state, feasible)
+
+
+def provisional(values: Sequence[float] | None, state: str, feasible: bool | None = None) -> float:
+    """The provisional loss of :func:`attach`: the first objective, with infeasible and pruned trials behind
+    every feasible completed one; +inf without finite values."""
     if values is None or state not in _RANKED or not all(math.isfinite(v) for v in values):
         return math.inf
     return float(values[0]) + PROVISIONAL_STEP * _tier(state, feasible)

@@ -130,6 +130,7 @@ def test_a_preempted_rank_fits_no_model_for_the_generations_it_has_left(tmp_path
                           capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
     rows = [line.split()[1:] for line in proc.stdout.splitlines() if line.startswith("FITS ")]
     assert proc.returncode == 0 and len(rows) == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "surrogate:" not in proc.stderr  # the model read the study's trials from the store
     for _rank, rc, calls, before, after in rows:
         assert (rc, calls) == ("0", "14"), rows  # the job ended cleanly after the preemption, no trial more
         assert int(before) > 0 and int(after) == 0, rows  # 186 generations left on each rank: none fitted
