@@ -14,7 +14,8 @@ the README): a better single-objective best at 24 and 48 trials; the hypervolume
 fronts did not change beyond its seed-to-seed spread.
 
 What it does not promise: a worker that runs through its share before its island holds a breeding
-population draws uniformly (Propulate's own initialisation), and points of a share not run by then
+population draws uniformly (Propulate's own initialisation; the Propulate backend's surrogate picks
+the most promising of several such draws, see ``_surrogate``), and points of a share not run by then
 are never run, so islands whose trials take very different times cover their ranges less evenly.
 """
 

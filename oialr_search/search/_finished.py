@@ -2,8 +2,8 @@
 
 Each process reads by a watermark, the lowest id still running, so a trial that finishes after a
 later-numbered one is still read (the store returns every trial at or above the watermark that is no
-longer running; ids returned before are skipped here). A trial another job's start marked INTERRUPTED
-while it still ran (two jobs on one study) is looked at again until it has a result.
+longer running; the rows of ids returned before are not read again). A trial another job's start marked
+INTERRUPTED while it still ran (two jobs on one study) is looked at again until it has a result.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from ..storage import INTERRUPTED, RUNNING, Store, Study, Trial
 
 
 class FinishedTrials:
-    """``poll()``: the trials that finished since the last poll (each once) and those running now."""
+    """``poll()``: the trials that finished since the last poll (each once) and those running now. A poll
+    that fails (a storage error) changes nothing: the next one returns what it would have."""
 
     def __init__(self, store: Store, study: Study) -> None:
         self.store, self.study = store, study
@@ -21,9 +22,10 @@ class FinishedTrials:
         self.interrupted: dict[int, int] = {}  # id -> number of trials that may still get a result
 
     def poll(self) -> tuple[list[Trial], list[Trial]]:
-        finished, running, self.watermark = self.store.finished_since(self.study, self.watermark)
+        finished, running, watermark = self.store.finished_since(self.study, self.watermark, seen=self.seen)
         if self.interrupted:
-            finished += self.store.trials_numbered(self.study, list(self.interrupted.values()))
+            finished = finished + self.store.trials_numbered(self.study, list(self.interrupted.values()))
+        self.watermark = watermark  # both reads done: from here on nothing can fail
         new = []
         for t in finished:
             if t.state in (INTERRUPTED, RUNNING):  # RUNNING: an interrupted one, looked at again

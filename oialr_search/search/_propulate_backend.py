@@ -55,6 +55,13 @@ def island_sizes(workers: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(islands)]
 
 
+def design_size(pop_size: int, sizes: list[int], trials: int) -> int:
+    """Points per island of a fresh search's design: one breeding population in all, shared out among the
+    islands (the surrogate sees every island's trials, and picks among uniform draws once a worker's
+    share is run), or the smallest island's share of the ``trials`` if fewer, so every point is run."""
+    return max(1, min(-(-pop_size // len(sizes)), trials * min(sizes) // sum(sizes)))
+
+
 def island_of(rank: int, sizes: list[int]) -> tuple[int, int]:
     """(island index, rank within the island) of a world rank."""
     start = 0
@@ -177,11 +184,7 @@ def run_propulate(*, comm, space: SearchSpace, store: Store, study: Study, folde
     breeding = default_breeding(limits, pop_size=pop_size, rng=rng, sigma_factor=0.15)  # see _selection
     init = None
     if fresh:
-        # one design of a breeding population's size shared out among the islands (the surrogate sees every
-        # island's trials, and picks an island's first children among uniform draws once its share is run),
-        # or the smallest island's share of the trials if fewer, so every point is run
-        per_island = trials * min(sizes) // n_workers
-        design = sliced_latin_hypercube(limits, max(1, min(-(-pop_size // len(sizes)), per_island)), len(sizes), seed)
+        design = sliced_latin_hypercube(limits, design_size(pop_size, sizes, trials), len(sizes), seed)
         if first:
             anchor(design, limits, _traits(space, limits, first))
         init = breeding.false_prop = DesignInit(design[island][local::sizes[island]], limits, breeding.false_prop)

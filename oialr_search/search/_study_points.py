@@ -34,28 +34,38 @@ class StudyPoints:
         self.reader = FinishedTrials(store, study)
         self.known: dict[int, tuple[Mapping, tuple[float, ...], str, bool | None]] = {}  # id -> traits, ranked as
         self.unprojected: dict[int, Trial] = {}  # PRUNED with nothing to project with yet: tried again later
+        self.backlog: dict[int, Trial] = {}  # read but not added yet (a storage error while adding: next call)
+        self._points: list[tuple[Mapping, float]] = []  # the last scores, while nothing new was added
 
     def points(self) -> tuple[list[tuple[Mapping, float]], list[Mapping]]:
         finished, running = self.reader.poll()
-        cache: dict = {}  # stop epoch -> the projection's offsets, read once per call
+        self.backlog.update((t.id, t) for t in finished)
         if self.unprojected and any(t.state == COMPLETE for t in finished):
-            finished += list(self.unprojected.values())
-        for t in finished:
-            self._add(t, cache)
+            self.backlog.update(self.unprojected)
+        if self.backlog:
+            cache: dict = {}  # stop epoch -> the projection's offsets, read once per call
+            for t in list(self.backlog.values()):
+                self._add(t, cache)
+                del self.backlog[t.id]
+            self._points = self._scored()
+        return self._points, [traits for t in running if (traits := self._traits(t)) is not None]
+
+    def _scored(self) -> list[tuple[Mapping, float]]:
         known = list(self.known.values())
         if len(self.space.objectives) == 1:
             scores = [provisional(values, state, feasible) for _, values, state, feasible in known]
         else:
             scores = nsga_scores([k[1] for k in known], [k[2] for k in known], feasible=[k[3] for k in known],
                                  keep=self.keep)
-        points = [(k[0], s) for k, s in zip(known, scores, strict=True) if math.isfinite(s)]
-        return points, [traits for t in running if (traits := self._traits(t)) is not None]
+        return [(k[0], s) for k, s in zip(known, scores, strict=True) if math.isfinite(s)]
 
     def _traits(self, t: Trial) -> Mapping | None:
         try:
-            return self.encode(t.params)
+            traits = self.encode(t.params)
         except (KeyError, ValueError, TypeError):
             return None  # a trial of an older version of the space
+        # a NaN param (rows written before params were cleaned) would make every fit fail
+        return traits if all(math.isfinite(float(v)) for v in traits.values()) else None
 
     def _add(self, t: Trial, cache: dict) -> None:
         self.unprojected.pop(t.id, None)

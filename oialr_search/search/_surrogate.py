@@ -7,7 +7,8 @@ the one with the highest expected improvement under a Gaussian process fitted to
 evaluated individuals (their working loss, traits scaled to [0, 1] by their limits). The children
 are still the evolutionary operators' (selection from the best share, crossover, mutation), so the
 search keeps Propulate's character: the surrogate only chooses among them. Before the breeding
-population is complete (the initial design) the inner propagator runs as before.
+population is complete the worker's share of the initial design runs as it is, point by point; after
+that share (``design_left``) the island's uniform draws are picked among as its children are.
 
 The losses are rank-transformed to normal scores before the fit: a diverged trial's val_loss is
 orders of magnitude above the others and would otherwise flatten the model everywhere else.

@@ -151,3 +151,55 @@ def test_an_island_that_cannot_breed_yet_picks_among_its_draws_once_its_design_s
                              design_left=lambda: left)(island)["p0"]
 
     assert pick(True) == 0.2 and pick(False) == 0.8
+
+
+def test_a_fresh_design_is_one_breeding_population_shared_out_among_the_islands():
+    from oialr_search.search._propulate_backend import design_size, island_sizes
+
+    assert design_size(8, island_sizes(2), 24) == 8  # one island: all of it
+    assert design_size(8, island_sizes(4), 24) == 4  # two islands: 4 each, 8 in all
+    assert design_size(16, island_sizes(8), 24) == 4  # four: 4 each
+    assert design_size(10, island_sizes(5), 48) == 5  # islands of 3 and 2
+    assert design_size(8, island_sizes(4), 6) == 3 and design_size(8, island_sizes(4), 1) == 1  # small budgets
+
+
+class _FailingOnce:
+    """Raise once, the first time ``name`` is called, then behave."""
+
+    def __init__(self, target, name):
+        self.real, self.failed = getattr(target, name), False
+        setattr(target, name, self)
+
+    def __call__(self, *args, **kwargs):
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("storage: read failed: server closed the connection unexpectedly")
+        return self.real(*args, **kwargs)
+
+
+def test_a_read_that_fails_while_trials_are_added_loses_none_of_them(tmp_path, monkeypatch):
+    from oialr_search.search import _study_points
+
+    _, store, study, points = _study(tmp_path)
+    for beta, curve, state in [(0.1, [0.9, 0.3], COMPLETE), (0.5, [0.8], PRUNED), (0.7, [0.9, 0.5], COMPLETE)]:
+        _finish(store, _run(store, study, beta), curve, state)
+    failing = _FailingOnce(_study_points, "ranked_as")  # the pruned trial's projection reads the store
+    monkeypatch.setattr(_study_points, "ranked_as", failing)
+    with pytest.raises(RuntimeError):
+        points.points()
+    assert failing.failed
+    assert [b for b, _ in _by_beta(points.points()[0])] == [0.1, 0.5, 0.7]
+
+
+def test_a_poll_that_fails_half_way_loses_no_trial(tmp_path):
+    _, store, study, points = _study(tmp_path)
+    old = _run(store, study, 0.2)
+    store.mark_interrupted(study)  # another job's start marked it: looked at again on every poll
+    assert points.points() == ([], [])
+    for beta in (0.3, 0.6):
+        _finish(store, _run(store, study, beta), [0.9, beta])
+    _FailingOnce(store, "trials_numbered")  # the second read of the poll fails, after the first
+    with pytest.raises(RuntimeError):
+        points.points()
+    _finish(store, old, [0.9, 0.1])  # the interrupted one still got its result
+    assert _by_beta(points.points()[0]) == [(0.2, 0.1), (0.3, 0.3), (0.6, 0.6)]
