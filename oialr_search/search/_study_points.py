@@ -35,7 +35,7 @@ class StudyPoints:
         self.known: dict[int, tuple[Mapping, tuple[float, ...], str, bool | None]] = {}  # id -> traits, ranked as
         self.unprojected: dict[int, Trial] = {}  # PRUNED with nothing to project with yet: tried again later
         self.backlog: dict[int, Trial] = {}  # read but not added yet (a storage error while adding: next call)
-        self._points: list[tuple[Mapping, float]] = []  # the last scores, while nothing new was added
+        self._points: list[tuple[Mapping, float]] = []  # the last scores: recomputed when a trial was added
 
     def points(self) -> tuple[list[tuple[Mapping, float]], list[Mapping]]:
         finished, running = self.reader.poll()

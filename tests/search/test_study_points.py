@@ -203,3 +203,18 @@ def test_a_poll_that_fails_half_way_loses_no_trial(tmp_path):
         points.points()
     _finish(store, old, [0.9, 0.1])  # the interrupted one still got its result
     assert _by_beta(points.points()[0]) == [(0.2, 0.1), (0.3, 0.3), (0.6, 0.6)]
+
+
+def test_a_trial_with_a_nan_param_is_left_out_of_the_model(tmp_path):
+    space, store, study, _ = _study(tmp_path)
+    limits = limits_of(space)
+
+    def encode(params):  # as a row written before params were cleaned of NaN reads back
+        return {**_traits(space, limits, params), **({"p0": math.nan} if params["oialr.beta"] == 0.3 else {})}
+
+    points = StudyPoints(store=store, study=study, space=space, encode=encode, keep=128)
+    for beta in (0.2, 0.3):
+        _finish(store, _run(store, study, beta), [0.9, beta])
+    _run(store, study, 0.3)  # running
+    got, running = points.points()
+    assert _by_beta(got) == [(0.2, 0.2)] and running == []

@@ -150,6 +150,50 @@ def test_finished_since_returns_trials_that_finish_out_of_order(store_url):
     assert first.id in [t.id for t in got] and mark == second.id + 1 and running == []
 
 
+def test_finished_since_reads_again_only_the_states_of_trials_the_caller_had(store_url):
+    store = Store(store_url)
+    study = _study(store)
+    slow, fast = (store.start_trial(study, params={"i": i}, rank=i, island=None, device="cpu") for i in (0, 1))
+    store.finish_trial(fast.id, state=COMPLETE, value=1.0, values=[1.0])
+    got, running, mark = store.finished_since(study, 0)
+    assert [t.id for t in got] == [fast.id] and mark == slow.id
+    got, running, mark = store.finished_since(study, mark, seen={fast.id})  # the slow one still pins the watermark
+    assert got == [] and [t.id for t in running] == [slow.id] and mark == slow.id
+
+
+def test_a_trial_that_finishes_between_the_two_reads_of_finished_since_is_returned_once(store_url, monkeypatch):
+    """On PostgreSQL each statement reads its own snapshot: another job finishes a running trial and starts a
+    new one after the states were read and before the rows are."""
+    from sqlalchemy.orm import Session
+
+    from oialr_search.search._finished import FinishedTrials
+
+    store, other = Store(store_url), Store(store_url)
+    study = _study(store)
+    slow = store.start_trial(study, params={"i": 0}, rank=0, island=None, device="cpu")
+    fast = store.start_trial(study, params={"i": 1}, rank=0, island=None, device="cpu")
+    store.finish_trial(fast.id, state=COMPLETE, value=1.0, values=[1.0])
+    real, started = Session.execute, []
+
+    def execute(self, stmt, *args, **kwargs):
+        result = real(self, stmt, *args, **kwargs)
+        if not started and "oialr_trials.state" in str(stmt) and "IN" not in str(stmt).upper().split("WHERE")[-1]:
+            rows = result.all()  # the states, read before the change
+            other.finish_trial(slow.id, state=COMPLETE, value=2.0, values=[2.0])
+            started.append(other.start_trial(study, params={"i": 2}, rank=1, island=None, device="cpu"))
+            return type("Rows", (), {"all": lambda _: rows})()
+        return result
+
+    monkeypatch.setattr(Session, "execute", execute)
+    reader = FinishedTrials(store, study)
+    got, running = reader.poll()
+    assert started and not {t.id for t in got} & {t.id for t in running}  # never both finished and running
+    monkeypatch.undo()
+    more, running = reader.poll()
+    assert sorted(t.id for t in got + more) == [slow.id, fast.id]  # each once
+    assert [t.id for t in running] == [started[0].id]
+
+
 def test_constraints_keep_infeasible_trials_from_best(store_url):
     store = Store(store_url)
     study = _study(store)
