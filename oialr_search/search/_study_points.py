@@ -15,6 +15,7 @@ import math
 from collections.abc import Callable, Mapping
 
 from ..storage import COMPLETE, PRUNED, Store, Study, Trial
+from ._finished import FinishedTrials
 from ._objectives import minimize_sense
 from ._projection import ranked_as
 from ._scalarization import nsga_scores, provisional
@@ -28,8 +29,6 @@ class StudyPoints:
     trials' traits). ``keep``: only the order of the best ``keep`` matters (the model fits those)."""
 
     def __init__(self, *, store: Store, study: Study, space: SearchSpace, encode: Encode, keep: int) -> None:
-        from ._finished import FinishedTrials
-
         self.store, self.study, self.space, self.encode, self.keep = store, study, space, encode, keep
         self.reader = FinishedTrials(store, study)
         self.known: dict[int, tuple[Mapping, tuple[float, ...], str, bool | None]] = {}  # id -> traits, ranked as

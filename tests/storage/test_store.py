@@ -137,11 +137,17 @@ def test_epochs_are_stored_as_they_happen_and_read_per_rung(store_url):
     assert len(store.epochs(a.id)) == 2 and store.counts(study) == {PRUNED: 1, RUNNING: 1}
 
 
+def _slow_and_fast(store):
+    """A study with two trials: the first still running, the second (later-numbered) finished."""
+    study = _study(store)
+    slow, fast = (store.start_trial(study, params={"i": i}, rank=i, island=None, device="cpu") for i in (0, 1))
+    store.finish_trial(fast.id, state=COMPLETE, value=1.0, values=[1.0])
+    return study, slow, fast
+
+
 def test_finished_since_returns_trials_that_finish_out_of_order(store_url):
     store = Store(store_url)
-    study = _study(store)
-    first, second = (store.start_trial(study, params={"i": i}, rank=i, island=None, device="cpu") for i in (0, 1))
-    store.finish_trial(second.id, state=COMPLETE, value=1.0, values=[1.0])
+    study, first, second = _slow_and_fast(store)
     got, running, mark = store.finished_since(study, 0)
     assert [t.id for t in got] == [second.id] and mark == first.id  # the first is still running
     assert [(t.id, t.params) for t in running] == [(first.id, {"i": 0})]  # what a GP sampler spreads away from
@@ -152,9 +158,7 @@ def test_finished_since_returns_trials_that_finish_out_of_order(store_url):
 
 def test_finished_since_reads_again_only_the_states_of_trials_the_caller_had(store_url):
     store = Store(store_url)
-    study = _study(store)
-    slow, fast = (store.start_trial(study, params={"i": i}, rank=i, island=None, device="cpu") for i in (0, 1))
-    store.finish_trial(fast.id, state=COMPLETE, value=1.0, values=[1.0])
+    study, slow, fast = _slow_and_fast(store)
     got, running, mark = store.finished_since(study, 0)
     assert [t.id for t in got] == [fast.id] and mark == slow.id
     got, running, mark = store.finished_since(study, mark, seen={fast.id})  # the slow one still pins the watermark
@@ -169,10 +173,7 @@ def test_a_trial_that_finishes_between_the_two_reads_of_finished_since_is_return
     from oialr_search.search._finished import FinishedTrials
 
     store, other = Store(store_url), Store(store_url)
-    study = _study(store)
-    slow = store.start_trial(study, params={"i": 0}, rank=0, island=None, device="cpu")
-    fast = store.start_trial(study, params={"i": 1}, rank=0, island=None, device="cpu")
-    store.finish_trial(fast.id, state=COMPLETE, value=1.0, values=[1.0])
+    study, slow, fast = _slow_and_fast(store)
     real, started = Session.execute, []
 
     def execute(self, stmt, *args, **kwargs):
