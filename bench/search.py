@@ -210,10 +210,12 @@ def storage_figures(folder: Path, n: int = 10_000, trajectory_kb: int = 100) -> 
     trajectory = _trajectory(trajectory_kb)
     config = {"model": {"name": "mini_vit", "kwargs": {"embed_dim": 768}}, "train": {"epochs": 100}}
     rng = random.Random(0)
+    # an old trial still running: it pins every reader's watermark (the worst case of the surrogate's read below)
+    store.start_trial(study, params={"oialr.beta": 0.1, "optim.lr": 1e-3}, rank=0, island=None, device="cpu")
     start = time.perf_counter()
     for i in range(n):
-        t = store.start_trial(study, params={"oialr.beta": rng.random(), "optim.lr": rng.random()}, rank=0,
-                              island=None, device="cpu", config=config)
+        t = store.start_trial(study, params={"oialr.beta": rng.uniform(0.05, 0.5), "optim.lr": rng.uniform(1e-4, 1e-2)},
+                              rank=0, island=None, device="cpu", config=config)
         top1, tf = rng.uniform(50, 90), rng.uniform(0.05, 1.0)
         pruned = i % 3 == 1
         epochs = [{"epoch": e, "step": 10 * e, "train_loss": 1.0, "val_loss": 1.0, "top1": top1, "top5": 90.0,
@@ -224,7 +226,7 @@ def storage_figures(folder: Path, n: int = 10_000, trajectory_kb: int = 100) -> 
                            rank_trajectory=trajectory)
     record_ms = (time.perf_counter() - start) / n * 1e3
     size_mb = (folder / "storage.db").stat().st_size / 2**20
-    print(f"\n== Storage: {n} trials (2 objectives, a third pruned, 10 epochs each), "
+    print(f"\n== Storage: {n} trials (2 objectives, a third pruned, 10 epochs each, an old one still running), "
           f"{trajectory_kb} KB rank trajectory each ({size_mb:.0f} MB), SQLite WAL")
     print(f"recording a trial (start + finish with its epochs): {record_ms:.2f} ms")
     parser = build_parser()  # the verbs' own arguments, as a user's command line gives them
@@ -232,6 +234,35 @@ def storage_figures(folder: Path, n: int = 10_000, trajectory_kb: int = 100) -> 
         args = parser.parse_args([verb, "--study", "big", "--storage", url, *extra])
         label = " ".join([verb, *extra[:1]])
         print(f"{label:>12}: {_timed(lambda args=args: args.func(args)):7.1f} ms")
+    _surrogate_read(folder, store, study)
+
+
+def _surrogate_read(folder: Path, store, study) -> None:  # noqa: ANN001
+    """What the Propulate backend's surrogate reads before each proposal (search/_study_points.py): the
+    whole study once per job, then what finished since, with the study rescored (NSGA-II order here)."""
+    from oialr_search.search import load_space
+    from oialr_search.search._propulate_backend import _traits, limits_of
+    from oialr_search.search._study_points import StudyPoints
+    from oialr_search.storage import COMPLETE
+
+    (folder / "surrogate.yaml").write_text(
+        SPACE.split("params:")[0] + "objectives: [{metric: top1, direction: maximize}, {metric: trainable_fraction}]\n"
+        "params:\n  oialr.beta: {type: float, low: 0.05, high: 0.5}\n"
+        "  optim.lr: {type: float, low: 1.0e-4, high: 1.0e-2}\n")
+    space = load_space(folder / "surrogate.yaml")
+    limits = limits_of(space)
+    points = StudyPoints(store=store, study=study, space=space, encode=lambda p: _traits(space, limits, p), keep=128)
+    start = time.perf_counter()
+    points.points()
+    first = time.perf_counter() - start
+    t = store.start_trial(study, params={"oialr.beta": 0.2, "optim.lr": 1e-3}, rank=1, island=None, device="cpu")
+    store.finish_trial(t.id, state=COMPLETE, value=70.0, values=[70.0, 0.5], feasible=True,
+                       metrics={"top1": 70.0, "trainable_fraction": 0.5, "val_loss": 1.0})
+    start = time.perf_counter()
+    points.points()
+    one_new = time.perf_counter() - start
+    print(f"surrogate's study read: {first * 1e3:.1f} ms once per job, then {one_new * 1e3:.1f} ms per proposal "
+          f"after one more trial finished (an old trial still running)")
 
 
 def sampler_figures(counts: tuple[int, ...], reps: int = 3) -> None:

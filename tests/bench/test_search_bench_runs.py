@@ -17,6 +17,8 @@ def test_search_bench_storage_part_runs_every_verb():
     assert proc.returncode == 0, proc.stderr[-3000:]
     for verb in ("status", "best", "pareto", "best --pick"):
         assert re.search(rf"^\s*{re.escape(verb)}:\s+[0-9.]+ ms$", proc.stdout, re.M), proc.stdout
+    assert re.search(r"^surrogate's study read: [0-9.]+ ms once per job, then [0-9.]+ ms per proposal", proc.stdout,
+                     re.M), proc.stdout
 
 
 def test_search_bench_sampler_part_times_the_samplers_and_the_surrogate():
