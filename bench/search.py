@@ -8,7 +8,9 @@ Launches each mode under the venv's mpiexec with the same ranks and an objective
   - zero cost: service time per trial (proposal + storage), rank-seconds / trials;
 (``--only fixed|zero|storage|sampler`` runs one part, ``--modes`` a subset of the modes)
 then storage figures on a 10,000-trial study with realistic rank trajectories: recording one
-trial, and the ``status``, ``best`` and ``pareto`` verbs (in-process, output discarded); and finally
+trial, the ``status``, ``best`` and ``pareto`` verbs (in-process, output discarded), and what the
+Propulate backend's surrogate reads of the study (once per job, then after each finished trial, with
+an old trial still running, which keeps the reader's watermark at it); and finally
 the Optuna samplers' and the Propulate backend's surrogate's own seconds per proposal by the trials
 they learn from. service-optuna searches with TPE and service-propulate breeds as plain Propulate
 does, so that they measure the service: the default sampler's GP and Propulate's surrogate pick cost

@@ -299,7 +299,7 @@ class Store:
                 TrialRow.study_id == study.id, TrialRow.id >= watermark).order_by(TrialRow.id)).all()
             wanted = [i for i, state in states if state == RUNNING or i not in seen]
             rows = []
-            for k in range(0, len(wanted), 10_000):  # below every database's bound-parameter limit
+            for k in range(0, len(wanted), 10_000):  # below the bound-parameter limits (SQLite ≥ 3.32: 32766)
                 rows += s.scalars(select(TrialRow).where(TrialRow.id.in_(wanted[k:k + 10_000]))).all()
         rows.sort(key=lambda r: r.id)
         running = [i for i, state in states if state == RUNNING]
@@ -375,7 +375,7 @@ class Store:
         """The given trials (light: no config or trajectory), by number."""
         out: list[Trial] = []
         with self.session(write=False) as s:
-            for k in range(0, len(numbers), 10_000):  # below every database's bound-parameter limit
+            for k in range(0, len(numbers), 10_000):  # below the bound-parameter limits (SQLite ≥ 3.32: 32766)
                 q = select(TrialRow).where(TrialRow.study_id == study.id, TrialRow.number.in_(numbers[k:k + 10_000]))
                 out += [_trial(r) for r in s.scalars(q).all()]
         return sorted(out, key=lambda t: t.number)
