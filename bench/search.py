@@ -243,17 +243,14 @@ def _surrogate_read(folder: Path, store, study) -> None:  # noqa: ANN001
     """What the Propulate backend's surrogate reads before each proposal (search/_study_points.py): the
     whole study once per job, then what finished since, with the study rescored (NSGA-II order here)."""
     from oialr_search.search import load_space
-    from oialr_search.search._propulate_backend import _traits, limits_of
-    from oialr_search.search._study_points import StudyPoints
+    from oialr_search.search._propulate_backend import study_points
     from oialr_search.storage import COMPLETE
 
     (folder / "surrogate.yaml").write_text(
         SPACE.split("params:")[0] + "objectives: [{metric: top1, direction: maximize}, {metric: trainable_fraction}]\n"
         "params:\n  oialr.beta: {type: float, low: 0.05, high: 0.5}\n"
         "  optim.lr: {type: float, low: 1.0e-4, high: 1.0e-2}\n")
-    space = load_space(folder / "surrogate.yaml")
-    limits = limits_of(space)
-    points = StudyPoints(store=store, study=study, space=space, encode=lambda p: _traits(space, limits, p), keep=128)
+    points = study_points(store, study, load_space(folder / "surrogate.yaml"))
     start = time.perf_counter()
     points.points()
     first = time.perf_counter() - start

@@ -133,6 +133,13 @@ def _traits(space: SearchSpace, limits: dict, params: dict) -> dict:
     return {f"p{i}": type(limits[f"p{i}"][0])(d.encode(params[d.key])) for i, d in enumerate(space.dimensions)}
 
 
+def study_points(store: Store, study: Study, space: SearchSpace) -> StudyPoints:
+    """The whole study as the surrogate's data (see _study_points), in this backend's traits."""
+    limits = limits_of(space)
+    return StudyPoints(store=store, study=study, space=space, encode=lambda params: _traits(space, limits, params),
+                       keep=MAX_POINTS)
+
+
 def _set_traits(individual, space: SearchSpace, limits: dict, params: dict) -> None:  # noqa: ANN001
     for key, value in _traits(space, limits, params).items():  # key by key: Propulate's Individual.update raises
         individual[key] = value
@@ -190,10 +197,9 @@ def run_propulate(*, comm, space: SearchSpace, store: Store, study: Study, folde
         init = breeding.false_prop = DesignInit(design[island][local::sizes[island]], limits, breeding.false_prop)
     # each evaluation runs the most promising of several bred children, by a model of the whole study's trials
     # (_surrogate, _study_points)
-    history = StudyPoints(store=store, study=study, space=space, encode=lambda params: _traits(space, limits, params),
-                          keep=MAX_POINTS)
     picking = SurrogatePick(breeding, limits, rng=random.Random(seed * 7919 + worker + 104729), idle=done,
-                            history=history.points, design_left=lambda: init is not None and bool(init.points))
+                            history=study_points(store, study, space).points,
+                            design_left=lambda: init is not None and bool(init.points))
     propagator = RescoringPropagator(picking, n_objectives=len(space.objectives), pop_size=pop_size)
 
     pending = [first] if first and comm.Get_rank() == 0 else []

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from oialr_search.search import load_space
-from oialr_search.search._propulate_backend import _traits, limits_of
+from oialr_search.search._propulate_backend import _traits, limits_of, study_points
 from oialr_search.search._study_points import StudyPoints
 from oialr_search.search._surrogate import SurrogatePick
 from oialr_search.storage import COMPLETE, FAILED, PRUNED, Store
@@ -26,9 +26,7 @@ def _study(tmp_path, objectives="[{metric: val_loss}]"):
     study = store.create_study(name="s", space=space.to_dict(), space_path="", metric="val_loss",
                                direction="minimize", backend="propulate", seed=0, budget=20,
                                objectives=[o.to_dict() for o in space.objectives])
-    limits = limits_of(space)
-    points = StudyPoints(store=store, study=study, space=space, encode=lambda p: _traits(space, limits, p), keep=128)
-    return space, store, study, points
+    return space, store, study, study_points(store, study, space)
 
 
 def _epochs(curve, tf=0.5):
