@@ -250,7 +250,8 @@ class Trials:
             self.store.finish_trial(trial.id, state=scored.state, value=values[0] if values else None, values=values,
                                     feasible=scored.feasible, metrics=outcome.metrics,
                                     epochs=outcome.epochs or reporter.pending,  # a failed trial keeps its epochs
-                                    rank_trajectory=outcome.trajectory, error=scored.error)
+                                    rank_trajectory=outcome.trajectory, error=scored.error,
+                                    rerun_from=reporter.rerun_from)
         except TrialTakenOver:
             return self._taken_over(trial)
         except RuntimeError as exc:

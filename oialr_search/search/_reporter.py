@@ -6,6 +6,12 @@ sub-second epochs (benchmarks, toy spaces) are written in batches instead of one
 which 8 ranks on one SQLite file would queue for. Decision epochs are always written first, so
 other trials' pruners see them.
 
+A resumed trial's trainer first reports the epochs its checkpoint restored, marked ``REPLAYED``; those
+the store holds are skipped (stored and judged before). An unmarked record of an epoch the store holds
+comes from a new run of the trial (it restarted from scratch, its checkpoint missing or unusable): the
+stored epochs from there on are deleted in the transaction that writes the new run's first record, and
+the new run's records take their place (and are judged again), so a trial's curve never joins two runs.
+
 The pruner decides from what the shared store holds for that epoch — every rank's and every job's
 trials, whatever the backend — so the same rule holds everywhere and a resumed job keeps pruning
 against the trials of the jobs before it.
@@ -21,6 +27,9 @@ from ..storage import Store, Study, transient
 from ._objectives import Objective, minimize_sense, objective_values
 from .pruners import BasePruner
 
+# key of a record that a resumed trainer restored from its checkpoint (see the module docstring)
+REPLAYED = "replayed"
+
 
 class EpochReporter:
     """``reporter(record) -> bool``: store the epoch, then whether the trial goes on."""
@@ -35,8 +44,10 @@ class EpochReporter:
         self.pruned_at: int | None = None
         self.pending: list[dict] = []  # epochs not written yet (the runner hands them to finish_trial)
         self._flushed = time.monotonic()
-        # a resumed trial: epochs up to here are stored and were judged (a restart from scratch reports them again)
+        # a resumed trial: epochs up to here are stored and were judged
         self.stored_epochs = stored_epochs
+        # the first epoch a new run of the trial reported again: stored epochs from it on are to be deleted
+        self.rerun_from: int | None = None
         self.label = label or f"trial id {trial_id}"  # who says it, in warnings
 
     def flush(self) -> None:
@@ -44,25 +55,32 @@ class EpochReporter:
         the trial's final write, stores them): a lock held past the busy timeout must not fail a healthy
         trial, whose final write would wait for it the same way."""
         try:
-            self.store.report_epochs(self.trial_id, self.pending)
+            self.store.report_epochs(self.trial_id, self.pending, rerun_from=self.rerun_from)
         except RuntimeError as exc:
             if not transient(exc):
                 raise
             self._warn(f"storing its epochs failed ({_first_line(exc)}); they are kept and stored later")
         else:
-            self.pending = []
+            self.pending, self.rerun_from = [], None
         self._flushed = time.monotonic()
 
     def _warn(self, text: str) -> None:
         print(f"{self.label}: {text}", file=sys.stderr, flush=True)
 
     def __call__(self, record: dict) -> bool:
-        if record["epoch"] <= self.stored_epochs:
-            return True
-        self.pending.append(dict(record))
+        record = dict(record)
+        replayed = record.pop(REPLAYED, False)
         epoch = record["epoch"]
+        rerun = epoch <= self.stored_epochs
+        if rerun and replayed:
+            return True
+        if rerun:  # a new run of stored epochs: they go, this run's records take their place
+            self.rerun_from = epoch if self.rerun_from is None else min(self.rerun_from, epoch)
+            self.stored_epochs = epoch - 1
+            self.pending = [r for r in self.pending if r["epoch"] < epoch]
+        self.pending.append(record)
         decides = self.pruner.decides_at(epoch, self.max_epochs)
-        if decides or time.monotonic() - self._flushed >= self.flush_seconds:
+        if rerun or decides or time.monotonic() - self._flushed >= self.flush_seconds:
             self.flush()
         if not decides:
             return True

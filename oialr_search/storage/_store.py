@@ -192,24 +192,28 @@ class Store:
                     raise
         raise RuntimeError(f"storage {self.url}: could not allocate a trial number")
 
-    def report_epochs(self, trial_id: int, records: list[dict]) -> None:
-        """Store finished epochs of a running trial as they happen (so a killed trial keeps its curve)."""
-        if not records:
+    def report_epochs(self, trial_id: int, records: list[dict], *, rerun_from: int | None = None) -> None:
+        """Store finished epochs of a running trial as they happen (so a killed trial keeps its curve).
+        ``rerun_from``: the records are of a new run of the trial (it restarted from scratch), whose epochs
+        from this one on replace the stored ones."""
+        if not records and rerun_from is None:
             return
         with self._tx.write() as tx:
-            _writes.report_epochs(tx, trial_id, records, self._owned.get(trial_id))
+            _writes.report_epochs(tx, trial_id, records, self._owned.get(trial_id), rerun_from=rerun_from)
 
     def finish_trial(self, trial_id: int, *, state: str, value: float | None = None, values: list | None = None,
                      feasible: bool | None = None, metrics: dict | None = None, epochs: list[dict] | None = None,
-                     rank_trajectory: list | None = None, error: str | None = None) -> None:
-        """Record the outcome. ``epochs`` may repeat epochs already reported: only later ones are added.
+                     rank_trajectory: list | None = None, error: str | None = None,
+                     rerun_from: int | None = None) -> None:
+        """Record the outcome. ``epochs`` may repeat epochs already reported: only later ones are added
+        (``rerun_from``: see ``report_epochs``).
         One short transaction: it is on every rank's path after every trial."""
         assert state in STATES and state != RUNNING
         fields = {"state": state, "value": value, "objective_values": values, "feasible": feasible,
                   "metrics": metrics, "error": error}
         with self._tx.write() as tx:  # times are taken once the lock is held: they include the wait for it
             _writes.finish_trial(tx, trial_id, fields=fields, epochs=epochs, rank_trajectory=rank_trajectory,
-                                 finished=self.now(), owner=self._owned.get(trial_id))
+                                 finished=self.now(), owner=self._owned.get(trial_id), rerun_from=rerun_from)
         self._owned.pop(trial_id, None)
 
     # -- liveness: heartbeats and resuming the trials of dead jobs ----------------------------------------

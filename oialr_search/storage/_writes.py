@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import and_, bindparam, case, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, case, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.sql import Executable
@@ -47,6 +47,8 @@ _NEXT_NUMBER = select(func.coalesce(func.max(TrialRow.number), -1) + 1).where(Tr
 _INSERT_TRIAL = insert(TrialRow)
 _INSERT_PAYLOAD = insert(TrialPayloadRow)
 _INSERT_EPOCH = insert(EpochRow)
+_DELETE_EPOCHS_FROM = delete(EpochRow).where(EpochRow.trial_id == bindparam("tid"),
+                                             EpochRow.epoch >= bindparam("first"))
 _TRIAL_CLOCK = select(TrialRow.started, TrialRow.last_epoch).where(TrialRow.id == bindparam("tid"))
 _UPDATE_TRIAL = update(TrialRow).where(TrialRow.id == bindparam("tid"))
 _UPDATE_OWNED = update(TrialRow).where(TrialRow.id == bindparam("tid"), TrialRow.owner == bindparam("me"))
@@ -140,11 +142,23 @@ def _update_owned(tx: Executor, trial_id: int, owner: str | None, fields: dict) 
         raise TrialTakenOver(f"trial id {trial_id} was taken over by another job (its heartbeat looked dead)")
 
 
-def report_epochs(tx: Executor, trial_id: int, records: list[dict], owner: str | None = None) -> None:
+def _rerun(tx: Executor, trial_id: int, reported: int | None, rerun_from: int | None) -> int:
+    """The last epoch stored once a new run's epochs from ``rerun_from`` on have replaced the stored ones
+    (None: no new run): those are deleted here."""
+    reported = reported or 0
+    if rerun_from is not None and rerun_from <= reported:
+        tx.run(_DELETE_EPOCHS_FROM, {"tid": trial_id, "first": rerun_from})
+        reported = rerun_from - 1
+    return reported
+
+
+def report_epochs(tx: Executor, trial_id: int, records: list[dict], owner: str | None = None, *,
+                  rerun_from: int | None = None) -> None:
     """Add the epochs of ``records`` after the last one stored: a retry of a report whose commit went
     through while its answer was lost (a dropped connection) adds nothing, where it failed on the unique
-    (trial, epoch) before."""
-    reported = tx.one(_TRIAL_CLOCK, {"tid": trial_id})[1] or 0
+    (trial, epoch) before. ``rerun_from``: the records are a new run of the trial (it restarted from
+    scratch), whose epochs from this one on replace the stored ones."""
+    reported = _rerun(tx, trial_id, tx.one(_TRIAL_CLOCK, {"tid": trial_id})[1], rerun_from)
     new = [r for r in records if r["epoch"] > reported]
     if new:
         tx.many(_INSERT_EPOCH, [epoch_row(trial_id, r) for r in new])
@@ -154,14 +168,17 @@ def report_epochs(tx: Executor, trial_id: int, records: list[dict], owner: str |
 
 
 def finish_trial(tx: Executor, trial_id: int, *, fields: dict, epochs: list[dict] | None,
-                 rank_trajectory: list | None, finished: datetime, owner: str | None = None) -> None:
-    """Store the outcome ``fields``; of ``epochs`` only those after the last reported one are added.
+                 rank_trajectory: list | None, finished: datetime, owner: str | None = None,
+                 rerun_from: int | None = None) -> None:
+    """Store the outcome ``fields``; of ``epochs`` only those after the last reported one are added
+    (``rerun_from``: as for ``report_epochs``).
     Non-finite floats become None (see ``finite``): a NaN loss must not make the write fail, which would
     leave the trial RUNNING, nor (in the value column, where PostgreSQL keeps NaN and SQLite does not)
     sort as the best trial."""
     fields = finite(fields)
     started, reported = tx.one(_TRIAL_CLOCK, {"tid": trial_id})
-    new = [e for e in epochs or [] if e["epoch"] > (reported or 0)]
+    reported = _rerun(tx, trial_id, reported, rerun_from)
+    new = [e for e in epochs or [] if e["epoch"] > reported]
     if new:
         tx.many(_INSERT_EPOCH, [epoch_row(trial_id, e) for e in new])
     _update_owned(tx, trial_id, owner, {**fields, "finished": finished, "deadline": None,

@@ -32,8 +32,10 @@ def _workload(store):
                        metrics={"top1": 53.0, "val_loss": float("inf")},
                        epochs=[_epoch(1), _epoch(2), _epoch(3)], rank_trajectory=[{"step": 4, "ranks": {"l": 2}}])
     b = store.start_trial(study, params={"x": 0.1}, rank=0, island=None, device="cpu", limit=3)
+    store.report_epochs(b.id, [_epoch(1), _epoch(2)])
+    # a new run of the trial (restarted from scratch): its epochs replace the stored ones
     store.finish_trial(b.id, state=PRUNED, value=40.0, values=[40.0, 1.0], feasible=False, metrics=None,
-                       epochs=[_epoch(1)], rank_trajectory=None)
+                       epochs=[_epoch(1, train_loss=0.25)], rank_trajectory=None, rerun_from=1)
     c = store.start_trial(study, params={}, rank=0, island=None, device="cpu", config=None, limit=3)
     store.finish_trial(c.id, state=FAILED, error="boom: ü")
     assert store.start_trial(study, params={}, rank=0, island=None, device="cpu", limit=3) is None  # budget full
@@ -64,6 +66,7 @@ def test_sqlite_executor_writes_the_rows_core_writes(tmp_path, monkeypatch):
         dumps.append(_dump(path))
     assert dumps[0] == dumps[1]
     assert len(dumps[0]["oialr_trial_epochs"]) == 4 and dumps[0]["oialr_trial_epochs"][1]["val_loss"] is None
+    assert dumps[0]["oialr_trial_epochs"][3]["train_loss"] == 0.25  # the new run's, its old epochs 1 and 2 gone
 
 
 def _read(store):
@@ -204,4 +207,25 @@ def test_a_report_retried_after_its_commit_went_through_adds_nothing(tmp_path, r
     store.report_epochs(t.id, [_epoch(1), _epoch(2)])  # the retry
     store.report_epochs(t.id, [_epoch(1), _epoch(2), _epoch(3)])  # and the next flush, with it still pending
     assert [e["epoch"] for e in store.epochs(t.id)] == [1, 2, 3] and store.get_trial(study, 0).last_epoch == 3
+    store.engine.dispose()
+
+
+@pytest.mark.parametrize(("db", "core"), [("sqlite", True), ("sqlite", False), ("postgres", True)])
+def test_a_new_run_of_a_trial_replaces_its_stored_epochs(tmp_path, request, db, core):
+    """A trial restarted from scratch reports its epochs again: from the first of them on, the stored epochs
+    go (in the same transaction), so its curve is the new run's, not two runs joined."""
+    store, study, t = _one_running_trial(tmp_path, request, db, core)
+    store.report_epochs(t.id, [_epoch(e) for e in (1, 2, 3)])  # the dead run's
+    for _ in range(2):  # and a retry whose commit went through: the same
+        store.report_epochs(t.id, [_epoch(1, train_loss=9.0)], rerun_from=1)
+        assert [(e["epoch"], e["train_loss"]) for e in store.epochs(t.id)] == [(1, 9.0)]
+        assert store.get_trial(study, 0).last_epoch == 1
+    store.report_epochs(t.id, [_epoch(2, train_loss=8.0)])
+    store.report_epochs(t.id, [], rerun_from=2)  # nothing new yet: the stored epoch 2 goes all the same
+    assert store.get_trial(study, 0).last_epoch == 1
+    # the final write of a run whose rerun was never flushed (a busy database) replaces the stored epochs too
+    store.finish_trial(t.id, state=COMPLETE, value=1.0, epochs=[_epoch(1, train_loss=7.0), _epoch(2, train_loss=6.0)],
+                       rerun_from=1)
+    assert [(e["epoch"], e["train_loss"]) for e in store.epochs(t.id)] == [(1, 7.0), (2, 6.0)]
+    assert store.get_trial(study, 0).last_epoch == 2
     store.engine.dispose()
