@@ -241,6 +241,12 @@ def run_propulate(*, comm, space: SearchSpace, store: Store, study: Study, folde
                           # only, stripping each island of one end of its front
                           emigration_propagator=SelectMin if len(space.objectives) == 1 else SelectUniform)
     _skip_checkpoints(islands.propulator)
+    # every island has read its population: the files go (they hold a copy of the whole study per island), so
+    # a job killed outright (SIGKILL, a lost node), whose folder is never removed, leaves no copy behind
+    comm.Barrier()
+    if comm.Get_rank() == 0:
+        for path in folder.glob("island_*_ckpt.*"):
+            path.unlink(missing_ok=True)
     if ready is not None:
         ready()
     islands.propulate(logging_interval=10**9, debug=0)

@@ -205,9 +205,25 @@ def test_killed_search_resumes_with_another_rank_count(tmp_path):
     before = {r["number"]: r for r in trials(tmp_path, "k") if r["state"] == "COMPLETE"}
     # Propulate's own checkpoints are never written: every job rebuilds its islands from the database
     assert not list((tmp_path / "oialr_search.work" / "k" / "propulate").glob("job-*/island_*"))
-    target = len(before) + 4
-    resumed = run(["resume", "--study", "k", "--budget", str(target)], tmp_path, ranks=4, env=beats)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    target = len(before) + 8
+    cmd = [*cmd[:2], "4", *cmd[3:8], "resume", "--study", "k", "--budget", str(target)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env={**os.environ, "OIALR_SEARCH_STORAGE": "", **beats})
+    try:
+        while proc.poll() is None and len([r for r in trials(tmp_path, "k") if r["state"] == "COMPLETE"]) == \
+                len(before):
+            time.sleep(0.2)
+        # this job's islands were rebuilt from the database, and read: no copy of the study is left in its
+        # folder, which a job killed outright never removes
+        running = proc.poll() is None
+        jobs = list((tmp_path / "oialr_search.work" / "k" / "propulate").glob("job-*"))
+        islands = [p.name for job in jobs for p in job.glob("island_*")]
+        out, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, err[-3000:]
+    assert "population rebuilt from" in out and running and len(jobs) == 2 and islands == [], (running, jobs, islands)
     after = {r["number"]: r for r in trials(tmp_path, "k")}
     for number, row in before.items():  # no completed trial lost or changed
         assert after[number]["state"] == "COMPLETE" and after[number]["value"] == row["value"]
