@@ -183,8 +183,9 @@ class Trials:
                     print(f"[rank {self.rank}] trial {number} stopped beating {int(silent)}s ago (its job was "
                           f"stopped?): resuming it once {int(grace)}s have passed without a beat", flush=True)
             quiet = sorted(number for i, (number, _, _) in watched.items() if i not in told)
-            if quiet and not waiting_said and time.monotonic() - started > max(interval, 5.0):
-                # a job with a long heartbeat interval beats rarely: say why this job has not ended yet
+            if quiet and not waiting_said and time.monotonic() - started > max(1.5 * interval, 5.0):
+                # a job with a long heartbeat interval beats rarely (this job's ranks beat within one of ours): say
+                # why this job has not ended yet
                 waiting_said = True
                 print(f"[rank {self.rank}] waiting for trial(s) {', '.join(map(str, quiet))} of other jobs: each is "
                       "left to its job once it beats again, or resumed here once its heartbeat is overdue",
