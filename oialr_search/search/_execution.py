@@ -162,7 +162,7 @@ class Trials:
         # ranks, which end within moments (a look every 0.5 s from the start kept the Optuna backend's ranks
         # up to 0.5 s past their job's last trial), then every half interval (at most 0.5 s) for the others
         pause, longest = 0.01, min(interval / 2, 0.5)
-        started, waiting_said = time.monotonic(), False
+        waiting_said = False
         while not self.closed:
             if self.resume_dead(now=True) is not None:
                 continue
@@ -182,14 +182,17 @@ class Trials:
                     told.add(trial_id)
                     print(f"[rank {self.rank}] trial {number} stopped beating {int(silent)}s ago (its job was "
                           f"stopped?): resuming it once {int(grace)}s have passed without a beat", flush=True)
-            quiet = sorted(number for i, (number, _, _) in watched.items() if i not in told)
-            if quiet and not waiting_said and time.monotonic() - started > max(1.5 * interval, 5.0):
-                # a job with a long heartbeat interval beats rarely (this job's ranks beat within one of ours): say
-                # why this job has not ended yet
-                waiting_said = True
-                print(f"[rank {self.rank}] waiting for trial(s) {', '.join(map(str, quiet))} of other jobs: each is "
-                      "left to its job once it beats again, or resumed here once its heartbeat is overdue",
-                      flush=True)
+            # a trial that has not beaten for 1.5 of our intervals is not one of this job's (whose ranks beat every
+            # interval): a job with a long interval beats rarely, so say why this job has not ended yet, once
+            if not waiting_said:
+                now = self.store.now()
+                quiet = sorted(number for i, (number, beat, _) in watched.items() if i not in told
+                               and beat is not None and (now - beat).total_seconds() > 1.5 * interval)
+                if quiet:
+                    waiting_said = True
+                    print(f"[rank {self.rank}] waiting for trial(s) {', '.join(map(str, quiet))} of other jobs: each "
+                          "is left to its job once it beats again, or resumed here once its heartbeat is overdue",
+                          flush=True)
             time.sleep(pause)
             pause = min(1.5 * pause, longest)
         self.workers.send_task(DONE)

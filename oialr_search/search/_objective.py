@@ -29,12 +29,9 @@ from ..training import (
     weights_payload,
 )
 from ..training._distributed import TrialGroup, collective_failed, group_max
-from ._reporter import REPLAYED
 from ._space import SearchSpace
 
-# report(epoch record as a dict) -> whether the trial goes on; the runner stores it and asks the pruner. A
-# resumed trial first reports the epochs its checkpoint restored, each marked {REPLAYED: True}; a trial that
-# restarts from scratch reports its epochs again unmarked, and they replace the stored ones (see _reporter).
+# report(epoch record as a dict) -> whether the trial goes on; the runner stores it and asks the pruner.
 Report = Callable[[dict], bool]
 
 _DATA_CACHE: dict[tuple, DataBundle] = {}
@@ -162,14 +159,13 @@ def _trainer(config, group: TrialGroup | None, checkpoint: Path | None, resume: 
     return Trainer(config, log=None, data=_data_for(config), group=group, checkpoint=checkpoint, save=save)
 
 
-def _replay(trainer: Trainer, report: Report | None) -> bool:
-    """Report the epochs a resumed trainer restored, marked as replays (the reporter stores those the dead
-    job had not, and its pruner judges them: a job can die between a checkpoint and the report of its
-    epoch). False when the pruner stops the trial at one of them."""
-    if report is None:
+def _replay(trainer: Trainer, on_epoch: Callable | None) -> bool:
+    """Report the epochs a resumed trainer restored (the reporter stores those the dead job had not, and
+    its pruner judges them: a job can die between a checkpoint and the report of its epoch). False when
+    the pruner stops the trial at one of them."""
+    if on_epoch is None:
         return True
-    return all(report({**asdict(record), REPLAYED: True}) or record.epoch >= trainer.config.train.epochs
-               for record in list(trainer.history))
+    return all(on_epoch(record) or record.epoch >= trainer.config.train.epochs for record in list(trainer.history))
 
 
 def run_trial(space: SearchSpace, params: dict[str, Any], *, device: str = "auto", threads: int = 0,
@@ -208,7 +204,7 @@ def run_trial(space: SearchSpace, params: dict[str, Any], *, device: str = "auto
                 # rank that started a moment later must not take the group's timeout for a preemption
                 deadline = group_max(deadline, group, trainer.device)
             try:
-                if _replay(trainer, report):  # the dead job's last epochs, as it would have reported them
+                if _replay(trainer, on_epoch):  # the dead job's last epochs, as it would have reported them
                     result = trainer.fit(on_epoch=on_epoch, should_stop=stop, checkpoint_every=checkpoint_every)
                 else:
                     result = trainer.result()

@@ -6,11 +6,13 @@ sub-second epochs (benchmarks, toy spaces) are written in batches instead of one
 which 8 ranks on one SQLite file would queue for. Decision epochs are always written first, so
 other trials' pruners see them.
 
-A resumed trial's trainer first reports the epochs its checkpoint restored, marked ``REPLAYED``; those
-the store holds are skipped (stored and judged before). An unmarked record of an epoch the store holds
-comes from a new run of the trial (it restarted from scratch, its checkpoint missing or unusable): the
-stored epochs from there on are deleted in the transaction that writes the new run's first record, and
-the new run's records take their place (and are judged again), so a trial's curve never joins two runs.
+A resumed trial's trainer first reports the epochs its checkpoint restored, which are what the store
+holds, value for value (timings included): those are skipped, stored and judged before. A record of a
+stored epoch with other values comes from another run of the trial (it restarted from scratch, its
+checkpoint missing or unusable; or the checkpoint is of such a run, which a busy database kept from
+replacing the stored epochs before its job ended): the stored epochs from there on are deleted in the
+transaction that writes that record, the new run's records take their place and are judged again, so a
+trial's curve never joins two runs.
 
 The pruner decides from what the shared store holds for that epoch — every rank's and every job's
 trials, whatever the backend — so the same rule holds everywhere and a resumed job keeps pruning
@@ -19,16 +21,15 @@ against the trials of the jobs before it.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Sequence
 
 from ..storage import Store, Study, transient
+from ..storage._writes import EPOCH_FIELDS
 from ._objectives import Objective, minimize_sense, objective_values
 from .pruners import BasePruner
-
-# key of a record that a resumed trainer restored from its checkpoint (see the module docstring)
-REPLAYED = "replayed"
 
 
 class EpochReporter:
@@ -45,9 +46,10 @@ class EpochReporter:
         self.pending: list[dict] = []  # epochs not written yet (the runner hands them to finish_trial)
         self._flushed = time.monotonic()
         # a resumed trial: epochs up to here are stored and were judged
-        self.stored_epochs = stored_epochs
+        self.stored_epochs = self.reached = stored_epochs
         # the first epoch a new run of the trial reported again: stored epochs from it on are to be deleted
         self.rerun_from: int | None = None
+        self._stored: dict[int, dict] | None = None  # the stored epochs of a resumed trial, read when first needed
         self.label = label or f"trial id {trial_id}"  # who says it, in warnings
 
     def flush(self) -> None:
@@ -55,7 +57,7 @@ class EpochReporter:
         the trial's final write, stores them): a lock held past the busy timeout must not fail a healthy
         trial, whose final write would wait for it the same way."""
         try:
-            self.store.report_epochs(self.trial_id, self.pending, rerun_from=self.rerun_from)
+            self.store.report_epochs(self.trial_id, self.pending, rerun_from=self.rerun_from, reached=self.reached)
         except RuntimeError as exc:
             if not transient(exc):
                 raise
@@ -69,12 +71,11 @@ class EpochReporter:
 
     def __call__(self, record: dict) -> bool:
         record = dict(record)
-        replayed = record.pop(REPLAYED, False)
         epoch = record["epoch"]
-        rerun = epoch <= self.stored_epochs
-        if rerun and replayed:
+        rerun = epoch <= self.stored_epochs and not self._as_stored(record)
+        if epoch <= self.stored_epochs and not rerun:
             return True
-        if rerun:  # a new run of stored epochs: they go, this run's records take their place
+        if rerun:  # another run of stored epochs: they go, this run's records take their place
             self.rerun_from = epoch if self.rerun_from is None else min(self.rerun_from, epoch)
             self.stored_epochs = epoch - 1
             self.pending = [r for r in self.pending if r["epoch"] < epoch]
@@ -97,6 +98,29 @@ class EpochReporter:
             self.pruned_at = epoch
             return False
         return True
+
+
+    def _as_stored(self, record: dict) -> bool:
+        """Whether ``record`` is what the store holds for its epoch (a replay). A database that cannot be read
+        now counts as yes: the stored epochs are kept, as they were before runs were told apart."""
+        if self._stored is None:
+            try:
+                self._stored = {row["epoch"]: row for row in self.store.epochs(self.trial_id)}
+            except RuntimeError as exc:
+                if not transient(exc):
+                    raise
+                self._warn(f"reading its stored epochs failed ({_first_line(exc)}); its restored epochs are kept")
+                return True
+        row = self._stored.get(record["epoch"])
+        return row is not None and all(_same(record.get(k), row.get(k)) for k in EPOCH_FIELDS)
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal as stored: NaN and inf are stored as NULL."""
+    def stored(v: object) -> object:
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+
+    return stored(a) == stored(b)
 
 
 def _first_line(exc: BaseException) -> str:

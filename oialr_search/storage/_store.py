@@ -192,14 +192,17 @@ class Store:
                     raise
         raise RuntimeError(f"storage {self.url}: could not allocate a trial number")
 
-    def report_epochs(self, trial_id: int, records: list[dict], *, rerun_from: int | None = None) -> None:
+    def report_epochs(self, trial_id: int, records: list[dict], *, rerun_from: int | None = None,
+                      reached: int | None = None) -> None:
         """Store finished epochs of a running trial as they happen (so a killed trial keeps its curve).
         ``rerun_from``: the records are of a new run of the trial (it restarted from scratch), whose epochs
-        from this one on replace the stored ones."""
+        from this one on replace the stored ones. ``reached``: the last epoch the trial had reached before
+        this run (default: the last one stored): only epochs past it reset its count of crashed runs."""
         if not records and rerun_from is None:
             return
         with self._tx.write() as tx:
-            _writes.report_epochs(tx, trial_id, records, self._owned.get(trial_id), rerun_from=rerun_from)
+            _writes.report_epochs(tx, trial_id, records, self._owned.get(trial_id), rerun_from=rerun_from,
+                                  reached=reached)
 
     def finish_trial(self, trial_id: int, *, state: str, value: float | None = None, values: list | None = None,
                      feasible: bool | None = None, metrics: dict | None = None, epochs: list[dict] | None = None,

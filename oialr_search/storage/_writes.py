@@ -153,18 +153,24 @@ def _rerun(tx: Executor, trial_id: int, reported: int | None, rerun_from: int | 
 
 
 def report_epochs(tx: Executor, trial_id: int, records: list[dict], owner: str | None = None, *,
-                  rerun_from: int | None = None) -> None:
+                  rerun_from: int | None = None, reached: int | None = None) -> None:
     """Add the epochs of ``records`` after the last one stored: a retry of a report whose commit went
     through while its answer was lost (a dropped connection) adds nothing, where it failed on the unique
     (trial, epoch) before. ``rerun_from``: the records are a new run of the trial (it restarted from
-    scratch), whose epochs from this one on replace the stored ones."""
-    reported = _rerun(tx, trial_id, tx.one(_TRIAL_CLOCK, {"tid": trial_id})[1], rerun_from)
+    scratch), whose epochs from this one on replace the stored ones. ``reached``: the last epoch the trial
+    had reached before this run (default: the last one stored)."""
+    stored = tx.one(_TRIAL_CLOCK, {"tid": trial_id})[1] or 0
+    reported = _rerun(tx, trial_id, stored, rerun_from)
     new = [r for r in records if r["epoch"] > reported]
     if new:
         tx.many(_INSERT_EPOCH, [epoch_row(trial_id, r) for r in new])
-    # progress: a death of a run that follows is not one of a trial that kills every run (see claim_dead)
+    # progress: a death of a run that follows is not one of a trial that kills every run (see claim_dead); epochs
+    # a restarted run stores again, up to where the trial had got, are none (a trial that restarts from scratch
+    # and dies each time must still be given up)
+    reached = stored if reached is None else reached
+    progress = any(r["epoch"] > reached for r in new)
     _update_owned(tx, trial_id, owner, {"last_epoch": max((r["epoch"] for r in new), default=reported),
-                                        "crashes": 0})
+                                        **({"crashes": 0} if progress else {})})
 
 
 def finish_trial(tx: Executor, trial_id: int, *, fields: dict, epochs: list[dict] | None,

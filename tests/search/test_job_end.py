@@ -123,15 +123,15 @@ def test_the_drain_says_when_a_silent_trial_will_be_resumed_by_its_holders_grace
 
 
 def test_the_drain_says_what_it_waits_for_when_a_live_trial_of_another_job_is_slow_to_beat(monkeypatch, capsys):
-    # the job holding trial 5 beats every 600 s, and beat 10 s ago: alive, so the drain waits for its next beat
-    # (or for its deadline), which may take minutes; after one interval of ours it says so, once
+    # the job holding trial 5 beats every 600 s and beat 10 s ago: alive, so the drain waits for its next beat (or
+    # its deadline), which may take minutes, and says so, once; trial 6 beat half a second ago, as this job's
+    # other ranks' trials do (every second here): not named
     monkeypatch.setenv("OIALR_SEARCH_HEARTBEAT", "1")
     monkeypatch.setattr("oialr_search.search._execution.time.sleep", lambda s: None)
-    clock = iter(range(0, 1000, 2))  # each look 2 s later
-    monkeypatch.setattr("oialr_search.search._execution.time.monotonic", lambda: float(next(clock)))
     store, looks = _Store(3), iter(range(6))
-    store.heartbeats = lambda study: \
-        {9: (5, store.beat, store.beat + timedelta(seconds=3600))} if next(looks, None) is not None else {}
+    far = store.beat + timedelta(seconds=3600)
+    store.heartbeats = lambda study: {9: (5, store.beat, far), 11: (6, store.beat + timedelta(seconds=9.5), far)} \
+        if next(looks, None) is not None else {}
     store.now = lambda: store.beat + timedelta(seconds=10)
     trials = object.__new__(Trials)
     trials.lost, trials.stop, trials.store, trials.study, trials.rank = False, lambda: False, store, None, 1
@@ -140,6 +140,7 @@ def test_the_drain_says_what_it_waits_for_when_a_live_trial_of_another_job_is_sl
     trials.drain()
     assert capsys.readouterr().out == ("[rank 1] waiting for trial(s) 5 of other jobs: each is left to its job once it "
                                        "beats again, or resumed here once its heartbeat is overdue\n")
+
 
 JOB = """
 import os, signal, sys, time

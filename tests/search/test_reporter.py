@@ -7,25 +7,29 @@ import pytest
 
 from oialr_search.search import ASHAPruner, NopPruner
 from oialr_search.search._objectives import objectives_from
-from oialr_search.search._reporter import REPLAYED, EpochReporter
+from oialr_search.search._reporter import EpochReporter
 from oialr_search.storage import COMPLETE, Store
 
 OBJECTIVES = objectives_from([{"metric": "val_loss", "direction": "minimize"}])
 
 
-def _record(epoch, loss):
+def _record(epoch, loss, seconds=1.0):
     return {"epoch": epoch, "step": epoch, "train_loss": loss, "val_loss": loss, "top1": 50.0, "top5": 90.0,
-            "lr": 1e-3, "trainable_fraction": 0.5, "seconds": 1.0, "compression": 0.5, "train_seconds": float(epoch)}
+            "lr": 1e-3, "trainable_fraction": 0.5, "seconds": seconds, "compression": 0.5,
+            "train_seconds": float(epoch)}
+
+
+DEAD_RUN = [_record(1, 3.0), _record(2, 3.0), _record(3, float("nan"))]  # (a NaN is stored as NULL)
 
 
 @pytest.fixture()
 def dead_run(tmp_path):
-    """(store, study, trial): a RUNNING trial whose dead run stored epochs 1-3 (val_loss 3.0 each)."""
+    """(store, study, trial): a RUNNING trial whose dead run stored DEAD_RUN."""
     store = Store(f"sqlite:///{tmp_path}/db.sqlite")
     study = store.create_study(name="s", space={"raw": {}}, space_path="", metric="val_loss", direction="minimize",
                                backend="optuna", seed=0, budget=4)
     trial = store.start_trial(study, params={}, rank=0, island=None, device="cpu")
-    store.report_epochs(trial.id, [_record(e, 3.0) for e in (1, 2, 3)])
+    store.report_epochs(trial.id, DEAD_RUN)
     yield store, study, trial
     store.engine.dispose()
 
@@ -39,28 +43,38 @@ def _stored(store, trial):
     return [(e["epoch"], e["val_loss"]) for e in store.epochs(trial.id)]
 
 
-def test_the_epochs_a_checkpoint_restored_are_skipped_and_the_run_goes_on(dead_run):
-    store, study, trial = dead_run
-    reporter = _reporter(store, study, trial)
-    # (a replay's values are the stored ones; other values here show that the stored rows are kept as they are)
-    assert all(reporter({**_record(e, 2.5), REPLAYED: True}) for e in (1, 2, 3))
-    assert reporter({**_record(4, 2.0), REPLAYED: True})  # restored, but never stored (the job died first)
-    assert reporter(_record(5, 1.0)) and reporter.rerun_from is None
-    assert _stored(store, trial) == [(1, 3.0), (2, 3.0), (3, 3.0), (4, 2.0), (5, 1.0)]
-    assert REPLAYED not in store.epochs(trial.id)[3]
+def _writes(store, monkeypatch):
+    """The report_epochs calls made from now on."""
+    calls, real = [], store.report_epochs
+    monkeypatch.setattr(store, "report_epochs", lambda *a, **k: calls.append((a, k)) or real(*a, **k))
+    return calls
 
 
-def test_a_run_restarted_from_scratch_replaces_the_stored_epochs(dead_run):
+def test_the_epochs_a_checkpoint_restored_are_skipped_and_the_run_goes_on(dead_run, monkeypatch):
+    store, study, trial = dead_run
+    reporter, writes = _reporter(store, study, trial), _writes(store, monkeypatch)
+    assert all(reporter(dict(r)) for r in DEAD_RUN)  # the replay: what the store holds, value for value
+    assert writes == [] and reporter.rerun_from is None
+    assert reporter(_record(4, 2.0)) and reporter(_record(5, 1.0))
+    assert _stored(store, trial) == [(1, 3.0), (2, 3.0), (3, None), (4, 2.0), (5, 1.0)]
+
+
+@pytest.mark.parametrize("first", [_record(1, 1.0), _record(1, 3.0, seconds=1.25)],
+                         ids=["other values", "same values, other timings"])
+def test_a_run_restarted_from_scratch_replaces_the_stored_epochs(dead_run, first):
+    """A new run's first epoch (a restart from scratch, or the replay of a checkpoint of such a run) differs from
+    the stored one: the stored epochs go with its write, and its epochs are stored instead."""
     store, study, trial = dead_run
     reporter = _reporter(store, study, trial)
-    assert reporter(_record(1, 1.0))  # no replay first: a new run
-    assert _stored(store, trial) == [(1, 1.0)]  # the dead run's epochs went with the first new one
+    assert reporter(first)
+    assert _stored(store, trial) == [(1, first["val_loss"])]  # the dead run's epochs went with the first new one
     assert reporter(_record(2, 0.9)) and reporter(_record(3, 0.8)) and reporter(_record(4, 0.7))
-    assert _stored(store, trial) == [(1, 1.0), (2, 0.9), (3, 0.8), (4, 0.7)]
+    assert _stored(store, trial) == [(1, first["val_loss"]), (2, 0.9), (3, 0.8), (4, 0.7)]
     assert store.get_trial(study, 0).last_epoch == 4
 
 
-def test_a_restart_whose_first_write_failed_is_replaced_by_the_final_write(dead_run, monkeypatch):
+def test_a_restart_whose_writes_failed_is_replaced_by_the_final_write_or_by_the_next_jobs_replay(
+        dead_run, monkeypatch):
     store, study, trial = dead_run
     reporter = _reporter(store, study, trial)
     real = store.report_epochs
@@ -71,11 +85,19 @@ def test_a_restart_whose_first_write_failed_is_replaced_by_the_final_write(dead_
         raise locked
 
     monkeypatch.setattr(store, "report_epochs", busy)
-    assert reporter(_record(1, 1.0)) and reporter(_record(2, 0.9))
+    new_run = [_record(1, 1.0), _record(2, 0.9)]
+    assert reporter(new_run[0]) and reporter(new_run[1])
     assert reporter.rerun_from == 1 and [r["epoch"] for r in reporter.pending] == [1, 2]
-    assert _stored(store, trial) == [(1, 3.0), (2, 3.0), (3, 3.0)]
+    assert _stored(store, trial) == [(1, 3.0), (2, 3.0), (3, None)]
     monkeypatch.setattr(store, "report_epochs", real)
-    store.finish_trial(trial.id, state=COMPLETE, value=0.9, epochs=reporter.pending, rerun_from=reporter.rerun_from)
+    # its final write is busy too, or its job is killed: the next job resumes its checkpoint, whose epochs (the new
+    # run's) are not what the store holds
+    nxt = _reporter(store, study, trial)
+    assert nxt(new_run[0]) and nxt(new_run[1]) and nxt(_record(3, 0.8))
+    assert _stored(store, trial) == [(1, 1.0), (2, 0.9), (3, 0.8)]
+    # and the final write carries the rerun when no flush did
+    store.report_epochs(trial.id, DEAD_RUN, rerun_from=1)
+    store.finish_trial(trial.id, state=COMPLETE, value=0.9, epochs=new_run, rerun_from=1)
     assert _stored(store, trial) == [(1, 1.0), (2, 0.9)]
 
 
@@ -87,3 +109,18 @@ def test_the_new_runs_epochs_are_judged_again(dead_run):
     reporter = _reporter(store, study, trial, ASHAPruner(min_epochs=1, reduction=2))
     assert not reporter(_record(1, 0.6)) and reporter.pruned_at == 1  # behind the peer at the rung: pruned
     assert _stored(store, trial) == [(1, 0.6)]
+
+
+def test_a_run_restarted_from_scratch_that_dies_again_still_counts_as_a_crash(dead_run):
+    """The crash guard gives a trial up after runs that died without a new epoch in between: epochs a restarted
+    run stores again, up to where the trial had got, are no progress; an epoch past it is."""
+    store, study, trial = dead_run
+    job = Store(store.url, create=False)  # the next job
+    claimed = job.claim_dead(study, grace=0.0, rank=0, device="cpu")  # the dead run's heartbeat is stale
+    assert claimed is not None and claimed.crashes == 1
+    reporter = _reporter(job, study, trial)
+    assert reporter(_record(1, 1.0)) and reporter(_record(2, 1.0)) and reporter(_record(3, 1.0))
+    assert store.get_trial(study, 0).crashes == 1
+    assert reporter(_record(4, 1.0))
+    assert store.get_trial(study, 0).crashes == 0
+    job.engine.dispose()

@@ -3,6 +3,7 @@
 A hang fails the test (the whole process group is killed) instead of hanging CI.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -210,9 +211,12 @@ def test_killed_search_resumes_with_another_rank_count(tmp_path):
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, env={**os.environ, "OIALR_SEARCH_STORAGE": "", **beats})
     try:
-        while proc.poll() is None and len([r for r in trials(tmp_path, "k") if r["state"] == "COMPLETE"]) == \
-                len(before):
+        deadline = time.time() + 180
+        while proc.poll() is None and time.time() < deadline:
             time.sleep(0.2)
+            with contextlib.suppress(sqlite3.OperationalError):
+                if len([r for r in trials(tmp_path, "k") if r["state"] == "COMPLETE"]) > len(before):
+                    break
         # this job's islands were rebuilt from the database, and read: no copy of the study is left in its
         # folder, which a job killed outright never removes
         running = proc.poll() is None
