@@ -103,6 +103,15 @@ def test_the_drain_looks_often_at_first_then_backs_off_to_half_a_heartbeat_inter
     assert slept == sorted(slept) and slept[-1] == 0.5  # then every half interval, at most 0.5 s
 
 
+def _drain(store, *, rank=0):
+    """The end-of-job drain of a rank with nothing to resume, over ``store``'s heartbeats."""
+    trials = object.__new__(Trials)  # only what drain() uses
+    trials.lost, trials.stop, trials.store, trials.study, trials.rank = False, lambda: False, store, None, rank
+    trials.resume_dead = lambda now=False: None
+    trials.workers = type("W", (), {"send_task": staticmethod(lambda task: None)})()
+    trials.drain()
+
+
 def test_the_drain_says_when_a_silent_trial_will_be_resumed_by_its_holders_grace_period(monkeypatch, capsys):
     # the job holding the trial beats every 100 s (its deadline is 600 s after its beat): this job's own
     # grace period (6 s) says nothing about when the trial counts as dead
@@ -112,14 +121,9 @@ def test_the_drain_says_when_a_silent_trial_will_be_resumed_by_its_holders_grace
     store.heartbeats = lambda study: \
         {7: (3, store.beat, store.beat + timedelta(seconds=600))} if next(looks, None) is not None else {}
     store.now = lambda: store.beat + timedelta(seconds=200)  # silent for two of its intervals
-    trials = object.__new__(Trials)
-    trials.lost, trials.stop, trials.store, trials.study, trials.rank = False, lambda: False, store, None, 0
-    trials.resume_dead = lambda now=False: None
-    trials.workers = type("W", (), {"send_task": staticmethod(lambda task: None)})()
-    trials.drain()
+    _drain(store, rank=0)
     assert capsys.readouterr().out == ("[rank 0] trial 3 stopped beating 200s ago (its job was stopped?): resuming it "
                                        "once 600s have passed without a beat\n")
-
 
 
 def test_the_drain_says_what_it_waits_for_when_a_live_trial_of_another_job_is_slow_to_beat(monkeypatch, capsys):
@@ -133,11 +137,7 @@ def test_the_drain_says_what_it_waits_for_when_a_live_trial_of_another_job_is_sl
     store.heartbeats = lambda study: {9: (5, store.beat, far), 11: (6, store.beat + timedelta(seconds=9.5), far)} \
         if next(looks, None) is not None else {}
     store.now = lambda: store.beat + timedelta(seconds=10)
-    trials = object.__new__(Trials)
-    trials.lost, trials.stop, trials.store, trials.study, trials.rank = False, lambda: False, store, None, 1
-    trials.resume_dead = lambda now=False: None
-    trials.workers = type("W", (), {"send_task": staticmethod(lambda task: None)})()
-    trials.drain()
+    _drain(store, rank=1)
     assert capsys.readouterr().out == ("[rank 1] waiting for trial(s) 5 of other jobs: each is left to its job once it "
                                        "beats again, or resumed here once its heartbeat is overdue\n")
 
