@@ -7,6 +7,7 @@ other rank, and a NaN corrupts its selection.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import signal
 import sys
@@ -23,6 +24,7 @@ from ..training import (
     DataBundle,
     Preempted,
     Trainer,
+    TrainResult,
     config_from_dict,
     load_data,
     stored_run_config,
@@ -159,13 +161,29 @@ def _trainer(config, group: TrialGroup | None, checkpoint: Path | None, resume: 
     return Trainer(config, log=None, data=_data_for(config), group=group, checkpoint=checkpoint, save=save)
 
 
-def _replay(trainer: Trainer, on_epoch: Callable | None) -> bool:
+def _replay(trainer: Trainer, on_epoch: Callable | None) -> int | None:
     """Report the epochs a resumed trainer restored (the reporter stores those the dead job had not, and
-    its pruner judges them: a job can die between a checkpoint and the report of its epoch). False when
-    the pruner stops the trial at one of them."""
-    if on_epoch is None:
-        return True
-    return all(on_epoch(record) or record.epoch >= trainer.config.train.epochs for record in list(trainer.history))
+    its pruner judges them: a job can die between a checkpoint and the report of its epoch; and all of
+    them when they are another run's than the stored epochs). The epoch the pruner stopped the trial at,
+    if it did at one of them."""
+    for record in list(trainer.history) if on_epoch is not None else ():
+        if not on_epoch(record) and record.epoch < trainer.config.train.epochs:
+            return record.epoch
+    return None
+
+
+def _as_of(result: TrainResult, epoch: int) -> TrainResult:
+    """``result`` as it was at the end of ``epoch``: a resumed trial pruned at an epoch its checkpoint restored
+    had trained past it. Its ranks and parameter counts are those of the last OIALR event before then."""
+    record = result.epochs[epoch - 1]
+    updates = [u for u in result.oialr_updates if u["step"] < record.step]  # events before the epoch's last step
+    last = updates[-1] if updates else None
+    return dataclasses.replace(
+        result, val_loss=record.val_loss, top1=record.top1, top5=record.top5, train_seconds=record.train_seconds,
+        steps=record.step, trainable_fraction=record.trainable_fraction, compression=record.compression,
+        trainable_parameters=last["trainable"] if last else result.original_parameters,
+        final_ranks=dict(last["ranks"]) if last else {}, epochs=result.epochs[:epoch], oialr_updates=updates,
+        stopped_early=True)
 
 
 def run_trial(space: SearchSpace, params: dict[str, Any], *, device: str = "auto", threads: int = 0,
@@ -204,11 +222,11 @@ def run_trial(space: SearchSpace, params: dict[str, Any], *, device: str = "auto
                 # rank that started a moment later must not take the group's timeout for a preemption
                 deadline = group_max(deadline, group, trainer.device)
             try:
-                if _replay(trainer, on_epoch):  # the dead job's last epochs, as it would have reported them
+                pruned_at = _replay(trainer, on_epoch)  # the dead job's epochs, as it would have reported them
+                if pruned_at is None:
                     result = trainer.fit(on_epoch=on_epoch, should_stop=stop, checkpoint_every=checkpoint_every)
                 else:
-                    result = trainer.result()
-                    result.stopped_early = True
+                    result = _as_of(trainer.result(), pruned_at)
             except Preempted:
                 if time.monotonic() > deadline:
                     raise TrialTimeout(f"timeout: the trial ran longer than {space.trial_timeout:g}s") from None

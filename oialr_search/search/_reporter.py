@@ -50,6 +50,7 @@ class EpochReporter:
         # the first epoch a new run of the trial reported again: stored epochs from it on are to be deleted
         self.rerun_from: int | None = None
         self._stored: dict[int, dict] | None = None  # the stored epochs of a resumed trial, read when first needed
+        self._unread = False  # they could not be read
         self.label = label or f"trial id {trial_id}"  # who says it, in warnings
 
     def flush(self) -> None:
@@ -99,28 +100,36 @@ class EpochReporter:
             return False
         return True
 
-
     def _as_stored(self, record: dict) -> bool:
-        """Whether ``record`` is what the store holds for its epoch (a replay). A database that cannot be read
-        now counts as yes: the stored epochs are kept, as they were before runs were told apart."""
+        """Whether ``record`` is what the store holds for its epoch (a replay). If the stored epochs cannot be
+        read, every record counts as one: the stored epochs are kept, as they were before runs were told apart
+        (a read that worked later would tell a new run only from there on, joining two runs' curves)."""
         if self._stored is None:
             try:
                 self._stored = {row["epoch"]: row for row in self.store.epochs(self.trial_id)}
             except RuntimeError as exc:
                 if not transient(exc):
                     raise
-                self._warn(f"reading its stored epochs failed ({_first_line(exc)}); its restored epochs are kept")
-                return True
+                self._warn(f"reading its stored epochs failed ({_first_line(exc)}); they are kept as they are")
+                self._stored = {}
+                self._unread = True
+        if self._unread:
+            return True
         row = self._stored.get(record["epoch"])
         return row is not None and all(_same(record.get(k), row.get(k)) for k in EPOCH_FIELDS)
 
 
 def _same(a: object, b: object) -> bool:
-    """Equal as stored: NaN and inf are stored as NULL."""
+    """Equal as stored: NaN and inf are stored as NULL, and a float as the database gives it back (PostgreSQL
+    sends 15 significant digits where ``extra_float_digits`` is 0, its default before version 12). Another run
+    differs by far more, in its timings at least."""
     def stored(v: object) -> object:
         return None if isinstance(v, float) and not math.isfinite(v) else v
 
-    return stored(a) == stored(b)
+    a, b = stored(a), stored(b)
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(a, b, rel_tol=1e-12, abs_tol=0.0)
+    return a == b
 
 
 def _first_line(exc: BaseException) -> str:

@@ -108,3 +108,19 @@ def test_a_stopped_trial_reads_the_data_where_the_study_says_it_lies_now(tmp_pat
     stored = {"data": {"name": "cifar10", "path": "/old"}, "train": {"epochs": 2}}
     assert _at_the_studys_data(stored, space) == {"data": {"name": "cifar10", "path": "/new"}, "train": {"epochs": 2}}
     assert stored["data"]["path"] == "/old"  # the stored config itself is left as it was
+
+
+def test_a_resumed_trial_pruned_at_an_epoch_its_checkpoint_restored_ends_there(tmp_path):
+    """The pruner may stop a resumed trial at a replayed epoch (the epochs of another run than the stored ones
+    are all judged): its outcome is that epoch's, not the later epochs' its checkpoint had reached."""
+    space = load_space(write_space(tmp_path, epochs=3, name="three.yaml"))
+    params, checkpoint = {"oialr.beta": 0.2, "optim.lr": 0.005}, tmp_path / "trial.ckpt"
+    full = run_trial(space, params, device="cpu", threads=1, checkpoint=checkpoint, report=lambda record: True)
+    assert full.state == COMPLETE and len(full.epochs) == 3 and checkpoint.exists()
+    out = run_trial(space, params, device="cpu", threads=1, checkpoint=checkpoint, resume=True,
+                    report=lambda record: record["epoch"] != 1)  # the replay of epoch 1 is pruned
+    assert out.state == PRUNED and out.epochs == full.epochs[:1]
+    first = full.epochs[0]
+    assert {k: out.metrics[k] for k in ("val_loss", "top1", "trainable_fraction", "train_seconds")} == \
+        {k: first[k] for k in ("val_loss", "top1", "trainable_fraction", "train_seconds")}
+    assert out.metrics["steps"] == first["step"] and all(u["step"] < first["step"] for u in out.trajectory)

@@ -124,3 +124,40 @@ def test_a_run_restarted_from_scratch_that_dies_again_still_counts_as_a_crash(de
     assert reporter(_record(4, 1.0))
     assert store.get_trial(study, 0).crashes == 0
     job.engine.dispose()
+
+
+def test_stored_epochs_that_cannot_be_read_are_kept_for_the_whole_run(dead_run, monkeypatch, capsys):
+    """A read that failed and then worked would tell a new run only from there on (its epoch 1 kept as the dead
+    run's, its epoch 2 on stored after it): if the stored epochs cannot be read, the run keeps them all."""
+    store, study, trial = dead_run
+    real, calls = store.epochs, []
+    locked = RuntimeError("storage: busy")
+    locked.__cause__ = sqlite3.OperationalError("database is locked")
+
+    def once(trial_id):
+        calls.append(trial_id)
+        if len(calls) == 1:
+            raise locked
+        return real(trial_id)
+
+    monkeypatch.setattr(store, "epochs", once)
+    reporter = _reporter(store, study, trial)
+    assert reporter(_record(1, 1.0)) and reporter(_record(2, 0.9)) and reporter(_record(3, 0.8))
+    assert reporter(_record(4, 0.7)) and reporter.rerun_from is None and len(calls) == 1
+    monkeypatch.setattr(store, "epochs", real)
+    assert _stored(store, trial) == [(1, 3.0), (2, 3.0), (3, None), (4, 0.7)]
+    assert capsys.readouterr().err.count("reading its stored epochs failed") == 1
+
+
+def test_a_replay_matches_what_a_database_gives_back_to_15_digits(dead_run, monkeypatch):
+    """PostgreSQL before version 12 (or with extra_float_digits = 0) sends floats with 15 significant digits: a
+    replay must still match them, or every resume would rewrite the trial's epochs and judge them again."""
+    store, study, trial = dead_run
+    rounded = [{k: float(f"{v:.15g}") if isinstance(v, float) else v for k, v in row.items()}
+               for row in store.epochs(trial.id)]
+    monkeypatch.setattr(store, "epochs", lambda trial_id: rounded)
+    precise = [{**r, "lr": 1e-3 + 1e-19, "train_loss": r["train_loss"] * (1 + 3e-16)} for r in DEAD_RUN]
+    reporter = _reporter(store, study, trial)
+    assert all(reporter(r) for r in precise) and reporter.rerun_from is None
+    other = _reporter(store, study, trial)  # while a new run's timing differs by far more
+    assert other(_record(1, 3.0, seconds=1.0 + 1e-9)) and other.stored_epochs == 0  # (its rerun, stored)
