@@ -45,7 +45,7 @@ class EpochReporter:
         self.pruned_at: int | None = None
         self.pending: list[dict] = []  # epochs not written yet (the runner hands them to finish_trial)
         self._flushed = time.monotonic()
-        # a resumed trial: epochs up to here are stored and were judged
+        # a resumed trial: epochs up to here are stored and were judged; ``reached`` stays, for the crash count
         self.stored_epochs = self.reached = stored_epochs
         # the first epoch a new run of the trial reported again: stored epochs from it on are to be deleted
         self.rerun_from: int | None = None
@@ -73,9 +73,9 @@ class EpochReporter:
     def __call__(self, record: dict) -> bool:
         record = dict(record)
         epoch = record["epoch"]
-        rerun = epoch <= self.stored_epochs and not self._as_stored(record)
-        if epoch <= self.stored_epochs and not rerun:
-            return True
+        rerun = epoch <= self.stored_epochs
+        if rerun and self._as_stored(record):
+            return True  # a replay: stored and judged before
         if rerun:  # another run of stored epochs: they go, this run's records take their place
             self.rerun_from = epoch if self.rerun_from is None else min(self.rerun_from, epoch)
             self.stored_epochs = epoch - 1
