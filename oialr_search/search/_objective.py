@@ -174,14 +174,19 @@ def _replay(trainer: Trainer, on_epoch: Callable | None) -> int | None:
 
 def _as_of(result: TrainResult, epoch: int) -> TrainResult:
     """``result`` as it was at the end of ``epoch``: a resumed trial pruned at an epoch its checkpoint restored
-    had trained past it. Its ranks and parameter counts are those of the last OIALR event before then."""
+    had trained past it. Its ranks are those of the last OIALR event before then (fp16's count of skipped
+    steps stays the whole run's)."""
     record = result.epochs[epoch - 1]
     updates = [u for u in result.oialr_updates if u["step"] < record.step]  # events before the epoch's last step
     last = updates[-1] if updates else None
+    # the histories of checkpoints of earlier releases lack these two (NaN): the last event's, the run's
+    compression = record.compression if math.isfinite(record.compression) else \
+        last["compression"] if last else 1.0
+    seconds = record.train_seconds if math.isfinite(record.train_seconds) else result.train_seconds
     return dataclasses.replace(
-        result, val_loss=record.val_loss, top1=record.top1, top5=record.top5, train_seconds=record.train_seconds,
-        steps=record.step, trainable_fraction=record.trainable_fraction, compression=record.compression,
-        trainable_parameters=last["trainable"] if last else result.original_parameters,
+        result, val_loss=record.val_loss, top1=record.top1, top5=record.top5, train_seconds=seconds,
+        steps=record.step, trainable_fraction=record.trainable_fraction, compression=compression,
+        trainable_parameters=round(record.trainable_fraction * result.original_parameters),
         final_ranks=dict(last["ranks"]) if last else {}, epochs=result.epochs[:epoch], oialr_updates=updates,
         stopped_early=True)
 

@@ -7,7 +7,9 @@ which 8 ranks on one SQLite file would queue for. Decision epochs are always wri
 other trials' pruners see them.
 
 A resumed trial's trainer first reports the epochs its checkpoint restored, which are what the store
-holds, value for value (timings included): those are skipped, stored and judged before. A record of a
+holds, value for value (timings included): those are skipped, stored and judged before (but the last
+stored one, where it is a decision epoch: a decision to stop is not stored, so a job that died before
+storing the pruned trial's outcome would have lost it). A record of a
 stored epoch with other values comes from another run of the trial (it restarted from scratch, its
 checkpoint missing or unusable; or the checkpoint is of such a run, which a busy database kept from
 replacing the stored epochs before its job ended): the stored epochs from there on are deleted in the
@@ -74,18 +76,24 @@ class EpochReporter:
         record = dict(record)
         epoch = record["epoch"]
         rerun = epoch <= self.stored_epochs
+        decides = self.pruner.decides_at(epoch, self.max_epochs)
         if rerun and self._as_stored(record):
-            return True  # a replay: stored and judged before
+            # a replay: stored and judged before. But the decision to stop a trial is not stored: a job that died
+            # between it and the trial's outcome (or a busy database at that write) lost it, so the last stored
+            # epoch is judged again where it is a decision epoch
+            return self._judge(record) if decides and epoch == self.reached else True
         if rerun:  # another run of stored epochs: they go, this run's records take their place
             self.rerun_from = epoch if self.rerun_from is None else min(self.rerun_from, epoch)
             self.stored_epochs = epoch - 1
             self.pending = [r for r in self.pending if r["epoch"] < epoch]
         self.pending.append(record)
-        decides = self.pruner.decides_at(epoch, self.max_epochs)
         if rerun or decides or time.monotonic() - self._flushed >= self.flush_seconds:
             self.flush()
-        if not decides:
-            return True
+        return self._judge(record) if decides else True
+
+    def _judge(self, record: dict) -> bool:
+        """The pruner's decision on the trial at ``record``'s epoch, from the study's stored values there."""
+        epoch = record["epoch"]
         try:
             rows = self.store.epoch_values(self.study, epoch, self._metrics, exclude_trial=self.trial_id)
         except RuntimeError as exc:

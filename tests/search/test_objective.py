@@ -124,3 +124,5 @@ def test_a_resumed_trial_pruned_at_an_epoch_its_checkpoint_restored_ends_there(t
     assert {k: out.metrics[k] for k in ("val_loss", "top1", "trainable_fraction", "train_seconds")} == \
         {k: first[k] for k in ("val_loss", "top1", "trainable_fraction", "train_seconds")}
     assert out.metrics["steps"] == first["step"] and all(u["step"] < first["step"] for u in out.trajectory)
+    original = out.metrics["original_parameters"]
+    assert out.metrics["trainable_parameters"] == round(first["trainable_fraction"] * original)
