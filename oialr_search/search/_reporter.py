@@ -7,14 +7,14 @@ which 8 ranks on one SQLite file would queue for. Decision epochs are always wri
 other trials' pruners see them.
 
 A resumed trial's trainer first reports the epochs its checkpoint restored, which are what the store
-holds, value for value (timings included): those are skipped, stored and judged before (but the last
-stored one, where it is a decision epoch: a decision to stop is not stored, so a job that died before
-storing the pruned trial's outcome would have lost it). A record of a
-stored epoch with other values comes from another run of the trial (it restarted from scratch, its
-checkpoint missing or unusable; or the checkpoint is of such a run, which a busy database kept from
-replacing the stored epochs before its job ended): the stored epochs from there on are deleted in the
-transaction that writes that record, the new run's records take their place and are judged again, so a
-trial's curve never joins two runs.
+holds, value for value (timings included): those are skipped, stored and judged before, except that
+the last stored one is judged again where it is a decision epoch (a decision to stop is not stored, so
+a job that died before storing the pruned trial's outcome would have lost it). A record of a stored
+epoch with other values comes from another run of the trial (it restarted from scratch, its checkpoint
+missing or unusable; or the checkpoint is of such a run, which a busy database kept from replacing the
+stored epochs before its job ended): the stored epochs from there on are deleted in the transaction
+that writes that record, and the new run's records take their place and are judged again, so a
+trial's curve does not join two runs (unless the stored epochs cannot be read: then they are kept).
 
 The pruner decides from what the shared store holds for that epoch — every rank's and every job's
 trials, whatever the backend — so the same rule holds everywhere and a resumed job keeps pruning
