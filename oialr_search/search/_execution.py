@@ -171,13 +171,14 @@ class Trials:
             watched = {i: seen for i, seen in watched.items() if running.get(i) == seen}  # still silent
             if not watched:
                 break
+            now = self.store.now()
             for trial_id, (number, beat, deadline) in watched.items():
                 if trial_id in told or beat is None:
                     continue
                 # the holding job's grace period (and so its interval), as its deadline says; ours without one
                 grace = holder_grace(beat, deadline)
                 grace = grace_period() if grace is None else grace
-                silent = (self.store.now() - beat).total_seconds()
+                silent = (now - beat).total_seconds()
                 if silent > 1.5 * grace / GRACE_INTERVALS:
                     told.add(trial_id)
                     print(f"[rank {self.rank}] trial {number} stopped beating {int(silent)}s ago (its job was "
@@ -185,7 +186,6 @@ class Trials:
             # a trial that has not beaten for 1.5 of our intervals is not one of this job's (whose ranks beat every
             # interval): a job with a long interval beats rarely, so say why this job has not ended yet, once
             if not waiting_said:
-                now = self.store.now()
                 quiet = sorted(number for i, (number, beat, _) in watched.items() if i not in told
                                and beat is not None and (now - beat).total_seconds() > 1.5 * interval)
                 if quiet:

@@ -22,21 +22,27 @@ def _record(epoch, loss, seconds=1.0):
 DEAD_RUN = [_record(1, 3.0), _record(2, 3.0), _record(3, float("nan"))]  # (a NaN is stored as NULL)
 
 
-@pytest.fixture()
-def dead_run(tmp_path):
-    """(store, study, trial): a RUNNING trial whose dead run stored DEAD_RUN."""
+def _study_with_a_dead_run(tmp_path, run):
+    """(store, study, trial): a RUNNING trial whose dead run stored the epochs ``run``."""
     store = Store(f"sqlite:///{tmp_path}/db.sqlite")
     study = store.create_study(name="s", space={"raw": {}}, space_path="", metric="val_loss", direction="minimize",
                                backend="optuna", seed=0, budget=4)
     trial = store.start_trial(study, params={}, rank=0, island=None, device="cpu")
-    store.report_epochs(trial.id, DEAD_RUN)
+    store.report_epochs(trial.id, run)
+    return store, study, trial
+
+
+@pytest.fixture()
+def dead_run(tmp_path):
+    """(store, study, trial): a RUNNING trial whose dead run stored DEAD_RUN."""
+    store, study, trial = _study_with_a_dead_run(tmp_path, DEAD_RUN)
     yield store, study, trial
     store.engine.dispose()
 
 
-def _reporter(store, study, trial, pruner=None):
+def _reporter(store, study, trial, pruner=None, stored_epochs=3):
     return EpochReporter(store=store, study=study, trial_id=trial.id, objectives=OBJECTIVES,
-                         pruner=pruner or NopPruner(), max_epochs=5, stored_epochs=3, flush_seconds=0.0)
+                         pruner=pruner or NopPruner(), max_epochs=5, stored_epochs=stored_epochs, flush_seconds=0.0)
 
 
 def _stored(store, trial):
@@ -167,12 +173,8 @@ def test_the_last_stored_epoch_is_judged_again_where_it_is_a_decision_epoch(tmp_
     """A decision to stop is not stored: a job that died between pruning the trial at epoch 3 and storing it
     PRUNED lost it, and the next job's replay would train it on. So the replay of the last stored epoch is
     judged again where it is a rung; earlier epochs are not (a peer better at epoch 1 prunes nothing now)."""
-    store = Store(f"sqlite:///{tmp_path}/db.sqlite")
-    study = store.create_study(name="s", space={"raw": {}}, space_path="", metric="val_loss", direction="minimize",
-                               backend="optuna", seed=0, budget=4)
-    trial = store.start_trial(study, params={}, rank=0, island=None, device="cpu")
     run = [_record(1, 3.0), _record(2, 2.0), _record(3, 1.0)]
-    store.report_epochs(trial.id, run)
+    store, study, trial = _study_with_a_dead_run(tmp_path, run)
     peer = store.start_trial(study, params={}, rank=1, island=None, device="cpu")
     store.finish_trial(peer.id, state=COMPLETE, value=0.5, epochs=[_record(e, 0.5) for e in (1, 2, 3)])
     asha = ASHAPruner(min_epochs=1, reduction=3)  # rungs at epochs 1 and 3
@@ -180,7 +182,6 @@ def test_the_last_stored_epoch_is_judged_again_where_it_is_a_decision_epoch(tmp_
     assert reporter(dict(run[0])) and reporter(dict(run[1]))  # replays, judged before: on
     assert not reporter(dict(run[2])) and reporter.pruned_at == 3  # the last stored rung: judged again
     assert _stored(store, trial) == [(1, 3.0), (2, 2.0), (3, 1.0)]  # and nothing written
-    two = EpochReporter(store=store, study=study, trial_id=trial.id, objectives=OBJECTIVES, pruner=asha,
-                        max_epochs=5, stored_epochs=2, flush_seconds=0.0)  # its last stored epoch is no rung
+    two = _reporter(store, study, trial, asha, stored_epochs=2)  # its last stored epoch is no rung
     assert two(dict(run[0])) and two(dict(run[1]))
     store.engine.dispose()
