@@ -142,6 +142,23 @@ class Kernels(NamedTuple):
 
     seconds: float
     launches: float
+    by_kind: dict[str, float]  # kernel seconds per call by what they compute (see kernel_kind)
+
+
+KINDS = ("matmul", "attention", "copy", "other")
+
+
+def kernel_kind(name: str) -> str:
+    """What a GPU kernel computes, from its name: matrix products (cuBLAS, CUTLASS, Triton's mm
+    templates), attention, copies, or the rest (elementwise work, norms, reductions, the optimizer)."""
+    n = name.lower()
+    if any(s in n for s in ("flash", "fmha", "attention", "sdpa")):  # before matmul: fmha_cutlassF_… is attention
+        return "attention"
+    if any(s in n for s in ("gemm", "xmma", "cutlass", "nvjet", "cublas", "triton_tem_fused_mm", "_mm_", "bmm")):
+        return "matmul"
+    if "memcpy" in n or "memset" in n:
+        return "copy"
+    return "other"
 
 
 def gpu_profile(device: torch.device, fn: Callable[[], None], calls: int) -> Kernels | None:
@@ -160,8 +177,12 @@ def gpu_profile(device: torch.device, fn: Callable[[], None], calls: int) -> Ker
         sync(device)
     cuda = torch.autograd.DeviceType.CUDA
     events = [e for e in prof.key_averages() if e.device_type == cuda]
+    by_kind: dict[str, float] = {}
+    for e in events:
+        kind = kernel_kind(e.key)
+        by_kind[kind] = by_kind.get(kind, 0.0) + e.self_device_time_total / 1e6 / calls
     return Kernels(sum(e.self_device_time_total for e in events) / 1e6 / calls,
-                   sum(e.count for e in events) / calls)
+                   sum(e.count for e in events) / calls, by_kind)
 
 
 def gpu_seconds(device: torch.device, fn: Callable[[], None], calls: int) -> float | None:
@@ -436,11 +457,16 @@ def compiled(spec: dict, device: str, batch: int, rounds: int, steps: int, mode:
           f"(median of {rounds} x {steps} steps)")
     print(f"{'variant':>26} {'step s':>9} {'images/s':>10} {'vs eager':>9} {'GPU busy':>9} {'kernels':>8} "
           f"{'first 2 steps s':>16}")
+    kernels: dict[str, Kernels | None] = {}
     for name, fn in fns.items():
         eager = times[name.replace("compiled", "eager")]
-        k = gpu_profile(full.device, fn, steps)
+        k = kernels[name] = gpu_profile(full.device, fn, steps)
         print(f"{name:>26} {times[name]:9.4f} {batch / times[name]:10.0f} {eager / times[name]:8.2f}x "
               f"{busy(None if k is None else k.seconds, times[name]):>9} {launches(k):>8} {first[name]:16.1f}")
+    if all(k is not None for k in kernels.values()):  # where the kernel time goes (what rank 10 % saves)
+        print(f"kernel ms per step by kind: {'variant':>26} " + " ".join(f"{kind:>9}" for kind in KINDS))
+        for name, k in kernels.items():
+            print(f"{'':>28}{name:>26} " + " ".join(f"{1e3 * k.by_kind.get(kind, 0.0):9.2f}" for kind in KINDS))
     for how in ("eager", "compiled"):
         fp32, full_low = times[f"fp32 full-rank {how}"], times[f"{low} full-rank {how}"]
         ratio = times[f"{low} rank 10% {how}"] / full_low
