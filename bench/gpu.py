@@ -318,6 +318,12 @@ def forced_ranks(label: str, spec: dict, device: str, batch: int, rounds: int, s
         for _, f in t.oialr.factors:
             f.align = 1
         variants["10% unpadded"] = t
+    if 0.1 in fractions:  # the same ranks with Σ merged into one side (the cost rule sets it apart)
+        t = make_trainer(spec, device=device, batch=batch, precision="auto", oialr=True)
+        force_ranks(t, 0.1)
+        for _, f in t.oialr.factors:
+            f.sigma_placement = "merged"
+        variants["10% Σ merged"] = t
     full = variants["full-rank"]
     x, y = batch_on_device(full)
     model = full.model

@@ -5,7 +5,8 @@
 Part 1 times one training step of the mini-ViT at forced ranks (every factor cut to the same
 fraction of its full rank), interleaving dense and low-rank steps in rounds and taking medians, and
 prints each step-time ratio next to the trainable fraction and the FLOP ratio of the factorized
-layers (per token, the path the cost model chose). Part 2 trains full-rank and OIALR for the same
+layers (per token, forward and backward, the path the cost model chose); where the cost rule applies
+Σ apart, the same ranks with Σ merged run beside them. Part 2 trains full-rank and OIALR for the same
 steps on the embedded MNIST data and prints the total-time ratio, the SVD-update share of OIALR's
 training time, and final accuracy and trainable fraction of both.
 """
@@ -27,14 +28,21 @@ from oialr_search.training import Trainer, config_from_dict, train  # noqa: E402
 
 
 def flop_ratio(factors, tokens: int, device: torch.device | None = None) -> float:
-    """Multiply-adds of the factorized layers per token, relative to their dense products, for the
-    path each layer takes on ``device`` (on CUDA the factorized product's rank is padded)."""
+    """Multiply-adds of the factorized layers per token in a training step (forward and backward),
+    relative to their dense products, for the path each layer takes on ``device`` (on CUDA the
+    factorized product's rank is padded). Dense: 3·m·n (and, for a factor on its dense path, building W
+    and its gradient's projection: 2·m·n·r over the tokens); factorized: 2·r'·(m+n), plus r'·min(m, n)
+    for the gradient of the side Σ is merged into, or 3·r'² with Σ apart."""
     dense = chosen = 0.0
     for _, f in factors:
         m, n, r = f.out_features, f.in_features, f.rank
         align = f.alignment(device) if device is not None else 1
-        dense += m * n
-        chosen += f.padded_rank(align) * (m + n) if f.use_factorized(tokens, align=align) else m * n * (1 + r / tokens)
+        dense += 3 * m * n
+        if f.use_factorized(tokens, align=align):
+            rp = f.padded_rank(align)
+            chosen += 2 * rp * (m + n) + (3 * rp * rp if f.sigma_apart(align) else rp * min(m, n))
+        else:
+            chosen += m * n * (3 + 2 * r / tokens)
     return chosen / dense
 
 
@@ -63,6 +71,12 @@ def part1(width: int, batch: int, rounds: int, steps: int, fractions: list[float
         t = make_trainer(width, batch, True)
         force_ranks(t, frac)
         variants[f"rank {frac:.0%}"] = t
+        if any(f.sigma_apart() for _, f in t.oialr.factors):  # the same ranks with Σ merged, side by side
+            t = make_trainer(width, batch, True)
+            force_ranks(t, frac)
+            for _, f in t.oialr.factors:
+                f.sigma_placement = "merged"
+            variants[f"{frac:.0%} Σ merged"] = t
     x, y = next(variants["full-rank"].train_batches.epoch(0))
     tokens = x.shape[0] * ((28 // 7) ** 2 + 1)
     for t in variants.values():  # warm-up, and past step 0
@@ -86,10 +100,16 @@ def part1(width: int, batch: int, rounds: int, steps: int, fractions: list[float
             continue
         step_time = statistics.median(times[name])
         ratio = step_time / full
-        worst = max(worst, ratio)
+        if name.startswith("rank"):  # the shipped paths (a Σ-merged twin is a comparison)
+            worst = max(worst, ratio)
         print(f"{name:>12} {step_time:8.4f} {ratio:7.3f} {100 * t.oialr.counts().trainable_fraction:9.1f}% "
               f"{flop_ratio(t.oialr.factors, tokens):11.3f}")
     print(f"worst low-rank/full-rank step ratio: {worst:.3f}")
+    for name in variants:
+        if name.endswith("Σ merged"):
+            frac = name.split()[0]
+            apart, merged = statistics.median(times[f"rank {frac}"]), statistics.median(times[name])
+            print(f"at {frac} rank, Σ apart / Σ merged step time: {apart / merged:.3f}")
     r = max(f.full_rank for _, f in variants[f"rank {fractions[0]:.0%}"].oialr.factors)
     print(f"(at full rank the dense path must build W and project dW each step: ~2r/(3N) = "
           f"{2 * r / (3 * tokens):.1%} of the linear layers' FLOPs for r={r}, N={tokens} tokens)")

@@ -43,6 +43,9 @@ class LowRankWeight(nn.Module):
     """
 
     forward_mode: str | None = None
+    # Force where Σ goes in the factorized product: None (the cost rule of ``sigma_apart``), "apart" or
+    # "merged". For the benchmarks, which time both side by side; users never need it.
+    sigma_placement: str | None = None
     # The factorized product's inner dimension (the rank) is zero-padded to a multiple of ``align``:
     # None means 8 on CUDA devices, where a bf16/fp16/tf32 GEMM with an inner dimension that is not a
     # multiple of 8 falls off the tensor-core kernels (measured on an H100: rank 39 and 77 of a
@@ -77,13 +80,24 @@ class LowRankWeight(nn.Module):
         """Whether x → Vᵀ → Σ → U is cheaper than materializing W for ``tokens`` input rows.
 
         Per forward, the dense path costs tokens·m·n + m·n·r (building W), the factorized path
-        tokens·r'·(m+n), r' the rank padded to a multiple of ``align``; the r² merge of Σ into one
-        side is common to both. The backward pass has the same proportions.
+        tokens·r'·(m+n), r' the rank padded to a multiple of ``align``. Σ's own share (merged into one
+        side, or applied apart: see :meth:`sigma_apart`) is small against both and left out. The backward
+        pass has the same proportions.
         """
         if self.forward_mode is not None:
             return self.forward_mode == "factorized"
         m, n, r = self.out_features, self.in_features, self.rank
         return tokens * self.padded_rank(align) * (m + n) < m * n * (tokens + r)
+
+    def sigma_apart(self, align: int = 1) -> bool:
+        """Whether the factorized product applies Σ apart, between the bases (x → Vᵀ → Σ → U, three
+        products), rather than merged into the narrower side (two). The backward of a merged side
+        multiplies over all tokens at that side's full width w = min(m, n) (tokens·r'·w, and on a GPU one
+        more pass over a full-width activation); Σ apart costs three tokens·r'² products instead (its
+        forward and its two gradients), all of them r' wide. So it is cheaper when 3·r' < w."""
+        if self.sigma_placement is not None:
+            return self.sigma_placement == "apart"
+        return 3 * self.padded_rank(align) < min(self.out_features, self.in_features)
 
     def padded_rank(self, align: int) -> int:
         """The rank rounded up to a multiple of ``align``: the factorized product's inner dimension."""
@@ -119,11 +133,22 @@ class LowRankWeight(nn.Module):
             return self.U @ F.pad(self.sigma, (0, pad)), F.pad(self.Vh, (0, 0, 0, pad))
         return F.pad(self.U, (0, pad)), F.pad(self.sigma, (0, 0, 0, pad)) @ self.Vh
 
+    def aligned_factors(self, align: int) -> tuple[Tensor, Tensor, Tensor]:
+        """(U, Σ, Vᵀ) with the rank padded by zeros to a multiple of ``align`` (as :meth:`aligned_split`)."""
+        pad = self.padded_rank(align) - self.rank
+        if align == 1 or not torch.compiler.is_compiling() and not pad:
+            return self.U, self.sigma, self.Vh
+        return F.pad(self.U, (0, pad)), F.pad(self.sigma, (0, pad, 0, pad)), F.pad(self.Vh, (0, 0, 0, pad))
+
     def linear(self, x: Tensor, bias: Tensor | None) -> Tensor:
-        """``F.linear(x, W, bias)`` by the cheaper of the two paths."""
+        """``F.linear(x, W, bias)`` by the cheapest path: W built (dense), or the factorized product with Σ
+        merged into one side or apart (:meth:`use_factorized`, :meth:`sigma_apart`)."""
         tokens = x.numel() // self.in_features if x.numel() else 0
         align = self.alignment(x.device)
         if self.use_factorized(tokens, align=align):
+            if self.sigma_apart(align):
+                u, sigma, vh = self.aligned_factors(align)
+                return F.linear(F.linear(F.linear(x, vh), sigma), u, bias)
             left, right = self.aligned_split(align)
             return F.linear(F.linear(x, right), left, bias)
         return F.linear(x, self.materialize(), bias)

@@ -197,3 +197,31 @@ def test_conv_cost_model_counts_output_positions_once_for_non_zero_padding_modes
     out = conv(x)
     padded = torch.nn.functional.pad(x, conv._reversed_padding_repeated_twice, mode="reflect")
     assert conv._out_positions(padded, 0) == out.shape[-1] * out.shape[-2] == 256
+
+
+def test_sigma_apart_or_merged_the_factorized_product_computes_the_dense_one(monkeypatch):
+    # A dense reference: F.linear(x, U Σ Vᵀ) with the same Σ, and its gradients. Σ goes apart (three
+    # products) when 3·r' < min(m, n), else it is merged into the narrower side (two products), padded or not.
+    calls = []
+    linear = torch.nn.functional.linear
+    monkeypatch.setattr(torch.nn.functional, "linear", lambda *a, **k: calls.append(1) or linear(*a, **k))
+    for m, n, rank, align, apart in ((40, 56, 5, 1, True), (56, 40, 5, 8, True), (40, 56, 14, 1, False),
+                                     (56, 40, 13, 8, False), (40, 56, 16, 8, False)):
+        f = _trained_factor(m, n)
+        f.rotate_(beta=1.0, min_rank=rank)
+        with torch.no_grad():
+            f.sigma.add_(0.1 * torch.randn(rank, rank))  # not diagonal: a transposed Σ would show
+        f.forward_mode, f.align = "factorized", align
+        assert f.sigma_apart(align) is apart
+        x = torch.randn(9, n, requires_grad=True)
+        bias, weights = torch.randn(m), torch.randn(9, m)
+        calls.clear()
+        out = f.linear(x, bias)
+        assert len(calls) == (3 if apart else 2)
+        (out * weights).sum().backward()
+        got = out.detach(), x.grad.clone(), f.sigma.grad.clone()
+        sigma = f.sigma.detach().clone().requires_grad_(True)
+        x.grad = None
+        ref = linear(x, f.U @ sigma @ f.Vh, bias)
+        (ref * weights).sum().backward()
+        torch.testing.assert_close(got, (ref.detach(), x.grad, sigma.grad), atol=1e-5, rtol=1e-5)
