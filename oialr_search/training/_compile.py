@@ -6,8 +6,9 @@ drops singular values gives Σ, U and Vᵀ a smaller rank. With static shapes ea
 dynamo silently falls back to eager. So after the switch and every update the rank dimensions are
 marked dynamic: one graph serves every rank, and a whole OIALR run compiles about three times (full
 rank, the first short batch, the low-rank model), plus once for each update at which a layer moves
-from its dense to its factorized product, and, under inductor, which specializes a factorized
-convolution's rank (its channel count), once for each change of such a rank. Dynamo keeps parameter
+from its dense to its factorized product or a linear layer's Σ goes apart
+(``LowRankWeight.sigma_apart``), and, under inductor, which specializes a factorized convolution's
+rank (its channel count), once for each change of such a rank. Dynamo keeps parameter
 shapes static by default, and Σ is a parameter, so that default is lifted while the forward runs.
 
 The model is compiled in place (``nn.Module.compile``): the same module object, the same state_dict
@@ -32,7 +33,8 @@ from ._config import COMPILE_MODES
 BACKEND = "inductor"  # the tests swap in "aot_eager": the same graphs and autograd, no code generation
 # Graphs a run may compile before dynamo falls back to eager (its default, 8, is too few: besides the
 # three above, a layer whose rank falls below the point where its factorized product beats the dense
-# one recompiles once, and so does each rank of a factorized convolution under inductor)
+# one recompiles once, so does one whose Σ goes apart, and so does each rank of a factorized
+# convolution under inductor)
 RECOMPILE_LIMIT = 64
 
 
