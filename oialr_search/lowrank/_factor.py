@@ -81,23 +81,28 @@ class LowRankWeight(nn.Module):
 
         Per forward, the dense path costs tokens·m·n + m·n·r (building W), the factorized path
         tokens·r'·(m+n), r' the rank padded to a multiple of ``align``. Σ's own share (merged into one
-        side, or applied apart: see :meth:`sigma_apart`) is small against both and left out. The backward
-        pass has the same proportions.
+        side, or applied apart: see :meth:`sigma_apart`) is left out: at most tokens·r'·min(m, n) in
+        the backward, small against both where the two are close. The backward's two products per side
+        have the same proportions.
         """
         if self.forward_mode is not None:
             return self.forward_mode == "factorized"
         m, n, r = self.out_features, self.in_features, self.rank
         return tokens * self.padded_rank(align) * (m + n) < m * n * (tokens + r)
 
-    def sigma_apart(self, align: int = 1) -> bool:
-        """Whether the factorized product applies Σ apart, between the bases (x → Vᵀ → Σ → U, three
-        products), rather than merged into the narrower side (two). The backward of a merged side
-        multiplies over all tokens at that side's full width w = min(m, n) (tokens·r'·w, and on a GPU one
-        more pass over a full-width activation); Σ apart costs three tokens·r'² products instead (its
-        forward and its two gradients), all of them r' wide. So it is cheaper when 3·r' < w."""
+    def sigma_apart(self, align: int = 1, *, backward: bool = True) -> bool:
+        """Whether a linear layer's factorized product applies Σ apart, between the bases (x → Vᵀ → Σ →
+        U, three products), rather than merged into the narrower side (two). The backward of a merged
+        side multiplies over all tokens at that side's full width w = min(m, n) (tokens·r'·w, and on a
+        GPU one more pass over a full-width activation); Σ apart costs three tokens·r'² products instead
+        (its forward and its two gradients), all of them r' wide. So it is cheaper when 3·r' < w and the
+        backward runs (``backward``); without it, Σ apart only adds its forward product."""
         if self.sigma_placement is not None:
+            if self.sigma_placement not in ("apart", "merged"):
+                raise ValueError(f"LowRankWeight.sigma_placement must be None, 'apart' or 'merged', "
+                                 f"got {self.sigma_placement!r}")
             return self.sigma_placement == "apart"
-        return 3 * self.padded_rank(align) < min(self.out_features, self.in_features)
+        return backward and 3 * self.padded_rank(align) < min(self.out_features, self.in_features)
 
     def padded_rank(self, align: int) -> int:
         """The rank rounded up to a multiple of ``align``: the factorized product's inner dimension."""
@@ -146,7 +151,7 @@ class LowRankWeight(nn.Module):
         tokens = x.numel() // self.in_features if x.numel() else 0
         align = self.alignment(x.device)
         if self.use_factorized(tokens, align=align):
-            if self.sigma_apart(align):
+            if self.sigma_apart(align, backward=torch.is_grad_enabled() and self.sigma.requires_grad):
                 u, sigma, vh = self.aligned_factors(align)
                 return F.linear(F.linear(F.linear(x, vh), sigma), u, bias)
             left, right = self.aligned_split(align)

@@ -53,6 +53,7 @@ class LowRankConv(nn.Module):
         self.padding_mode = conv.padding_mode
         self._reversed_padding_repeated_twice = conv._reversed_padding_repeated_twice
         self.factor = LowRankWeight(conv.weight.reshape(conv.out_channels, -1))
+        self.factor.sigma_placement = "merged"  # what the two convolutions below do (the cost models read it)
         self.bias = conv.bias
         self._conv = F.conv1d if self.dims == 1 else F.conv2d
 
@@ -124,6 +125,8 @@ class LowRankMultiheadAttention(nn.Module):
             else:
                 self._dense_in[name] = w
         self.out_proj = LowRankLinear(mha.out_proj) if convert_out else _OutProjection(mha.out_proj)
+        for _, factor in self.factors():  # always materialized below (the cost models read it)
+            factor.forward_mode = "dense"
 
     # torch's TransformerEncoderLayer eval fast path calls this on its self_attn
     merge_masks = nn.MultiheadAttention.merge_masks

@@ -225,3 +225,24 @@ def test_sigma_apart_or_merged_the_factorized_product_computes_the_dense_one(mon
         ref = linear(x, f.U @ sigma @ f.Vh, bias)
         (ref * weights).sum().backward()
         torch.testing.assert_close(got, (ref.detach(), x.grad, sigma.grad), atol=1e-5, rtol=1e-5)
+
+
+def test_sigma_apart_only_where_a_backward_runs_and_under_autocast_it_matches_the_dense_product():
+    f = _trained_factor(40, 56)
+    f.rotate_(beta=1.0, min_rank=5)
+    f.forward_mode = "factorized"
+    assert f.sigma_apart(1) and not f.sigma_apart(1, backward=False)
+    x = torch.randn(9, 56)
+    dense = x @ f.materialize().detach().T
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = f.linear(x, None)  # Σ apart, in bf16
+        with torch.no_grad():
+            inference = f.linear(x, None)  # Σ merged: no backward to save
+    assert out.dtype == inference.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), dense, atol=0.05, rtol=0.02)
+    torch.testing.assert_close(inference.float(), dense, atol=0.05, rtol=0.02)
+    f.sigma_placement = "Apart"
+    import pytest
+
+    with pytest.raises(ValueError, match="sigma_placement must be None, 'apart' or 'merged'"):
+        f.linear(x, None)

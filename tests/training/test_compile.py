@@ -72,6 +72,40 @@ def test_the_rank_padding_for_tensor_cores_does_not_recompile_at_updates(graphs,
     assert graphs() <= 3
 
 
+def test_sigma_going_apart_recompiles_once_and_the_compiled_products_match_eager(graphs, monkeypatch):
+    """Σ goes apart (three products) once a linear layer's rank falls below a third of its narrower
+    side: one guard on the rank, so each graph compiles once more when it crosses, and never for ranks
+    on either side."""
+    from torch import nn
+
+    from oialr_search.lowrank import LowRankWeight, convert_to_low_rank
+
+    monkeypatch.setattr(LowRankWeight, "forward_mode", "factorized")  # no dense/factorized crossing here
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(48, 48), nn.GELU(), nn.Linear(48, 48))
+    factors = convert_to_low_rank(model)
+    compiler = _compile.TrainingCompiler(mode="default")
+    compiler.compile(model)
+    x = torch.randn(16, 48)
+    counts = []
+    for rank in (40, 30, 20, 15, 10, 5):  # merged while 3·rank ≥ 48, then apart
+        for _, f in factors:
+            f.rotate_(beta=1.0, min_rank=rank)
+        compiler.shapes_changed(model)
+        results = []
+        for compiled in (True, False):
+            with compiler.training() if compiled else compiler.eager():
+                model.zero_grad()
+                out = model(x)
+                (out * torch.arange(48)).sum().backward()
+            results.append((out.detach(), *(f.sigma.grad.clone() for _, f in factors)))
+        torch.testing.assert_close(results[0], results[1], atol=1e-5, rtol=1e-5)
+        assert [f.sigma_apart() for _, f in factors] == [3 * rank < 48] * 2
+        counts.append(graphs())
+    assert counts[0] == counts[1] == counts[2] and counts[3] == counts[4] == counts[5]  # none on either side
+    assert counts[3] == 2 * counts[0]  # Σ going apart: each compiled graph once more
+
+
 def test_inductor_compiles_a_factorized_oialr_run_that_matches_eager(monkeypatch):
     """The real backend once (seconds for this model): inductor specializes a factorized convolution's
     rank (its channel count), which a strict dynamic mark turned into a ConstraintViolationError."""
