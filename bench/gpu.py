@@ -150,16 +150,17 @@ KINDS = ("matmul", "attention", "copy", "other")
 
 def kernel_kind(name: str) -> str:
     """What a GPU kernel computes, from its name: matrix products (cuBLAS, CUTLASS, inductor's mm
-    templates), attention, copies (memcpy/memset and copy kernels, casts among them), or the rest (elementwise work,
-    norms, reductions, the optimizer). Inductor's fused pointwise and reduction kernels (triton_poi_,
-    triton_per_, triton_red_) are the rest even where a fused op's name mentions mm."""
+    templates), attention, copies (memcpy/memset and eager copy kernels, casts among them), or the rest
+    (elementwise work, norms, reductions, the optimizer). Inductor's fused pointwise and reduction
+    kernels (triton_poi_, triton_per_, triton_red_) are the rest whatever their names mention: a cast
+    or an mm fused into them, or attention's elementwise parts."""
     n = name.lower()
-    if any(s in n for s in ("flash", "fmha", "attention", "sdpa")):  # before matmul: fmha_cutlassF_… is attention
-        return "attention"
     if n.startswith("triton_tem_") and "mm" in n:
         return "matmul"
     if n.startswith(("triton_poi_", "triton_per_", "triton_red_")):
         return "other"
+    if any(s in n for s in ("flash", "fmha", "attention", "sdpa")):  # before matmul: fmha_cutlassF_… is attention
+        return "attention"
     if any(s in n for s in ("gemm", "xmma", "cutlass", "nvjet", "cublas", "bmm")):
         return "matmul"
     if any(s in n for s in ("memcpy", "memset", "copy_kernel", "arraybatchedcopy")):

@@ -67,18 +67,18 @@ def make_trainer(width: int, batch: int, enabled: bool) -> Trainer:
 def part1(width: int, batch: int, rounds: int, steps: int, fractions: list[float]) -> None:
     """Times the trainer's own step (lr, forward, backward, clipping, AdamW) at forced ranks."""
     variants: dict[str, Trainer] = {"full-rank": make_trainer(width, batch, False)}
+    tokens = batch * ((28 // 7) ** 2 + 1)  # MNIST's 28 px in 7-px patches, and the class token
     for frac in fractions:
         t = make_trainer(width, batch, True)
         force_ranks(t, frac)
         variants[f"rank {frac:.0%}"] = t
-        if any(f.sigma_apart() for _, f in t.oialr.factors):  # the same ranks with Σ merged, side by side
+        if any(f.use_factorized(tokens) and f.sigma_apart() for _, f in t.oialr.factors):  # Σ merged beside it
             t = make_trainer(width, batch, True)
             force_ranks(t, frac)
             for _, f in t.oialr.factors:
                 f.sigma_placement = "merged"
             variants[f"{frac:.0%} Σ merged"] = t
     x, y = next(variants["full-rank"].train_batches.epoch(0))
-    tokens = x.shape[0] * ((28 // 7) ** 2 + 1)
     for t in variants.values():  # warm-up, and past step 0
         t.train_step(x, y)
         t.train_step(x, y)

@@ -206,7 +206,7 @@ def test_sigma_apart_or_merged_the_factorized_product_computes_the_dense_one(mon
     linear = torch.nn.functional.linear
     monkeypatch.setattr(torch.nn.functional, "linear", lambda *a, **k: calls.append(1) or linear(*a, **k))
     for m, n, rank, align, apart in ((40, 56, 5, 1, True), (56, 40, 5, 8, True), (40, 56, 14, 1, False),
-                                     (56, 40, 13, 8, False), (40, 56, 16, 8, False)):
+                                     (56, 40, 13, 8, False), (40, 56, 16, 8, False), (42, 56, 14, 1, False)):
         f = _trained_factor(m, n)
         f.rotate_(beta=1.0, min_rank=rank)
         with torch.no_grad():
@@ -227,12 +227,23 @@ def test_sigma_apart_or_merged_the_factorized_product_computes_the_dense_one(mon
         torch.testing.assert_close(got, (ref.detach(), x.grad, sigma.grad), atol=1e-5, rtol=1e-5)
 
 
-def test_sigma_apart_only_where_a_backward_runs_and_under_autocast_it_matches_the_dense_product():
+def test_sigma_apart_only_where_a_backward_runs_and_under_autocast_it_matches_the_dense_product(monkeypatch):
     f = _trained_factor(40, 56)
     f.rotate_(beta=1.0, min_rank=5)
     f.forward_mode = "factorized"
     assert f.sigma_apart(1) and not f.sigma_apart(1, backward=False)
     x = torch.randn(9, 56)
+    calls = []
+    linear = torch.nn.functional.linear
+    monkeypatch.setattr(torch.nn.functional, "linear", lambda *a, **k: calls.append(1) or linear(*a, **k))
+    f.linear(x, None)
+    with torch.no_grad():
+        f.linear(x, None)
+    f.sigma.requires_grad_(False)
+    f.linear(x, None)
+    f.sigma.requires_grad_(True)
+    assert len(calls) == 3 + 2 + 2  # apart only where Σ's gradient is computed
+    monkeypatch.undo()
     dense = x @ f.materialize().detach().T
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = f.linear(x, None)  # Σ apart, in bf16
@@ -246,3 +257,17 @@ def test_sigma_apart_only_where_a_backward_runs_and_under_autocast_it_matches_th
 
     with pytest.raises(ValueError, match="sigma_placement must be None, 'apart' or 'merged'"):
         f.linear(x, None)
+
+
+def test_convolutions_keep_sigma_merged_and_attention_projections_stay_dense_for_the_cost_models():
+    from torch import nn
+
+    from oialr_search.lowrank import convert_to_low_rank
+
+    conv_and_linear = dict(convert_to_low_rank(nn.Sequential(nn.Conv2d(64, 64, 1), nn.Flatten(1), nn.Linear(64, 64))))
+    attention = dict(convert_to_low_rank(nn.Sequential(nn.MultiheadAttention(64, 4))))
+    for f in [*conv_and_linear.values(), *attention.values()]:
+        f.rotate_(beta=1.0, min_rank=2)  # far below a third of 64: a linear layer's Σ goes apart
+    assert conv_and_linear["0.factor"].sigma_apart() is False  # the conv's two convolutions keep Σ merged
+    assert conv_and_linear["2.factor"].sigma_apart() is True
+    assert len(attention) == 2 and not any(f.use_factorized(1000) for f in attention.values())  # materialized
