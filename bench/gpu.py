@@ -315,22 +315,22 @@ def forced_ranks(label: str, spec: dict, device: str, batch: int, rounds: int, s
                  fractions: list[float]) -> list[tuple[int, int, int, int]]:
     """Prints part 3 for one model; returns the (m, n, r, tokens) of every factor it timed."""
     variants = {"full-rank": make_trainer(spec, device=device, batch=batch, precision="auto", oialr=False)}
+
+    def at(fraction: float, **factor_settings: object) -> Trainer:
+        """A trainer at forced ranks, with ``factor_settings`` set on every factor."""
+        t = make_trainer(spec, device=device, batch=batch, precision="auto", oialr=True)
+        force_ranks(t, fraction)
+        for _, f in t.oialr.factors:
+            for key, value in factor_settings.items():
+                setattr(f, key, value)
+        return t
+
     for frac in fractions:
-        t = make_trainer(spec, device=device, batch=batch, precision="auto", oialr=True)
-        force_ranks(t, frac)
-        variants[f"rank {frac:.0%}"] = t
+        variants[f"rank {frac:.0%}"] = at(frac)
     if 0.1 in fractions and torch.device(device).type == "cuda":  # the same ranks unpadded (off CUDA: none is)
-        t = make_trainer(spec, device=device, batch=batch, precision="auto", oialr=True)
-        force_ranks(t, 0.1)
-        for _, f in t.oialr.factors:
-            f.align = 1
-        variants["10% unpadded"] = t
+        variants["10% unpadded"] = at(0.1, align=1)
     if 0.1 in fractions:  # the same ranks with Σ merged into one side (the cost rule sets it apart)
-        t = make_trainer(spec, device=device, batch=batch, precision="auto", oialr=True)
-        force_ranks(t, 0.1)
-        for _, f in t.oialr.factors:
-            f.sigma_placement = "merged"
-        variants["10% Σ merged"] = t
+        variants["10% Σ merged"] = at(0.1, sigma_placement="merged")
     full = variants["full-rank"]
     x, y = batch_on_device(full)
     model = full.model

@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from oialr_search.lowrank import LowRankWeight, ceil_layers
@@ -199,12 +200,19 @@ def test_conv_cost_model_counts_output_positions_once_for_non_zero_padding_modes
     assert conv._out_positions(padded, 0) == out.shape[-1] * out.shape[-2] == 256
 
 
-def test_sigma_apart_or_merged_the_factorized_product_computes_the_dense_one(monkeypatch):
-    # A dense reference: F.linear(x, U Σ Vᵀ) with the same Σ, and its gradients. Σ goes apart (three
-    # products) when 3·r' < min(m, n), else it is merged into the narrower side (two products), padded or not.
+@pytest.fixture
+def linear_calls(monkeypatch):
+    """The F.linear calls made from here on (each one product)."""
     calls = []
     linear = torch.nn.functional.linear
     monkeypatch.setattr(torch.nn.functional, "linear", lambda *a, **k: calls.append(1) or linear(*a, **k))
+    return calls
+
+
+def test_sigma_apart_or_merged_the_factorized_product_computes_the_dense_one(linear_calls):
+    # A dense reference: F.linear(x, U Σ Vᵀ) with the same Σ, and its gradients. Σ goes apart (three
+    # products) when 3·r' < min(m, n), else it is merged into the narrower side (two products), padded or not.
+    calls = linear_calls
     for m, n, rank, align, apart in ((40, 56, 5, 1, True), (56, 40, 5, 8, True), (40, 56, 14, 1, False),
                                      (56, 40, 13, 8, False), (40, 56, 16, 8, False), (42, 56, 14, 1, False)):
         f = _trained_factor(m, n)
@@ -222,20 +230,18 @@ def test_sigma_apart_or_merged_the_factorized_product_computes_the_dense_one(mon
         got = out.detach(), x.grad.clone(), f.sigma.grad.clone()
         sigma = f.sigma.detach().clone().requires_grad_(True)
         x.grad = None
-        ref = linear(x, f.U @ sigma @ f.Vh, bias)
+        ref = torch.nn.functional.linear(x, f.U @ sigma @ f.Vh, bias)
         (ref * weights).sum().backward()
         torch.testing.assert_close(got, (ref.detach(), x.grad, sigma.grad), atol=1e-5, rtol=1e-5)
 
 
-def test_sigma_apart_only_where_a_backward_runs_and_under_autocast_it_matches_the_dense_product(monkeypatch):
+def test_sigma_apart_only_where_a_backward_runs_and_under_autocast_it_matches_the_dense_product(linear_calls):
     f = _trained_factor(40, 56)
     f.rotate_(beta=1.0, min_rank=5)
     f.forward_mode = "factorized"
     assert f.sigma_apart(1) and not f.sigma_apart(1, backward=False)
     x = torch.randn(9, 56)
-    calls = []
-    linear = torch.nn.functional.linear
-    monkeypatch.setattr(torch.nn.functional, "linear", lambda *a, **k: calls.append(1) or linear(*a, **k))
+    calls = linear_calls
     f.linear(x, None)
     with torch.no_grad():
         f.linear(x, None)
@@ -243,7 +249,6 @@ def test_sigma_apart_only_where_a_backward_runs_and_under_autocast_it_matches_th
     f.linear(x, None)
     f.sigma.requires_grad_(True)
     assert len(calls) == 3 + 2 + 2  # apart only where Σ's gradient is computed
-    monkeypatch.undo()
     dense = x @ f.materialize().detach().T
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = f.linear(x, None)  # Σ apart, in bf16
@@ -253,8 +258,6 @@ def test_sigma_apart_only_where_a_backward_runs_and_under_autocast_it_matches_th
     torch.testing.assert_close(out.float(), dense, atol=0.05, rtol=0.02)
     torch.testing.assert_close(inference.float(), dense, atol=0.05, rtol=0.02)
     f.sigma_placement = "Apart"
-    import pytest
-
     with pytest.raises(ValueError, match="sigma_placement must be None, 'apart' or 'merged'"):
         f.linear(x, None)
 
